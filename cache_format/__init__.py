@@ -1,0 +1,23 @@
+"""The feature cache: the only code that knows the Zarr/HDF5 layout (see schema.py)."""
+
+from expr.cache_format.reader import CacheReader, VideoInfo, open_cache
+from expr.cache_format.schema import CLASS_NAMES, FORMAT_VERSION, PROMPT_TEMPLATE, validate_video_id
+from expr.cache_format.writer import CacheWriter, consolidate, open_writer
+
+__all__ = [
+    "CLASS_NAMES",
+    "FORMAT_VERSION",
+    "PROMPT_TEMPLATE",
+    "CacheReader",
+    "CacheWriter",
+    "VideoInfo",
+    "consolidate",
+    "open_cache",
+    "open_writer",
+    "validate_video_id",
+]
+
+from expr.cache_format.hdf5 import export_hdf5, import_hdf5  # noqa: E402
+from expr.cache_format.validate import validate_cache  # noqa: E402
+
+__all__ += ["export_hdf5", "import_hdf5", "validate_cache"]

@@ -1,0 +1,214 @@
+"""Read a cache (Zarr directory or HDF5 file) without loading it whole.
+
+``open_cache(path)`` lists the complete videos and returns arrays or time slices on
+demand. A Zarr cache is opened through its consolidated metadata when that snapshot still
+lists exactly the videos on disk, and without it otherwise (a writer may be running).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from expr.cache_format import schema as S
+from expr.cache_format.writer import quiet_zarr
+from expr.errors import CacheSchemaError
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Per-video attributes of the cache (see schema.VIDEO_ATTRS)."""
+
+    video_id: str
+    fps: float
+    n_frames: int
+    audio_steps: int
+    has_audio: bool
+    duration: float
+    source: str
+    source_size: int
+    source_mtime: float
+    extra: dict = field(default_factory=dict)  # attributes beyond the schema (e.g. extractor notes)
+
+
+def decode_attrs(attrs) -> dict:
+    """Attributes as a plain dict; HDF5 stores each as JSON text (it has no nested types)."""
+    out = {}
+    for key, value in dict(attrs).items():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        if isinstance(value, str) and key not in ("source", "prompt_template", "format", "created_by"):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        out[key] = value
+    return out
+
+
+class CacheReader:
+    """Read-only view of one cache. Use ``open_cache``; close it (or use ``with``)."""
+
+    def __init__(self, path: Path, root, backend: str, handle=None):
+        self.path = path
+        self.backend = backend  # "zarr" or "hdf5"
+        self._root = root
+        self._handle = handle
+        self.attrs = decode_attrs(root.attrs)
+        S.check_root_attrs(self.attrs, str(path))
+        self._videos = root[S.VIDEOS_GROUP] if S.VIDEOS_GROUP in root else None
+        self._infos: dict[str, VideoInfo] = {}
+        self.incomplete_ids: list[str] = []
+        for vid in sorted(self._video_keys()):
+            attrs = decode_attrs(self._videos[vid].attrs)
+            if attrs.get("complete") is not True:
+                self.incomplete_ids.append(vid)
+                continue
+            known = {k: attrs.pop(k) for k in S.VIDEO_ATTRS if k in attrs}
+            known.pop("complete")
+            try:
+                self._infos[vid] = VideoInfo(video_id=vid, extra=attrs, **known)
+            except TypeError as exc:
+                raise CacheSchemaError(f"{path}: video {vid!r} has incomplete attributes ({exc})") from exc
+
+    def _video_keys(self) -> list[str]:
+        if self._videos is None:
+            return []
+        if self.backend == "zarr":
+            return [name for name, _ in self._videos.groups()]
+        return list(self._videos.keys())
+
+    # -- cache-level ---------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.attrs["class_names"])
+
+    @property
+    def backbones(self) -> dict:
+        return self.attrs["backbones"]
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.attrs["logit_scale"])
+
+    @property
+    def failures(self) -> dict:
+        return dict(self.attrs.get("failures", {}))
+
+    @property
+    def visual_dim(self) -> int:
+        return int(self.backbones["visual"]["dim"])
+
+    @property
+    def audio_dim(self) -> int:
+        return int(self.backbones["audio"]["dim"])
+
+    def text_embeddings(self) -> np.ndarray:
+        return np.asarray(self._root[S.TEXT_EMBEDDINGS][...], dtype=S.TEXT_DTYPE)
+
+    @property
+    def video_ids(self) -> list[str]:
+        """Ids of the complete videos, sorted."""
+        return list(self._infos)
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self._infos
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    # -- per-video -----------------------------------------------------------------------
+    def info(self, video_id: str) -> VideoInfo:
+        try:
+            return self._infos[video_id]
+        except KeyError:
+            raise CacheSchemaError(f"{self.path}: no complete video {video_id!r} in the cache") from None
+
+    def _array(self, video_id: str, name: str):
+        self.info(video_id)
+        return self._videos[video_id][name]
+
+    def visual(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """(T, D_visual) float16 features of frames [start, stop)."""
+        return np.asarray(self._array(video_id, S.VISUAL)[start:stop])
+
+    def audio(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """(S, D_audio) float16 features of audio steps [start, stop); (0, D) without audio."""
+        if not self.info(video_id).has_audio:
+            return np.zeros((0, self.audio_dim), dtype=S.FEATURE_DTYPE)
+        return np.asarray(self._array(video_id, S.AUDIO)[start:stop])
+
+    def frame_mask(self, video_id: str) -> np.ndarray:
+        return np.asarray(self._array(video_id, S.FRAME_MASK)[...], dtype=bool)
+
+    def timestamps(self, video_id: str) -> np.ndarray:
+        return np.asarray(self._array(video_id, S.TIMESTAMPS)[...], dtype=np.float64)
+
+    def array_names(self, video_id: str) -> list[str]:
+        group = self._videos[video_id]
+        return sorted(name for name, _ in group.arrays()) if self.backend == "zarr" else sorted(group.keys())
+
+    def raw_array(self, video_id: str, name: str):
+        """The stored array object (zarr.Array or h5py.Dataset), for validation and export."""
+        return self._array(video_id, name)
+
+    # -- lifetime ------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> "CacheReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def is_hdf5(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def open_cache(path: str | os.PathLike) -> CacheReader:
+    """Open a Zarr or HDF5 cache for reading; raise CacheSchemaError with a hint if it isn't one."""
+    path = Path(path)
+    if not path.exists():
+        raise CacheSchemaError(f"{path}: no such cache; create it with 'expr extract --out {path}'")
+    if is_hdf5(path):
+        import h5py
+
+        handle = h5py.File(path, "r")
+        try:
+            return CacheReader(path, handle, "hdf5", handle)
+        except Exception:
+            handle.close()
+            raise
+    if not (path / "zarr.json").is_file():
+        raise CacheSchemaError(f"{path}: not a Zarr v3 group nor an HDF5 file; is this an expr cache?")
+    import zarr
+
+    with quiet_zarr():
+        try:
+            root = zarr.open_group(str(path), mode="r")
+            if root.metadata.consolidated_metadata is not None and not _snapshot_current(root, path):
+                root = zarr.open_group(str(path), mode="r", use_consolidated=False)
+        except (ValueError, KeyError, OSError) as exc:
+            raise CacheSchemaError(f"{path}: unreadable Zarr metadata ({exc}); run 'expr cache validate {path}'") from exc
+        return CacheReader(path, root, "zarr")
+
+
+def _snapshot_current(root, path: Path) -> bool:
+    """Whether the consolidated snapshot lists exactly the video groups on disk."""
+    videos_dir = path / S.VIDEOS_GROUP
+    on_disk = {e.name for e in os.scandir(videos_dir) if e.is_dir()} if videos_dir.is_dir() else set()
+    snap = root.metadata.consolidated_metadata.flattened_metadata
+    prefix = S.VIDEOS_GROUP + "/"
+    listed = {k[len(prefix):] for k in snap if k.startswith(prefix) and "/" not in k[len(prefix):]}
+    return listed == on_disk

@@ -1,0 +1,71 @@
+"""Check a cache against schema v1 and report every problem found (not just the first)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from expr.cache_format import schema as S
+from expr.cache_format.reader import open_cache
+from expr.errors import CacheSchemaError
+
+
+def validate_cache(path: str | os.PathLike, *, check_values: bool = True) -> list[str]:
+    """Return a list of problems, empty when the cache is valid.
+
+    Checks the schema version and root attributes, text embeddings, and for each complete
+    video the presence, shape, dtype and length agreement of its arrays; with
+    ``check_values`` also that features are finite and timestamps non-decreasing.
+    """
+    try:
+        cache = open_cache(path)
+    except CacheSchemaError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    with cache:
+        n_classes = len(cache.class_names)
+        text = cache.text_embeddings()
+        if text.ndim != 2 or text.shape[0] != n_classes:
+            problems.append(f"text/embeddings: shape {text.shape}, expected ({n_classes}, D)")
+        for vid in cache.incomplete_ids:
+            problems.append(f"videos/{vid}: incomplete (no complete marker); it is removed on the next write")
+        for vid in cache.video_ids:
+            problems.extend(f"videos/{vid}: {p}" for p in _video_problems(cache, vid, check_values))
+    return problems
+
+
+def _video_problems(cache, vid: str, check_values: bool) -> list[str]:
+    info = cache.info(vid)
+    names = set(cache.array_names(vid))
+    out = []
+    T = info.n_frames
+    expected = {
+        S.VISUAL: ((T, cache.visual_dim), S.FEATURE_DTYPE),
+        S.FRAME_MASK: ((T,), S.MASK_DTYPE),
+        S.TIMESTAMPS: ((T,), S.TIME_DTYPE),
+    }
+    if info.has_audio:
+        expected[S.AUDIO] = ((info.audio_steps, cache.audio_dim), S.FEATURE_DTYPE)
+    elif S.AUDIO in names:
+        out.append("has_audio is false but an audio array is present")
+    for name, (shape, dtype) in expected.items():
+        if name not in names:
+            out.append(f"array {name!r} missing")
+            continue
+        arr = cache.raw_array(vid, name)
+        if tuple(arr.shape) != shape:
+            out.append(f"{name}: shape {tuple(arr.shape)}, expected {shape} (n_frames={T}, audio_steps={info.audio_steps})")
+        if np.dtype(arr.dtype) != dtype:
+            out.append(f"{name}: dtype {arr.dtype}, expected {dtype}")
+    if out or not check_values:
+        return out
+    if info.fps <= 0:
+        out.append(f"fps {info.fps} is not positive")
+    feats = [S.VISUAL] + ([S.AUDIO] if info.has_audio else [])
+    for name in feats:
+        if not np.isfinite(np.asarray(cache.raw_array(vid, name)[...], dtype=np.float32)).all():
+            out.append(f"{name}: contains NaN or inf")
+    if np.any(np.diff(cache.timestamps(vid)) < 0):
+        out.append("timestamps: not non-decreasing")
+    return out

@@ -1,0 +1,323 @@
+"""Add videos to a cache, one atomic group at a time.
+
+A video is written into ``_staging/<host>__<pid>__<nonce>__<id>`` and renamed into
+``videos/<id>`` only once every array and attribute is on disk, so after a crash a video
+is either complete or absent. Leftovers of dead writers are removed on the next open for
+writing. Several processes may write different videos of one store at once (torchrun
+ranks, job arrays); root-attribute updates are serialised with a file lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from expr import __version__
+from expr.cache_format import schema as S
+from expr.errors import CacheSchemaError
+
+# Measured on float16 features: Blosc-zstd with byte shuffle beats zarr's default Zstd
+# (0.85x vs 0.92x of raw) at the same read speed.
+COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
+
+
+@contextlib.contextmanager
+def store_lock(path: str | os.PathLike):
+    """Exclusive lock on the store, for root metadata changes (not for video writes)."""
+    staging = Path(path) / S.STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    with open(staging / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def quiet_zarr():
+    """Silence zarr's notes on our _staging folder (not a zarr node) and on consolidated
+    metadata (not yet in the v3 spec): both known and harmless."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\..*")
+        yield
+
+
+def drop_consolidated(path: Path) -> None:
+    """Remove a consolidated snapshot from the root zarr.json (it would hide new videos)."""
+    meta_path = path / "zarr.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.pop("consolidated_metadata", None) is not None:
+        tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        os.replace(tmp, meta_path)
+
+
+def read_node_attrs(group_dir: Path) -> dict | None:
+    """Attributes of a zarr v3 node read straight from its zarr.json; None if unreadable."""
+    try:
+        with open(group_dir / "zarr.json", encoding="utf-8") as fh:
+            return json.load(fh).get("attributes", {})
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CacheWriter:
+    """Writes videos into an existing (or new) cache; see ``open_writer``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.videos_dir = path / S.VIDEOS_GROUP
+        self.staging_dir = path / S.STAGING_DIR
+        self._host = socket.gethostname().replace("__", "_")
+
+    # -- queries -------------------------------------------------------------------------
+    def complete_attrs(self, video_id: str) -> dict | None:
+        """The attributes of ``video_id`` if it is complete in the cache, else None."""
+        attrs = read_node_attrs(self.videos_dir / S.validate_video_id(video_id))
+        return attrs if attrs and attrs.get("complete") is True else None
+
+    def is_complete(self, video_id: str, source_size: int | None = None,
+                    source_mtime: float | None = None) -> bool:
+        """True when ``video_id`` is complete and (if given) its source is unchanged."""
+        attrs = self.complete_attrs(video_id)
+        if attrs is None:
+            return False
+        if source_size is not None and attrs.get("source_size") != source_size:
+            return False
+        if source_mtime is not None and abs(float(attrs.get("source_mtime", -1)) - source_mtime) > 1e-3:
+            return False
+        return True
+
+    # -- writes --------------------------------------------------------------------------
+    def write_video(
+        self,
+        video_id: str,
+        *,
+        visual: np.ndarray,
+        frame_mask: np.ndarray,
+        timestamps: np.ndarray,
+        fps: float,
+        duration: float,
+        source: str,
+        source_size: int,
+        source_mtime: float,
+        audio: np.ndarray | None = None,
+        extra_attrs: dict | None = None,
+    ) -> None:
+        """Write one video atomically, replacing an existing entry of the same id."""
+        S.validate_video_id(video_id)
+        visual = np.asarray(visual)
+        n_frames = visual.shape[0] if visual.ndim == 2 else -1
+        dims = self._dims()
+        if visual.ndim != 2 or n_frames < 1 or visual.shape[1] != dims["visual"]:
+            raise CacheSchemaError(
+                f"{video_id}: visual features must be (T>=1, {dims['visual']}), got {visual.shape}"
+            )
+        frame_mask = np.asarray(frame_mask, dtype=S.MASK_DTYPE)
+        timestamps = np.asarray(timestamps, dtype=S.TIME_DTYPE)
+        if frame_mask.shape != (n_frames,) or timestamps.shape != (n_frames,):
+            raise CacheSchemaError(
+                f"{video_id}: frame_mask {frame_mask.shape} and timestamps {timestamps.shape} "
+                f"must both be ({n_frames},) like the visual features"
+            )
+        if audio is not None:
+            audio = np.asarray(audio)
+            if audio.ndim != 2 or audio.shape[1] != dims["audio"]:
+                raise CacheSchemaError(
+                    f"{video_id}: audio features must be (S, {dims['audio']}), got {audio.shape}"
+                )
+            if audio.shape[0] == 0:
+                audio = None  # shorter than Wav2Vec2's 400-sample receptive field
+        if not (np.isfinite(visual).all() and (audio is None or np.isfinite(audio).all())):
+            raise CacheSchemaError(f"{video_id}: features contain NaN or inf; refusing to cache them")
+
+        tmp = self.staging_dir / f"{self._host}__{os.getpid()}__{uuid.uuid4().hex[:8]}__{video_id}"
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            group = zarr.open_group(str(tmp), mode="w")
+            _put(group, S.VISUAL, visual.astype(S.FEATURE_DTYPE), compress=True)
+            if audio is not None:
+                _put(group, S.AUDIO, audio.astype(S.FEATURE_DTYPE), compress=True)
+            _put(group, S.FRAME_MASK, frame_mask, compress=False)
+            _put(group, S.TIMESTAMPS, timestamps, compress=False)
+            attrs = dict(extra_attrs or {})
+            attrs.update(
+                fps=float(fps),
+                n_frames=int(n_frames),
+                audio_steps=int(0 if audio is None else audio.shape[0]),
+                has_audio=audio is not None,
+                duration=float(duration),
+                source=str(source),
+                source_size=int(source_size),
+                source_mtime=float(source_mtime),
+            )
+            group.attrs.update(attrs)
+            group.attrs["complete"] = True  # last: marks the group as whole
+            self._commit(tmp, video_id)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _commit(self, tmp: Path, video_id: str) -> None:
+        final = self.videos_dir / video_id
+        if final.exists():
+            trash = tmp.with_name(tmp.name + "__old")
+            os.rename(final, trash)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+
+    def remove_video(self, video_id: str) -> None:
+        final = self.videos_dir / S.validate_video_id(video_id)
+        if final.exists():
+            trash = self.staging_dir / f"{self._host}__{os.getpid()}__{uuid.uuid4().hex[:8]}__{video_id}__old"
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def record_failures(self, failed: dict[str, str], succeeded: list[str] = ()) -> None:
+        """Merge per-video failure reasons into the root attribute ``failures``."""
+        with store_lock(self.path), quiet_zarr():
+            root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+            failures = dict(root.attrs.get("failures", {}))
+            for vid in succeeded:
+                failures.pop(vid, None)
+            failures.update(failed)
+            root.attrs["failures"] = failures
+
+    def _dims(self) -> dict:
+        if not hasattr(self, "_dims_cache"):
+            backbones = read_node_attrs(self.path)["backbones"]
+            self._dims_cache = {k: int(backbones[k]["dim"]) for k in ("visual", "audio")}
+        return self._dims_cache
+
+
+def _put(group, name: str, data: np.ndarray, *, compress: bool) -> None:
+    chunks = (min(S.TIME_CHUNK, max(1, data.shape[0])),) + data.shape[1:]
+    if not compress:
+        chunks = (max(1, data.shape[0]),)  # masks and times are tiny: one chunk
+    arr = group.create_array(
+        name, shape=data.shape, dtype=data.dtype, chunks=chunks,
+        compressors=COMPRESSORS if compress else "auto",
+    )
+    arr[...] = data
+
+
+def open_writer(
+    path: str | os.PathLike,
+    *,
+    backbones: dict,
+    text_embeddings: np.ndarray,
+    logit_scale: float,
+    class_names: tuple[str, ...] = S.CLASS_NAMES,
+    prompt_template: str = S.PROMPT_TEMPLATE,
+    reset: bool = False,
+) -> CacheWriter:
+    """Create the cache at ``path`` or open an existing one for adding videos.
+
+    An existing cache must have been made with the same backbones and classes (else
+    ``CacheSchemaError`` naming both). Stale consolidated metadata is dropped and the
+    leftovers of crashed writers are removed. ``reset`` wipes the cache first.
+    """
+    path = Path(path)
+    text_embeddings = np.asarray(text_embeddings, dtype=S.TEXT_DTYPE)
+    if text_embeddings.shape[0] != len(class_names) or text_embeddings.ndim != 2:
+        raise CacheSchemaError(
+            f"text embeddings must be ({len(class_names)}, D), got {text_embeddings.shape}"
+        )
+    if path.exists() and not path.is_dir():
+        raise CacheSchemaError(f"{path}: exists and is not a Zarr directory; choose another --out")
+    if reset and path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    attrs = dict(
+        format=S.FORMAT_NAME,
+        version=S.FORMAT_VERSION,
+        class_names=list(class_names),
+        prompt_template=prompt_template,
+        backbones=backbones,
+        logit_scale=float(logit_scale),
+        created_by=f"expr {__version__}",
+        failures={},
+    )
+    with store_lock(path), quiet_zarr():
+        existing = read_node_attrs(path)
+        if existing is None:
+            root = zarr.open_group(str(path), mode="w")
+            root.attrs.update(attrs)
+            root.create_group(S.VIDEOS_GROUP)
+            text = root.create_group(S.TEXT_GROUP)
+            text.create_array("embeddings", shape=text_embeddings.shape, dtype=S.TEXT_DTYPE)[...] = text_embeddings
+        else:
+            S.check_root_attrs(existing, str(path))
+            _check_same(existing, attrs, path)
+            # Without the snapshot, readers list the videos afresh until the next consolidate().
+            drop_consolidated(path)
+            (path / S.VIDEOS_GROUP).mkdir(exist_ok=True)
+        writer = CacheWriter(path)
+        remove_leftovers(writer)
+    return writer
+
+
+def _check_same(existing: dict, wanted: dict, path: Path) -> None:
+    for key in ("backbones", "class_names", "prompt_template"):
+        if existing.get(key) != wanted[key]:
+            raise CacheSchemaError(
+                f"{path}: the cache was made with {key}={json.dumps(existing.get(key))} but this run "
+                f"uses {json.dumps(wanted[key])}; write to another --out or pass --overwrite"
+            )
+
+
+def remove_leftovers(writer: CacheWriter) -> list[str]:
+    """Delete staging dirs of dead local writers and incomplete video groups; return their ids."""
+    removed = []
+    if writer.staging_dir.exists():
+        for entry in writer.staging_dir.iterdir():
+            parts = entry.name.split("__", 3)
+            if not entry.is_dir() or len(parts) != 4:
+                continue
+            host, pid = parts[0], parts[1]
+            if host == writer._host and pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(parts[3].removesuffix("__old"))
+    if writer.videos_dir.exists():
+        for entry in writer.videos_dir.iterdir():
+            if entry.is_dir() and (read_node_attrs(entry) or {}).get("complete") is not True:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+    return removed
+
+
+def consolidate(path: str | os.PathLike) -> None:
+    """Snapshot all metadata into the root so that opening 10,000 videos is one read.
+
+    Call once, after every writer has finished: writers never update the snapshot.
+    """
+    path = Path(path)
+    with store_lock(path), quiet_zarr():
+        zarr.consolidate_metadata(str(path))
+    staging = path / S.STAGING_DIR
+    if staging.exists() and all(p.name == ".lock" for p in staging.iterdir()):
+        shutil.rmtree(staging, ignore_errors=True)

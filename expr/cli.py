@@ -1,0 +1,76 @@
+"""The typer application: one small module per command under ``expr.commands``.
+
+Only this layer prints and chooses exit codes. Known failures (``ExprError``) become one
+red line and exit 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from expr import __version__
+from expr.errors import ExprError
+
+COMMAND_MODULES = ("extract", "train", "evaluate", "predict", "ablate", "demo", "cache")
+
+app = typer.Typer(
+    name="expr",
+    help="Audio-visual expression recognition (ABAW EXPR): extract features once, train heads fast.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"expr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    _state["debug"] = debug
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"expr.commands.{_name}").register(app)
+
+
+def run(argv: list[str]) -> int:
+    """Run the CLI on ``argv``; return the exit code instead of exiting."""
+    from rich.console import Console
+
+    try:
+        app(args=argv, prog_name="expr", standalone_mode=False)
+    except ExprError as exc:
+        if _state["debug"] or "--debug" in argv:
+            raise
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 1
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        Console(stderr=True).print("[red]aborted[/]")
+        return 130
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show(file=sys.stderr)
+            return exc.exit_code
+        raise
+    return 0

@@ -1,0 +1,115 @@
+"""`expr cache info|validate|export|import|consolidate`: look after a feature cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+CachePath = Annotated[Path, typer.Argument(help="Cache: a .zarr directory or an exported .h5 file.")]
+
+
+def _disk_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def info(path: CachePath) -> None:
+    """Summarise a cache: videos, frames, audio steps, sizes on disk, backbones."""
+    from expr.cache_format import open_cache
+
+    console = Console()
+    with open_cache(path) as cache:
+        infos = [cache.info(v) for v in cache.video_ids]
+        frames = sum(i.n_frames for i in infos)
+        steps = sum(i.audio_steps for i in infos)
+        raw = frames * cache.visual_dim * 2 + steps * cache.audio_dim * 2
+        table = Table(title=f"expr cache {path}", show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value")
+        table.add_row("format", f"{cache.attrs['format']} v{cache.attrs['version']} ({cache.backend})")
+        table.add_row("created by", str(cache.attrs.get("created_by")))
+        table.add_row("videos", f"{len(infos)} complete, {sum(i.has_audio for i in infos)} with audio"
+                      + (f", {len(cache.incomplete_ids)} incomplete" if cache.incomplete_ids else ""))
+        table.add_row("frames", f"{frames:,} ({sum(i.duration for i in infos) / 3600:.2f} h)")
+        table.add_row("audio steps", f"{steps:,}")
+        table.add_row("size on disk", f"{_human(_disk_size(path))} (raw float16 {_human(raw)})")
+        for stream in ("visual", "audio"):
+            bb = cache.backbones.get(stream, {})
+            weights = bb.get("weights")
+            shown = weights if weights else "[bold red]RANDOM WEIGHTS (features are not meaningful)[/]"
+            table.add_row(f"{stream} backbone", f"{bb.get('name')} dim={bb.get('dim')} weights={shown}")
+        table.add_row("classes", ", ".join(cache.class_names))
+        failures = cache.failures
+        table.add_row("failed videos", str(len(failures)) if failures else "0")
+        console.print(table)
+        for vid, reason in list(failures.items())[:10]:
+            console.print(f"  [red]failed[/] {vid}: {reason}", highlight=False)
+
+
+def validate(path: CachePath) -> None:
+    """Check a cache against the schema; exit 1 listing every problem."""
+    from expr.cache_format import validate_cache
+
+    problems = validate_cache(path)
+    console = Console()
+    if problems:
+        for p in problems:
+            console.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]{path}: {len(problems)} problem(s)[/]")
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {path}: valid")
+
+
+def export(
+    src: CachePath,
+    dst: Annotated[Path, typer.Argument(help="HDF5 file to write, e.g. feats.h5.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists.")] = False,
+) -> None:
+    """Export a Zarr cache to one HDF5 file (the reader opens either)."""
+    from expr.cache_format import export_hdf5
+
+    n = export_hdf5(src, dst, overwrite=overwrite)
+    Console().print(f"exported {n} videos to {dst}")
+
+
+def import_(
+    src: CachePath,
+    dst: Annotated[Path, typer.Argument(help="Zarr directory to create, e.g. feats.zarr.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists.")] = False,
+) -> None:
+    """Import an HDF5 cache into a Zarr cache."""
+    from expr.cache_format import import_hdf5
+
+    n = import_hdf5(src, dst, overwrite=overwrite)
+    Console().print(f"imported {n} videos into {dst}")
+
+
+def consolidate(path: CachePath) -> None:
+    """Re-snapshot the metadata of a Zarr cache (after writers finished) for fast opening."""
+    from expr.cache_format import consolidate as _consolidate
+
+    _consolidate(path)
+    Console().print(f"consolidated {path}")
+
+
+def register(app: typer.Typer) -> None:
+    cache_app = typer.Typer(help="Inspect, validate, export and import feature caches.", no_args_is_help=True)
+    cache_app.command("info")(info)
+    cache_app.command("validate")(validate)
+    cache_app.command("export")(export)
+    cache_app.command("import")(import_)
+    cache_app.command("consolidate")(consolidate)
+    app.add_typer(cache_app, name="cache")
