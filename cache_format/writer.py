@@ -265,7 +265,7 @@ def open_writer(
     with store_lock(path), quiet_zarr():
         existing = read_node_attrs(path)
         if existing is None:
-            root = zarr.open_group(str(path), mode="w")
+            root = zarr.open_group(str(path), mode="a")  # "w" would wipe _staging (our lock)
             root.attrs.update(attrs)
             root.create_group(S.VIDEOS_GROUP)
             text = root.create_group(S.TEXT_GROUP)

@@ -15,6 +15,11 @@ import typer
 from expr import __version__
 from expr.errors import ExprError
 
+try:  # recent typer vendors its own click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
 COMMAND_MODULES = ("extract", "train", "evaluate", "predict", "ablate", "demo", "cache")
 
 app = typer.Typer(
@@ -55,7 +60,8 @@ def run(argv: list[str]) -> int:
     from rich.console import Console
 
     try:
-        app(args=argv, prog_name="expr", standalone_mode=False)
+        # Non-standalone click returns the exit code of typer.Exit instead of exiting.
+        code = app(args=argv, prog_name="expr", standalone_mode=False)
     except ExprError as exc:
         if _state["debug"] or "--debug" in argv:
             raise
@@ -66,11 +72,7 @@ def run(argv: list[str]) -> int:
     except (typer.Abort, KeyboardInterrupt):
         Console(stderr=True).print("[red]aborted[/]")
         return 130
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show(file=sys.stderr)
-            return exc.exit_code
-        raise
-    return 0
+    except ClickException as exc:  # usage errors arrive here in non-standalone mode
+        exc.show(file=sys.stderr)
+        return exc.exit_code
+    return code if isinstance(code, int) else 0

@@ -68,7 +68,7 @@ def validate(path: CachePath) -> None:
     if problems:
         for p in problems:
             console.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)
-        console.print(f"[bold red]{path}: {len(problems)} problem(s)[/]")
+        console.print(f"[bold red]{len(problems)} problem(s) in {path}[/]", soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"[green]✓[/] {path}: valid")
 

@@ -1,0 +1,45 @@
+"""Small random caches for the cache-format tests (real writer, tiny dims)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from expr.cache_format import open_writer
+
+BACKBONES = {
+    "visual": {"name": "test-visual", "weights": None, "dim": 16},
+    "audio": {"name": "test-audio", "weights": None, "dim": 8, "sample_rate": 16000, "hop": 320},
+}
+
+
+def new_writer(path: Path, backbones: dict = BACKBONES, **kwargs):
+    text = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    return open_writer(path, backbones=backbones, text_embeddings=text, logit_scale=100.0, **kwargs)
+
+
+def video_arrays(seed: int, n_frames: int = 40, audio_steps: int | None = 79) -> dict:
+    rng = np.random.default_rng(seed)
+    arrays = dict(
+        visual=rng.standard_normal((n_frames, 16)).astype(np.float16),
+        frame_mask=rng.random(n_frames) > 0.1,
+        timestamps=np.arange(n_frames) / 25.0,
+        fps=25.0,
+        duration=n_frames / 25.0,
+        source=f"sub/v{seed}.mp4",
+        source_size=1000 + seed,
+        source_mtime=1_700_000_000.0 + seed,
+    )
+    if audio_steps:
+        arrays["audio"] = rng.standard_normal((audio_steps, 8)).astype(np.float16)
+    return arrays
+
+
+def write_videos(writer, ids, **kwargs) -> dict[str, dict]:
+    written = {}
+    for i, vid in enumerate(ids):
+        arrays = video_arrays(i, **kwargs)
+        writer.write_video(vid, **arrays)
+        written[vid] = arrays
+    return written

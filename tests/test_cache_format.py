@@ -1,0 +1,254 @@
+"""Cache format v1: round trips, atomicity, concurrency, validation, HDF5."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache_helpers import BACKBONES, new_writer, video_arrays, write_videos
+from expr.cache_format import (
+    consolidate,
+    export_hdf5,
+    import_hdf5,
+    open_cache,
+    validate_cache,
+    validate_video_id,
+)
+from expr.cache_format import schema as S
+from expr.errors import CacheSchemaError
+
+
+def assert_video_equal(cache, vid, arrays):
+    np.testing.assert_array_equal(cache.visual(vid), arrays["visual"].astype(np.float16))
+    np.testing.assert_array_equal(cache.frame_mask(vid), arrays["frame_mask"])
+    np.testing.assert_array_equal(cache.timestamps(vid), arrays["timestamps"])
+    info = cache.info(vid)
+    assert info.n_frames == len(arrays["visual"])
+    assert info.fps == arrays["fps"] and info.source == arrays["source"]
+    if "audio" in arrays:
+        assert info.has_audio and info.audio_steps == len(arrays["audio"])
+        np.testing.assert_array_equal(cache.audio(vid), arrays["audio"])
+    else:
+        assert not info.has_audio and info.audio_steps == 0
+        assert cache.audio(vid).shape == (0, 8)
+
+
+def test_round_trip_is_exact(tmp_path):
+    w = new_writer(tmp_path / "c.zarr")
+    written = write_videos(w, ["a", "b-30-640x480_left"])
+    written["silent"] = video_arrays(7, audio_steps=None)
+    w.write_video("silent", **written["silent"])
+    with open_cache(tmp_path / "c.zarr") as cache:
+        assert cache.video_ids == sorted(written)
+        assert cache.class_names == list(S.CLASS_NAMES)
+        assert cache.backbones == BACKBONES
+        assert cache.logit_scale == 100.0
+        assert cache.text_embeddings().shape == (8, 16)
+        for vid, arrays in written.items():
+            assert_video_equal(cache, vid, arrays)
+        # slices read only the requested rows
+        np.testing.assert_array_equal(cache.visual("a", 5, 9), written["a"]["visual"][5:9])
+    assert validate_cache(tmp_path / "c.zarr") == []
+
+
+def test_hdf5_export_import_round_trip(tmp_path):
+    w = new_writer(tmp_path / "c.zarr")
+    written = write_videos(w, ["a", "b", "c"])
+    written["silent"] = video_arrays(9, audio_steps=None)
+    w.write_video("silent", **written["silent"])
+    w.record_failures({"bad": "bad.mp4: not a video"})
+    assert export_hdf5(tmp_path / "c.zarr", tmp_path / "c.h5") == 4
+    with open_cache(tmp_path / "c.h5") as cache:
+        assert cache.backend == "hdf5"
+        assert cache.backbones == BACKBONES and cache.failures == {"bad": "bad.mp4: not a video"}
+        for vid, arrays in written.items():
+            assert_video_equal(cache, vid, arrays)
+    assert validate_cache(tmp_path / "c.h5") == []
+    assert import_hdf5(tmp_path / "c.h5", tmp_path / "back.zarr") == 4
+    with open_cache(tmp_path / "back.zarr") as cache:
+        for vid, arrays in written.items():
+            assert_video_equal(cache, vid, arrays)
+    with pytest.raises(CacheSchemaError, match="already exists"):
+        export_hdf5(tmp_path / "c.zarr", tmp_path / "c.h5")
+
+
+CRASH_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    from cache_helpers import new_writer, video_arrays
+    from expr.cache_format.writer import CacheWriter
+    CacheWriter._commit = lambda self, tmp, vid: os._exit(9)   # die after the arrays, before the marker
+    w = new_writer({path!r})
+    w.write_video("crashed", **video_arrays(3))
+    """
+)
+
+
+def test_crash_between_arrays_and_marker_leaves_video_absent(tmp_path):
+    path = tmp_path / "c.zarr"
+    write_videos(new_writer(path), ["ok"])
+    script = CRASH_SCRIPT.format(tests=str(Path(__file__).parent), path=str(path))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr
+    leftovers = [p for p in (path / S.STAGING_DIR).iterdir() if p.is_dir()]
+    assert len(leftovers) == 1 and leftovers[0].name.endswith("__crashed")
+    assert (leftovers[0] / "visual" / "zarr.json").exists()  # arrays were on disk
+    with open_cache(path) as cache:
+        assert cache.video_ids == ["ok"]
+    # a hand-made group without the complete marker is reported, then removed on write-open
+    vdir = path / "videos" / "half"
+    vdir.mkdir()
+    (vdir / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"fps": 25}}))
+    with open_cache(path) as cache:
+        assert cache.incomplete_ids == ["half"] and cache.video_ids == ["ok"]
+    assert any("half" in p for p in validate_cache(path))
+    new_writer(path)
+    assert not [p for p in (path / S.STAGING_DIR).iterdir() if p.is_dir()]
+    assert not vdir.exists()
+    assert validate_cache(path) == []
+
+
+def _write_many(path: str, prefix: str, n: int) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cache_helpers import new_writer as nw, video_arrays as va
+
+    w = nw(Path(path))
+    for i in range(n):
+        w.write_video(f"{prefix}{i}", **va(i, n_frames=30 + i))
+    w.record_failures({f"{prefix}-bad": "broken"})
+
+
+def test_two_processes_write_one_store(tmp_path):
+    path = tmp_path / "c.zarr"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_write_many, args=(str(path), p, 6)) for p in ("x", "y")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    consolidate(path)
+    with open_cache(path) as cache:
+        assert cache.video_ids == sorted([f"x{i}" for i in range(6)] + [f"y{i}" for i in range(6)])
+        assert cache.failures == {"x-bad": "broken", "y-bad": "broken"}
+        assert cache.info("y5").n_frames == 35
+    assert validate_cache(path) == []
+
+
+@pytest.mark.parametrize("bad", ["", "  ", ".", "..", "a/b", "a\\b", "x\ny", "__meta", " padded"])
+def test_bad_video_ids_are_refused(tmp_path, bad):
+    with pytest.raises(CacheSchemaError, match="invalid video id"):
+        validate_video_id(bad)
+    w = new_writer(tmp_path / "c.zarr")
+    with pytest.raises(CacheSchemaError):
+        w.write_video(bad, **video_arrays(0))
+    assert not [p for p in (tmp_path / "c.zarr" / "videos").iterdir() if p.is_dir()]
+
+
+def test_good_abaw_ids_are_accepted():
+    for vid in ("1-30-1280x720", "10-60-1280x720_right", "video10_1", "1001_DFA_ANG_XX", "a.b"):
+        assert validate_video_id(vid) == vid
+
+
+def _set_root_attr(path: Path, key: str, value) -> None:
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"][key] = value
+    (path / "zarr.json").write_text(json.dumps(meta))
+
+
+def test_wrong_schema_version_is_a_clear_error(tmp_path):
+    path = tmp_path / "c.zarr"
+    write_videos(new_writer(path), ["a"])
+    _set_root_attr(path, "version", 99)
+    with pytest.raises(CacheSchemaError, match="version 99.*reads version 1"):
+        open_cache(path)
+    assert "version 99" in validate_cache(path)[0]
+    with pytest.raises(CacheSchemaError, match="version 99"):
+        new_writer(path)
+
+
+def test_not_a_cache(tmp_path):
+    with pytest.raises(CacheSchemaError, match="no such cache"):
+        open_cache(tmp_path / "missing.zarr")
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(CacheSchemaError, match="not a Zarr v3 group"):
+        open_cache(tmp_path / "empty.zarr")
+
+
+def test_reopen_with_other_backbones_names_both(tmp_path):
+    path = tmp_path / "c.zarr"
+    new_writer(path)
+    other = json.loads(json.dumps(BACKBONES))
+    other["visual"]["weights"] = "openai"
+    with pytest.raises(CacheSchemaError, match='backbones=.*"weights": null.*"weights": "openai"'):
+        new_writer(path, backbones=other)
+    new_writer(path, backbones=other, reset=True)  # explicit reset starts over
+    with open_cache(path) as cache:
+        assert cache.backbones["visual"]["weights"] == "openai"
+
+
+def test_stale_consolidated_metadata_never_hides_videos(tmp_path):
+    path = tmp_path / "c.zarr"
+    w = new_writer(path)
+    write_videos(w, ["a", "b"])
+    consolidate(path)
+    assert "consolidated_metadata" in json.loads((path / "zarr.json").read_text())
+    w.write_video("c", **video_arrays(5))  # a writer after the snapshot
+    with open_cache(path) as cache:
+        assert cache.video_ids == ["a", "b", "c"]
+    new_writer(path)  # opening for writing drops the snapshot
+    assert "consolidated_metadata" not in json.loads((path / "zarr.json").read_text())
+    consolidate(path)
+    with open_cache(path) as cache:
+        assert cache.video_ids == ["a", "b", "c"]
+        assert cache._root.metadata.consolidated_metadata is not None  # the fast path is used
+
+
+def test_changed_source_and_overwrite(tmp_path):
+    w = new_writer(tmp_path / "c.zarr")
+    arrays = video_arrays(0)
+    w.write_video("a", **arrays)
+    assert w.is_complete("a", arrays["source_size"], arrays["source_mtime"])
+    assert not w.is_complete("a", arrays["source_size"] + 1, arrays["source_mtime"])
+    assert not w.is_complete("a", arrays["source_size"], arrays["source_mtime"] + 5)
+    assert not w.is_complete("missing")
+    replacement = video_arrays(1, n_frames=12)
+    w.write_video("a", **replacement)
+    with open_cache(tmp_path / "c.zarr") as cache:
+        assert_video_equal(cache, "a", replacement)
+
+
+def test_writer_refuses_bad_arrays(tmp_path):
+    w = new_writer(tmp_path / "c.zarr")
+    arrays = video_arrays(0)
+    with pytest.raises(CacheSchemaError, match=r"visual features must be \(T>=1, 16\)"):
+        w.write_video("a", **{**arrays, "visual": np.zeros((10, 15))})
+    with pytest.raises(CacheSchemaError, match="frame_mask"):
+        w.write_video("a", **{**arrays, "frame_mask": np.ones(3, bool)})
+    nan = arrays["visual"].copy()
+    nan[2, 3] = np.nan
+    with pytest.raises(CacheSchemaError, match="NaN"):
+        w.write_video("a", **{**arrays, "visual": nan})
+    assert not w.is_complete("a")
+    assert not [p for p in (tmp_path / "c.zarr" / S.STAGING_DIR).iterdir() if p.is_dir()]
+
+
+def test_validate_reports_every_problem(tmp_path):
+    path = tmp_path / "c.zarr"
+    write_videos(new_writer(path), ["a", "b"])
+    for vid, n in (("a", 41), ("b", 7)):
+        meta_path = path / "videos" / vid / "zarr.json"
+        meta = json.loads(meta_path.read_text())
+        meta["attributes"]["n_frames"] = n
+        meta_path.write_text(json.dumps(meta))
+    problems = validate_cache(path)
+    assert any(p.startswith("videos/a: visual: shape (40, 16), expected (41, 16)") for p in problems)
+    assert any(p.startswith("videos/b:") for p in problems)
