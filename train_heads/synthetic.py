@@ -1,0 +1,144 @@
+"""A synthetic cache + ABAW label files that a temporal head can learn (tests, benchmarks).
+
+Each video is a sequence of class segments of a few seconds. Inside a segment of class c,
+the visual feature of a frame at time t (seconds) is
+
+    x(t) = signal * proto_c * (1 + 0.8 * sin(2 pi f_c t + phase)) + noise * N(0, I)
+
+with unit-norm random prototypes ``proto_c``; the audio feature of a Wav2Vec2 step (~50 Hz,
+same seconds) follows the same rule with its own prototypes. With the defaults a single
+frame is ambiguous (a linear read-out of one frame gets ~50-70% right) while the mean over a
+window of >= 16 frames is clean, so a temporal model reaches macro-F1 >= 0.9 in a few CPU
+epochs. Classes come from shuffled rounds of all 8, so every class appears in small
+datasets. The first ``onset_seconds`` of each segment are labelled -1 (ambiguous onsets),
+so windows up to about that long see one class; masked frames (no face) are zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from expr.cache_format import CLASS_NAMES, open_writer
+
+SAMPLE_RATE = 16_000
+HOP = 320
+RECEPTIVE_FIELD = 400
+SEGMENT_SECONDS = (2.0, 4.0)
+
+
+@dataclass
+class SyntheticDataset:
+    cache: Path                 # the Zarr cache
+    labels: Path                # ABAW layout: labels/Train_Set/*.txt, labels/Validation_Set/*.txt
+    train_ids: list[str]
+    val_ids: list[str]
+
+
+def audio_steps_for(duration: float) -> int:
+    """Wav2Vec2-Base output length for ``duration`` seconds of 16 kHz audio."""
+    n = int(round(duration * SAMPLE_RATE))
+    return max(0, (n - RECEPTIVE_FIELD) // HOP + 1)
+
+
+def _segments(rng: np.random.Generator, n_frames: int, fps: float, order: list[int]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(T,) class of each frame in segments of SEGMENT_SECONDS (classes from ``order``), and
+    (T,) bool onset: the first frames of each segment after the first."""
+    classes = np.empty(n_frames, dtype=np.int64)
+    starts = []
+    t = 0
+    while t < n_frames:
+        if not order:
+            order.extend(rng.permutation(len(CLASS_NAMES)).tolist())
+        length = int(rng.uniform(*SEGMENT_SECONDS) * fps)
+        classes[t:t + length] = order.pop()
+        starts.append(t)
+        t += length
+    return classes, np.asarray(starts[1:], dtype=np.int64)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _features(rng, classes, times, protos, freqs, phases, signal, noise) -> np.ndarray:
+    # (T, D): prototype of each step's class, modulated by that class's frequency, plus noise
+    mod = 1.0 + 0.8 * np.sin(2 * math.pi * freqs[classes] * times + phases[classes])
+    x = signal * protos[classes] * mod[:, None]
+    return (x + noise * rng.standard_normal(x.shape)).astype(np.float16)
+
+
+def write_synthetic_dataset(
+    root: Path,
+    *,
+    n_train: int = 8,
+    n_val: int = 4,
+    n_frames: tuple[int, int] = (150, 300),
+    fps_choices: tuple[float, ...] = (25.0, 30.0),
+    visual_dim: int = 512,
+    audio_dim: int = 768,
+    text_dim: int = 512,
+    seed: int = 0,
+    noise: float = 1.0,
+    signal: float = 3.0,
+    missing_labels_frac: float = 0.05,
+    masked_frames_frac: float = 0.05,
+    with_audio: bool = True,
+    onset_seconds: float = 0.5,
+) -> SyntheticDataset:
+    """Write ``root/feats.zarr`` and ``root/labels/{Train_Set,Validation_Set}/<id>.txt``."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    n_cls = len(CLASS_NAMES)
+    # Fixed per dataset: prototypes (unit norm, so that ``signal`` / ``noise`` means the same
+    # at any dim), frequencies 0.5..2 Hz, phases.
+    v_protos = _unit_rows(rng.standard_normal((n_cls, visual_dim)))
+    a_protos = _unit_rows(rng.standard_normal((n_cls, audio_dim)))
+    freqs = np.linspace(0.5, 2.0, n_cls)[rng.permutation(n_cls)]
+    phases = rng.uniform(0, 2 * math.pi, n_cls)
+    text = rng.standard_normal((n_cls, text_dim)).astype(np.float32)
+    backbones = {
+        "visual": {"name": "synthetic", "weights": None, "dim": visual_dim},
+        "audio": {"name": "synthetic", "weights": None, "dim": audio_dim,
+                  "sample_rate": SAMPLE_RATE, "hop": HOP},
+    }
+    cache = root / "feats.zarr"
+    writer = open_writer(cache, backbones=backbones, text_embeddings=text, logit_scale=100.0, reset=True)
+    labels_dir = root / "labels"
+    splits = {"Train_Set": [f"train_{i:03d}" for i in range(n_train)],
+              "Validation_Set": [f"val_{i:03d}" for i in range(n_val)]}
+    order: list[int] = []
+    for split, ids in splits.items():
+        (labels_dir / split).mkdir(parents=True, exist_ok=True)
+        for vid in ids:
+            T = int(rng.integers(n_frames[0], n_frames[1] + 1))
+            fps = float(rng.choice(fps_choices))
+            times = np.arange(T) / fps
+            classes, onsets = _segments(rng, T, fps, order)
+            visual = _features(rng, classes, times, v_protos, freqs, phases, signal, noise)
+            frame_mask = rng.random(T) >= masked_frames_frac
+            visual[~frame_mask] = 0  # no face: the extractor writes zeros
+            audio = None
+            duration = T / fps
+            if with_audio:
+                S = audio_steps_for(duration)
+                a_times = (np.arange(S) * HOP + RECEPTIVE_FIELD / 2) / SAMPLE_RATE
+                a_classes = classes[np.minimum((a_times * fps).astype(np.int64), T - 1)]
+                audio = _features(rng, a_classes, a_times, a_protos, freqs, phases, signal, noise)
+            writer.write_video(vid, visual=visual, frame_mask=frame_mask, timestamps=times, fps=fps,
+                               duration=duration, source=f"{vid}.mp4", source_size=0, source_mtime=0.0,
+                               audio=audio)
+            labels = classes.copy()
+            labels[rng.random(T) < missing_labels_frac] = -1
+            # Onsets are ambiguous (the window still shows the previous class), as annotators
+            # mark them: -1. Without this a short-window model is capped by boundary windows.
+            for start in onsets:
+                labels[start:start + int(onset_seconds * fps)] = -1
+            text_lines = [",".join(CLASS_NAMES)] + [str(v) for v in labels]
+            (labels_dir / split / f"{vid}.txt").write_text("\n".join(text_lines) + "\n", encoding="utf-8")
+    return SyntheticDataset(cache=cache, labels=labels_dir,
+                            train_ids=splits["Train_Set"], val_ids=splits["Validation_Set"])
