@@ -47,3 +47,37 @@ def test_malformed_grid_is_a_clear_config_error(text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as err:
         parse_grid(text)
     assert "\n" not in str(err.value)
+
+
+def _result(cell, seed, f1):
+    from expr.evaluate.ablation_table import CellResult
+
+    return CellResult(cell=cell, seed=seed, frame_macro_f1=f1, frame_accuracy=f1 + 0.1,
+                      window_macro_f1=f1 + 0.05, window_accuracy=0.5, best_epoch=1, seconds=2.0,
+                      run_dir=f"cells/{cell.name}/seed{seed}")
+
+
+def test_tables_sorted_mean_std_and_paper_mark(tmp_path):
+    import csv
+
+    from expr.evaluate.ablation_table import CellResult, summarise, write_tables
+
+    cells = grid_cells(parse_grid("window=30,60 audio=on,off"))
+    f1s = {0: (0.30, 0.40), 1: (0.10, 0.10), 2: (0.50, 0.70), 3: (0.20, 0.20)}
+    results = [_result(c, 42 + s, f1s[i][s]) for i, c in enumerate(cells) for s in (0, 1)]
+    assert CellResult.from_dict(results[0].to_dict()) == results[0]
+    summaries = summarise(results)
+    assert [s.cell.label for s in summaries] == [
+        "window=60 audio=on", "window=30 audio=on", "window=60 audio=off", "window=30 audio=off"]
+    assert summaries[0].mean["frame_macro_f1"] == pytest.approx(0.6)
+    assert summaries[0].std["frame_macro_f1"] == pytest.approx(0.1414213, rel=1e-5)  # sample std
+    paths = write_tables(tmp_path, results)
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert len(rows) == 8 and rows[0]["window"] == "30" and rows[0]["audio"] == "on"
+    assert [r["paper"] for r in rows[::2]] == ["1", "0", "1", "0"]
+    md = paths["md"].read_text().splitlines()
+    table = [line for line in md if line.startswith("| ") and line[2].isdigit()]
+    assert len(table) == 4
+    assert table[0].startswith("| 1 | `window=60 audio=on` ★ | 0.6000 ± 0.1414 |")
+    assert "★" not in table[2] and "★" in table[1]
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"

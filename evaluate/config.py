@@ -1,0 +1,95 @@
+"""One config dataclass per command; the CLI options mirror the fields 1:1 (a test checks it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from expr.errors import ConfigError
+from expr.evaluate.protocols import SMOOTH_MODES
+
+CHECKPOINTS = ("best", "last")
+PRELOADS = ("cpu", "gpu", "none")
+
+
+def _check_common(checkpoint: str, smooth: int, smooth_mode: str, batch_size: int, preload: str) -> None:
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, not {checkpoint!r}")
+    if smooth < 0:
+        raise ConfigError(f"--smooth must be 0 (off) or a window of K >= 1 frames, not {smooth}")
+    if smooth_mode not in SMOOTH_MODES:
+        raise ConfigError(f"--smooth-mode must be one of {', '.join(SMOOTH_MODES)}, not {smooth_mode!r}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, not {batch_size}")
+    if preload not in PRELOADS:
+        raise ConfigError(f"--preload must be one of {', '.join(PRELOADS)}, not {preload!r}")
+
+
+@dataclass
+class EvaluateConfig:
+    """`expr evaluate`: score a run on one labelled split with both protocols."""
+
+    run: Path                         # run directory written by `expr train`
+    cache: Path                       # feature cache (.zarr or .h5) with the split's videos
+    labels: Path                      # ABAW labels dir (Train_Set/, Validation_Set/) or a dir of .txt
+    split: str = "Validation_Set"     # sub-folder of --labels to score
+    videos: Path | None = None        # optional text file of video ids: score only these
+    checkpoint: str = "best"          # best (by window-level val macro-F1) or last
+    smooth: int = 0                   # per-frame protocol: filter K frames of probabilities (0 = off)
+    smooth_mode: str = "median"       # median | mean
+    batch_size: int = 256             # windows per inference batch
+    preload: str = "cpu"              # where the features live while scoring: cpu | gpu | none
+    device: str = "auto"              # auto (cuda if available) | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
+
+
+@dataclass
+class PredictConfig:
+    """`expr predict`: the ABAW submission file for every frame of the listed videos."""
+
+    run: Path                         # run directory written by `expr train`
+    cache: Path                       # feature cache holding the videos to predict
+    out: Path                         # submission CSV to write (atomically, after validation)
+    videos: Path | None = None        # text file of video ids (one per line); default: every cached video
+    probs: Path | None = None         # also write per-frame class probabilities to this CSV
+    checkpoint: str = "best"          # best | last
+    smooth: int = 0                   # filter K frames of probabilities before the argmax (0 = off)
+    smooth_mode: str = "median"       # median | mean
+    batch_size: int = 256             # windows per inference batch
+    preload: str = "cpu"              # cpu | gpu | none
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
+        if self.probs is not None and Path(self.probs).resolve() == Path(self.out).resolve():
+            raise ConfigError("--probs must name another file than --out")
+
+
+@dataclass
+class AblateConfig:
+    """`expr ablate`: train and score every cell of a grid from one cache loaded once."""
+
+    cache: Path                       # feature cache
+    labels: Path                      # ABAW labels dir with Train_Set/ and Validation_Set/
+    grid: str                         # e.g. "window=30,60 fusion=bica,concat audio=on,off"
+    out: Path                         # ablation dir: one run per cell and seed + the tables
+    epochs: int = 30                  # epochs per cell (the paper: 30)
+    seeds: int = 1                    # runs per cell, seeds seed, seed+1, ...; tables show mean +- std
+    seed: int = 42                    # first seed
+    train_list: Path | None = None    # optional ids file restricting Train_Set
+    val_list: Path | None = None      # optional ids file restricting Validation_Set
+    smooth: int = 0                   # per-frame protocol smoothing (0 = off)
+    smooth_mode: str = "median"       # median | mean
+    preload: str = "cpu"              # cpu | gpu (not none: every cell reuses the loaded bank)
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        _check_common("best", self.smooth, self.smooth_mode, 1, self.preload)
+        if self.preload == "none":
+            raise ConfigError("--preload none defeats loading the cache once for all cells; use cpu or gpu")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, not {self.epochs}")
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1, not {self.seeds}")
