@@ -1,0 +1,143 @@
+"""Configuration of `expr train`: the head architecture and every training option.
+
+Defaults are the reference method of DESIGN.md ("Facts about the reference method").
+``TrainConfig`` mirrors the CLI options of `expr train` 1:1 (a test checks it); it is saved
+as the run's config.json, so a run can be rebuilt and resumed from its folder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from expr.errors import ConfigError
+
+FUSIONS = ("bica", "v2a", "a2v", "concat")
+TARGETS = ("last", "majority", "center")
+PRELOADS = ("cpu", "gpu", "none")
+
+
+@dataclass
+class HeadConfig:
+    """Architecture of ExprHeadModel."""
+
+    visual_dim: int = 512       # cached visual feature size (CLIP ViT-B/32: 512)
+    audio_dim: int = 768        # cached audio feature size (Wav2Vec2-Base: 768)
+    channels: int = 512         # TCN channels = fusion width
+    tcn_levels: int = 6         # temporal blocks, dilation 2**i
+    tcn_kernel: int = 3         # causal convolution kernel
+    heads: int = 8              # attention heads of each cross-attention
+    num_classes: int = 8        # ABAW EXPR classes
+    text_dim: int = 512         # CLIP text embedding size (contrastive projection output)
+    dropout_tcn: float = 0.4
+    dropout_audio: float = 0.3
+    dropout_attn: float = 0.2
+    dropout_head: float = 0.5
+    use_audio: bool = True      # False: visual stream only, classifier input = channels
+    use_tcn: bool = True        # False: frame features go straight to fusion
+    fusion: str = "bica"        # bica: both directions; v2a: visual queries audio; a2v: audio
+                                # queries visual; concat: no attention, pooled streams concatenated
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if self.channels % self.heads:
+            raise ConfigError(f"channels ({self.channels}) must be divisible by heads ({self.heads})")
+        for name in ("visual_dim", "audio_dim", "channels", "tcn_levels", "tcn_kernel", "heads", "text_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HeadConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class TrainConfig:
+    """Every option of `expr train` (field names = option names with '-' for '_')."""
+
+    cache: Path                         # feature cache made by `expr extract` (.zarr or .h5)
+    labels: Path                        # ABAW annotation dir (Train_Set/, Validation_Set/) or a flat dir
+    out: Path                           # run directory: config.json, metrics.jsonl, *.safetensors
+    window: int = 60                    # frames per window
+    stride: int = 15                    # frames between training/validation windows
+    target: str = "last"                # window label: last frame (reference), majority, center
+    train_list: Path | None = None      # text file of training video ids (one a line)
+    val_list: Path | None = None        # text file of validation video ids
+    epochs: int = 30
+    lr: float = 1e-5
+    weight_decay: float = 1e-2
+    batch_size: int = 32                # windows per micro-batch
+    accum: int = 2                      # micro-batches per optimiser step (32 x 2 = 64)
+    grad_clip: float = 1.0              # max grad norm; 0 disables
+    min_lr: float = 1e-6                # cosine annealing floor
+    contrastive_weight: float = 0.1     # lambda of the text-guided InfoNCE; 0 disables it
+    seed: int = 42
+    channels: int = 512
+    tcn_levels: int = 6
+    tcn_kernel: int = 3
+    heads: int = 8
+    dropout_tcn: float = 0.4
+    dropout_audio: float = 0.3
+    dropout_attn: float = 0.2
+    dropout_head: float = 0.5
+    no_audio: bool = False              # ablation: visual stream only
+    no_tcn: bool = False                # ablation: no temporal convolution
+    fusion: str = "bica"                # ablation: bica | v2a | a2v | concat
+    preload: str = "cpu"                # cpu (pinned RAM), gpu (whole cache on the GPU), none (stream)
+    chunk_frames: int = 1_000_000       # --preload none: frames loaded at a time
+    eval_batch_size: int = 256
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+    overwrite: bool = False             # replace a non-empty run directory
+    resume: bool = False                # continue from last.safetensors in --out
+
+    def validate(self) -> None:
+        """Raise ConfigError for options that cannot work; call once, at the edge."""
+        checks = [
+            (self.window >= 1, f"--window must be >= 1, got {self.window}"),
+            (self.stride >= 1, f"--stride must be >= 1, got {self.stride}"),
+            (self.target in TARGETS, f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}"),
+            (self.fusion in FUSIONS, f"--fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}"),
+            (self.preload in PRELOADS, f"--preload must be one of {', '.join(PRELOADS)}, got {self.preload!r}"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1 and self.accum >= 1, "--batch-size and --accum must be >= 1"),
+            (self.eval_batch_size >= 1, "--eval-batch-size must be >= 1"),
+            (self.lr > 0 and self.min_lr >= 0, "--lr must be > 0 and --min-lr >= 0"),
+            (self.contrastive_weight >= 0, "--contrastive-weight must be >= 0"),
+            (self.grad_clip >= 0, "--grad-clip must be >= 0 (0 disables clipping)"),
+            (self.chunk_frames >= self.window, "--chunk-frames must be >= --window"),
+            (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        for name in ("dropout_tcn", "dropout_audio", "dropout_attn", "dropout_head"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        self.head_config(1, 1, 1)  # architecture checks (channels vs heads, ...)
+
+    def head_config(self, visual_dim: int, audio_dim: int, text_dim: int) -> HeadConfig:
+        return HeadConfig(
+            visual_dim=visual_dim, audio_dim=audio_dim, text_dim=text_dim, channels=self.channels,
+            tcn_levels=self.tcn_levels, tcn_kernel=self.tcn_kernel, heads=self.heads,
+            dropout_tcn=self.dropout_tcn, dropout_audio=self.dropout_audio,
+            dropout_attn=self.dropout_attn, dropout_head=self.dropout_head,
+            use_audio=not self.no_audio, use_tcn=not self.no_tcn, fusion=self.fusion,
+        )
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in data.items():
+            if key not in fields:
+                continue  # options of a newer expr: ignore rather than refuse an old run dir
+            if key in ("cache", "labels", "out", "train_list", "val_list") and value is not None:
+                value = Path(value)
+            kwargs[key] = value
+        return cls(**kwargs)

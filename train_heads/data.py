@@ -1,0 +1,244 @@
+"""Features in memory, windows as index arithmetic, batches by one vectorised gather.
+
+``load_bank`` reads the listed videos of a cache ONCE into contiguous float16 tensors with
+per-video offsets. A window is (video index, end frame); ``gather`` turns B windows into
+a (B, W, Dv) visual and (B, A, Da) audio batch with a handful of tensor ops - no per-window
+Python and no per-window Zarr read, which is what makes an epoch fast.
+
+Protocols:
+- training / window-level evaluation (the reference): full windows at the stride whose
+  target frame is valid (label != -1 and a face in the frame_mask) - ``make_windows``;
+- per-frame inference: one causal window ending at each frame, the first frame repeated
+  before frame 0 - ``gather`` accepts ends < window - 1 for that.
+
+Audio of a window covers the same seconds as its frames, by that video's own timestamps
+(never a global 30 fps): steps floor(t0 * rate) ... for ceil((t1 - t0) * rate) steps, with
+rate = sample_rate / hop of the audio backbone (~50 Hz for Wav2Vec2). The batch has a fixed
+``A = audio_len(window)`` steps; steps past the span, before 0, past the end of the audio or
+of a video without audio are zero and masked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from expr.cache_format import CacheReader, open_cache
+
+DEFAULT_AUDIO_RATE = 50.0  # Wav2Vec2: 16 kHz / hop 320
+
+
+@dataclass
+class FeatureBank:
+    """The features and labels of a list of videos, concatenated along time."""
+
+    video_ids: list[str]
+    visual: torch.Tensor          # (sum T, Dv) float16
+    audio: torch.Tensor           # (sum S + 1, Da) float16; the last row is zeros (padding target)
+    frame_offsets: torch.Tensor   # (V,) int64, first row of each video in ``visual``
+    audio_offsets: torch.Tensor   # (V,) int64, first row of each video in ``audio``
+    n_frames: torch.Tensor        # (V,) int64
+    audio_steps: torch.Tensor     # (V,) int64, 0 without audio
+    fps: torch.Tensor             # (V,) float64, each video's own frame rate
+    timestamps: torch.Tensor      # (sum T,) float64 seconds
+    frame_mask: torch.Tensor      # (sum T,) bool, face present
+    labels: torch.Tensor | None   # (sum T,) int64 -1..7 as annotated (-1 = ignore), or None
+    audio_rate: float = DEFAULT_AUDIO_RATE   # audio steps per second
+    min_fps: float = 25.0         # lowest fps in the bank (fixes the audio length of a window)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    warnings: list[str] = field(default_factory=list)  # label/cache length mismatches
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """(sum T,) bool: frames that count for training: labelled and with a face."""
+        if self.labels is None:
+            return self.frame_mask.clone()
+        return (self.labels >= 0) & self.frame_mask
+
+    def audio_len(self, window: int) -> int:
+        """Fixed audio steps A of a ``window``-frame batch: the span of the slowest video + 1
+        (a span that starts mid-step touches one more step)."""
+        return math.ceil(window / self.min_fps * self.audio_rate) + 1
+
+    def video_slice(self, v: int) -> slice:
+        start = int(self.frame_offsets[v])
+        return slice(start, start + int(self.n_frames[v]))
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+
+@dataclass
+class Windows:
+    video_idx: torch.Tensor   # (N,) int64 index into bank.video_ids
+    end_frame: torch.Tensor   # (N,) int64 last frame of the window (inclusive)
+    target: torch.Tensor      # (N,) int64 class 0..7
+
+    def __len__(self) -> int:
+        return int(self.video_idx.shape[0])
+
+
+@dataclass
+class Batch:
+    visual: torch.Tensor      # (B, W, Dv) float32
+    audio: torch.Tensor       # (B, A, Da) float32, zeros where masked
+    audio_mask: torch.Tensor  # (B, A) bool, True = real audio
+
+
+def _audio_rate(backbones: dict) -> float:
+    audio = backbones.get("audio", {})
+    if audio.get("sample_rate") and audio.get("hop"):
+        return float(audio["sample_rate"]) / float(audio["hop"])
+    return DEFAULT_AUDIO_RATE
+
+
+def load_bank(
+    cache: CacheReader | str | Path,
+    video_ids: list[str],
+    labels: dict[str, np.ndarray] | None,
+    *,
+    preload: str = "cpu",
+    device: str | torch.device = "cpu",
+    on_video: Callable[[int, int, str], None] | None = None,
+) -> FeatureBank:
+    """Read ``video_ids`` of ``cache`` into one FeatureBank.
+
+    ``labels`` maps video id -> (T,) labels; a length that differs from the cache is
+    truncated to the shorter (frames past it are dropped) with one line in ``bank.warnings``.
+    ``preload``: "gpu" puts the tensors on ``device``; "cpu" keeps them in (pinned, when
+    CUDA is there) host memory; "none" is plain host memory (the caller streams chunks).
+    ``on_video(i, n, video_id)`` reports progress.
+    """
+    if not isinstance(cache, CacheReader):
+        with open_cache(cache) as reader:
+            return load_bank(reader, video_ids, labels, preload=preload, device=device, on_video=on_video)
+    infos = [cache.info(v) for v in video_ids]
+    warnings = []
+    lengths = []
+    for info in infos:
+        n = info.n_frames
+        if labels is not None:
+            n_lab = len(labels[info.video_id])
+            if n_lab != n:
+                warnings.append(f"{info.video_id}: {n_lab} labels but {n} cached frames; using the first {min(n, n_lab)}")
+                n = min(n, n_lab)
+        lengths.append(n)
+    steps = [info.audio_steps for info in infos]
+    total_t, total_s = sum(lengths), sum(steps)
+    pin = preload == "cpu" and torch.cuda.is_available()
+    visual = torch.empty((total_t, cache.visual_dim), dtype=torch.float16, pin_memory=pin)
+    audio = torch.zeros((total_s + 1, cache.audio_dim), dtype=torch.float16, pin_memory=pin)
+    timestamps = torch.empty(total_t, dtype=torch.float64)
+    frame_mask = torch.empty(total_t, dtype=torch.bool)
+    lab = torch.full((total_t,), -1, dtype=torch.int64) if labels is not None else None
+    t = s = 0
+    for i, (info, n) in enumerate(zip(infos, lengths)):
+        vid = info.video_id
+        visual[t:t + n] = torch.from_numpy(cache.visual(vid, 0, n))
+        if info.audio_steps:
+            audio[s:s + info.audio_steps] = torch.from_numpy(cache.audio(vid))
+        timestamps[t:t + n] = torch.from_numpy(cache.timestamps(vid)[:n])
+        frame_mask[t:t + n] = torch.from_numpy(cache.frame_mask(vid)[:n])
+        if lab is not None:
+            lab[t:t + n] = torch.from_numpy(np.asarray(labels[vid][:n], dtype=np.int64))
+        t += n
+        s += info.audio_steps
+        if on_video:
+            on_video(i + 1, len(infos), vid)
+    lengths_t = torch.tensor(lengths, dtype=torch.int64)
+    steps_t = torch.tensor(steps, dtype=torch.int64)
+    dev = torch.device(device) if preload == "gpu" else torch.device("cpu")
+    bank = FeatureBank(
+        video_ids=list(video_ids),
+        visual=visual, audio=audio,
+        frame_offsets=torch.cumsum(lengths_t, 0) - lengths_t,
+        audio_offsets=torch.cumsum(steps_t, 0) - steps_t,
+        n_frames=lengths_t, audio_steps=steps_t,
+        fps=torch.tensor([info.fps for info in infos], dtype=torch.float64),
+        timestamps=timestamps, frame_mask=frame_mask, labels=lab,
+        audio_rate=_audio_rate(cache.backbones),
+        min_fps=min((info.fps for info in infos), default=25.0),
+        warnings=warnings,
+    )
+    return to_device(bank, dev) if dev.type != "cpu" else bank
+
+
+def to_device(bank: FeatureBank, device: str | torch.device) -> FeatureBank:
+    """The same bank with every tensor on ``device``."""
+    device = torch.device(device)
+    moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+             for k, v in vars(bank).items()}
+    moved["device"] = device
+    return FeatureBank(**moved)
+
+
+def window_targets(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor,
+                   window: int, target: str = "last") -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) target class and (N,) bool "has a target" of full windows (start >= 0).
+
+    last: the label of the last frame (the reference); center: of frame end - window // 2;
+    majority: the most frequent valid label in the window (ties: the lower class id).
+    """
+    valid = bank.valid
+    rows = bank.frame_offsets[video_idx] + end_frame
+    if target == "last" or target == "center":
+        rows = rows - (window // 2 if target == "center" else 0)
+        return bank.labels[rows].clamp(min=0), valid[rows]
+    if target != "majority":
+        raise ValueError(f"unknown target {target!r}")
+    # Counts of each class in [start, end] from cumulative one-hot counts: no per-window loop.
+    onehot = torch.zeros((valid.shape[0] + 1, 8), dtype=torch.int32, device=valid.device)
+    onehot[1:][valid] = torch.nn.functional.one_hot(bank.labels[valid], 8).to(torch.int32)
+    cum = onehot.cumsum(0)  # cum[r] = counts of rows < r
+    counts = cum[rows + 1] - cum[rows + 1 - window]  # (N, 8)
+    return counts.argmax(1), counts.sum(1) > 0
+
+
+def make_windows(bank: FeatureBank, window: int, stride: int, target: str = "last") -> Windows:
+    """Full windows at ``stride`` (ends window-1, window-1+stride, ...) with a valid target."""
+    if bank.labels is None:
+        raise ValueError("make_windows needs a bank with labels")
+    n = bank.n_frames.to(bank.device)
+    per_video = torch.clamp((n - window) // stride + 1, min=0)  # (V,) windows per video
+    video_idx = torch.repeat_interleave(torch.arange(len(n), device=bank.device), per_video)
+    first = torch.cumsum(per_video, 0) - per_video
+    k = torch.arange(int(per_video.sum()), device=bank.device) - first[video_idx]  # index within video
+    end_frame = window - 1 + k * stride
+    tgt, ok = window_targets(bank, video_idx, end_frame, window, target)
+    return Windows(video_idx[ok], end_frame[ok], tgt[ok])
+
+
+def gather(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor, window: int) -> Batch:
+    """Visual (B, W, Dv) and audio (B, A, Da) of the windows ending at ``end_frame``."""
+    dev = bank.device
+    video_idx = video_idx.to(dev)
+    end_frame = end_frame.to(dev)
+    n = bank.n_frames[video_idx]                                    # (B,)
+    offsets = bank.frame_offsets[video_idx]                         # (B,)
+    frames = end_frame[:, None] - (window - 1) + torch.arange(window, device=dev)  # (B, W)
+    # Frames before 0 repeat the first frame (per-frame protocol padding).
+    rows = offsets[:, None] + torch.minimum(frames.clamp(min=0), (n - 1)[:, None])
+    visual = bank.visual[rows].float()                              # (B, W, Dv)
+
+    # Time span of the window by the video's own clock: frames before 0 extend it backwards.
+    fps = bank.fps[video_idx]
+    first_ts = bank.timestamps[offsets]
+    start = end_frame - (window - 1)
+    t0 = torch.where(start >= 0, bank.timestamps[offsets + start.clamp(min=0)], first_ts + start / fps)
+    t1 = bank.timestamps[offsets + torch.minimum(end_frame, n - 1)] + 1.0 / fps
+    s0 = torch.floor(t0 * bank.audio_rate).long()                   # (B,)
+    span = torch.ceil((t1 - t0) * bank.audio_rate - 1e-6).long()    # (B,) steps of this window
+    A = bank.audio_len(window)
+    k = torch.arange(A, device=dev)
+    steps = s0[:, None] + k                                         # (B, A) step index in the video
+    mask = (steps >= 0) & (steps < bank.audio_steps[video_idx][:, None]) & (k < span[:, None])
+    pad_row = bank.audio.shape[0] - 1                               # the zero row
+    arows = torch.where(mask, bank.audio_offsets[video_idx][:, None] + steps, pad_row)
+    audio = bank.audio[arows].float()                               # (B, A, Da)
+    return Batch(visual, audio, mask)
+
