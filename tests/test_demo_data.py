@@ -201,6 +201,12 @@ def test_write_demo_labels_splits_each_clip_by_time(tmp_path):
     assert "CREMA-D" in text and "ODbL" in text
     assert "Surprise" in text and "Other" in text and "NOT a benchmark" in text
     assert "1001_DFA_HAP_XX: Happiness, 20 frames: train 1-14, validation 15-20" in text
+    # The trainer's loader reads the same id from both splits (separate files, no overlap check).
+    from expr.train_heads.labels import load_split
+
+    train, val = load_split(split.labels_dir, "Train_Set"), load_split(split.labels_dir, "Validation_Set")
+    assert sorted(train) == sorted(val) == split.train_ids
+    assert ((train["1001_DFA_HAP_XX"] >= 0) != (val["1001_DFA_HAP_XX"] >= 0)).all()  # disjoint frames
     # Re-running over the same folder is fine (links are replaced, files rewritten).
     assert D.write_demo_labels(clips, tmp_path / "demo", val_fraction=0.3) == split
 
