@@ -1,0 +1,307 @@
+"""The frozen backbones: a table of named specs (backbones.json) and how to build them.
+
+Architectures are data: ``backbones.json`` names each backbone with its library, stream
+("visual" or "audio"), output dim, input geometry and the weight tags it accepts. Where the
+weights come from is decided by one pure function, ``resolve_weights``: a local file or
+directory beats a hub tag, and ``none`` builds the same architecture with random weights
+(recorded as ``weights: null`` in the cache).
+
+Hub loading goes through open_clip's and transformers' own loaders (their caches). Offline,
+those loaders retry for 20-50 s before failing; ``prepare_hub`` probes the network for 2 s
+first and switches the hub client to offline mode, so a missing cache fails in seconds with
+a ``WeightsNotFoundError`` that says how to get the weights.
+
+Heavy imports (torch, open_clip, transformers) happen inside the build functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from expr.errors import ConfigError, WeightsNotFoundError
+
+SPECS_FILE = Path(__file__).with_name("backbones.json")
+HUB_HOST = ("huggingface.co", 443)
+RANDOM = "none"
+_LOCAL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One entry of backbones.json (see there for the values)."""
+
+    name: str
+    stream: str                    # "visual" or "audio"
+    library: str                   # "open_clip" or "transformers"
+    dim: int                       # feature width written to the cache
+    tags: dict[str, str]           # weight tag -> hub location
+    default_weights: str           # tag used when --*-weights is not given
+    doc: str = ""
+    arch: str | None = None        # open_clip architecture name (carries quick_gelu)
+    arch_file: str | None = None   # open_clip config JSON beside this file, for custom archs
+    image_size: int | None = None
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    repo: str | None = None        # transformers repo id
+    config: dict[str, Any] = field(default_factory=dict)  # Wav2Vec2Config overrides for `none`
+    normalize: bool = False        # zero-mean unit-variance waveform, as Wav2Vec2FeatureExtractor
+    sample_rate: int | None = None
+    hop: int | None = None
+    receptive_field: int | None = None
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where a backbone's weights come from: "local" path, "hub" tag, or "none" (random)."""
+
+    kind: str
+    value: str | None  # absolute path, tag, or None
+
+    @property
+    def recorded(self) -> str | None:
+        """What the cache records in backbones.<stream>.weights (null = random)."""
+        return self.value if self.kind != "none" else None
+
+
+@lru_cache(maxsize=1)
+def load_specs() -> dict[str, BackboneSpec]:
+    raw = json.loads(SPECS_FILE.read_text(encoding="utf-8"))
+    specs = {}
+    for name, entry in raw.items():
+        entry = dict(entry)
+        for key in ("mean", "std"):
+            entry[key] = tuple(entry.get(key, ()))
+        specs[name] = BackboneSpec(name=name, **entry)
+    return specs
+
+
+def get_spec(name: str, stream: str) -> BackboneSpec:
+    """The spec called ``name`` for ``stream``; ConfigError listing the valid names otherwise."""
+    specs = {n: s for n, s in load_specs().items() if s.stream == stream}
+    if name not in specs:
+        raise ConfigError(
+            f"unknown {stream} model {name!r}; choose one of: {', '.join(specs)} "
+            f"(defined in {SPECS_FILE})"
+        )
+    return specs[name]
+
+
+def resolve_weights(spec: BackboneSpec, weights_arg: str | None) -> WeightSource:
+    """Decide where ``spec``'s weights come from: local file/dir > hub tag > none (random).
+
+    Pure apart from checking whether ``weights_arg`` names an existing path.
+    """
+    arg = spec.default_weights if weights_arg in (None, "") else str(weights_arg)
+    path = Path(arg).expanduser()
+    if path.exists():
+        return WeightSource("local", str(path.resolve()))
+    if arg == RANDOM:
+        return WeightSource("none", None)
+    if arg in spec.tags:
+        return WeightSource("hub", arg)
+    valid = [*spec.tags, RANDOM, "a local file or directory"]
+    if os.sep in arg or arg.endswith(_LOCAL_SUFFIXES):
+        raise WeightsNotFoundError(
+            f"{spec.name}: weights file {arg} does not exist; pass an existing path or one of: "
+            + ", ".join(valid)
+        )
+    raise ConfigError(f"{spec.name}: unknown weights {arg!r}; valid: {', '.join(valid)}")
+
+
+# -- hub connectivity -----------------------------------------------------------------------
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """True if a TCP connection to the Hugging Face hub opens within ``timeout`` seconds.
+
+    Runs in a thread because DNS resolution ignores socket timeouts.
+    """
+    result = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(HUB_HOST, timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def _offline_requested() -> bool:
+    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def prepare_hub() -> bool:
+    """Return True if the hub may be contacted; else switch the hub client to offline mode.
+
+    huggingface_hub reads HF_HUB_OFFLINE once at import, so the constant is set as well as
+    the environment (which worker processes inherit).
+    """
+    if not _offline_requested() and hub_reachable():
+        return True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import huggingface_hub.constants as hf_constants
+
+    hf_constants.HF_HUB_OFFLINE = True
+    return False
+
+
+def _how_to_get(spec: BackboneSpec, online: bool) -> str:
+    if spec.library == "open_clip":
+        loc = next(iter(spec.tags.values()), "")
+        fetch = (f"run once with network access, or download open_clip_pytorch_model.bin from "
+                 f"https://huggingface.co/{loc.rstrip('/')} and pass --visual-weights PATH")
+    else:
+        fetch = (f"run once with network access, or `huggingface-cli download {spec.repo}` "
+                 f"elsewhere and pass the folder as --audio-weights PATH")
+    state = "" if online else "the hub is unreachable (offline) and "
+    return f"{state}the weights are not in the local cache: {fetch}; or pass `none` for random weights"
+
+
+def _load_failed(spec: BackboneSpec, source: WeightSource, online: bool, exc: Exception) -> WeightsNotFoundError:
+    if source.kind == "local":
+        return WeightsNotFoundError(
+            f"{spec.name}: could not load weights from {source.value}: {str(exc)[:300]}; "
+            "pass a checkpoint of this architecture"
+        )
+    return WeightsNotFoundError(f"{spec.name} ({source.value}): {_how_to_get(spec, online)}")
+
+
+# -- visual (open_clip) ---------------------------------------------------------------------
+def _register_arch(spec: BackboneSpec) -> None:
+    import open_clip
+
+    if spec.arch_file and spec.arch not in open_clip.list_models():
+        open_clip.add_model_config(SPECS_FILE.with_name(spec.arch_file))
+
+
+def _local_checkpoint(path: Path, spec: BackboneSpec) -> str:
+    if path.is_file():
+        return str(path)
+    for pattern in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
+                    *(f"*{s}" for s in _LOCAL_SUFFIXES)):
+        found = sorted(path.glob(pattern))
+        if found:
+            return str(found[0])
+    raise WeightsNotFoundError(
+        f"{spec.name}: no checkpoint (*.safetensors, *.bin, *.pt) in {path}; pass the file itself"
+    )
+
+
+def build_clip(spec: BackboneSpec, source: WeightSource):
+    """The open_clip model of ``spec`` on CPU in eval mode, weights from ``source``."""
+    import open_clip
+
+    _register_arch(spec)
+    pretrained = None
+    online = True
+    if source.kind == "hub":
+        online = prepare_hub()
+        pretrained = source.value
+    elif source.kind == "local":
+        pretrained = _local_checkpoint(Path(source.value), spec)
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)  # open_clip logs to the root logger what we raise below
+    try:
+        # spec.arch carries QuickGELU: OpenAI weights in a plain GELU model load without
+        # complaint and give wrong features.
+        model = open_clip.create_model(spec.arch, pretrained=pretrained, device="cpu")
+    except Exception as exc:  # open_clip wraps hub and file errors in RuntimeError and others
+        raise _load_failed(spec, source, online, exc) from exc
+    finally:
+        logging.disable(previous)
+    return model.eval().requires_grad_(False)
+
+
+def clip_text_embeddings(model, arch: str, prompts: list[str]):
+    """(len(prompts), D) float32 CLIP text embeddings (not normalised) and exp(logit_scale)."""
+    import open_clip
+    import torch
+
+    tokenizer = open_clip.get_tokenizer(arch)
+    with torch.inference_mode():
+        text = model.encode_text(tokenizer(prompts), normalize=False).float()
+        scale = float(model.logit_scale.exp())
+    return text.numpy(), scale
+
+
+# -- audio (transformers) -------------------------------------------------------------------
+def build_wav2vec2(spec: BackboneSpec, source: WeightSource):
+    """The Wav2Vec2Model of ``spec`` on CPU in eval mode, weights from ``source``."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    from transformers.utils import logging as hf_logging
+
+    if source.kind == "none":
+        return Wav2Vec2Model(Wav2Vec2Config(**spec.config)).eval().requires_grad_(False)
+    if source.kind == "local" and not Path(source.value).is_dir():
+        raise WeightsNotFoundError(
+            f"{spec.name}: --audio-weights {source.value} is a file; pass the folder that holds "
+            "config.json and the weights (as saved by save_pretrained or downloaded from the hub)"
+        )
+    online = prepare_hub() if source.kind == "hub" else True
+    where = spec.tags[source.value] if source.kind == "hub" else source.value
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized: masked_spec_embed" notes
+    try:
+        model = Wav2Vec2Model.from_pretrained(where)
+    except Exception as exc:  # OSError offline, ValueError/RuntimeError on a bad folder
+        raise _load_failed(spec, source, online, exc) from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model.eval().requires_grad_(False)
+
+
+def backbone_attrs(spec: BackboneSpec, source: WeightSource) -> dict:
+    """The cache's root attribute ``backbones.<stream>`` for this backbone."""
+    attrs: dict[str, Any] = {"name": spec.name, "weights": source.recorded, "dim": spec.dim}
+    if spec.stream == "visual":
+        attrs.update(image_size=spec.image_size, mean=list(spec.mean), std=list(spec.std))
+    else:
+        attrs.update(sample_rate=spec.sample_rate, hop=spec.hop,
+                     receptive_field=spec.receptive_field, normalize=spec.normalize)
+    return attrs
+
+
+class VisualEncoder:
+    """CLIP image features of uint8 frames whose geometry is done (resize + crop).
+
+    Mean/std normalisation runs on the device on the uint8 batch (4x less to copy than
+    float); the image tower runs without the final L2 normalisation, i.e. open_clip's
+    ``encode_image(normalize=False)``. fp16 autocast, pinned memory and non-blocking copies
+    on CUDA; fp32 on CPU (bf16 is several times slower on CPUs without AMX).
+    """
+
+    def __init__(self, model, spec: BackboneSpec, device: str = "cpu"):
+        import torch
+
+        self.spec = spec
+        self.device = torch.device(device)
+        self.visual = model.visual.to(self.device)  # the text tower is not needed per frame
+        self.mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1) * 255
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, S, S, 3) uint8 numpy -> (B, D) float32 numpy."""
+        import torch
+
+        cuda = self.device.type == "cuda"
+        x = torch.from_numpy(pixels)
+        if cuda:
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+            x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std  # (B, 3, S, S)
+            feats = self.visual(x)  # (B, D)
+        return feats.float().cpu().numpy()

@@ -1,0 +1,67 @@
+"""``ExtractConfig``: every option of ``expr extract``, mirrored 1:1 by the CLI options."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from expr.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+FACE_CROPS = ("none", "haar")
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+@dataclass
+class ExtractConfig:
+    videos: Path                                   # folder searched recursively for video files
+    out: Path                                      # the cache to create or add to (a .zarr folder)
+    frames: Path | None = None                     # ABAW cropped_aligned folder: faces from jpgs, audio from videos
+    device: str = "auto"                           # auto (cuda if available) | cpu | cuda | cuda:N
+    batch_size: int = 128                          # frames per image-encoder batch, across video boundaries
+    workers: int = 2                               # decoding processes (0: decode in this process)
+    visual_model: str = "ViT-B-32"                 # a visual entry of extract/backbones.json
+    visual_weights: str | None = None              # tag (openai), local file/dir, or none (random); default: the spec's
+    audio_model: str = "facebook/wav2vec2-base"    # an audio entry of extract/backbones.json (the paper's)
+    audio_weights: str | None = None               # hub, local folder, or none (random); default: the spec's
+    shard: str | None = None                       # "K/N": this job takes videos K, K+N, ... (0 <= K < N)
+    limit: int | None = None                       # only the first N videos (sorted by id)
+    overwrite: bool = False                        # redo every video (wipes the cache when not sharded)
+    face_crop: str = "none"                        # none | haar: cut raw frames to the face (OpenCV Haar)
+    audio_chunk_seconds: float = 30.0              # Wav2Vec2 runs on chunks of this length ...
+    audio_context_seconds: float = 3.0             # ... each with this much extra audio either side
+
+    def validate(self) -> "ExtractConfig":
+        """Check option values once, at the edge; return self."""
+        self.videos = Path(self.videos)
+        self.out = Path(self.out)
+        self.frames = Path(self.frames) if self.frames is not None else None
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
+            raise ConfigError(f"--device {self.device!r}: expected one of {', '.join(DEVICES)} or cuda:N")
+        if self.face_crop not in FACE_CROPS:
+            raise ConfigError(f"--face-crop {self.face_crop!r}: expected one of {', '.join(FACE_CROPS)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.workers < 0:
+            raise ConfigError(f"--workers {self.workers}: must be 0 (in-process) or more")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit {self.limit}: must be at least 1")
+        if not self.audio_chunk_seconds > 0 or not self.audio_context_seconds >= 0:
+            raise ConfigError(
+                f"--audio-chunk-seconds {self.audio_chunk_seconds} must be > 0 and "
+                f"--audio-context-seconds {self.audio_context_seconds} >= 0"
+            )
+        if self.frames is not None and self.face_crop != "none":
+            raise ConfigError("--face-crop applies to raw videos; --frames already gives cropped faces")
+        if self.shard is not None:
+            parse_shard(self.shard)
+        return self
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N) with 0 <= K < N."""
+    match = _SHARD.match(str(text))
+    if not match or not int(match[1]) < int(match[2]):
+        raise ConfigError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. 0/4 ... 3/4")
+    return int(match[1]), int(match[2])
