@@ -105,6 +105,7 @@ def load_bank(
     preload: str = "cpu",
     device: str | torch.device = "cpu",
     on_video: Callable[[int, int, str], None] | None = None,
+    features: bool = True,
 ) -> FeatureBank:
     """Read ``video_ids`` of ``cache`` into one FeatureBank.
 
@@ -112,11 +113,13 @@ def load_bank(
     truncated to the shorter (frames past it are dropped) with one line in ``bank.warnings``.
     ``preload``: "gpu" puts the tensors on ``device``; "cpu" keeps them in (pinned, when
     CUDA is there) host memory; "none" is plain host memory (the caller streams chunks).
-    ``on_video(i, n, video_id)`` reports progress.
+    ``on_video(i, n, video_id)`` reports progress. ``features=False`` reads only labels,
+    masks and times (zero-row feature tensors): enough for ``make_windows``.
     """
     if not isinstance(cache, CacheReader):
         with open_cache(cache) as reader:
-            return load_bank(reader, video_ids, labels, preload=preload, device=device, on_video=on_video)
+            return load_bank(reader, video_ids, labels, preload=preload, device=device,
+                             on_video=on_video, features=features)
     infos = [cache.info(v) for v in video_ids]
     warnings = []
     lengths = []
@@ -130,17 +133,19 @@ def load_bank(
         lengths.append(n)
     steps = [info.audio_steps for info in infos]
     total_t, total_s = sum(lengths), sum(steps)
+    rows_t, rows_s = (total_t, total_s) if features else (0, 0)
     pin = preload == "cpu" and torch.cuda.is_available()
-    visual = torch.empty((total_t, cache.visual_dim), dtype=torch.float16, pin_memory=pin)
-    audio = torch.zeros((total_s + 1, cache.audio_dim), dtype=torch.float16, pin_memory=pin)
+    visual = torch.empty((rows_t, cache.visual_dim), dtype=torch.float16, pin_memory=pin)
+    audio = torch.zeros((rows_s + 1, cache.audio_dim), dtype=torch.float16, pin_memory=pin)
     timestamps = torch.empty(total_t, dtype=torch.float64)
     frame_mask = torch.empty(total_t, dtype=torch.bool)
     lab = torch.full((total_t,), -1, dtype=torch.int64) if labels is not None else None
     t = s = 0
     for i, (info, n) in enumerate(zip(infos, lengths)):
         vid = info.video_id
-        visual[t:t + n] = torch.from_numpy(cache.visual(vid, 0, n))
-        if info.audio_steps:
+        if features:
+            visual[t:t + n] = torch.from_numpy(cache.visual(vid, 0, n))
+        if features and info.audio_steps:
             audio[s:s + info.audio_steps] = torch.from_numpy(cache.audio(vid))
         timestamps[t:t + n] = torch.from_numpy(cache.timestamps(vid)[:n])
         frame_mask[t:t + n] = torch.from_numpy(cache.frame_mask(vid)[:n])

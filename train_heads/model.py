@@ -161,13 +161,18 @@ class ExprHeadModel(nn.Module):
     def forward_head(self, fused: torch.Tensor) -> torch.Tensor:
         return self.head(fused)                                        # (B, classes)
 
-    def forward(self, visual, audio=None, audio_mask=None) -> torch.Tensor:
-        return self.forward_head(self.forward_features(visual, audio, audio_mask)[0])
+    def forward(self, visual, audio=None, audio_mask=None, return_aux: bool = False):
+        """-> logits (B, classes); with ``return_aux`` also the L2-normalised visual
+        embedding (B, text_dim). (One entry point, so DistributedDataParallel sees both.)"""
+        fused, pooled_v = self.forward_features(visual, audio, audio_mask)
+        logits = self.forward_head(fused)
+        if not return_aux:
+            return logits
+        return logits, F.normalize(self.text_proj(pooled_v), dim=-1)
 
     def forward_with_aux(self, visual, audio=None, audio_mask=None):
         """-> logits (B, classes) and the L2-normalised visual embedding (B, text_dim)."""
-        fused, pooled_v = self.forward_features(visual, audio, audio_mask)
-        return self.forward_head(fused), F.normalize(self.text_proj(pooled_v), dim=-1)
+        return self.forward(visual, audio, audio_mask, return_aux=True)
 
     def contrastive_loss(self, visual_embed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Symmetric InfoNCE of each sample against its class's text embedding (targets arange(B))."""
