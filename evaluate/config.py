@@ -78,6 +78,11 @@ class AblateConfig:
     epochs: int = 30                  # epochs per cell (the paper: 30)
     seeds: int = 1                    # runs per cell, seeds seed, seed+1, ...; tables show mean +- std
     seed: int = 42                    # first seed
+    lr: float = 1e-5                  # base learning rate of every cell (a grid key may override)
+    batch_size: int = 32              # windows per micro-batch (x2 accumulation, as `expr train`)
+    channels: int = 512               # head width (small values make quick smoke ablations)
+    tcn_levels: int = 6               # TCN blocks (a grid key may override)
+    heads: int = 8                    # attention heads
     train_list: Path | None = None    # optional ids file restricting Train_Set
     val_list: Path | None = None      # optional ids file restricting Validation_Set
     smooth: int = 0                   # per-frame protocol smoothing (0 = off)
@@ -91,5 +96,7 @@ class AblateConfig:
             raise ConfigError("--preload none defeats loading the cache once for all cells; use cpu or gpu")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, not {self.epochs}")
+        if self.lr <= 0 or self.batch_size < 1 or self.channels < 1 or self.tcn_levels < 1 or self.heads < 1:
+            raise ConfigError("--lr, --batch-size, --channels, --tcn-levels and --heads must be positive")
         if self.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, not {self.seeds}")

@@ -1,9 +1,65 @@
-"""`expr ablate` (placeholder until its issue lands)."""
+"""`expr ablate`: a grid of training settings from one cache load, both protocols, tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from expr.commands.evaluate import CacheOpt, DeviceOpt, LabelsOpt, Preload, SmoothMode, SmoothModeOpt, SmoothOpt
+
+
+def ablate(
+    cache: CacheOpt,
+    labels: LabelsOpt,
+    grid: Annotated[str, typer.Option(help='Space-separated key=v1,v2 terms, e.g. "window=30,60 fusion=bica,concat '
+                                           'audio=on,off". Keys: window stride target fusion audio tcn contrastive '
+                                           'lr weight_decay tcn_levels.')],
+    out: Annotated[Path, typer.Option("--out", help="Ablation dir: one run per cell and seed, plus the tables.")],
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs per cell.")] = 30,
+    seeds: Annotated[int, typer.Option(min=1, help="Runs per cell (seeds seed, seed+1, ...): mean +- std.")] = 1,
+    seed: Annotated[int, typer.Option(help="First seed.")] = 42,
+    lr: Annotated[float, typer.Option(help="Learning rate of every cell (grid key lr overrides).")] = 1e-5,
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per micro-batch.")] = 32,
+    channels: Annotated[int, typer.Option(min=1, help="Head width.")] = 512,
+    tcn_levels: Annotated[int, typer.Option(min=1, help="TCN blocks (grid key tcn_levels overrides).")] = 6,
+    heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 8,
+    train_list: Annotated[Optional[Path], typer.Option(help="Ids file restricting Train_Set.")] = None,
+    val_list: Annotated[Optional[Path], typer.Option(help="Ids file restricting Validation_Set.")] = None,
+    smooth: SmoothOpt = 0,
+    smooth_mode: SmoothModeOpt = SmoothMode.median,
+    preload: Annotated[Preload, typer.Option(help="cpu or gpu (every cell reuses the loaded features).")] = Preload.cpu,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train and score every combination of --grid from ONE load of the cache; write
+    ablation.csv, ablation.md (sorted by per-frame macro-F1) and ablation.png. Re-running
+    skips finished cells."""
+    from rich.console import Console
+
+    from expr.evaluate.ablation import run_ablation
+    from expr.evaluate.config import AblateConfig
+
+    console = Console()
+    cfg = AblateConfig(cache=cache, labels=labels, grid=grid, out=out, epochs=epochs, seeds=seeds, seed=seed, lr=lr,
+                       batch_size=batch_size, channels=channels, tcn_levels=tcn_levels, heads=heads,
+                       train_list=train_list, val_list=val_list, smooth=smooth, smooth_mode=smooth_mode.value,
+                       preload=preload.value, device=device)
+
+    def on_cell(i, n, cell, seed_, status):
+        verb = "[dim]skip (done)[/]" if status == "skip" else "[bold]train[/]"
+        console.print(f"[{i}/{n}] {verb} {cell.label} seed {seed_}", highlight=False)
+
+    def on_epoch(record):
+        console.print(f"    epoch {record['epoch']}: loss {record.get('loss', float('nan')):.4f}  "
+                      f"val window macro-F1 {record.get('val_f1', float('nan')):.4f}", highlight=False)
+
+    report = run_ablation(cfg, on_cell=on_cell, on_epoch=on_epoch,
+                          on_stage=lambda msg: console.print(f"[dim]{msg}[/]"))
+    console.print(report.paths["md"].read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"[green]✓[/] {report.trained} trained, {report.skipped} already done; "
+                  f"{report.paths['csv']}, {report.paths['md']}, {report.paths['png']}", highlight=False)
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("ablate", help="(not implemented yet)")
-    def _ablate() -> None:
-        raise typer.Exit(2)
+    app.command("ablate")(ablate)

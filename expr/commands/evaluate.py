@@ -1,9 +1,118 @@
-"""`expr evaluate` (placeholder until its issue lands)."""
+"""`expr evaluate`: both protocols (window-level and per-frame ABAW) for a trained run."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+# Options shared with `expr predict` / `expr ablate` (defined once, imported there).
+RunOpt = Annotated[Path, typer.Option("--run", help="Run directory written by 'expr train --out'.")]
+CacheOpt = Annotated[Path, typer.Option("--cache", help="Feature cache (.zarr dir or .h5 file).")]
+LabelsOpt = Annotated[Path, typer.Option("--labels", help="ABAW annotation dir (Train_Set/, Validation_Set/).")]
+
+
+class Checkpoint(str, Enum):
+    best = "best"
+    last = "last"
+
+
+class SmoothMode(str, Enum):
+    median = "median"
+    mean = "mean"
+
+
+class Preload(str, Enum):
+    cpu = "cpu"
+    gpu = "gpu"
+    none = "none"
+
+
+CheckpointOpt = Annotated[Checkpoint, typer.Option(help="Weights to use: best (window-level val macro-F1) or last.")]
+SmoothOpt = Annotated[int, typer.Option(min=0, help="Per-frame: centred filter over K frames of probabilities (0 = off).")]
+SmoothModeOpt = Annotated[SmoothMode, typer.Option(help="Filter of --smooth.")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Windows per inference batch.")]
+PreloadOpt = Annotated[Preload, typer.Option(help="Where features live while scoring.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")]
+
+
+def metrics_table(title: str, metrics, extra: str = ""):
+    """Per-class precision/recall/F1/support with macro-F1 and accuracy in the caption."""
+    from rich.table import Table
+
+    from expr.cache_format.schema import CLASS_NAMES
+
+    table = Table(title=title, caption=f"macro-F1 [bold]{metrics.macro_f1:.4f}[/]   accuracy "
+                  f"{metrics.accuracy:.4f}   n={metrics.n:,}{extra}", title_justify="left")
+    for name in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(name, justify="left" if name == "class" else "right")
+    for i, name in enumerate(CLASS_NAMES):
+        table.add_row(name, f"{metrics.precision[i]:.3f}", f"{metrics.recall[i]:.3f}", f"{metrics.f1[i]:.3f}",
+                      f"{metrics.support[i]:,}")
+    return table
+
+
+def confusion_table(title: str, confusion):
+    """Rows = true class, columns = predicted; the diagonal in bold."""
+    from rich.table import Table
+
+    short = ("Neu", "Ang", "Dis", "Fea", "Hap", "Sad", "Sur", "Oth")
+    table = Table(title=title, title_justify="left")
+    table.add_column("true \\ pred")
+    for s in short:
+        table.add_column(s, justify="right")
+    for i, row in enumerate(confusion):
+        table.add_row(short[i], *(f"[bold]{v}[/]" if i == j else str(v) for j, v in enumerate(row)))
+    return table
+
+
+def evaluate(
+    run: RunOpt,
+    cache: CacheOpt,
+    labels: LabelsOpt,
+    split: Annotated[str, typer.Option(help="Sub-folder of --labels to score.")] = "Validation_Set",
+    videos: Annotated[Optional[Path], typer.Option(help="Text file of video ids: score only these.")] = None,
+    checkpoint: CheckpointOpt = Checkpoint.best,
+    smooth: SmoothOpt = 0,
+    smooth_mode: SmoothModeOpt = SmoothMode.median,
+    batch_size: BatchOpt = 256,
+    preload: PreloadOpt = Preload.cpu,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Score a run on a labelled split: window-level (the paper's numbers) AND per-frame
+    (the official ABAW metric); writes eval_<split>.json and confusion PNGs into the run."""
+    from rich.console import Console
+
+    from expr.evaluate.config import EvaluateConfig
+    from expr.evaluate.evaluation import evaluate_run
+
+    console = Console()
+    cfg = EvaluateConfig(run=run, cache=cache, labels=labels, split=split, videos=videos,
+                         checkpoint=checkpoint.value, smooth=smooth, smooth_mode=smooth_mode.value,
+                         batch_size=batch_size, preload=preload.value, device=device)
+    report = evaluate_run(cfg, on_stage=lambda msg: console.print(f"[dim]{msg}[/]"))
+    protocols = report.data["protocols"]
+    w, f = protocols["window"], protocols["per_frame"]
+    console.print(metrics_table(
+        f"window-level (reference protocol): window {w['window']}, stride {w['stride']}, target {w['target']}",
+        report.scores.window))
+    console.print(confusion_table("window-level confusion (rows true, columns predicted)", report.scores.window.confusion))
+    smooth_text = f", {cfg.smooth_mode} smoothing over {cfg.smooth} frames" if cfg.smooth > 1 else ""
+    console.print(metrics_table(f"per-frame (official ABAW): causal window {f['window']}{smooth_text}",
+                                report.scores.per_frame))
+    console.print(confusion_table("per-frame confusion (rows true, columns predicted)", report.scores.per_frame.confusion))
+    for warning in report.warnings[:10]:
+        console.print(f"[yellow]warning[/] {warning}", highlight=False)
+    if len(report.warnings) > 10:
+        console.print(f"[yellow]... and {len(report.warnings) - 10} more warnings in {report.json_path}[/]")
+    console.print(
+        f"[bold]{cfg.split}[/]: window-level macro-F1 [bold]{report.scores.window.macro_f1:.4f}[/], "
+        f"per-frame macro-F1 [bold]{report.scores.per_frame.macro_f1:.4f}[/]  -> {report.json_path}",
+        highlight=False,
+    )
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("evaluate", help="(not implemented yet)")
-    def _evaluate() -> None:
-        raise typer.Exit(2)
+    app.command("evaluate")(evaluate)

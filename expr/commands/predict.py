@@ -1,9 +1,58 @@
-"""`expr predict` (placeholder until its issue lands)."""
+"""`expr predict`: the ABAW submission file (one label for every frame of every video)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from expr.commands.evaluate import (
+    BatchOpt,
+    CacheOpt,
+    Checkpoint,
+    CheckpointOpt,
+    DeviceOpt,
+    Preload,
+    PreloadOpt,
+    RunOpt,
+    SmoothMode,
+    SmoothModeOpt,
+    SmoothOpt,
+)
+
+
+def predict(
+    run: RunOpt,
+    cache: CacheOpt,
+    out: Annotated[Path, typer.Option("--out", help="Submission CSV to write, e.g. predictions.csv.")],
+    videos: Annotated[Optional[Path], typer.Option(help="Text file of video ids (default: every cached video).")] = None,
+    probs: Annotated[Optional[Path], typer.Option(help="Also write per-frame class probabilities to this CSV.")] = None,
+    checkpoint: CheckpointOpt = Checkpoint.best,
+    smooth: SmoothOpt = 0,
+    smooth_mode: SmoothModeOpt = SmoothMode.median,
+    batch_size: BatchOpt = 256,
+    preload: PreloadOpt = Preload.cpu,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Predict every frame (causal window ending at it) and write the ABAW submission CSV,
+    validated before it replaces anything."""
+    from rich.console import Console
+
+    from expr.cache_format.schema import CLASS_NAMES
+    from expr.evaluate.config import PredictConfig
+    from expr.evaluate.prediction import predict_run
+
+    console = Console()
+    cfg = PredictConfig(run=run, cache=cache, out=out, videos=videos, probs=probs, checkpoint=checkpoint.value,
+                        smooth=smooth, smooth_mode=smooth_mode.value, batch_size=batch_size,
+                        preload=preload.value, device=device)
+    report = predict_run(cfg, on_stage=lambda msg: console.print(f"[dim]{msg}[/]"))
+    shares = ", ".join(f"{name} {n / max(report.n_rows, 1):.1%}" for name, n in zip(CLASS_NAMES, report.class_counts))
+    console.print(f"predicted classes: {shares}", highlight=False)
+    console.print(f"[green]✓[/] {report.out}: {report.n_rows:,} frames of {report.n_videos} videos, validated"
+                  + (f"; probabilities in {report.probs}" if report.probs else ""), highlight=False)
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("predict", help="(not implemented yet)")
-    def _predict() -> None:
-        raise typer.Exit(2)
+    app.command("predict")(predict)

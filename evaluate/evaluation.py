@@ -1,0 +1,90 @@
+"""`expr evaluate`: score a trained run on a labelled split with both protocols."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from expr.cache_format.schema import CLASS_NAMES
+from expr.evaluate.config import EvaluateConfig
+from expr.evaluate.metrics import ClassificationMetrics
+from expr.evaluate.plots import save_confusion_png
+from expr.evaluate.scoring import Scores, check_backbones, check_in_cache, open_run, resolve_device, score_both
+
+WINDOW_PROTOCOL = ("window-level (reference code, the paper's Table 1): one prediction per window at "
+                   "the training stride, scored on the window's target")
+FRAME_PROTOCOL = ("per-frame (official ABAW): every annotated frame scored with the causal window "
+                  "ending at it, the first frame repeated before the start")
+
+
+@dataclass
+class EvalReport:
+    json_path: Path
+    confusion_pngs: dict[str, Path]    # protocol -> PNG
+    scores: Scores
+    data: dict                         # what eval_<split>.json holds
+    warnings: list[str] = field(default_factory=list)
+
+
+def _protocol_block(metrics: ClassificationMetrics, description: str, **settings) -> dict:
+    return {"description": description, **settings, **metrics.to_dict()}
+
+
+def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None = None) -> EvalReport:
+    """Load the run and the split's features once, score both protocols, write
+    ``<run>/eval_<split>.json`` and one confusion-matrix PNG per protocol."""
+    from expr.cache_format import open_cache
+    from expr.train_heads.data import load_bank
+    from expr.train_heads.labels import load_split
+
+    stage = on_stage or (lambda _msg: None)
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    run = open_run(cfg.run, cfg.checkpoint, device)
+    labels = load_split(cfg.labels, cfg.split, cfg.videos)
+    with open_cache(cfg.cache) as cache:
+        check_backbones(run, cache.backbones, cfg.run, cfg.cache)
+        check_in_cache(list(labels), cache.video_ids, f"{cfg.labels} ({cfg.split})")
+        stage(f"loading {len(labels)} videos of {cfg.split} from {cfg.cache}")
+        bank = load_bank(cache, list(labels), labels, preload=cfg.preload, device=device)
+    stage("scoring both protocols")
+    scores = score_both(run.model, bank, labels, run.train_config, batch_size=cfg.batch_size,
+                        smooth=cfg.smooth, smooth_mode=cfg.smooth_mode)
+    tc = run.train_config
+    warnings = list(bank.warnings) + [
+        f"{vid}: {n} annotated frames past the cached video were not scored"
+        for vid, n in scores.selection.dropped.items()
+    ]
+    data = {
+        "run": str(cfg.run),
+        "checkpoint": cfg.checkpoint,
+        "epoch": run.meta.get("epoch"),
+        "cache": str(cfg.cache),
+        "labels": str(cfg.labels),
+        "split": cfg.split,
+        "videos": len(labels),
+        "class_names": list(CLASS_NAMES),
+        "protocols": {
+            "window": _protocol_block(scores.window, WINDOW_PROTOCOL, window=tc.window, stride=tc.stride,
+                                      target=tc.target),
+            "per_frame": _protocol_block(scores.per_frame, FRAME_PROTOCOL, window=tc.window,
+                                         smooth=cfg.smooth, smooth_mode=cfg.smooth_mode if cfg.smooth > 1 else None,
+                                         unscored_frames=sum(scores.selection.dropped.values())),
+        },
+        "warnings": warnings,
+    }
+    run_dir = Path(cfg.run)
+    json_path = run_dir / f"eval_{cfg.split}.json"
+    tmp = json_path.with_name(f".{json_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, json_path)
+    pngs = {}
+    for key, metrics, title in (("window", scores.window, "window-level"), ("per_frame", scores.per_frame, "per-frame")):
+        pngs[key] = save_confusion_png(
+            run_dir / f"confusion_{cfg.split}_{key}.png", metrics.confusion,
+            title=f"{run_dir.name} {cfg.split}: {title}, macro-F1 {metrics.macro_f1:.4f} (n={metrics.n:,})",
+        )
+    return EvalReport(json_path, pngs, scores, data, warnings)
