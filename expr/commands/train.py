@@ -1,9 +1,133 @@
-"""`expr train` (placeholder until its issue lands)."""
+"""`expr train`: train the paper's head on a feature cache (options = TrainConfig fields)."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+ARCH = "Architecture / ablation"
+OPT = "Optimisation"
+DATA = "Data"
+RUN = "Run"
+
+
+class Target(str, Enum):
+    last = "last"
+    majority = "majority"
+    center = "center"
+
+
+class Fusion(str, Enum):
+    bica = "bica"
+    v2a = "v2a"
+    a2v = "a2v"
+    concat = "concat"
+
+
+class Preload(str, Enum):
+    cpu = "cpu"
+    gpu = "gpu"
+    none = "none"
+
+
+def _opt(help: str, panel: str, **kw):
+    return typer.Option(help=help, rich_help_panel=panel, **kw)
+
+
+def train(
+    cache: Annotated[Path, _opt("Feature cache from 'expr extract' (.zarr dir or .h5).", DATA)],
+    labels: Annotated[Path, _opt("ABAW EXPR annotation dir (Train_Set/, Validation_Set/) or a flat dir "
+                                 "of <video>.txt with --train-list/--val-list.", DATA)],
+    out: Annotated[Path, _opt("Run directory to write (config.json, metrics.jsonl, best/last.safetensors).", RUN)],
+    window: Annotated[int, _opt("Frames per window.", DATA)] = 60,
+    stride: Annotated[int, _opt("Frames between training and validation windows.", DATA)] = 15,
+    target: Annotated[Target, _opt("Window label: its last frame (reference), majority or center.", DATA)] = Target.last,
+    train_list: Annotated[Optional[Path], _opt("Text file of training video ids, one per line.", DATA)] = None,
+    val_list: Annotated[Optional[Path], _opt("Text file of validation video ids, one per line.", DATA)] = None,
+    epochs: Annotated[int, _opt("Epochs.", OPT)] = 30,
+    lr: Annotated[float, _opt("AdamW peak learning rate.", OPT)] = 1e-5,
+    weight_decay: Annotated[float, _opt("AdamW weight decay.", OPT)] = 1e-2,
+    batch_size: Annotated[int, _opt("Windows per micro-batch.", OPT)] = 32,
+    accum: Annotated[int, _opt("Micro-batches per optimiser step.", OPT)] = 2,
+    grad_clip: Annotated[float, _opt("Max gradient norm (0 = off).", OPT)] = 1.0,
+    min_lr: Annotated[float, _opt("Cosine annealing floor.", OPT)] = 1e-6,
+    contrastive_weight: Annotated[float, _opt("Weight of the text-guided contrastive loss (0 = off).", OPT)] = 0.1,
+    seed: Annotated[int, _opt("Random seed.", OPT)] = 42,
+    channels: Annotated[int, _opt("TCN channels = fusion width.", ARCH)] = 512,
+    tcn_levels: Annotated[int, _opt("Temporal blocks (dilation 2^i).", ARCH)] = 6,
+    tcn_kernel: Annotated[int, _opt("Causal convolution kernel.", ARCH)] = 3,
+    heads: Annotated[int, _opt("Attention heads.", ARCH)] = 8,
+    dropout_tcn: Annotated[float, _opt("Dropout in the TCN.", ARCH)] = 0.4,
+    dropout_audio: Annotated[float, _opt("Dropout of the audio adapter.", ARCH)] = 0.3,
+    dropout_attn: Annotated[float, _opt("Dropout of the cross-attention.", ARCH)] = 0.2,
+    dropout_head: Annotated[float, _opt("Dropout of the classifier.", ARCH)] = 0.5,
+    no_audio: Annotated[bool, _opt("Ablation: visual stream only.", ARCH)] = False,
+    no_tcn: Annotated[bool, _opt("Ablation: no temporal convolution.", ARCH)] = False,
+    fusion: Annotated[Fusion, _opt("Cross-attention: both directions, visual->audio, audio->visual, or "
+                                   "plain concat.", ARCH)] = Fusion.bica,
+    preload: Annotated[Preload, _opt("Features in pinned RAM (cpu), on the GPU (gpu), or streamed in "
+                                     "chunks from the cache (none, for caches larger than memory).", RUN)] = Preload.cpu,
+    chunk_frames: Annotated[int, _opt("--preload none: frames loaded at a time.", RUN)] = 1_000_000,
+    eval_batch_size: Annotated[int, _opt("Windows per validation batch.", RUN)] = 256,
+    device: Annotated[str, _opt("auto, cpu, cuda or cuda:N.", RUN)] = "auto",
+    overwrite: Annotated[bool, _opt("Replace a previous run in --out.", RUN)] = False,
+    resume: Annotated[bool, _opt("Continue the run in --out from last.safetensors.", RUN)] = False,
+) -> None:
+    """Train the TCN + audio + cross-attention head on cached features (no backbone needed)."""
+    options = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()}
+    from expr.train_heads.config import TrainConfig
+
+    cfg = TrainConfig(**options)
+    cfg.validate()
+    _run(cfg)
+
+
+def _run(cfg) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from expr.train_heads.loop import train as run_training
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    console = Console(quiet=not main)
+    progress = Progress(TextColumn("[bold]epoch[/] {task.completed}/{task.total}"), BarColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                        console=console, transient=False, disable=not main)
+
+    def on_message(msg: str) -> None:
+        progress.console.print(f"[yellow]note:[/] {msg}", highlight=False, soft_wrap=True)
+
+    def on_step(step: int, loss: float) -> None:
+        progress.update(task, status=f"step {step} loss {loss:.4f}")
+
+    def on_epoch(r: dict) -> None:
+        star = " [green]*best*[/]" if r["best"] else ""
+        progress.console.print(
+            f"epoch {r['epoch']:>3}  loss {r['loss']:.4f} (ce {r['ce']:.4f}, con {r['contrastive']:.4f})  "
+            f"val macro-F1 {r['val_f1']:.4f}  acc {r['val_acc']:.4f}  {r['seconds']:.1f}s{star}", highlight=False)
+        progress.update(task, completed=r["epoch"], status=f"val F1 {r['val_f1']:.4f}")
+
+    with progress:
+        task = progress.add_task("train", total=cfg.epochs, status="loading features")
+        result = run_training(cfg, on_epoch=on_epoch, on_step=on_step, on_message=on_message)
+
+    table = Table(title=f"expr train -> {result.run_dir}")
+    for col in ("epoch", "lr", "loss", "ce", "contrastive", "val macro-F1", "val acc", "seconds"):
+        table.add_column(col, justify="right")
+    for r in result.history:
+        style = "bold green" if r["epoch"] == result.best_epoch else None
+        table.add_row(str(r["epoch"]), f"{r['lr']:.2e}", f"{r['loss']:.4f}", f"{r['ce']:.4f}",
+                      f"{r['contrastive']:.4f}", f"{r['val_f1']:.4f}", f"{r['val_acc']:.4f}",
+                      f"{r['seconds']:.1f}", style=style)
+    console.print(table)
+    console.print(f"best epoch {result.best_epoch}: val macro-F1 {result.best_val_f1:.4f} (window level) "
+                  f"-> {result.run_dir / 'best.safetensors'}", highlight=False)
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("train", help="(not implemented yet)")
-    def _train() -> None:
-        raise typer.Exit(2)
+    app.command("train")(train)
