@@ -16,6 +16,7 @@ Heavy imports (torch, open_clip, transformers) happen inside the build functions
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -181,6 +182,20 @@ def _load_failed(spec: BackboneSpec, source: WeightSource, online: bool, exc: Ex
 
 
 # -- visual (open_clip) ---------------------------------------------------------------------
+@contextlib.contextmanager
+def _seeded(source: WeightSource):
+    """Random weights (``none``) come from a fixed seed: a rerun, a resumed run and every
+    torchrun rank must compute the same features, or one cache would mix random models."""
+    if source.kind != "none":
+        yield
+        return
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
 def _register_arch(spec: BackboneSpec) -> None:
     import open_clip
 
@@ -218,7 +233,8 @@ def build_clip(spec: BackboneSpec, source: WeightSource):
     try:
         # spec.arch carries QuickGELU: OpenAI weights in a plain GELU model load without
         # complaint and give wrong features.
-        model = open_clip.create_model(spec.arch, pretrained=pretrained, device="cpu")
+        with _seeded(source):
+            model = open_clip.create_model(spec.arch, pretrained=pretrained, device="cpu")
     except Exception as exc:  # open_clip wraps hub and file errors in RuntimeError and others
         raise _load_failed(spec, source, online, exc) from exc
     finally:
@@ -245,7 +261,8 @@ def build_wav2vec2(spec: BackboneSpec, source: WeightSource):
     from transformers.utils import logging as hf_logging
 
     if source.kind == "none":
-        return Wav2Vec2Model(Wav2Vec2Config(**spec.config)).eval().requires_grad_(False)
+        with _seeded(source):
+            return Wav2Vec2Model(Wav2Vec2Config(**spec.config)).eval().requires_grad_(False)
     if source.kind == "local" and not Path(source.value).is_dir():
         raise WeightsNotFoundError(
             f"{spec.name}: --audio-weights {source.value} is a file; pass the folder that holds "

@@ -1,9 +1,146 @@
-"""`expr extract` (placeholder until its issue lands)."""
+"""`expr extract`: run the frozen CLIP and Wav2Vec2 backbones over videos into a cache."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class FaceCrop(str, Enum):
+    none = "none"
+    haar = "haar"
+
+
+def extract(
+    videos: Annotated[Path, typer.Option(help="Folder searched recursively for videos (mp4, avi, mkv, mov, webm, flv, ...).")],
+    out: Annotated[Path, typer.Option(help="Feature cache to create or add to, e.g. feats.zarr.")],
+    frames: Annotated[Optional[Path], typer.Option(help="ABAW cropped_aligned folder: faces from <frames>/<id>/00001.jpg, audio from the videos.")] = None,
+    device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Frames per image-encoder batch, pooled across videos.")] = 128,
+    workers: Annotated[int, typer.Option(help="Decoding processes (0: decode in this process).")] = 2,
+    visual_model: Annotated[str, typer.Option(help="Visual backbone (extract/backbones.json).")] = "ViT-B-32",
+    visual_weights: Annotated[Optional[str], typer.Option(help="openai, a local checkpoint file/dir, or none (random). Default: openai.")] = None,
+    audio_model: Annotated[str, typer.Option(help="Audio backbone: facebook/wav2vec2-base (paper) or facebook/wav2vec2-base-960h (authors' code).")] = "facebook/wav2vec2-base",
+    audio_weights: Annotated[Optional[str], typer.Option(help="hub, a local save_pretrained folder, or none (random). Default: hub.")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="K/N: take videos K, K+N, ... (0 <= K < N) for job arrays.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N videos (sorted by id).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo every video (wipes the cache unless --shard).")] = False,
+    face_crop: Annotated[FaceCrop, typer.Option(help="Cut raw frames to the face (OpenCV Haar) before CLIP.")] = FaceCrop.none,
+    audio_chunk_seconds: Annotated[float, typer.Option(help="Wav2Vec2 runs on chunks of this many seconds ...")] = 30.0,
+    audio_context_seconds: Annotated[float, typer.Option(help="... each with this much extra audio on either side.")] = 3.0,
+) -> None:
+    """Extract per-frame CLIP and per-step Wav2Vec2 features of every video into a cache.
+
+    Re-running skips complete videos; a failed video is reported and the others go on
+    (exit code 1 if any failed).
+    """
+    from expr.extract.config import ExtractConfig
+    from expr.extract.run import run_extract
+
+    config = ExtractConfig(
+        videos=videos, out=out, frames=frames, device=device, batch_size=batch_size, workers=workers,
+        visual_model=visual_model, visual_weights=visual_weights, audio_model=audio_model,
+        audio_weights=audio_weights, shard=shard, limit=limit, overwrite=overwrite,
+        face_crop=face_crop.value, audio_chunk_seconds=audio_chunk_seconds,
+        audio_context_seconds=audio_context_seconds,
+    )
+    console = Console()
+    live = int(os.environ.get("RANK", 0)) == 0  # under torchrun only rank 0 draws progress
+    view = _ProgressView(console, live)
+    try:
+        summary = run_extract(config, progress=view)
+    finally:
+        view.stop()
+    _print_summary(console, summary)
+    raise typer.Exit(summary.exit_code)
+
+
+class _ProgressView:
+    """Turns ExtractEvents into a rich progress bar (videos, frames/s, audio s/s, ETA)."""
+
+    def __init__(self, console: Console, live: bool):
+        self.console = console
+        self.live = live
+        self.progress = Progress(
+            TextColumn("[bold]extract[/]"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} videos"),
+            TextColumn("{task.fields[fps]:>7.1f} frames/s"),
+            TextColumn("{task.fields[aps]:>6.1f} audio s/s"),
+            TextColumn("[red]{task.fields[failed]} failed[/]"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not live,
+            transient=False,
+        )
+        self.task = None
+        self.failed = 0
+        # Loading the backbones takes seconds to minutes (hub downloads): say so meanwhile.
+        self.status = console.status("finding videos, loading backbones ...") if live else None
+        if self.status:
+            self.status.start()
+
+    def __call__(self, event) -> None:
+        if event.kind == "start":
+            self._stop_status()
+            for warning in event.warnings:
+                self.console.print(Panel(f"[bold red]{warning}[/]", title="RANDOM WEIGHTS", border_style="red"))
+            self.console.print(
+                f"{event.videos_total} video(s) to extract on {event.device}, "
+                f"{event.skipped} already complete", highlight=False,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("extract", total=event.videos_total, fps=0.0, aps=0.0, failed=0)
+            return
+        if event.error:
+            self.failed += 1
+            if self.live:
+                self.progress.console.print(f"[red]failed[/] {event.video_id}: {event.error}", highlight=False)
+        elapsed = max(event.elapsed, 1e-6)
+        self.progress.update(self.task, completed=event.videos_done, fps=event.frames / elapsed,
+                             aps=event.audio_seconds / elapsed, failed=self.failed)
+
+    def _stop_status(self) -> None:
+        if self.status:
+            self.status.stop()
+            self.status = None
+
+    def stop(self) -> None:
+        self._stop_status()
+        self.progress.stop()
+
+
+def _print_summary(console: Console, summary) -> None:
+    prefix = f"rank {summary.rank}/{summary.world_size}: " if summary.world_size > 1 else ""
+    table = Table(title=f"{prefix}expr extract -> {summary.out}", show_header=True)
+    table.add_column("status", style="bold")
+    table.add_column("videos", justify="right")
+    table.add_column("detail")
+    rate = summary.frames / summary.elapsed if summary.elapsed > 0 else 0.0
+    table.add_row("[green]ok[/]", str(len(summary.ok)),
+                  f"{summary.frames:,} frames ({rate:.1f}/s), {summary.audio_seconds:.1f} s audio, "
+                  f"{summary.elapsed:.1f} s")
+    table.add_row("skipped", str(len(summary.skipped)), "already complete")
+    table.add_row("[red]failed[/]" if summary.failed else "failed", str(len(summary.failed)), "")
+    for vid, reason in summary.failed.items():
+        table.add_row("", "", f"[red]{vid}[/]: {reason}")
+    console.print(table)
+    if summary.random_weights:
+        console.print(f"[bold red]RANDOM WEIGHTS[/] for {', '.join(summary.random_weights)}: "
+                      "the cache records weights=null", highlight=False)
+    if not summary.consolidated and summary.rank == 0:
+        console.print(f"after every shard finished: expr cache consolidate {summary.out}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("extract", help="(not implemented yet)")
-    def _extract() -> None:
-        raise typer.Exit(2)
+    app.command("extract")(extract)
