@@ -236,7 +236,7 @@ def gather(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor, 
     start = end_frame - (window - 1)
     t0 = torch.where(start >= 0, bank.timestamps[offsets + start.clamp(min=0)], first_ts + start / fps)
     t1 = bank.timestamps[offsets + torch.minimum(end_frame, n - 1)] + 1.0 / fps
-    s0 = torch.floor(t0 * bank.audio_rate).long()                   # (B,)
+    s0 = torch.floor(t0 * bank.audio_rate + 1e-6).long()            # (B,) (+eps: 0.8 s * 50 = 39.99...)
     span = torch.ceil((t1 - t0) * bank.audio_rate - 1e-6).long()    # (B,) steps of this window
     A = bank.audio_len(window)
     k = torch.arange(A, device=dev)
