@@ -113,6 +113,8 @@ def run_ablation(cfg: AblateConfig, *, on_cell: Callable[[int, int, Cell, int, s
             continue
         if on_cell:
             on_cell(i + 1, len(jobs), cell, seed, "train")
+        # A stale result (other options) is not part of a run dir: `train --overwrite` refuses it.
+        (tcfg.out / RESULT_FILE).unlink(missing_ok=True)
         t0 = time.perf_counter()
         trained = train(tcfg, bank=bank, val_bank=val_bank, on_epoch=on_epoch)
         seconds = time.perf_counter() - t0

@@ -152,8 +152,8 @@ def score_both(model, bank, labels, train_config, *, batch_size: int = 256, smoo
                smooth_mode: str = "median") -> Scores:
     """Both protocols with the run's own window, stride and target rule."""
     model.eval()
-    window_m = score_window_level(model, bank, train_config.window, train_config.stride,
-                                  train_config.target, batch_size)
     frame_m, selection = score_per_frame(model, bank, labels, train_config.window, batch_size=batch_size,
                                          smooth=smooth, smooth_mode=smooth_mode)
+    window_m = score_window_level(model, bank, train_config.window, train_config.stride,
+                                  train_config.target, batch_size)
     return Scores(window_m, frame_m, selection, window_m.n)

@@ -81,3 +81,80 @@ def test_tables_sorted_mean_std_and_paper_mark(tmp_path):
     assert table[0].startswith("| 1 | `window=60 audio=on` ★ | 0.6000 ± 0.1414 |")
     assert "★" not in table[2] and "★" in table[1]
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+# -- `expr ablate` end to end --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from expr.train_heads.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("ablate")
+    return write_synthetic_dataset(root, n_train=3, n_val=2, n_frames=(60, 90), visual_dim=32, audio_dim=16,
+                                   text_dim=16)
+
+
+def _ablate(ds, out, *extra):
+    from expr.cli import run
+
+    return run(["ablate", "--cache", str(ds.cache), "--labels", str(ds.labels), "--out", str(out),
+                "--epochs", "1", "--channels", "16", "--tcn-levels", "2", "--heads", "2", "--lr", "1e-3",
+                "--batch-size", "16", "--device", "cpu", *extra])
+
+
+def test_ablate_rows_resume_and_seeds(dataset, tmp_path, monkeypatch, capsys):
+    import csv
+
+    import torch
+
+    import expr.train_heads.data as data
+
+    torch.set_num_threads(1)
+    loads = []
+    real_load_bank = data.load_bank
+    monkeypatch.setattr(data, "load_bank", lambda *a, **k: loads.append(a[1]) or real_load_bank(*a, **k))
+    out = tmp_path / "abl"
+    grid = "window=8,12 fusion=bica,concat audio=on,off"
+    assert _ablate(dataset, out, "--grid", grid) == 0
+    assert loads == [dataset.train_ids, dataset.val_ids]  # the cache is read once for all 8 cells
+    rows = list(csv.DictReader((out / "ablation.csv").open()))
+    assert len(rows) == 8
+    assert {(r["window"], r["fusion"], r["audio"]) for r in rows} == {
+        (w, f, a) for w in ("8", "12") for f in ("bica", "concat") for a in ("on", "off")}
+    assert all(0 <= float(r["frame_macro_f1"]) <= 1 for r in rows)
+    assert sum(1 for line in (out / "ablation.md").read_text().splitlines() if line.startswith("| ") and
+               line[2].isdigit()) == 8
+    assert (out / "ablation.png").is_file()
+    results = sorted((out / "cells").rglob("result.json"))
+    assert len(results) == 8
+    stamp = {p: p.stat().st_mtime_ns for p in results}
+    capsys.readouterr()
+
+    # re-run: every cell is skipped, nothing is loaded or trained, same table
+    loads.clear()
+    assert _ablate(dataset, out, "--grid", grid) == 0
+    assert loads == [] and "0 trained, 8 already done" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in results} == stamp
+    assert len(list(csv.DictReader((out / "ablation.csv").open()))) == 8
+
+    # a second seed: only the new (cell, seed) pairs train; the table shows mean ± std
+    assert _ablate(dataset, out, "--grid", "window=8,12") == 0
+    assert "2 trained, 0 already done" in capsys.readouterr().out  # window-only cells are new cells
+    assert _ablate(dataset, out, "--grid", "window=8,12", "--seeds", "2") == 0
+    assert "2 trained, 2 already done" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "ablation.csv").open()))
+    assert len(rows) == 4 and sorted(r["seed"] for r in rows) == ["42", "42", "43", "43"]
+    assert "±" in (out / "ablation.md").read_text()
+
+
+def test_ablate_retrains_a_cell_whose_options_changed(dataset, tmp_path, capsys):
+    out = tmp_path / "abl"
+    assert _ablate(dataset, out, "--grid", "window=8") == 0
+    assert _ablate(dataset, out, "--grid", "window=8", "--lr", "2e-3") == 0
+    assert "1 trained, 0 already done" in capsys.readouterr().out.split("✓")[-1]
+
+
+def test_ablate_bad_grid_is_one_line(dataset, tmp_path, capsys):
+    assert _ablate(dataset, tmp_path / "abl", "--grid", "window=30 fuson=bica") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "'fuson' is unknown" in err and len(err.splitlines()) <= 2
+    assert not (tmp_path / "abl").exists()

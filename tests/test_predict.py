@@ -78,3 +78,69 @@ def test_failed_validation_leaves_previous_file_untouched(tmp_path):
         write_submission(out, {"v": np.array([1, 9])})  # label 9: invalid
     assert out.read_text() == before
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# -- `expr predict` end to end -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import torch
+
+    from expr.train_heads.config import TrainConfig
+    from expr.train_heads.loop import train
+    from expr.train_heads.synthetic import write_synthetic_dataset
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("predict")
+    ds = write_synthetic_dataset(root, n_train=3, n_val=2, n_frames=(60, 90), visual_dim=32, audio_dim=16,
+                                 text_dim=16, masked_frames_frac=0.2)
+    cfg = TrainConfig(cache=ds.cache, labels=ds.labels, out=root / "run", window=12, stride=6, epochs=1,
+                      channels=16, tcn_levels=2, heads=2, lr=1e-3, device="cpu")
+    train(cfg)
+    return ds, root / "run"
+
+
+def _predict(ds, run_dir, out, *extra):
+    from expr.cli import run
+
+    return run(["predict", "--run", str(run_dir), "--cache", str(ds.cache), "--out", str(out),
+                "--device", "cpu", *extra])
+
+
+def test_predict_every_frame_of_every_cached_video(trained, tmp_path, capsys):
+    from expr.cache_format import open_cache
+
+    ds, run_dir = trained
+    out, probs_path = tmp_path / "predictions.csv", tmp_path / "probs.csv"
+    assert _predict(ds, run_dir, out, "--probs", str(probs_path)) == 0
+    assert "validated" in capsys.readouterr().out
+    with open_cache(ds.cache) as cache:
+        n_frames = {v: cache.info(v).n_frames for v in cache.video_ids}
+        masked = {v: int((~cache.frame_mask(v)).sum()) for v in cache.video_ids}
+    assert sum(masked.values()) > 0  # frames without a face still get a row
+    labels = read_submission(out, n_frames)
+    probs = read_probabilities(probs_path, n_frames)
+    assert labels.keys() == n_frames.keys()
+    for vid, lab in labels.items():
+        assert lab.tolist() == probs[vid].argmax(1).tolist()
+    assert out.read_text().count("\n") == 1 + sum(n_frames.values())
+
+
+def test_predict_listed_videos_with_smoothing(trained, tmp_path):
+    ds, run_dir = trained
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# test videos\nval_001\n\nval_000\n")
+    out = tmp_path / "sub.csv"
+    assert _predict(ds, run_dir, out, "--videos", str(ids), "--smooth", "5") == 0
+    assert list(read_submission(out)) == ["val_001", "val_000"]  # the listed order
+
+
+def test_predict_bad_input(trained, tmp_path, capsys):
+    ds, run_dir = trained
+    ids = tmp_path / "ids.txt"
+    ids.write_text("val_000\nnot_extracted\n")
+    assert _predict(ds, run_dir, tmp_path / "p.csv", "--videos", str(ids)) == 1
+    err = capsys.readouterr().err
+    assert "1 video(s) not in the cache (not_extracted)" in err and "ids.txt" in err
+    assert not (tmp_path / "p.csv").exists()
+    assert _predict(ds, run_dir, tmp_path / "p.csv", "--probs", str(tmp_path / "p.csv")) == 1
+    assert "--probs must name another file" in capsys.readouterr().err
