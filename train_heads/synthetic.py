@@ -9,8 +9,8 @@ with unit-norm random prototypes ``proto_c``; the audio feature of a Wav2Vec2 st
 same seconds) follows the same rule with its own prototypes. With the defaults a single
 frame is ambiguous (a linear read-out of one frame gets ~50-70% right) while the mean over a
 window of >= 16 frames is clean, so a temporal model reaches macro-F1 >= 0.9 in a few CPU
-epochs. Classes come from shuffled rounds of all 8, so every class appears in small
-datasets. The first ``onset_seconds`` of each segment are labelled -1 (ambiguous onsets),
+epochs. Classes come from shuffled rounds of all 8 (a fresh round per split), so every
+class appears in small datasets. The first ``onset_seconds`` of each segment are labelled -1 (ambiguous onsets),
 so windows up to about that long see one class; masked frames (no face) are zeros.
 """
 
@@ -54,8 +54,14 @@ def _segments(rng: np.random.Generator, n_frames: int, fps: float, order: list[i
     while t < n_frames:
         if not order:
             order.extend(rng.permutation(len(CLASS_NAMES)).tolist())
+        cls = order.pop()
         length = int(rng.uniform(*SEGMENT_SECONDS) * fps)
-        classes[t:t + length] = order.pop()
+        shortest = int(SEGMENT_SECONDS[0] * fps)
+        if n_frames - (t + length) < shortest:
+            length = n_frames - t  # no stub at the end: the last segment takes the rest
+        if length < shortest:
+            order.append(cls)  # too short to count as a showing: the class comes again
+        classes[t:t + length] = cls
         starts.append(t)
         t += length
     return classes, np.asarray(starts[1:], dtype=np.int64)
@@ -111,8 +117,8 @@ def write_synthetic_dataset(
     labels_dir = root / "labels"
     splits = {"Train_Set": [f"train_{i:03d}" for i in range(n_train)],
               "Validation_Set": [f"val_{i:03d}" for i in range(n_val)]}
-    order: list[int] = []
     for split, ids in splits.items():
+        order: list[int] = []  # each split starts a fresh round: small val sets see every class
         (labels_dir / split).mkdir(parents=True, exist_ok=True)
         for vid in ids:
             T = int(rng.integers(n_frames[0], n_frames[1] + 1))
