@@ -14,7 +14,6 @@ consolidates the cache metadata after a barrier.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections import deque
@@ -45,7 +44,8 @@ class ExtractEvent:
     video_id: str | None = None     # on "video"
     error: str | None = None        # on a failed "video"
     skipped: int = 0                # on "start": complete videos left alone
-    warnings: tuple[str, ...] = ()  # on "start": e.g. random weights
+    random_weights: tuple[str, ...] = ()  # on "start": one loud line per random backbone
+    warnings: tuple[str, ...] = ()  # on "start": notes from finding the videos
     device: str = ""                # on "start"
 
 
@@ -178,17 +178,19 @@ def _source_stat(job) -> tuple[int, float]:
 # -- the run ----------------------------------------------------------------------------------
 def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSummary:
     """Extract features of every video of ``config.videos`` into ``config.out``."""
-    from expr.extract.media import DecodePool, discover_videos
+    from expr.extract.decode_pool import DecodePool
+    from expr.extract.discover import discover_videos
 
     config.validate()
     emit = progress or (lambda event: None)
     rank, world_size, local_rank = dist_env()
     device = resolve_device(config.device, local_rank)
-    jobs = discover_videos(config.videos, config.frames, limit=config.limit)
+    notes: list[str] = []
+    image_size = B.get_spec(config.visual_model, "visual").image_size
+    jobs = discover_videos(config.videos, config.frames, limit=config.limit, face_crop=config.face_crop,
+                           image_size=image_size, on_warning=notes.append)
     jobs = select_jobs(jobs, config.shard, rank, world_size)
     bb = load_backbones(config, device)
-    spec = bb.visual.spec
-    jobs = [dataclasses.replace(j, face_crop=config.face_crop, image_size=spec.image_size) for j in jobs]
 
     owns_group = _init_dist(world_size)
     try:
@@ -206,12 +208,12 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
                 summary.skipped.append(job.video_id)
             else:
                 todo.append(job)
-        warnings = tuple(
+        random = tuple(
             f"{s} backbone {bb.attrs[s]['name']} has RANDOM WEIGHTS (--{s}-weights none): "
             "its features are not meaningful" for s in bb.random_streams
         )
         emit(ExtractEvent("start", len(todo), 0, 0, 0.0, 0.0, skipped=len(summary.skipped),
-                          warnings=warnings, device=device))
+                          random_weights=random, warnings=tuple(notes), device=device))
         loop = _Loop(config, writer, bb, todo, summary, emit)
         if todo:
             with DecodePool(todo, workers=config.workers) as pool:

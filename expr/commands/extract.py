@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.panel import Panel
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 
@@ -70,15 +70,13 @@ class _ProgressView:
         self.console = console
         self.live = live
         self.progress = Progress(
-            TextColumn("[bold]extract[/]"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             TextColumn("{task.completed}/{task.total} videos"),
-            TextColumn("{task.fields[fps]:>7.1f} frames/s"),
-            TextColumn("{task.fields[aps]:>6.1f} audio s/s"),
+            TextColumn("{task.fields[fps]:.1f} frames/s"),
+            TextColumn("{task.fields[aps]:.1f} audio s/s"),
             TextColumn("[red]{task.fields[failed]} failed[/]"),
-            TimeElapsedColumn(),
             TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TimeRemainingColumn(compact=True),
             console=console,
             disable=not live,
             transient=False,
@@ -93,8 +91,10 @@ class _ProgressView:
     def __call__(self, event) -> None:
         if event.kind == "start":
             self._stop_status()
-            for warning in event.warnings:
-                self.console.print(Panel(f"[bold red]{warning}[/]", title="RANDOM WEIGHTS", border_style="red"))
+            for line in event.random_weights:
+                self.console.print(Panel(f"[bold red]{line}[/]", title="RANDOM WEIGHTS", border_style="red"))
+            for line in event.warnings:
+                self.console.print(f"[yellow]warning:[/] {line}", highlight=False)
             self.console.print(
                 f"{event.videos_total} video(s) to extract on {event.device}, "
                 f"{event.skipped} already complete", highlight=False,
