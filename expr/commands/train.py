@@ -109,7 +109,8 @@ def _run(cfg) -> None:
         star = " [green]*best*[/]" if r["best"] else ""
         progress.console.print(
             f"epoch {r['epoch']:>3}  loss {r['loss']:.4f} (ce {r['ce']:.4f}, con {r['contrastive']:.4f})  "
-            f"val macro-F1 {r['val_f1']:.4f}  acc {r['val_acc']:.4f}  {r['seconds']:.1f}s{star}", highlight=False)
+            f"val macro-F1 {r['val_f1']:.4f}  acc {r['val_acc']:.4f}  {r['seconds']:.1f}s{star}",
+            highlight=False, soft_wrap=True)
         progress.update(task, completed=r["epoch"], status=f"val F1 {r['val_f1']:.4f}")
 
     with progress:
@@ -126,7 +127,7 @@ def _run(cfg) -> None:
                       f"{r['seconds']:.1f}", style=style)
     console.print(table)
     console.print(f"best epoch {result.best_epoch}: val macro-F1 {result.best_val_f1:.4f} (window level) "
-                  f"-> {result.run_dir / 'best.safetensors'}", highlight=False)
+                  f"-> {result.run_dir / 'best.safetensors'}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
