@@ -267,3 +267,30 @@ def test_ddp_two_cpu_ranks_with_gloo(ds, tmp_path, learned):
     # every validation window counted once across the two ranks
     assert metrics[0]["val_windows"] == read_metrics(learned[0].run_dir)[0]["val_windows"]
     assert load_run(tmp_path / "ddp", "best").model is not None
+
+
+def test_train_on_a_cache_made_by_expr_extract(tmp_path, capsys):
+    import media_fixtures as media
+
+    from expr.train_heads.labels import HEADER
+
+    videos, labels = tmp_path / "videos", tmp_path / "labels"
+    splits = {"Train_Set": [("a", 25.0), ("b", 30.0), ("c", 25.0)], "Validation_Set": [("d", 30.0), ("e", 25.0)]}
+    for split, items in splits.items():
+        (labels / split).mkdir(parents=True)
+        for i, (vid, fps) in enumerate(items):
+            media.make_video(videos / f"{vid}.mp4", n_frames=24, fps=fps, audio_rate=None if vid == "c" else 16000)
+            values = [(i + k // 8) % 8 for k in range(24)]
+            (labels / split / f"{vid}.txt").write_text(HEADER + "\n" + "\n".join(map(str, values)) + "\n")
+    cache = tmp_path / "feats.zarr"
+    assert run(["extract", "--videos", str(videos), "--out", str(cache), "--visual-model", "test-tiny-clip",
+                "--audio-model", "test-tiny-wav2vec2", "--workers", "0", "--batch-size", "8"]) == 0
+    capsys.readouterr()
+    assert run(["train", "--cache", str(cache), "--labels", str(labels), "--out", str(tmp_path / "run"),
+                "--window", "8", "--stride", "4", "--epochs", "2", "--channels", "16", "--tcn-levels", "2",
+                "--heads", "2", "--device", "cpu"]) == 0
+    metrics = read_metrics(tmp_path / "run")
+    assert len(metrics) == 2 and all(np.isfinite(m["loss"]) for m in metrics)
+    assert metrics[0]["val_windows"] == 2 * 5  # ends 7, 11, 15, 19, 23 of two 24-frame videos
+    loaded = load_run(tmp_path / "run")
+    assert loaded.meta["cache"]["backbones"]["visual"]["name"] == "test-tiny-clip"
