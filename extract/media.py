@@ -115,6 +115,7 @@ class _Probe:
     has_audio: bool
     video_start: float  # seconds: presentation time of the first video frame
     video_declared: float | None  # what the container says the video stream lasts, seconds
+    video_frames: int  # frames the container header announces (0: unknown)
 
 
 def declared_duration(stream) -> float | None:
@@ -144,7 +145,8 @@ def probe(path: Path) -> _Probe:
             if video is not None and video.start_time is not None:
                 start = float(video.start_time * video.time_base)
             declared = declared_duration(video) if video is not None else None
-            return _Probe(video is not None, bool(container.streams.audio), start, declared)
+            frames = int(video.frames or 0) if video is not None else 0
+            return _Probe(video is not None, bool(container.streams.audio), start, declared, frames)
     except av.FFmpegError as e:
         raise MediaDecodeError(
             f"{path}: not a video ffmpeg can read ({_short(e)}); check that it is a complete video file or {_FIX_HINT}"
@@ -395,6 +397,22 @@ def _stat(path: Path) -> tuple[int, float]:
     return st.st_size, st.st_mtime
 
 
+def _check_complete(path: Path, info: _Probe, n: int, duration: float) -> None:
+    """Fail a video with fewer frames than its container announces.
+
+    Matroska/WebM (index at the end) and AVI (idx1 at the end) cut short just have fewer
+    frames, silently; their headers still carry the full duration / frame count.
+    """
+    declared, frames = info.video_declared, info.video_frames
+    short = declared is not None and duration < declared - max(0.5, 0.05 * declared)
+    if short or (frames and n < frames - max(2, 0.05 * frames)):
+        expected = f"{frames} frames" if frames else f"{declared:.2f} s"
+        raise MediaDecodeError(
+            f"{path}: the video stream holds {n} frames ({duration:.2f} s) but the file announces {expected}; "
+            "the file looks truncated (interrupted download or copy?): fetch it again or " + _FIX_HINT
+        )
+
+
 def decode_video(job: DecodeJob) -> Iterator[Message]:
     """Decode one job in this process; raises MediaDecodeError (with cause) on bad input."""
     if job.video_path is None:
@@ -414,13 +432,7 @@ def decode_video(job: DecodeJob) -> Iterator[Message]:
     if note:
         warnings.append(f"{path}: {note}")
     duration = float(timestamps[-1]) + 1.0 / fps
-    declared = info.video_declared
-    if declared is not None and duration < declared - max(0.5, 0.05 * declared):
-        # Matroska/WebM have no up-front index: a cut file just has fewer frames, silently.
-        raise MediaDecodeError(
-            f"{path}: the video stream holds {n} frames ({duration:.2f} s) but the file declares {declared:.2f} s; "
-            "the file looks truncated (interrupted download or copy?): fetch it again or " + _FIX_HINT
-        )
+    _check_complete(path, info, n, duration)
     audio_info = info if job.audio_path in (None, path) else probe(job.audio_path)
     has_audio = job.audio_path is not None and audio_info.has_audio
     yield VideoHeader(job.video_id, fps, n, duration, has_audio, *_stat(path))

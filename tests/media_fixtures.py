@@ -26,7 +26,7 @@ _CONTAINER_CODECS = {
     ".mov": ("h264", "aac"),
     ".mkv": ("h264", "aac"),
     ".flv": ("h264", "aac"),
-    ".avi": ("mpeg4", "mp3"),
+    ".avi": ("mpeg4", "pcm_s16le"),
     ".webm": ("vp8", "opus"),
     ".mpg": ("mpeg2video", "mp2"),
     ".mpeg": ("mpeg2video", "mp2"),
@@ -118,6 +118,7 @@ def make_video(
         if audio_rate is not None:
             layout = "mono" if audio_channels == 1 else "stereo"
             astream = container.add_stream(_ENCODER.get(acodec, acodec), rate=audio_rate, layout=layout)
+        packets = []  # muxed in time order at the end: AVI's timing breaks when streams come one after the other
         for i in range(n_frames):
             frame = av.VideoFrame.from_ndarray(pattern_frame(i, size, pattern), format="rgb24")
             if timestamps is not None:
@@ -126,27 +127,30 @@ def make_video(
             else:
                 frame.pts = i
                 frame.time_base = 1 / rate
-            container.mux(vstream.encode(frame))
-        container.mux(vstream.encode(None))
+            packets += vstream.encode(frame)
+        packets += vstream.encode(None)
         if astream is not None:
             if audio_seconds is None:
                 audio_seconds = (timestamps[-1] + 0.04) if timestamps is not None else n_frames / fps
-            _write_audio(container, astream, audio_rate, audio_channels, audio_seconds, audio_onset)
+            packets += _encode_audio(astream, audio_rate, audio_channels, audio_seconds, audio_onset)
+        packets.sort(key=lambda p: float(p.dts * p.time_base) if p.dts is not None else 0.0)
+        for packet in packets:
+            container.mux(packet)
     return path
 
 
-def _write_audio(container, stream, rate: int, channels: int, seconds: float, onset: float) -> None:
+def _encode_audio(stream, rate: int, channels: int, seconds: float, onset: float) -> list:
     samples = audio_signal(round(seconds * rate), rate, channels, onset)
     layout = "mono" if channels == 1 else "stereo"
-    chunk = 1024
+    chunk, packets = 1024, []
     for start in range(0, samples.shape[1], chunk):
         block = np.ascontiguousarray(samples[:, start : start + chunk])
         frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
         frame.sample_rate = rate
         frame.pts = start
         frame.time_base = Fraction(1, rate)
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
+        packets += stream.encode(frame)
+    return packets + stream.encode(None)
 
 
 def make_vfr_video(path: Path, timestamps: Sequence[float] | None = None, **kwargs) -> Path:

@@ -1,0 +1,119 @@
+"""Find the videos (and ABAW frame folders) to extract: one DecodeJob per cache entry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from expr.cache_format import validate_video_id
+from expr.errors import CacheSchemaError, ConfigError
+from expr.extract.media import DecodeJob
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".m4v", ".mpg", ".mpeg", ".wmv"})
+PERSON_SUFFIXES = ("_left", "_right")  # ABAW two-person videos: one label file per person
+
+log = logging.getLogger(__name__)
+
+
+def find_video_files(videos_dir: Path) -> dict[str, Path]:
+    """Video id (file stem) -> path, searched recursively; hidden files and folders are skipped."""
+    videos_dir = Path(videos_dir)
+    if not videos_dir.exists():
+        raise ConfigError(f"--videos {videos_dir}: no such directory; pass the folder that holds the videos")
+    if not videos_dir.is_dir():
+        raise ConfigError(f"--videos {videos_dir}: is a file, not a directory; pass the folder that holds it")
+    found: dict[str, Path] = {}
+    for path in sorted(videos_dir.rglob("*")):
+        rel = path.relative_to(videos_dir)
+        # why hidden: macOS copies leave `._clip.mp4` resource forks next to every video
+        if path.suffix.lower() not in VIDEO_EXTENSIONS or any(p.startswith(".") for p in rel.parts):
+            continue
+        if not path.is_file():
+            continue
+        video_id = _checked_id(path.stem, path)
+        if video_id in found:
+            raise ConfigError(
+                f"two videos have the id {video_id!r}: {found[video_id]} and {path}; the id is the file name "
+                "without extension and must be unique: rename or move one of them"
+            )
+        found[video_id] = path
+    return found
+
+
+def _checked_id(video_id: str, path: Path) -> str:
+    try:
+        return validate_video_id(video_id)
+    except CacheSchemaError as e:
+        raise ConfigError(f"{path}: {e}; rename it") from e
+
+
+def raw_video_for(frames_id: str, videos: dict[str, Path]) -> Path | None:
+    """The raw video of a frames folder: same id, or the id without ABAW's `_left`/`_right`."""
+    if frames_id in videos:
+        return videos[frames_id]
+    for suffix in PERSON_SUFFIXES:
+        if frames_id.endswith(suffix) and frames_id[: -len(suffix)] in videos:
+            return videos[frames_id[: -len(suffix)]]
+    return None
+
+
+def discover_videos(
+    videos_dir: Path,
+    frames_dir: Path | None = None,
+    *,
+    limit: int | None = None,
+    face_crop: str = "none",
+    image_size: int = 224,
+    batch_frames: int = 128,
+    on_warning: Callable[[str], None] | None = None,
+) -> list[DecodeJob]:
+    """Jobs sorted by video id; the first ``limit`` of them when given.
+
+    Without ``frames_dir``: one job per video file. With it: one job per folder in
+    ``frames_dir`` (ABAW cropped_aligned), its raw video found by id or by id minus
+    `_left`/`_right`; a folder with no raw video still becomes a job (no audio) and a warning.
+    Warnings go to ``on_warning`` (default: this module's logger).
+    """
+    warn = on_warning or log.warning
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
+    videos = find_video_files(videos_dir)
+    if not videos:
+        exts = " ".join(sorted(VIDEO_EXTENSIONS))
+        raise ConfigError(f"--videos {videos_dir}: no video files found (searched recursively for {exts}); check the path")
+    settings = dict(face_crop=face_crop, image_size=image_size, batch_frames=batch_frames)
+    if frames_dir is None:
+        jobs = [DecodeJob(vid, path, path, None, **settings) for vid, path in videos.items()]
+    else:
+        jobs = _frames_jobs(Path(frames_dir), videos, settings, warn)
+    jobs.sort(key=lambda job: job.video_id)
+    return jobs[:limit] if limit is not None else jobs
+
+
+def _frames_jobs(frames_dir: Path, videos: dict[str, Path], settings: dict, warn) -> list[DecodeJob]:
+    if not frames_dir.is_dir():
+        raise ConfigError(f"--frames {frames_dir}: no such directory; pass ABAW's cropped_aligned folder")
+    folders = sorted(p for p in frames_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ConfigError(
+            f"--frames {frames_dir}: no frame folders; expected {frames_dir}/<video_id>/00001.jpg, ..."
+        )
+    jobs, used, no_video = [], set(), []
+    for folder in folders:
+        video_id = _checked_id(folder.name, folder)
+        raw = raw_video_for(video_id, videos)
+        if raw is None:
+            no_video.append(video_id)
+        else:
+            used.add(raw)
+        jobs.append(DecodeJob(video_id, raw, raw, folder, **settings))
+    if no_video:
+        warn(
+            f"{len(no_video)} frame folder(s) have no raw video (first: {no_video[0]}): they get no audio and an "
+            "assumed 30 fps; put the videos under --videos to fix that"
+        )
+    unused = [vid for vid, path in videos.items() if path not in used]
+    if unused:
+        warn(f"{len(unused)} video(s) have no frame folder under {frames_dir} and are skipped (first: {unused[0]})")
+    return jobs
