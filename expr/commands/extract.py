@@ -91,14 +91,15 @@ class _ProgressView:
     def __call__(self, event) -> None:
         if event.kind == "start":
             self._stop_status()
-            for line in event.random_weights:
-                self.console.print(Panel(f"[bold red]{line}[/]", title="RANDOM WEIGHTS", border_style="red"))
-            for line in event.warnings:
-                self.console.print(f"[yellow]warning:[/] {line}", highlight=False)
-            self.console.print(
-                f"{event.videos_total} video(s) to extract on {event.device}, "
-                f"{event.skipped} already complete", highlight=False,
-            )
+            if self.live:  # other torchrun ranks print only their final summary
+                for line in event.random_weights:
+                    self.console.print(Panel(f"[bold red]{line}[/]", title="RANDOM WEIGHTS", border_style="red"))
+                for line in event.warnings:
+                    self.console.print(f"[yellow]warning:[/] {line}", highlight=False)
+                self.console.print(
+                    f"{event.videos_total} video(s) to extract on {event.device}, "
+                    f"{event.skipped} already complete", highlight=False,
+                )
             self.progress.start()
             self.task = self.progress.add_task("extract", total=event.videos_total, fps=0.0, aps=0.0, failed=0)
             return

@@ -1,0 +1,152 @@
+"""Extraction throughput: the whole `expr extract` pipeline vs the bare image encoder.
+
+Full-size ViT-B/32 and Wav2Vec2-Base with random weights (`none`: same compute as the real
+ones). Writes its own synthetic 640x360 H.264 + AAC videos with PyAV, then measures
+
+* bare encoder: ViT-B/32 on pre-decoded uint8 tensors already in memory, batch B;
+* pipeline: `run_extract` on the videos (decode workers, geometry, batching, writes);
+  its steady visual frames/s counts from the first encoded batch (worker start-up is a
+  one-off) and leaves out the time spent in Wav2Vec2 (measured apart), so the ratio
+  pipeline / bare shows how well decoding and I/O hide behind the image encoder;
+  the end-to-end rate with everything is printed too;
+* audio real-time factor: seconds of audio per second of Wav2Vec2 compute.
+
+    python benchmarks/bench_extract.py --device cpu --frames 384 --batch-size 64
+    python benchmarks/bench_extract.py --device cuda --frames 20000 --batch-size 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+
+def make_videos(root: Path, frames: int, n_videos: int, fps: int = 25, size=(640, 360)) -> list[Path]:
+    """``n_videos`` H.264 + AAC (16 kHz mono) clips with ``frames`` frames in total."""
+    import av
+
+    rng = np.random.default_rng(0)
+    w, h = size
+    background = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    paths = []
+    for v in range(n_videos):
+        n = frames // n_videos + (v < frames % n_videos)
+        path = root / f"bench_{v:03d}.mp4"
+        with av.open(str(path), "w") as out:
+            vs = out.add_stream("libx264", rate=fps)
+            vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+            vs.options = {"crf": "23", "preset": "veryfast"}
+            aus = out.add_stream("aac", rate=16000, layout="mono")
+            for i in range(n):
+                img = np.roll(background, 4 * i, axis=1)  # motion, so the codec has work
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, fps)
+                out.mux(vs.encode(frame))
+            out.mux(vs.encode(None))
+            t = np.arange(round(n / fps * 16000)) / 16000
+            wave = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+            for a in range(0, len(wave), 1024):
+                af = av.AudioFrame.from_ndarray(wave[None, a:a + 1024], format="fltp", layout="mono")
+                af.sample_rate, af.pts, af.time_base = 16000, a, Fraction(1, 16000)
+                out.mux(aus.encode(af))
+            out.mux(aus.encode(None))
+        paths.append(path)
+    return paths
+
+
+def bench_bare_encoder(device: str, frames: int, batch_size: int) -> float:
+    """Frames/s of ViT-B/32 alone on uint8 tensors already decoded and resized."""
+    from expr.extract import backbones as B
+
+    spec = B.get_spec("ViT-B-32", "visual")
+    encoder = B.VisualEncoder(B.build_clip(spec, B.WeightSource("none", None)), spec, device)
+    pixels = np.random.default_rng(0).integers(0, 256, (batch_size, 224, 224, 3), dtype=np.uint8)
+    encoder(pixels)  # warm-up (kernels, allocator)
+    n_batches = max(1, frames // batch_size)
+    start = time.perf_counter()
+    for _ in range(n_batches):
+        encoder(pixels)
+    return n_batches * batch_size / (time.perf_counter() - start)
+
+
+def bench_pipeline(device: str, videos: Path, out: Path, batch_size: int, workers: int) -> dict:
+    from expr.extract import audio_features
+    from expr.extract.config import ExtractConfig
+    from expr.extract.run import run_extract
+
+    audio_time = [0.0]
+    call = audio_features.AudioEncoder.__call__
+
+    def timed(self, samples):  # time Wav2Vec2 so that it can be reported apart
+        start = time.perf_counter()
+        try:
+            return call(self, samples)
+        finally:
+            audio_time[0] += time.perf_counter() - start
+
+    audio_features.AudioEncoder.__call__ = timed
+    try:
+        config = ExtractConfig(videos=videos, out=out, device=device, batch_size=batch_size, workers=workers,
+                               visual_weights="none", audio_weights="none", overwrite=True)
+        first = []  # (elapsed, frames) at the first encoded batch: workers are up by then
+        summary = run_extract(config, progress=lambda e: first.append((e.elapsed, e.frames))
+                              if e.kind == "batch" and not first else None)
+    finally:
+        audio_features.AudioEncoder.__call__ = call
+    if summary.failed:
+        raise SystemExit(f"pipeline failed on {summary.failed}")
+    # Steady state: from the first batch on, minus Wav2Vec2 (which runs after a video's
+    # frames are encoded, so all of it falls in this span).
+    t0, f0 = first[0]
+    visual_time = summary.elapsed - t0 - audio_time[0]
+    return dict(frames=summary.frames, elapsed=summary.elapsed, audio_time=audio_time[0], startup=t0,
+                visual_fps=(summary.frames - f0) / visual_time, total_fps=summary.frames / summary.elapsed,
+                audio_rtf=summary.audio_seconds / audio_time[0], audio_seconds=summary.audio_seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--frames", type=int, default=384, help="frames in total (pipeline and bare encoder)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--videos", type=int, default=4, help="split the frames over this many videos")
+    parser.add_argument("--workers", type=int, default=2, help="decode worker processes")
+    args = parser.parse_args()
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        (tmp / "videos").mkdir()
+        make_videos(tmp / "videos", args.frames, args.videos)
+        made = time.perf_counter() - start
+        bare = bench_bare_encoder(args.device, args.frames, args.batch_size)
+        pipe = bench_pipeline(args.device, tmp / "videos", tmp / "feats.zarr", args.batch_size, args.workers)
+
+    name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
+    print(f"\nexpr extract benchmark: {name}; {args.frames} frames of 640x360 H.264 in {args.videos} videos "
+          f"(made in {made:.1f} s), batch {args.batch_size}, {args.workers} decode workers, random weights")
+    rows = [
+        ("bare ViT-B/32 (pre-decoded tensors)", f"{bare:,.1f} frames/s", ""),
+        ("pipeline, visual (steady, excl. Wav2Vec2)", f"{pipe['visual_fps']:,.1f} frames/s",
+         f"ratio {pipe['visual_fps'] / bare:.2f} (target >= 0.9)"),
+        ("pipeline, end to end (incl. audio)", f"{pipe['total_fps']:,.1f} frames/s",
+         f"{pipe['elapsed']:.1f} s for {pipe['frames']} frames, of which {pipe['startup']:.1f} s "
+         "until the first batch (worker start, decode, encode)"),
+        ("Wav2Vec2-Base audio", f"{pipe['audio_rtf']:,.1f}x real time",
+         f"{pipe['audio_seconds']:.1f} s audio in {pipe['audio_time']:.1f} s"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'rate':>20}  notes")
+    for label, rate, note in rows:
+        print(f"{label:<{width}}  {rate:>20}  {note}")
+
+
+if __name__ == "__main__":
+    main()
