@@ -228,7 +228,8 @@ def gather(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor, 
     frames = end_frame[:, None] - (window - 1) + torch.arange(window, device=dev)  # (B, W)
     # Frames before 0 repeat the first frame (per-frame protocol padding).
     rows = offsets[:, None] + torch.minimum(frames.clamp(min=0), (n - 1)[:, None])
-    visual = bank.visual[rows].float()                              # (B, W, Dv)
+    # index_select on the flat row list: the fastest CPU gather (vs advanced indexing)
+    visual = bank.visual.index_select(0, rows.reshape(-1)).view(*rows.shape, -1).float()  # (B, W, Dv)
 
     # Time span of the window by the video's own clock: frames before 0 extend it backwards.
     fps = bank.fps[video_idx]
@@ -244,6 +245,6 @@ def gather(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor, 
     mask = (steps >= 0) & (steps < bank.audio_steps[video_idx][:, None]) & (k < span[:, None])
     pad_row = bank.audio.shape[0] - 1                               # the zero row
     arows = torch.where(mask, bank.audio_offsets[video_idx][:, None] + steps, pad_row)
-    audio = bank.audio[arows].float()                               # (B, A, Da)
+    audio = bank.audio.index_select(0, arows.reshape(-1)).view(*arows.shape, -1).float()  # (B, A, Da)
     return Batch(visual, audio, mask)
 
