@@ -90,13 +90,14 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_batches(batches, device) -> tuple[float, int]:
+def time_batches(batches, device) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of this process and its threads, windows)."""
     sync(device)
-    t0, n = time.perf_counter(), 0
+    t0, c0, n = time.perf_counter(), time.process_time(), 0
     for batch in batches:
         n += batch[0].shape[0]
     sync(device)
-    return time.perf_counter() - t0, n
+    return time.perf_counter() - t0, time.process_time() - c0, n
 
 
 def time_training(batches, model, opt, device) -> tuple[float, float, int]:
@@ -158,11 +159,16 @@ def main() -> None:
                         generator=torch.Generator().manual_seed(0))
     next(iter(loader))  # start the workers outside the timing
     rows = []
-    s, n = time_batches(bank_batches(bank, windows, args.window, args.batch_size, device, args.batches, gen), device)
-    bank_rate = n / s
-    s, n = time_batches(loader_batches(loader, device, args.batches), device)
-    naive_rate = n / s
-    rows.append(("build batches", bank_rate, naive_rate))
+    s, cpu_bank, n = time_batches(bank_batches(bank, windows, args.window, args.batch_size, device,
+                                               args.batches, gen), device)
+    bank_rate, cpu_bank = n / s, 1e3 * cpu_bank / n
+    s, _, n = time_batches(loader_batches(loader, device, args.batches), device)
+    rows.append(("build batches", bank_rate, n / s))
+    # CPU cost per window, robust on a shared machine: the naive loader in-process (0 workers)
+    in_process = DataLoader(loader.dataset, batch_size=args.batch_size, shuffle=True, num_workers=0,
+                            generator=torch.Generator().manual_seed(0))
+    _, cpu_naive, n = time_batches(loader_batches(in_process, device, max(args.batches // 3, 3)), device)
+    cpu_naive = 1e3 * cpu_naive / n
 
     torch.manual_seed(0)
     model = ExprHeadModel(HeadConfig(), torch.randn(8, 512), 100.0).to(device).train()
@@ -176,6 +182,8 @@ def main() -> None:
     print(f"\n{'windows/s':<16}{'preloaded bank':>16}{'naive Zarr DL':>16}{'speed-up':>10}")
     for name, a, b in rows:
         print(f"{name:<16}{a:>16,.0f}{b:>16,.0f}{a / b:>9.1f}x")
+    print(f"{'CPU ms/window':<16}{cpu_bank:>16.3f}{cpu_naive:>16.3f}{cpu_naive / cpu_bank:>9.1f}x"
+          "   (naive measured in-process; lower is better)")
     print(f"\nshare of training step time spent building batches: preloaded {100 * db / tb:.2f}%, "
           f"naive {100 * dn / tn:.1f}%  (batch {args.batch_size}, window {args.window}, "
           f"{args.workers} DataLoader workers)")
