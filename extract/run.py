@@ -175,6 +175,22 @@ def _source_stat(job) -> tuple[int, float]:
     return sum(s.st_size for s in stats), max((s.st_mtime for s in stats), default=0.0)
 
 
+def _skip_complete(jobs: list, writer, overwrite: bool, summary: ExtractSummary) -> list:
+    """The jobs to run: all with ``overwrite``, else those not complete with an unchanged source."""
+    todo = []
+    for job in jobs:
+        try:
+            stat = _source_stat(job)
+        except OSError as exc:  # vanished or unreadable since discovery
+            summary.failed[job.video_id] = f"{job.source}: cannot stat ({exc.strerror})"
+            continue
+        if not overwrite and writer.is_complete(job.video_id, *stat):
+            summary.skipped.append(job.video_id)
+        else:
+            todo.append(job)
+    return todo
+
+
 # -- the run ----------------------------------------------------------------------------------
 def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSummary:
     """Extract features of every video of ``config.videos`` into ``config.out``."""
@@ -197,17 +213,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         writer = _open_cache(config, bb, rank, world_size)
         summary = ExtractSummary(out=config.out, random_weights=bb.random_streams, device=device,
                                  rank=rank, world_size=world_size)
-        todo = []
-        for job in jobs:
-            try:
-                stat = _source_stat(job)
-            except OSError as exc:  # vanished or unreadable since discovery
-                summary.failed[job.video_id] = f"{job.source}: cannot stat ({exc.strerror})"
-                continue
-            if not config.overwrite and writer.is_complete(job.video_id, *stat):
-                summary.skipped.append(job.video_id)
-            else:
-                todo.append(job)
+        todo = _skip_complete(jobs, writer, config.overwrite, summary)
         random = tuple(
             f"{s} backbone {bb.attrs[s]['name']} has RANDOM WEIGHTS (--{s}-weights none): "
             "its features are not meaningful" for s in bb.random_streams

@@ -136,6 +136,11 @@ def _print_summary(console: Console, summary) -> None:
     for vid, reason in summary.failed.items():
         table.add_row("", "", f"[red]{vid}[/]: {reason}")
     console.print(table)
+    for vid, notes in list(summary.warnings.items())[:10]:
+        for note in notes:
+            console.print(f"[yellow]note[/] {vid}: {note}", highlight=False)
+    if len(summary.warnings) > 10:
+        console.print(f"[yellow]... and {len(summary.warnings) - 10} more video(s) with notes[/]")
     if summary.random_weights:
         console.print(f"[bold red]RANDOM WEIGHTS[/] for {', '.join(summary.random_weights)}: "
                       "the cache records weights=null", highlight=False)
