@@ -38,34 +38,43 @@ PreloadOpt = Annotated[Preload, typer.Option(help="Where features live while sco
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")]
 
 
-def metrics_table(title: str, metrics, extra: str = ""):
-    """Per-class precision/recall/F1/support with macro-F1 and accuracy in the caption."""
+def metrics_table(metrics):
+    """Per-class precision/recall/F1/support, with macro-F1 and accuracy in the last row."""
     from rich.table import Table
 
     from expr.cache_format.schema import CLASS_NAMES
 
-    table = Table(title=title, caption=f"macro-F1 [bold]{metrics.macro_f1:.4f}[/]   accuracy "
-                  f"{metrics.accuracy:.4f}   n={metrics.n:,}{extra}", title_justify="left")
+    table = Table()
     for name in ("class", "precision", "recall", "F1", "support"):
         table.add_column(name, justify="left" if name == "class" else "right")
     for i, name in enumerate(CLASS_NAMES):
         table.add_row(name, f"{metrics.precision[i]:.3f}", f"{metrics.recall[i]:.3f}", f"{metrics.f1[i]:.3f}",
                       f"{metrics.support[i]:,}")
+    table.add_section()
+    table.add_row("[bold]macro-F1[/]", "", "", f"[bold]{metrics.macro_f1:.4f}[/]", f"{metrics.n:,}")
+    table.add_row("accuracy", "", "", f"{metrics.accuracy:.4f}", "")
     return table
 
 
-def confusion_table(title: str, confusion):
+def confusion_table(confusion):
     """Rows = true class, columns = predicted; the diagonal in bold."""
     from rich.table import Table
 
     short = ("Neu", "Ang", "Dis", "Fea", "Hap", "Sad", "Sur", "Oth")
-    table = Table(title=title, title_justify="left")
+    table = Table()
     table.add_column("true \\ pred")
     for s in short:
         table.add_column(s, justify="right")
     for i, row in enumerate(confusion):
         table.add_row(short[i], *(f"[bold]{v}[/]" if i == j else str(v) for j, v in enumerate(row)))
     return table
+
+
+def print_protocol(console, heading: str, metrics) -> None:
+    console.print(f"\n[bold underline]{heading}[/]", highlight=False)
+    console.print(metrics_table(metrics))
+    console.print("confusion (rows: true class, columns: predicted)")
+    console.print(confusion_table(metrics.confusion))
 
 
 def evaluate(
@@ -95,14 +104,11 @@ def evaluate(
     report = evaluate_run(cfg, on_stage=lambda msg: console.print(f"[dim]{msg}[/]"))
     protocols = report.data["protocols"]
     w, f = protocols["window"], protocols["per_frame"]
-    console.print(metrics_table(
-        f"window-level (reference protocol): window {w['window']}, stride {w['stride']}, target {w['target']}",
-        report.scores.window))
-    console.print(confusion_table("window-level confusion (rows true, columns predicted)", report.scores.window.confusion))
+    print_protocol(console, f"window-level (reference protocol, the paper's numbers): window {w['window']}, "
+                   f"stride {w['stride']}, target {w['target']}", report.scores.window)
     smooth_text = f", {cfg.smooth_mode} smoothing over {cfg.smooth} frames" if cfg.smooth > 1 else ""
-    console.print(metrics_table(f"per-frame (official ABAW): causal window {f['window']}{smooth_text}",
-                                report.scores.per_frame))
-    console.print(confusion_table("per-frame confusion (rows true, columns predicted)", report.scores.per_frame.confusion))
+    print_protocol(console, f"per-frame (official ABAW metric): causal window of {f['window']} ending at each "
+                   f"annotated frame{smooth_text}", report.scores.per_frame)
     for warning in report.warnings[:10]:
         console.print(f"[yellow]warning[/] {warning}", highlight=False)
     if len(report.warnings) > 10:
