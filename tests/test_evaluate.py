@@ -59,7 +59,8 @@ def test_evaluate_end_to_end(trained, capsys):
     ds, run_dir = trained
     assert _evaluate(ds, run_dir) == 0
     out = capsys.readouterr().out
-    assert "window-level (reference protocol)" in out and "per-frame (official ABAW)" in out
+    assert "window-level (reference protocol" in out and "per-frame (official ABAW metric)" in out
+    assert "confusion (rows: true class" in out
     data = json.loads((run_dir / "eval_Validation_Set.json").read_text())
     w, f = data["protocols"]["window"], data["protocols"]["per_frame"]
     labels = _annotated(ds)
