@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from expr.commands.evaluate import CacheOpt, DeviceOpt, LabelsOpt, Preload, SmoothMode, SmoothModeOpt, SmoothOpt
+from expr.commands.evaluate import CacheOpt, DeviceOpt, LabelsOpt, SmoothMode, SmoothModeOpt, SmoothOpt
+
+
+class BankPreload(str, Enum):
+    # no "none": streaming would re-read the cache for every cell, the opposite of the point
+    cpu = "cpu"
+    gpu = "gpu"
 
 
 def ablate(
@@ -29,7 +36,7 @@ def ablate(
     val_list: Annotated[Optional[Path], typer.Option(help="Ids file restricting Validation_Set.")] = None,
     smooth: SmoothOpt = 0,
     smooth_mode: SmoothModeOpt = SmoothMode.median,
-    preload: Annotated[Preload, typer.Option(help="cpu or gpu (every cell reuses the loaded features).")] = Preload.cpu,
+    preload: Annotated[BankPreload, typer.Option(help="Where the features loaded once for every cell live.")] = BankPreload.cpu,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train and score every combination of --grid from ONE load of the cache; write
