@@ -217,8 +217,12 @@ def test_class_weights_and_metric():
 
 
 def test_cli_options_mirror_train_config():
-    params = {p.name for p in typer.main.get_command(app).commands["train"].params}
-    assert params == {f.name for f in dataclasses.fields(TrainConfig)}
+    command = typer.main.get_command(app).commands["train"]
+    assert {p.name for p in command.params} == {f.name for f in dataclasses.fields(TrainConfig)}
+    defaults = {p.name: p.default for p in command.params}
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            assert getattr(defaults[f.name], "value", defaults[f.name]) == f.default, f.name
 
 
 def test_cli_end_to_end_and_errors(ds, tmp_path, capsys):

@@ -34,8 +34,13 @@ class Preload(str, Enum):
     none = "none"
 
 
-def _opt(help: str, panel: str, **kw):
-    return typer.Option(help=help, rich_help_panel=panel, **kw)
+def _opt(help: str, panel: str, *decls: str, **kw):
+    return typer.Option(*decls, help=help, rich_help_panel=panel, **kw)
+
+
+def _flag(name: str, help: str, panel: str):
+    """A plain on-switch (no --no-... twin: '--no-no-audio' would read badly)."""
+    return _opt(help, panel, name)
 
 
 def train(
@@ -65,8 +70,8 @@ def train(
     dropout_audio: Annotated[float, _opt("Dropout of the audio adapter.", ARCH)] = 0.3,
     dropout_attn: Annotated[float, _opt("Dropout of the cross-attention.", ARCH)] = 0.2,
     dropout_head: Annotated[float, _opt("Dropout of the classifier.", ARCH)] = 0.5,
-    no_audio: Annotated[bool, _opt("Ablation: visual stream only.", ARCH)] = False,
-    no_tcn: Annotated[bool, _opt("Ablation: no temporal convolution.", ARCH)] = False,
+    no_audio: Annotated[bool, _flag("--no-audio", "Ablation: visual stream only.", ARCH)] = False,
+    no_tcn: Annotated[bool, _flag("--no-tcn", "Ablation: no temporal convolution.", ARCH)] = False,
     fusion: Annotated[Fusion, _opt("Cross-attention: both directions, visual->audio, audio->visual, or "
                                    "plain concat.", ARCH)] = Fusion.bica,
     preload: Annotated[Preload, _opt("Features in pinned RAM (cpu), on the GPU (gpu), or streamed in "
@@ -74,8 +79,8 @@ def train(
     chunk_frames: Annotated[int, _opt("--preload none: frames loaded at a time.", RUN)] = 1_000_000,
     eval_batch_size: Annotated[int, _opt("Windows per validation batch.", RUN)] = 256,
     device: Annotated[str, _opt("auto, cpu, cuda or cuda:N.", RUN)] = "auto",
-    overwrite: Annotated[bool, _opt("Replace a previous run in --out.", RUN)] = False,
-    resume: Annotated[bool, _opt("Continue the run in --out from last.safetensors.", RUN)] = False,
+    overwrite: Annotated[bool, _flag("--overwrite", "Replace a previous run in --out.", RUN)] = False,
+    resume: Annotated[bool, _flag("--resume", "Continue the run in --out from last.safetensors.", RUN)] = False,
 ) -> None:
     """Train the TCN + audio + cross-attention head on cached features (no backbone needed)."""
     options = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()}
