@@ -160,25 +160,30 @@ def prepare_hub() -> bool:
     return False
 
 
-def _how_to_get(spec: BackboneSpec, online: bool) -> str:
+def _how_to_get(spec: BackboneSpec) -> str:
     if spec.library == "open_clip":
-        loc = next(iter(spec.tags.values()), "")
-        fetch = (f"run once with network access, or download open_clip_pytorch_model.bin from "
-                 f"https://huggingface.co/{loc.rstrip('/')} and pass --visual-weights PATH")
-    else:
-        fetch = (f"run once with network access, or `huggingface-cli download {spec.repo}` "
-                 f"elsewhere and pass the folder as --audio-weights PATH")
-    state = "" if online else "the hub is unreachable (offline) and "
-    return f"{state}the weights are not in the local cache: {fetch}; or pass `none` for random weights"
+        repo = next(iter(spec.tags.values()), "").rstrip("/")
+        return (f"run once with network access, or download open_clip_pytorch_model.bin from "
+                f"https://huggingface.co/{repo} and pass --visual-weights PATH")
+    return (f"run once with network access, or `hf download {spec.repo} --local-dir DIR` on a "
+            f"machine with network access and pass --audio-weights DIR")
 
 
 def _load_failed(spec: BackboneSpec, source: WeightSource, online: bool, exc: Exception) -> WeightsNotFoundError:
+    detail = " ".join(str(exc).split())[:300]
     if source.kind == "local":
         return WeightsNotFoundError(
-            f"{spec.name}: could not load weights from {source.value}: {str(exc)[:300]}; "
+            f"{spec.name}: could not load weights from {source.value}: {detail}; "
             "pass a checkpoint of this architecture"
         )
-    return WeightsNotFoundError(f"{spec.name} ({source.value}): {_how_to_get(spec, online)}")
+    if online:
+        why = f"could not fetch the weights ({detail})"
+    else:
+        why = ("offline (HF_HUB_OFFLINE set, or huggingface.co unreachable) and the weights are "
+               "not in the local cache")
+    return WeightsNotFoundError(
+        f"{spec.name} weights {source.value!r}: {why}; {_how_to_get(spec)}; or pass `none` for random weights"
+    )
 
 
 # -- visual (open_clip) ---------------------------------------------------------------------
