@@ -267,3 +267,17 @@ def test_chunked_audio_has_exact_length_and_stays_close_to_one_shot(tiny_w2v):
 
     assert cosine(chunked, one_shot).mean() > 0.995 and cosine(chunked, one_shot).min() > 0.95
     assert np.abs(chunked - one_shot).mean() < 0.5 * np.abs(no_ctx - one_shot).mean()
+
+
+@pytest.mark.slow  # builds the full-size models (~240 M parameters)
+def test_full_size_backbones_build_without_weights():
+    import open_clip
+
+    vit = B.get_spec("ViT-B-32", "visual")
+    clip = B.build_clip(vit, B.WeightSource("none", None))
+    assert isinstance(clip.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+    feats = B.VisualEncoder(clip, vit)(np.zeros((2, 224, 224, 3), np.uint8))
+    assert feats.shape == (2, 512)
+    w2v = B.get_spec("facebook/wav2vec2-base", "audio")
+    audio = AudioEncoder(B.build_wav2vec2(w2v, B.WeightSource("none", None)), w2v)(tone(1.0))
+    assert audio.shape == (output_steps(16000), 768) == (49, 768)
