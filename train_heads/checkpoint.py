@@ -15,6 +15,8 @@ safetensors metadata, so one file alone can rebuild its model.
 
 from __future__ import annotations
 
+import fnmatch
+
 import dataclasses
 import hashlib
 import json
@@ -34,6 +36,12 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 RUN_FILES = ("config.json", "metrics.jsonl", "best.safetensors", "last.safetensors",
              "last.optim.safetensors", "last.state.json")
+# What `expr evaluate` writes into a run: part of the run, and stale once it is retrained.
+RUN_REPORTS = ("eval_*.json", "confusion_*.png")
+
+
+def is_run_file(name: str) -> bool:
+    return name in RUN_FILES or any(fnmatch.fnmatch(name, p) for p in RUN_REPORTS)
 
 
 @dataclass

@@ -107,7 +107,7 @@ def prepare_run_dir(cfg: TrainConfig, dist: Dist) -> Path:
         raise ConfigError(f"{out}: exists and is not a directory; choose another --out")
     if present and not cfg.overwrite:
         raise ConfigError(f"{out}: run directory is not empty; pass --overwrite to replace it or --resume to continue")
-    foreign = [n for n in present if n not in ckpt.RUN_FILES]
+    foreign = [n for n in present if not ckpt.is_run_file(n)]
     if foreign:
         raise ConfigError(f"{out}: holds files that are not an expr run ({', '.join(foreign[:3])}); "
                           "--overwrite only replaces runs, choose another --out")
