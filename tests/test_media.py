@@ -379,8 +379,13 @@ def test_pool_bounds_batches_in_flight(tmp_path):
     with DecodePool([job_for(path, image_size=16, batch_frames=8)], workers=1, max_pending=3, worker_hook=hook) as pool:
         for msg in pool:
             if isinstance(msg, FrameBatch):
+                # Slow consumer: give the decoder time to run ahead up to the bound (waiting on
+                # the counter, not a fixed sleep, so a busy CI machine cannot make it flaky) ...
+                deadline = time.monotonic() + 10
+                while sent.value - consumed < 3 and sent.value < 25 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                time.sleep(0.02)  # ... and a chance to overrun it, were the bound broken
                 ahead.append(sent.value - consumed)
-                time.sleep(0.05)  # slow consumer: the decoder would run ahead if it could
                 consumed += 1
     assert consumed == 25 and sent.value == 25
     assert max(ahead) == 3  # it did run ahead, up to the bound and no further
