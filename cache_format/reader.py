@@ -7,15 +7,17 @@ lists exactly the videos on disk, and without it otherwise (a writer may be runn
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from expr.cache_format import schema as S
-from expr.cache_format.writer import quiet_zarr
+from expr.cache_format.writer import quiet_zarr, read_node_attrs
 from expr.errors import CacheSchemaError
 
 
@@ -53,18 +55,21 @@ def decode_attrs(attrs) -> dict:
 class CacheReader:
     """Read-only view of one cache. Use ``open_cache``; close it (or use ``with``)."""
 
-    def __init__(self, path: Path, root, backend: str, handle=None):
+    def __init__(self, path: Path, backend: str, root_attrs: dict, video_attrs: dict[str, dict],
+                 get_video: Callable[[str], object], get_text: Callable[[], np.ndarray],
+                 handle=None, used_consolidated: bool = False):
         self.path = path
         self.backend = backend  # "zarr" or "hdf5"
-        self._root = root
+        self.used_consolidated = used_consolidated  # attributes came from one metadata snapshot
+        self._get_video = get_video
+        self._get_text = get_text
         self._handle = handle
-        self.attrs = decode_attrs(root.attrs)
+        self.attrs = root_attrs
         S.check_root_attrs(self.attrs, str(path))
-        self._videos = root[S.VIDEOS_GROUP] if S.VIDEOS_GROUP in root else None
         self._infos: dict[str, VideoInfo] = {}
         self.incomplete_ids: list[str] = []
-        for vid in sorted(self._video_keys()):
-            attrs = decode_attrs(self._videos[vid].attrs)
+        for vid in sorted(video_attrs):
+            attrs = dict(video_attrs[vid])
             if attrs.get("complete") is not True:
                 self.incomplete_ids.append(vid)
                 continue
@@ -74,13 +79,6 @@ class CacheReader:
                 self._infos[vid] = VideoInfo(video_id=vid, extra=attrs, **known)
             except TypeError as exc:
                 raise CacheSchemaError(f"{path}: video {vid!r} has incomplete attributes ({exc})") from exc
-
-    def _video_keys(self) -> list[str]:
-        if self._videos is None:
-            return []
-        if self.backend == "zarr":
-            return [name for name, _ in self._videos.groups()]
-        return list(self._videos.keys())
 
     # -- cache-level ---------------------------------------------------------------------
     @property
@@ -108,7 +106,7 @@ class CacheReader:
         return int(self.backbones["audio"]["dim"])
 
     def text_embeddings(self) -> np.ndarray:
-        return np.asarray(self._root[S.TEXT_EMBEDDINGS][...], dtype=S.TEXT_DTYPE)
+        return np.asarray(self._get_text(), dtype=S.TEXT_DTYPE)
 
     @property
     def video_ids(self) -> list[str]:
@@ -130,7 +128,7 @@ class CacheReader:
 
     def _array(self, video_id: str, name: str):
         self.info(video_id)
-        return self._videos[video_id][name]
+        return self._get_video(video_id)[name]
 
     def visual(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """(T, D_visual) float16 features of frames [start, stop)."""
@@ -149,7 +147,7 @@ class CacheReader:
         return np.asarray(self._array(video_id, S.TIMESTAMPS)[...], dtype=np.float64)
 
     def array_names(self, video_id: str) -> list[str]:
-        group = self._videos[video_id]
+        group = self._get_video(video_id)
         return sorted(name for name, _ in group.arrays()) if self.backend == "zarr" else sorted(group.keys())
 
     def raw_array(self, video_id: str, name: str):
@@ -182,33 +180,58 @@ def open_cache(path: str | os.PathLike) -> CacheReader:
     if not path.exists():
         raise CacheSchemaError(f"{path}: no such cache; create it with 'expr extract --out {path}'")
     if is_hdf5(path):
-        import h5py
-
-        handle = h5py.File(path, "r")
-        try:
-            return CacheReader(path, handle, "hdf5", handle)
-        except Exception:
-            handle.close()
-            raise
+        return _open_hdf5(path)
     if not (path / "zarr.json").is_file():
         raise CacheSchemaError(f"{path}: not a Zarr v3 group nor an HDF5 file; is this an expr cache?")
+    return _open_zarr(path)
+
+
+def _open_hdf5(path: Path) -> CacheReader:
+    import h5py
+
+    handle = h5py.File(path, "r")
+    try:
+        videos = handle[S.VIDEOS_GROUP] if S.VIDEOS_GROUP in handle else {}
+        return CacheReader(
+            path, "hdf5", decode_attrs(handle.attrs),
+            {vid: decode_attrs(videos[vid].attrs) for vid in videos},
+            get_video=lambda vid: handle[S.VIDEOS_GROUP][vid],
+            get_text=lambda: handle[S.TEXT_EMBEDDINGS][...], handle=handle,
+        )
+    except Exception:
+        handle.close()
+        raise
+
+
+def _open_zarr(path: Path) -> CacheReader:
+    """Attributes straight from the JSON metadata: one file when the consolidated snapshot is
+    current (10,000 videos open in a fraction of a second), else one small file per video.
+    Zarr itself is only asked for the arrays, when they are read."""
     import zarr
 
-    with quiet_zarr():
-        try:
-            root = zarr.open_group(str(path), mode="r")
-            if root.metadata.consolidated_metadata is not None and not _snapshot_current(root, path):
-                root = zarr.open_group(str(path), mode="r", use_consolidated=False)
-        except (ValueError, KeyError, OSError) as exc:
-            raise CacheSchemaError(f"{path}: unreadable Zarr metadata ({exc}); run 'expr cache validate {path}'") from exc
-        return CacheReader(path, root, "zarr")
-
-
-def _snapshot_current(root, path: Path) -> bool:
-    """Whether the consolidated snapshot lists exactly the video groups on disk."""
+    try:
+        root_meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CacheSchemaError(f"{path}: unreadable zarr.json ({exc}); run 'expr cache validate {path}'") from exc
     videos_dir = path / S.VIDEOS_GROUP
-    on_disk = {e.name for e in os.scandir(videos_dir) if e.is_dir()} if videos_dir.is_dir() else set()
-    snap = root.metadata.consolidated_metadata.flattened_metadata
+    on_disk = sorted(e.name for e in os.scandir(videos_dir) if e.is_dir()) if videos_dir.is_dir() else []
+    snapshot = (root_meta.get("consolidated_metadata") or {}).get("metadata") or {}
     prefix = S.VIDEOS_GROUP + "/"
-    listed = {k[len(prefix):] for k in snap if k.startswith(prefix) and "/" not in k[len(prefix):]}
-    return listed == on_disk
+    listed = {k[len(prefix):] for k in snapshot if k.startswith(prefix) and "/" not in k[len(prefix):]}
+    used_consolidated = bool(snapshot) and listed == set(on_disk)
+    if used_consolidated:
+        video_attrs = {vid: snapshot[prefix + vid].get("attributes", {}) for vid in on_disk}
+    else:  # no snapshot, or a stale one (a writer ran after it): it must not hide videos
+        video_attrs = {vid: read_node_attrs(videos_dir / vid) or {} for vid in on_disk}
+
+    @functools.lru_cache(maxsize=64)
+    def get_video(vid: str):
+        with quiet_zarr():
+            return zarr.open_group(str(videos_dir / vid), mode="r", use_consolidated=False)
+
+    def get_text() -> np.ndarray:
+        with quiet_zarr():
+            return zarr.open_array(str(path / S.TEXT_EMBEDDINGS), mode="r")[...]
+
+    return CacheReader(path, "zarr", root_meta.get("attributes", {}), video_attrs, get_video, get_text,
+                       used_consolidated=used_consolidated)

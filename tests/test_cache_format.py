@@ -203,13 +203,14 @@ def test_stale_consolidated_metadata_never_hides_videos(tmp_path):
     assert "consolidated_metadata" in json.loads((path / "zarr.json").read_text())
     w.write_video("c", **video_arrays(5))  # a writer after the snapshot
     with open_cache(path) as cache:
-        assert cache.video_ids == ["a", "b", "c"]
+        assert cache.video_ids == ["a", "b", "c"] and not cache.used_consolidated
     new_writer(path)  # opening for writing drops the snapshot
     assert "consolidated_metadata" not in json.loads((path / "zarr.json").read_text())
     consolidate(path)
     with open_cache(path) as cache:
         assert cache.video_ids == ["a", "b", "c"]
-        assert cache._root.metadata.consolidated_metadata is not None  # the fast path is used
+        assert cache.used_consolidated  # the one-read path
+        assert_video_equal(cache, "c", video_arrays(5))
 
 
 def test_changed_source_and_overwrite(tmp_path):
