@@ -10,7 +10,6 @@ then times `open_cache` + reading every video's attributes, before and after
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_cache_io import evict  # this folder is on sys.path when a script runs from it
 from expr.cache_format import consolidate, open_cache, open_writer
 
 BACKBONES = {"visual": {"name": "bench", "weights": None, "dim": 8},
@@ -33,17 +33,6 @@ def write(path: Path, n: int) -> float:
     for i in range(n):
         writer.write_video(f"video{i:06d}", **arrays)
     return time.perf_counter() - start
-
-
-def evict(path: Path) -> None:
-    """Drop the cache's files from the page cache, so the open reads the disk (cold)."""
-    for p in path.rglob("*"):
-        if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 def time_open(path: Path, cold: bool) -> tuple[float, int]:
