@@ -133,3 +133,19 @@ def test_errors_are_one_red_line_and_exit_1(tmp_path, capsys):
 def test_usage_error_exit_code(capsys):
     assert run(["cache", "info"]) == 2
     assert "Missing argument" in capsys.readouterr().err
+
+
+def test_training_and_scoring_never_import_the_backbones():
+    # Training from a cache needs no backbone: importing them costs seconds and GBs of RAM.
+    code = ("import sys, expr.train_heads.loop, expr.evaluate.evaluation, expr.evaluate.ablation, "
+            "expr.commands.train; print(sorted(m for m in ('open_clip', 'transformers', 'decord', 'cv2') "
+            "if m in sys.modules))")
+    proc = sh(sys.executable, "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_cli_startup_imports_no_torch():
+    proc = sh(sys.executable, "-c", "import sys, expr.cli; print('torch' in sys.modules)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
