@@ -19,7 +19,8 @@ from typing import Callable
 from expr.evaluate.ablation_table import CellResult, write_tables
 from expr.evaluate.config import AblateConfig
 from expr.evaluate.grid import Cell, grid_cells, parse_grid
-from expr.evaluate.scoring import check_in_cache, resolve_device, score_both
+from expr.evaluate.scoring import check_in_cache, score_both
+from expr.train_heads.runtime import resolve_device
 
 RESULT_FILE = "result.json"
 # Options that do not change what a cell learns: a resumed ablation may differ in them.

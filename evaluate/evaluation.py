@@ -12,7 +12,8 @@ from expr.cache_format.schema import CLASS_NAMES
 from expr.evaluate.config import EvaluateConfig
 from expr.evaluate.metrics import ClassificationMetrics
 from expr.evaluate.plots import save_confusion_png
-from expr.evaluate.scoring import Scores, check_backbones, check_in_cache, open_run, resolve_device, score_both
+from expr.evaluate.scoring import Scores, check_backbones, check_in_cache, open_run, score_both
+from expr.train_heads.runtime import resolve_device
 
 WINDOW_PROTOCOL = ("window-level (reference code, the paper's Table 1): one prediction per window at "
                    "the training stride, scored on the window's target")

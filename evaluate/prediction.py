@@ -10,7 +10,8 @@ import numpy as np
 
 from expr.errors import CacheSchemaError
 from expr.evaluate.config import PredictConfig
-from expr.evaluate.scoring import check_backbones, check_in_cache, frame_probabilities, open_run, resolve_device
+from expr.evaluate.scoring import check_backbones, check_in_cache, frame_probabilities, open_run
+from expr.train_heads.runtime import resolve_device
 from expr.evaluate.submission import write_submission
 
 

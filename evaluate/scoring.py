@@ -26,19 +26,6 @@ from expr.evaluate.protocols import (
 )
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; refuse cuda on a machine without it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is visible; use --device cpu")
-    return device
-
-
 def open_run(run_dir: str | Path, which: str, device: torch.device):
     """``train_heads.checkpoint.load_run`` with the failures a user meets named plainly."""
     from expr.train_heads.checkpoint import load_run

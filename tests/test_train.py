@@ -24,7 +24,7 @@ from expr.train_heads.config import TrainConfig
 from expr.train_heads.data import load_bank, make_windows
 from expr.train_heads.labels import load_split
 from expr.train_heads.loop import lr_at, predict_logits, train
-from expr.train_heads.runtime import class_weights, macro_f1
+from expr.train_heads.runtime import Dist, class_weights, macro_f1, pick_device, resolve_device
 from expr.train_heads.synthetic import write_synthetic_dataset
 
 SMALL = dict(window=16, stride=4, channels=32, tcn_levels=3, heads=4, batch_size=16, accum=2,
@@ -224,6 +224,26 @@ def test_class_weights_and_metric():
     f1, acc = macro_f1(confusion)
     assert f1 == pytest.approx(f1_score(y, p, average="macro", labels=range(8)))
     assert acc == pytest.approx((y == p).mean())
+
+
+def test_unknown_device_is_a_config_error(ds, tmp_path):
+    with pytest.raises(ConfigError, match="'gpu0' is not a device"):
+        train(config(ds, tmp_path / "r", device="gpu0"))
+    with pytest.raises(ConfigError, match="is not a device"):
+        resolve_device("tpu:x")
+
+
+def test_each_ddp_rank_takes_and_selects_its_own_gpu(monkeypatch, ds, tmp_path):
+    # NCCL collectives run on the CURRENT CUDA device: ranks must set it, or all meet on cuda:0.
+    selected = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", selected.append)
+    rank1 = Dist(rank=1, world=2, local_rank=1)
+    for name in ("auto", "cuda"):
+        assert pick_device(config(ds, tmp_path, device=name), rank1) == torch.device("cuda:1")
+    assert selected == [torch.device("cuda:1")] * 2
+    assert pick_device(config(ds, tmp_path, device="cuda"), Dist()) == torch.device("cuda:0")
+    assert len(selected) == 2  # one process: nothing to select
 
 
 def test_cli_options_mirror_train_config():

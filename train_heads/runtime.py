@@ -75,15 +75,31 @@ def setup_dist() -> Dist:
     return Dist(td.get_rank(), td.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
 
 
-def pick_device(cfg: TrainConfig, dist: Dist) -> torch.device:
-    name = cfg.device
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> this process's GPU when CUDA is there, else cpu; a bare ``cuda`` is the
+    GPU of this rank (``cuda:<local_rank>``). Refuse names torch does not know and cuda on a
+    machine without it. Shared by train, evaluate, predict and ablate."""
     if name == "auto":
-        name = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {cfg.device}: no CUDA device is visible; use --device cpu")
-    device = torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is visible; use --device cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def pick_device(cfg: TrainConfig, dist: Dist) -> torch.device:
+    device = resolve_device(cfg.device, dist.local_rank)
     if cfg.preload == "gpu" and device.type != "cuda":
         raise ConfigError("--preload gpu needs a CUDA device; use --preload cpu")
+    if device.type == "cuda" and dist.world > 1:
+        # NCCL collectives (Dist.all_reduce's .cuda(), barrier) use the CURRENT device:
+        # left at cuda:0, every rank would meet on one GPU ("Duplicate GPU detected").
+        torch.cuda.set_device(device)
     return device
 
 
