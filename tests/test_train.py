@@ -121,6 +121,9 @@ def test_resume_equals_an_uninterrupted_run(ds, tmp_path):
 def test_resume_refuses_other_options(learned, ds):
     with pytest.raises(ConfigError, match="--lr 0.001 \\(now 0.01\\)"):
         train(config(ds, learned[0].run_dir, epochs=4, lr=1e-2, resume=True))
+    # --epochs is the cosine T_max: a different value would change every epoch's lr
+    with pytest.raises(ConfigError, match="--epochs 4 \\(now 6\\)"):
+        train(config(ds, learned[0].run_dir, epochs=6, resume=True))
 
 
 def test_non_empty_run_dir_needs_overwrite(learned, ds, tmp_path):

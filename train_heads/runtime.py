@@ -17,7 +17,8 @@ from expr.train_heads.data import FeatureBank, load_bank, make_windows, to_devic
 from expr.train_heads.labels import load_split, preview, reconcile
 
 # Options that may change between a run and its --resume without changing the result.
-RESUME_FREE = {"resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size", "epochs"}
+# Not --epochs: it is the cosine schedule's T_max, so every epoch's learning rate depends on it.
+RESUME_FREE = {"resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size"}
 MAX_WARNINGS = 5
 
 
