@@ -7,9 +7,9 @@ from pathlib import Path
 
 from expr.errors import ConfigError
 from expr.evaluate.protocols import SMOOTH_MODES
+from expr.train_heads.config import PRELOADS
 
 CHECKPOINTS = ("best", "last")
-PRELOADS = ("cpu", "gpu", "none")
 
 
 def _check_common(checkpoint: str, smooth: int, smooth_mode: str, batch_size: int, preload: str) -> None:

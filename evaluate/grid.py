@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from expr.errors import ConfigError
-
-FUSIONS = ("bica", "v2a", "a2v", "concat")
-TARGETS = ("last", "majority", "center")
+from expr.train_heads.config import FUSIONS, TARGETS
 
 
 def _positive_int(text: str) -> int:
