@@ -159,15 +159,15 @@ class DecodePool:
     def _assign(self, worker: _Worker, todo: deque) -> None:
         worker.job = todo.popleft() if todo else None
         worker.silent = 0.0
-        if worker.job is None:  # no more work: its unused credits go back
-            self._pending -= worker.holds
-            worker.holds = 0
         try:
             worker.conn.send(worker.job if worker.job is not None else _STOP)
         except OSError:  # it died between two videos: put the job back for a fresh worker
             if worker.job is not None:
                 todo.appendleft(worker.job)
             worker.job = None
+        if worker.job is None:  # no more work, or dead: its unused credits go back
+            self._pending -= worker.holds
+            worker.holds = 0
 
     def _iter_workers(self) -> Iterator[Message]:
         todo = deque(self.jobs)

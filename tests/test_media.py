@@ -400,3 +400,37 @@ def test_pool_kills_stalled_worker(tmp_path):
     assert isinstance(header, VideoHeader) and isinstance(failed, VideoFailed)
     assert "stalled for 3 s" in failed.reason and str(path) in failed.reason
     assert time.monotonic() - t0 < 30
+
+
+def die_after_done_hook(job: DecodeJob, msg) -> None:
+    """Test-only: the worker dies shortly after finishing ``first``, between two videos."""
+    if isinstance(msg, VideoDone) and job.video_id == "first":
+        import threading
+
+        threading.Thread(target=lambda: (time.sleep(0.3), os._exit(1)), daemon=True).start()
+
+
+def test_pool_worker_dead_between_videos_returns_its_credits(tmp_path):
+    """A worker that dies after its video's IDLE (the next job cannot be sent) must hand its
+    unused credits back; kept, they shrink the bound and can starve its replacement forever."""
+    paths = [F.make_video(tmp_path / f"{name}.mp4", n_frames=40, audio_rate=None) for name in ("first", "second")]
+    jobs = [job_for(p, batch_frames=4) for p in paths]
+    got, pool = {}, DecodePool(jobs, workers=1, max_pending=2, worker_hook=die_after_done_hook)
+
+    def consume() -> None:
+        for msg in pool:
+            got.setdefault(msg.video_id, []).append(msg)
+            if isinstance(msg, VideoDone) and msg.video_id == "first":
+                time.sleep(1.0)  # the worker dies before the pool reads its IDLE and sends "second"
+
+    import threading
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    thread.join(30)
+    try:
+        assert not thread.is_alive(), "the pool hung: the dead worker's credits were never returned"
+    finally:
+        pool.close()
+    check_complete(got["first"], 40)
+    check_complete(got["second"], 40)
