@@ -207,6 +207,14 @@ def test_missing_entries_are_reported(ds, tmp_path):
     assert any(m.startswith("train_001: ") and "labels but" in m for m in messages)
 
 
+def test_epoch_loss_is_the_mean_of_the_step_losses(ds, tmp_path):
+    steps = []
+    result = train(config(ds, tmp_path / "r", epochs=1), on_step=lambda n, loss: steps.append((n, loss)))
+    assert [n for n, _ in steps] == list(range(1, len(steps) + 1))
+    assert result.history[0]["loss"] == pytest.approx(np.mean([loss for _, loss in steps]), rel=1e-12)
+    assert isinstance(result.history[0]["ce"], float)
+
+
 def test_lr_schedule_is_cosine_to_min_lr():
     cfg = TrainConfig(cache=Path("c"), labels=Path("l"), out=Path("o"), epochs=30)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(

@@ -83,7 +83,9 @@ def iter_chunks(cfg: TrainConfig, split: dict, epoch_seed: int | None):
 def run_epoch(model, module, opt, cfg, split, weights, epoch, dist: Dist, device, on_step) -> dict:
     model.train()
     torch.manual_seed(cfg.seed + epoch)  # dropout of this epoch, independent of earlier epochs
-    sums = {"loss": 0.0, "ce": 0.0, "contrastive": 0.0}
+    # Running sums of (loss, ce, contrastive) stay on the device: a .item() per value and
+    # micro-batch would stall the CPU (the next gather) until the GPU finished this step.
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
     n_micro, data_s = 0, 0.0
     cuda = device.type == "cuda"
     for bank, win in iter_chunks(cfg, split, cfg.seed + epoch):
@@ -111,12 +113,12 @@ def run_epoch(model, module, opt, cfg, split, weights, epoch, dist: Dist, device
                     torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            for k, v in (("loss", loss), ("ce", ce), ("contrastive", con)):
-                sums[k] += v.item()
+            sums += torch.stack([loss, ce, con]).detach().double()
             n_micro += 1
             if on_step:
                 on_step(n_micro, loss.item())
-    return {k: v / max(n_micro, 1) for k, v in sums.items()} | {"data_seconds": round(data_s, 3)}
+    means = (sums / max(n_micro, 1)).tolist()
+    return dict(zip(("loss", "ce", "contrastive"), means)) | {"data_seconds": round(data_s, 3)}
 
 
 def validate(model, cfg: TrainConfig, split: dict, dist: Dist) -> dict:
