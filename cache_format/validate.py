@@ -31,7 +31,12 @@ def validate_cache(path: str | os.PathLike, *, check_values: bool = True) -> lis
         for vid in cache.incomplete_ids:
             problems.append(f"videos/{vid}: incomplete (no complete marker); it is removed on the next write")
         for vid in cache.video_ids:
-            problems.extend(f"videos/{vid}: {p}" for p in _video_problems(cache, vid, check_values))
+            try:
+                found = _video_problems(cache, vid, check_values)
+            except Exception as exc:  # a corrupt chunk or array metadata: report it, check the rest
+                detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+                found = [f"unreadable ({detail}); re-extract it (expr extract --overwrite redoes it)"]
+            problems.extend(f"videos/{vid}: {p}" for p in found)
     return problems
 
 

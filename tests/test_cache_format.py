@@ -253,3 +253,17 @@ def test_validate_reports_every_problem(tmp_path):
     problems = validate_cache(path)
     assert any(p.startswith("videos/a: visual: shape (40, 16), expected (41, 16)") for p in problems)
     assert any(p.startswith("videos/b:") for p in problems)
+
+
+def test_validate_reports_a_corrupt_chunk_and_checks_the_rest(tmp_path):
+    path = tmp_path / "c.zarr"
+    write_videos(new_writer(path), ["a", "b"])
+    chunk = next(p for p in (path / "videos" / "a" / "visual").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:20])  # a truncated copy
+    meta_path = path / "videos" / "b" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["n_frames"] = 41
+    meta_path.write_text(json.dumps(meta))
+    problems = validate_cache(path)
+    assert any(p.startswith("videos/a: unreadable (") for p in problems), problems
+    assert any(p.startswith("videos/b: visual: shape (40, 16), expected (41, 16)") for p in problems)
