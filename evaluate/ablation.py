@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from expr.evaluate.ablation_table import CellResult, write_tables
 from expr.evaluate.config import AblateConfig
 from expr.evaluate.grid import Cell, grid_cells, parse_grid
 from expr.evaluate.scoring import check_in_cache, score_both
+from expr.train_heads.checkpoint import write_json
 from expr.train_heads.runtime import resolve_device
 
 RESULT_FILE = "result.json"
@@ -129,9 +129,7 @@ def run_ablation(cfg: AblateConfig, *, on_cell: Callable[[int, int, Cell, int, s
         )
         record = {"train": _identity(tcfg), "result": result.to_dict(),
                   "scores": {"window": scores.window.to_dict(), "per_frame": scores.per_frame.to_dict()}}
-        tmp = tcfg.out / f".{RESULT_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, tcfg.out / RESULT_FILE)
+        write_json(tcfg.out / RESULT_FILE, record)
         results[i] = result
         # Tables after every cell: a long ablation shows its progress and survives a kill.
         write_tables(out, [r for r in results if r is not None], title=f"Ablation: {cfg.grid}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -13,6 +11,7 @@ from expr.evaluate.config import EvaluateConfig
 from expr.evaluate.metrics import ClassificationMetrics
 from expr.evaluate.plots import save_confusion_png
 from expr.evaluate.scoring import Scores, check_backbones, check_in_cache, open_run, score_both
+from expr.train_heads.checkpoint import write_json
 from expr.train_heads.runtime import resolve_device
 
 WINDOW_PROTOCOL = ("window-level (reference code, the paper's Table 1): one prediction per window at "
@@ -79,9 +78,7 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
     }
     run_dir = Path(cfg.run)
     json_path = run_dir / f"eval_{cfg.split}.json"
-    tmp = json_path.with_name(f".{json_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, json_path)
+    write_json(json_path, data)
     pngs = {}
     for key, metrics, title in (("window", scores.window, "window-level"), ("per_frame", scores.per_frame, "per-frame")):
         pngs[key] = save_confusion_png(
