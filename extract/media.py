@@ -392,9 +392,15 @@ def _resample(mono: np.ndarray, rate: int) -> np.ndarray:
 # ---------------------------------------------------------------- one video
 
 
-def _stat(path: Path) -> tuple[int, float]:
-    st = path.stat()
-    return st.st_size, st.st_mtime
+def source_stat(job: DecodeJob, jpgs: dict[int, Path] | None = None) -> tuple[int, float]:
+    """(size, mtime) identifying the job's input, recorded in the cache to detect a changed
+    source: the raw video's, or for a frames folder without video the jpgs' total size and
+    newest mtime (``jpgs``: its ``index_jpgs``, if already listed)."""
+    if job.video_path is not None:
+        st = job.video_path.stat()
+        return st.st_size, st.st_mtime
+    stats = [p.stat() for p in (index_jpgs(job.frames_dir) if jpgs is None else jpgs).values()]
+    return sum(s.st_size for s in stats), max((s.st_mtime for s in stats), default=0.0)
 
 
 def _check_complete(path: Path, info: _Probe, n: int, duration: float) -> None:
@@ -435,7 +441,7 @@ def decode_video(job: DecodeJob) -> Iterator[Message]:
     _check_complete(path, info, n, duration)
     audio_info = info if job.audio_path in (None, path) else probe(job.audio_path)
     has_audio = job.audio_path is not None and audio_info.has_audio
-    yield VideoHeader(job.video_id, fps, n, duration, has_audio, *_stat(path))
+    yield VideoHeader(job.video_id, fps, n, duration, has_audio, *source_stat(job))
     if job.frames_dir is not None:
         jpgs = index_jpgs(job.frames_dir)
         del reader  # only its frame count and timestamps were needed
@@ -460,11 +466,9 @@ def _decode_frames_only(job: DecodeJob) -> Iterator[Message]:
     if not jpgs:
         raise MediaDecodeError(f"{folder}: no frame images (expected 00001.jpg, 00002.jpg, ...) and no raw video")
     n = max(jpgs)  # the highest number, not the count: missing jpgs are masked frames
-    stats = [p.stat() for p in jpgs.values()]
     warnings = [f"{folder}: no raw video found, so no audio and an assumed {FRAMES_ONLY_FPS:g} fps"]
     timestamps = np.arange(n, dtype=np.float64) / FRAMES_ONLY_FPS
-    yield VideoHeader(job.video_id, FRAMES_ONLY_FPS, n, n / FRAMES_ONLY_FPS, False,
-                      sum(s.st_size for s in stats), max(s.st_mtime for s in stats))
+    yield VideoHeader(job.video_id, FRAMES_ONLY_FPS, n, n / FRAMES_ONLY_FPS, False, *source_stat(job, jpgs))
     yield from _frames_dir_batches(job, n, timestamps, jpgs, warnings)
     yield AudioTrack(job.video_id, None)
     yield VideoDone(job.video_id, tuple(warnings))

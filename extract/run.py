@@ -29,6 +29,7 @@ from expr.errors import ConfigError, ExprError, MediaDecodeError
 from expr.extract import backbones as B
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.config import ExtractConfig, parse_shard
+from expr.extract import media as M
 
 
 @dataclass(frozen=True)
@@ -164,23 +165,12 @@ def _open_cache(config: ExtractConfig, bb: Backbones, rank: int, world_size: int
     return writer
 
 
-def _source_stat(job) -> tuple[int, float]:
-    """(size, mtime) of the job's source, as the decoder reports them in VideoHeader."""
-    if job.video_path is not None:
-        st = os.stat(job.video_path)
-        return st.st_size, st.st_mtime
-    from expr.extract.media import index_jpgs
-
-    stats = [p.stat() for p in index_jpgs(job.frames_dir).values()]
-    return sum(s.st_size for s in stats), max((s.st_mtime for s in stats), default=0.0)
-
-
 def _skip_complete(jobs: list, writer, overwrite: bool, summary: ExtractSummary) -> list:
     """The jobs to run: all with ``overwrite``, else those not complete with an unchanged source."""
     todo = []
     for job in jobs:
         try:
-            stat = _source_stat(job)
+            stat = M.source_stat(job)  # what the decoder puts in VideoHeader and the cache records
         except OSError as exc:  # vanished or unreadable since discovery
             summary.failed[job.video_id] = f"{job.source}: cannot stat ({exc.strerror})"
             continue
@@ -269,8 +259,6 @@ class _Loop:
         return time.monotonic() - self.started
 
     def handle(self, msg) -> None:
-        from expr.extract import media as M
-
         vid = msg.video_id
         if isinstance(msg, M.VideoFailed):
             self.fail(vid, msg.reason)

@@ -26,6 +26,7 @@ from expr.extract.media import (
     VideoHeader,
     clip_geometry,
     decode_video,
+    source_stat,
 )
 
 S = 32  # image size in these tests
@@ -247,6 +248,18 @@ def test_frames_dir_without_raw_video(tmp_path):
     assert (h.n_frames, h.fps, h.has_audio) == (11, 30.0, False)  # highest jpg number: 11
     assert out["audio"] is None and out["mask"].sum() == 10
     assert "no raw video" in out["done"].warnings[0]
+
+
+def test_header_source_stat_is_what_the_run_compares(tmp_path):
+    """The run skips a video when source_stat(job) equals what its header recorded."""
+    video = F.make_video(tmp_path / "v.mp4", n_frames=4)
+    frames = F.make_frames_dir(tmp_path / "frames", "solo", 6, missing={2})
+    for job in (job_for(video), DecodeJob("solo", None, None, frames, image_size=S),
+                DecodeJob("v", video, video, frames, image_size=S)):
+        header = next(iter(decode_video(job)))
+        assert (header.source_size, header.source_mtime) == source_stat(job), job
+    assert source_stat(job_for(video))[0] == video.stat().st_size
+    assert source_stat(DecodeJob("solo", None, None, frames))[0] == sum(p.stat().st_size for p in frames.iterdir())
 
 
 # ------------------------------------------------------------------ discovery
