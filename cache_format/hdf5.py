@@ -32,6 +32,16 @@ def export_hdf5(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bo
     if dst.exists() and not overwrite:
         raise CacheSchemaError(f"{dst}: already exists; pass --overwrite to replace it")
     tmp = dst.with_name(dst.name + ".partial")
+    try:
+        count = _write_hdf5(src, tmp, on_video)
+    except BaseException:  # an error or Ctrl-C: no half-written copy of a possibly large cache
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, dst)  # a killed export leaves only the .partial file
+    return count
+
+
+def _write_hdf5(src: str | os.PathLike, tmp: Path, on_video: Callable[[str], None] | None) -> int:
     with open_cache(src) as cache, h5py.File(tmp, "w") as out:
         _encode_attrs(out, cache.attrs)
         out.create_dataset(S.TEXT_EMBEDDINGS, data=cache.text_embeddings())
@@ -50,9 +60,7 @@ def export_hdf5(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bo
             _encode_attrs(group, {**info.extra, **attrs, "complete": True})
             if on_video:
                 on_video(vid)
-        count = len(cache.video_ids)
-    os.replace(tmp, dst)  # a killed export leaves only the .partial file
-    return count
+        return len(cache.video_ids)
 
 
 def import_hdf5(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False,

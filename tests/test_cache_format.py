@@ -267,3 +267,16 @@ def test_validate_reports_a_corrupt_chunk_and_checks_the_rest(tmp_path):
     problems = validate_cache(path)
     assert any(p.startswith("videos/a: unreadable (") for p in problems), problems
     assert any(p.startswith("videos/b: visual: shape (40, 16), expected (41, 16)") for p in problems)
+
+
+def test_failed_export_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "c.zarr"
+    write_videos(new_writer(path), ["a", "b"])
+
+    def disk_full(vid):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        export_hdf5(path, tmp_path / "c.h5", on_video=disk_full)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
+    assert export_hdf5(path, tmp_path / "c.h5") == 2  # a retry works
