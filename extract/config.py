@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expr.errors import ConfigError
+from expr.extract.media import FACE_CROPS
 
 DEVICES = ("auto", "cpu", "cuda")
-FACE_CROPS = ("none", "haar")
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 

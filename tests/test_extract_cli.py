@@ -39,6 +39,14 @@ def test_cli_options_mirror_extract_config():
             assert getattr(default, "value", default) == f.default, f.name
 
 
+def test_face_crop_choices_are_one_list():
+    from expr.commands.extract import FaceCrop
+    from expr.extract import config, media
+
+    assert config.FACE_CROPS is media.FACE_CROPS  # ExtractConfig and DecodeJob check the same list
+    assert tuple(c.value for c in FaceCrop) == media.FACE_CROPS
+
+
 def test_extract_prints_banner_progress_and_summary(videos, tmp_path, capsys):
     out = tmp_path / "f.zarr"
     assert run(extract(videos, out)) == 0
