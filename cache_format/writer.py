@@ -91,6 +91,12 @@ class CacheWriter:
         self.videos_dir = path / S.VIDEOS_GROUP
         self.staging_dir = path / S.STAGING_DIR
         self._host = socket.gethostname().replace("__", "_")
+        backbones = read_node_attrs(path)["backbones"]  # the root exists: open_writer made it
+        self._dims = {k: int(backbones[k]["dim"]) for k in ("visual", "audio")}
+
+    def _staging_path(self, video_id: str, suffix: str = "") -> Path:
+        """``_staging/<host>__<pid>__<nonce>__<id>``: remove_leftovers parses this name."""
+        return self.staging_dir / f"{self._host}__{os.getpid()}__{uuid.uuid4().hex[:8]}__{video_id}{suffix}"
 
     # -- queries -------------------------------------------------------------------------
     def complete_attrs(self, video_id: str) -> dict | None:
@@ -130,7 +136,7 @@ class CacheWriter:
         S.validate_video_id(video_id)
         visual = np.asarray(visual)
         n_frames = visual.shape[0] if visual.ndim == 2 else -1
-        dims = self._dims()
+        dims = self._dims
         if visual.ndim != 2 or n_frames < 1 or visual.shape[1] != dims["visual"]:
             raise CacheSchemaError(
                 f"{video_id}: visual features must be (T>=1, {dims['visual']}), got {visual.shape}"
@@ -153,7 +159,7 @@ class CacheWriter:
         if not (np.isfinite(visual).all() and (audio is None or np.isfinite(audio).all())):
             raise CacheSchemaError(f"{video_id}: features contain NaN or inf; refusing to cache them")
 
-        tmp = self.staging_dir / f"{self._host}__{os.getpid()}__{uuid.uuid4().hex[:8]}__{video_id}"
+        tmp = self._staging_path(video_id)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         try:
             group = zarr.open_group(str(tmp), mode="w")
@@ -193,7 +199,7 @@ class CacheWriter:
     def remove_video(self, video_id: str) -> None:
         final = self.videos_dir / S.validate_video_id(video_id)
         if final.exists():
-            trash = self.staging_dir / f"{self._host}__{os.getpid()}__{uuid.uuid4().hex[:8]}__{video_id}__old"
+            trash = self._staging_path(video_id, "__old")
             os.rename(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
 
@@ -206,12 +212,6 @@ class CacheWriter:
                 failures.pop(vid, None)
             failures.update(failed)
             root.attrs["failures"] = failures
-
-    def _dims(self) -> dict:
-        if not hasattr(self, "_dims_cache"):
-            backbones = read_node_attrs(self.path)["backbones"]
-            self._dims_cache = {k: int(backbones[k]["dim"]) for k in ("visual", "audio")}
-        return self._dims_cache
 
 
 def _put(group, name: str, data: np.ndarray, *, compress: bool) -> None:

@@ -71,22 +71,24 @@ def demo(
     console.print(Panel(split.description, title="what this demo is", expand=False))
 
     stage("2/4 expr extract")
+
+    def extract_with(random_weights: bool) -> None:
+        options = extract_options(cfg, split.videos_dir, random_weights=random_weights)
+        _call(extract_cmd, console, **options | {"face_crop": FaceCrop(options["face_crop"])})
+
     random_weights = cfg.weights == "random"
-    options = extract_options(cfg, split.videos_dir, random_weights=random_weights)
-    options["face_crop"] = FaceCrop(options["face_crop"])
     try:
-        _call(extract_cmd, console, **options)
+        extract_with(random_weights)
     except WeightsNotFoundError as exc:
         if cfg.weights == "pretrained":
             raise
         console.print(Panel(
             f"Pretrained CLIP/Wav2Vec2 weights are not available here:\n{exc}\n\n"
             "[bold]The demo goes on with RANDOM backbone weights[/]: the pipeline is the same, the "
-            "features (and so the scores) are not meaningful. Run it online once, or see README "
-            "'Weights', for the real features.", title="[bold red]random weights", border_style="red"))
+            "features (and so the scores) are not meaningful. Run it online once, or see the README's "
+            "'Install' section, for the real features.", title="[bold red]random weights", border_style="red"))
         random_weights = True
-        options.update(visual_weights="none", audio_weights="none")
-        _call(extract_cmd, console, **options)
+        extract_with(random_weights)
 
     stage("3/4 expr train")
     _call(train_cmd, console, **train_options(cfg, split.labels_dir))
