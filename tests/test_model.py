@@ -3,10 +3,15 @@ and each ablation switch."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
+from expr.train_heads.checkpoint import load_weights, save_checkpoint
 from expr.train_heads.config import HeadConfig
 from expr.train_heads.model import TCN, ExprHeadModel, NoAttention
 
@@ -14,14 +19,15 @@ SMALL = dict(visual_dim=24, audio_dim=20, channels=16, tcn_levels=3, heads=4, te
 
 
 def design_param_count(Dv=512, Da=768, C=512, levels=6, k=3, heads_in=None, text=512, classes=8,
-                       audio=True, tcn=True, directions=2):
+                       audio=True, tcn=True, directions=2, weight_norm=False):
     """Counted by hand from DESIGN.md "Facts about the reference method"."""
     n = 0
-    if tcn:  # Bai et al. blocks: two weight-normed convs (v, g, bias) + 1x1 downsample if widths differ
+    g = C if weight_norm else 0  # weight_norm adds one magnitude g per output channel of a conv
+    if tcn:  # Bai et al. blocks: two convs (weight, bias [, g]) + 1x1 downsample if widths differ
         for i in range(levels):
             n_in = Dv if i == 0 else C
-            n += n_in * C * k + C + C
-            n += C * C * k + C + C
+            n += n_in * C * k + C + g
+            n += C * C * k + C + g
             n += (n_in * C + C) if n_in != C else 0
     elif Dv != C:
         n += Dv * C + C
@@ -55,7 +61,8 @@ def inputs(cfg: HeadConfig, B=3, W=12, A=25, seed=1):
 
 def test_reference_size_matches_design():
     model = make(HeadConfig())
-    assert n_params(model) == design_param_count() == 12_869_384
+    assert n_params(model) == design_param_count() == 12_863_240  # no weight norm, as the authors
+    assert n_params(make(HeadConfig(weight_norm=True))) == design_param_count(weight_norm=True) == 12_869_384
     # frozen CLIP parts are buffers, not trained
     assert {n for n, _ in model.named_buffers()} == {"text_embeddings", "logit_scale"}
 
@@ -69,7 +76,7 @@ def test_reference_forward_shapes():
     assert torch.allclose(embed.norm(dim=1), torch.ones(3), atol=1e-5)
 
 
-@pytest.mark.parametrize("ablation", [{}, {"use_audio": False}, {"use_tcn": False},
+@pytest.mark.parametrize("ablation", [{}, {"use_audio": False}, {"use_tcn": False}, {"weight_norm": True},
                                       {"fusion": "v2a"}, {"fusion": "a2v"}, {"fusion": "concat"}])
 def test_forward_finite_and_every_parameter_learns(ablation):
     cfg = HeadConfig(**SMALL, **ablation)
@@ -166,3 +173,30 @@ def test_contrastive_loss_is_symmetric_infonce():
     # aligned with its own class text (distinct classes), the loss is near zero
     distinct = torch.tensor([0, 2, 5, 6])
     assert model.contrastive_loss(model.text_embeddings[distinct], distinct) < 0.05
+
+
+def test_v01_weight_normed_checkpoint_without_the_key_still_loads(tmp_path):
+    # v0.1 wrote every head with weight_norm and a head_config that has no "weight_norm" key.
+    cfg = HeadConfig(**SMALL, weight_norm=True)
+    old = make(cfg).eval()
+    tensors = {k: v.contiguous() for k, v in old.state_dict().items()}
+    assert any(".parametrizations.weight.original1" in k for k in tensors)
+    head_config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "weight_norm"}
+    save_file(tensors, str(tmp_path / "best.safetensors"),
+              metadata={"meta": json.dumps({"epoch": 3}), "head_config": json.dumps(head_config)})
+    loaded, meta = load_weights(tmp_path / "best.safetensors")
+    assert loaded.cfg.weight_norm and meta == {"epoch": 3}
+    v, a, m = inputs(cfg)
+    with torch.no_grad():
+        assert torch.equal(loaded(v, a, m), old(v, a, m))
+
+
+def test_plain_tcn_checkpoint_round_trips(tmp_path):
+    model = make(HeadConfig(**SMALL)).eval()
+    assert not any("parametrizations" in k for k in model.state_dict())
+    save_checkpoint(tmp_path / "last", model, meta={"epoch": 1})
+    loaded, _ = load_weights(tmp_path / "last.safetensors")
+    assert loaded.cfg.weight_norm is False
+    v, a, m = inputs(model.cfg)
+    with torch.no_grad():
+        assert torch.equal(loaded(v, a, m), model(v, a, m))

@@ -154,7 +154,8 @@ def test_overwrite_replaces_a_run(ds, tmp_path):
 
 
 @pytest.mark.parametrize("switch", [dict(no_audio=True), dict(no_tcn=True), dict(fusion="v2a"),
-                                    dict(fusion="a2v"), dict(fusion="concat"), dict(contrastive_weight=0.0)])
+                                    dict(fusion="a2v"), dict(fusion="concat"), dict(contrastive_weight=0.0),
+                                    dict(weight_norm=True)])
 def test_ablation_switches_train(ds, tmp_path, switch):
     result = train(config(ds, tmp_path / "abl", epochs=1, **switch))
     loaded = load_run(result.run_dir, "last")
@@ -162,6 +163,7 @@ def test_ablation_switches_train(ds, tmp_path, switch):
     assert head.use_audio == (not switch.get("no_audio", False))
     assert head.use_tcn == (not switch.get("no_tcn", False))
     assert head.fusion == switch.get("fusion", "bica")
+    assert head.weight_norm == switch.get("weight_norm", False)
     rec = result.history[0]
     assert np.isfinite(rec["loss"]) and 0 <= rec["val_f1"] <= 1
     if "contrastive_weight" in switch:

@@ -130,7 +130,8 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if "head_config" not in metadata:
         raise ConfigError(f"{path}: not an expr head checkpoint (no head_config in its metadata)")
-    cfg = HeadConfig.from_dict(json.loads(metadata["head_config"]))
+    # v0.1 checkpoints predate the weight_norm switch and were all weight-normed.
+    cfg = HeadConfig.from_dict({"weight_norm": True, **json.loads(metadata["head_config"])})
     model = ExprHeadModel(cfg, torch.zeros(cfg.num_classes, cfg.text_dim), 1.0)
     try:
         model.load_state_dict(tensors, strict=True)

@@ -36,6 +36,7 @@ class HeadConfig:
     dropout_head: float = 0.5
     use_audio: bool = True      # False: visual stream only, classifier input = channels
     use_tcn: bool = True        # False: frame features go straight to fusion
+    weight_norm: bool = False   # weight_norm on the TCN convs (Bai et al.; not the paper's authors)
     fusion: str = "bica"        # bica: both directions; v2a: visual queries audio; a2v: audio
                                 # queries visual; concat: no attention, pooled streams concatenated
 
@@ -86,6 +87,7 @@ class TrainConfig:
     no_audio: bool = False              # ablation: visual stream only
     no_tcn: bool = False                # ablation: no temporal convolution
     fusion: str = "bica"                # ablation: bica | v2a | a2v | concat
+    weight_norm: bool = False           # weight_norm on the TCN convs (off in the paper's code)
     preload: str = "cpu"                # cpu (pinned RAM), gpu (whole cache on the GPU), none (stream)
     chunk_frames: int = 1_000_000       # --preload none: frames loaded at a time
     eval_batch_size: int = 256
@@ -125,6 +127,7 @@ class TrainConfig:
             dropout_tcn=self.dropout_tcn, dropout_audio=self.dropout_audio,
             dropout_attn=self.dropout_attn, dropout_head=self.dropout_head,
             use_audio=not self.no_audio, use_tcn=not self.no_tcn, fusion=self.fusion,
+            weight_norm=self.weight_norm,
         )
 
     def to_dict(self) -> dict:

@@ -20,19 +20,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import weight_norm
+from torch.nn.utils import parametrizations
 
 from expr.train_heads.config import HeadConfig
 
 
 class TemporalBlock(nn.Module):
-    """Bai et al.'s residual block: two weight-normed causal dilated convs, ReLU, dropout."""
+    """Bai et al.'s residual block: two causal dilated convs, ReLU, dropout. Bai wraps the
+    convs in weight_norm; the paper's authors do not (``weight_norm`` turns it on)."""
 
-    def __init__(self, n_in: int, n_out: int, kernel: int, dilation: int, dropout: float):
+    def __init__(self, n_in: int, n_out: int, kernel: int, dilation: int, dropout: float,
+                 weight_norm: bool = False):
         super().__init__()
         self.pad = (kernel - 1) * dilation  # left padding only: output t sees inputs <= t
-        self.conv1 = weight_norm(nn.Conv1d(n_in, n_out, kernel, dilation=dilation))
-        self.conv2 = weight_norm(nn.Conv1d(n_out, n_out, kernel, dilation=dilation))
+        wrap = parametrizations.weight_norm if weight_norm else (lambda conv: conv)
+        self.conv1 = wrap(nn.Conv1d(n_in, n_out, kernel, dilation=dilation))
+        self.conv2 = wrap(nn.Conv1d(n_out, n_out, kernel, dilation=dilation))
         self.drop = nn.Dropout(dropout)
         self.downsample = nn.Conv1d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
 
@@ -44,10 +47,11 @@ class TemporalBlock(nn.Module):
 
 
 class TCN(nn.Module):
-    def __init__(self, n_in: int, channels: int, levels: int, kernel: int, dropout: float):
+    def __init__(self, n_in: int, channels: int, levels: int, kernel: int, dropout: float,
+                 weight_norm: bool = False):
         super().__init__()
         self.blocks = nn.Sequential(*[
-            TemporalBlock(n_in if i == 0 else channels, channels, kernel, 2 ** i, dropout)
+            TemporalBlock(n_in if i == 0 else channels, channels, kernel, 2 ** i, dropout, weight_norm)
             for i in range(levels)
         ])
 
@@ -130,7 +134,8 @@ class ExprHeadModel(nn.Module):
         self.cfg = cfg
         C = cfg.channels
         if cfg.use_tcn:
-            self.temporal = TCN(cfg.visual_dim, C, cfg.tcn_levels, cfg.tcn_kernel, cfg.dropout_tcn)
+            self.temporal = TCN(cfg.visual_dim, C, cfg.tcn_levels, cfg.tcn_kernel, cfg.dropout_tcn,
+                                cfg.weight_norm)
         elif cfg.visual_dim != C:
             self.temporal = nn.Linear(cfg.visual_dim, C)  # only to match the fusion width
         else:

@@ -74,6 +74,8 @@ def train(
     no_tcn: Annotated[bool, _flag("--no-tcn", "Ablation: no temporal convolution.", ARCH)] = False,
     fusion: Annotated[Fusion, _opt("Cross-attention: both directions, visual->audio, audio->visual, or "
                                    "plain concat.", ARCH)] = Fusion.bica,
+    weight_norm: Annotated[bool, _flag("--weight-norm", "Weight-normalise the TCN convolutions (Bai et al.; "
+                                       "off in the paper's code).", ARCH)] = False,
     preload: Annotated[Preload, _opt("Features in pinned RAM (cpu), on the GPU (gpu), or streamed in "
                                      "chunks from the cache (none, for caches larger than memory).", RUN)] = Preload.cpu,
     chunk_frames: Annotated[int, _opt("--preload none: frames loaded at a time.", RUN)] = 1_000_000,

@@ -1,0 +1,47 @@
+"""Window rules (expr.train_heads.windows) on ABAW-sized label arrays: 2.6 M frames, about
+Aff-Wild2's EXPR train + validation, with long unlabelled gaps and short no-face bursts.
+Times one 2.6 M-frame array and the same frames as 500 videos (the real call pattern).
+
+    .venv/bin/python benchmarks/bench_windows.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from expr.train_heads.windows import build_windows
+
+FRAMES, VIDEOS = 2_600_000, 500
+
+
+def synthetic_labels(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels, face = rng.integers(0, 8, FRAMES), np.ones(FRAMES, bool)
+    for s in rng.integers(0, FRAMES, 2000):
+        labels[s:s + rng.integers(1, 400)] = -1      # unlabelled stretches
+    for s in rng.integers(0, FRAMES, 20000):
+        face[s:s + rng.integers(1, 12)] = False      # no-face bursts, some past the fill limit
+    return labels, face
+
+
+def main() -> None:
+    labels, face = synthetic_labels()
+    bounds = np.linspace(0, FRAMES, VIDEOS + 1).astype(int)
+    build_windows("reference", labels, face, 60, 15)  # warm-up: first-touch page faults
+    for rule, window, stride in [("reference", 60, 15), ("reference", 30, 15), ("reference", 30, 45),
+                                 ("grid", 60, 15)]:
+        t = time.perf_counter()
+        one = len(build_windows(rule, labels, face, window, stride))
+        t_one = time.perf_counter() - t
+        t = time.perf_counter()
+        many = sum(len(build_windows(rule, labels[a:b], face[a:b], window, stride))
+                   for a, b in zip(bounds[:-1], bounds[1:]))
+        t_many = time.perf_counter() - t
+        print(f"{rule:9s} window {window:2d} stride {stride:2d}: one array {t_one * 1e3:6.0f} ms "
+              f"({one} windows), {VIDEOS} videos {t_many * 1e3:6.0f} ms ({many} windows)")
+
+
+if __name__ == "__main__":
+    main()
