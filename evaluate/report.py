@@ -124,43 +124,40 @@ def _section(sid: str, heading: str, body: str) -> str:
     return f'<section id="{sid}"><h2>{esc(heading)}</h2>\n{body}\n</section>'
 
 
+def _present(parts: ReportParts) -> list[tuple[str, str, Mapping]]:
+    """(key, label, scores) of the protocols the report has, in display order."""
+    return [(k, label, parts.protocols[k]) for k, label in PROTOCOLS.items() if parts.protocols.get(k)]
+
+
 def _overview(parts: ReportParts) -> str:
-    cards = []
-    for key, label in PROTOCOLS.items():
-        block = parts.protocols.get(key)
-        if block:
-            cards.append(f'<div class="card"><div class="muted">{esc(label)} macro-F1</div>'
-                         f'<div class="key">{block["macro_f1"]:.4f}</div>'
-                         f'<div class="muted">accuracy {block["accuracy"]:.4f} · n = {block["n"]:,}</div></div>')
+    cards = [f'<div class="card"><div class="muted">{esc(label)} macro-F1</div>'
+             f'<div class="key">{block["macro_f1"]:.4f}</div>'
+             f'<div class="muted">accuracy {block["accuracy"]:.4f} · n = {block["n"]:,}</div></div>'
+             for _, label, block in _present(parts)]
     facts = _table(None, [[k, _fmt(v)] for k, v in parts.facts.items()]) if parts.facts else ""
     return f'<div class="cards">{"".join(cards)}</div>{facts}'
 
 
 def _metrics(parts: ReportParts) -> str:
-    rows = []
-    for key, label in PROTOCOLS.items():
-        block = parts.protocols.get(key)
-        if block:
-            settings = ", ".join(f"{s}={block[s]}" for s in _SETTINGS if block.get(s) is not None)
-            rows.append([label, f"{block['macro_f1']:.4f}", f"{block['accuracy']:.4f}", f"{block['n']:,}", settings])
-    notes = "".join(f"<p class=muted>{esc(parts.protocols[k]['description'])}</p>"
-                    for k in PROTOCOLS if parts.protocols.get(k, {}).get("description"))
+    rows = [[label, f"{b['macro_f1']:.4f}", f"{b['accuracy']:.4f}", f"{b['n']:,}",
+             ", ".join(f"{s}={b[s]}" for s in _SETTINGS if b.get(s) is not None)]
+            for _, label, b in _present(parts)]
+    notes = "".join(f"<p class=muted>{esc(b['description'])}</p>" for _, _, b in _present(parts) if b.get("description"))
     return _table(["protocol", "macro-F1", "accuracy", "scored", "settings"], rows,
                   [False, True, True, True, False]) + notes
 
 
 def _per_class(parts: ReportParts) -> str:
-    keys = [k for k in PROTOCOLS if parts.protocols.get(k)]
+    present = _present(parts)
     rows = []
     for i, name in enumerate(parts.class_names):
         swatch = f'<span class="swatch" style="background:{CLASS_COLOURS[i % len(CLASS_COLOURS)]}"></span>'
         row: list[object] = [swatch + esc(name)]
-        for k in keys:
-            b = parts.protocols[k]
+        for _, _, b in present:
             row += [f"{b['f1'][i]:.4f}", f"{b['precision'][i]:.4f}", f"{b['recall'][i]:.4f}", f"{b['support'][i]:,}"]
         rows.append(row)
-    columns = ["class"] + ["F1", "precision", "recall", "support"] * len(keys)
-    groups = [("", 1)] + [(PROTOCOLS[k], 4) for k in keys]
+    columns = ["class"] + ["F1", "precision", "recall", "support"] * len(present)
+    groups = [("", 1)] + [(label, 4) for _, label, _ in present]
     return _table(columns, rows, [False] + [True] * (len(columns) - 1), raw_first=True, groups=groups)
 
 

@@ -147,6 +147,18 @@ def _covered(collection, times) -> np.ndarray:
     return out
 
 
+def _dress(ax, xlim: tuple[float, float], title: str, has_truth: bool) -> None:
+    """Axes limits, the band names as y tick labels, axis labels and the title."""
+    ax.set_xlim(*xlim)
+    ax.set_ylim((_TRUTH_Y if has_truth else _PRED_Y) - 0.02, 1.0)
+    ticks = [0, 0.5, 1, _PRED_Y + _BAND / 2] + ([_TRUTH_Y + _BAND / 2] if has_truth else [])
+    ax.set_yticks(ticks, ["0", "0.5", "1", "predicted", "truth"][:len(ticks)], fontsize=8)
+    ax.set_ylabel("probability", fontsize=9)
+    ax.set_xlabel("time (s)", fontsize=9)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_title(title, fontsize=10, loc="left")
+
+
 def _legend(ax, class_names, has_truth, has_face_mask):
     from matplotlib.patches import Patch
 
@@ -197,14 +209,8 @@ def plot_timeline(
         if truth is not None:
             truth_mesh = _band(ax, edges, truth, _TRUTH_Y, cmap)
             unlabelled = _shade(ax, edges, truth == IGNORE_LABEL, _TRUTH_Y, _BAND, hatch="...", **hatch)
-        ax.set_xlim(edges[0], edges[-1])
-        ax.set_ylim((_TRUTH_Y if truth is not None else _PRED_Y) - 0.02, 1.0)
-        ticks = [0, 0.5, 1, _PRED_Y + _BAND / 2] + ([_TRUTH_Y + _BAND / 2] if truth is not None else [])
-        ax.set_yticks(ticks, ["0", "0.5", "1", "predicted", "truth"][:len(ticks)], fontsize=8)
-        ax.set_ylabel("probability", fontsize=9)
-        ax.set_xlabel("time (s)", fontsize=9)
-        ax.spines[["top", "right"]].set_visible(False)
-        ax.set_title(f"{video_id}" + (f"  ·  {title_extra}" if title_extra else ""), fontsize=10, loc="left")
+        _dress(ax, (edges[0], edges[-1]), f"{video_id}" + (f"  ·  {title_extra}" if title_extra else ""),
+               truth is not None)
         _legend(ax, class_names, truth is not None, face is not None)
         data = TimelineData(
             path=Path(path),
