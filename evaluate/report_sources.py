@@ -1,0 +1,121 @@
+"""Build a report from what ``expr evaluate`` and ``expr ablate`` leave on disk, in one call each.
+
+A run folder after ``expr evaluate --split S``: ``config.json``, ``metrics.jsonl``,
+``eval_S.json``, ``confusion_S_{window,per_frame}.png`` and, when timelines were drawn,
+``timelines_S/<video>.png``. An ablation folder: ``ablation.md`` / ``ablation.png`` and
+``cells/<cell>/seed<k>/result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from expr.abaw import CLASS_NAMES
+from expr.errors import ConfigError
+from expr.evaluate.ablation_table import PAPER_MARK, CellResult, _pm, summarise
+from expr.evaluate.report import PROTOCOLS, AblationTable, ReportParts, write_report
+
+
+def timeline_dir(run_dir: str | os.PathLike, split: str) -> Path:
+    """Where the timelines of a run's split go (``expr evaluate --timelines N`` writes here)."""
+    return Path(run_dir) / f"timelines_{split}"
+
+
+def _read_json(path: Path, what: str, hint: str) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: no {what}; {hint}") from err
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read the {what} ({err})") from err
+
+
+def run_parts(run_dir: str | os.PathLike, split: str, timelines: Sequence[Path] | None = None) -> ReportParts:
+    """The report of one evaluated split of a run, read from the run folder."""
+    run_dir = Path(run_dir)
+    ev = _read_json(run_dir / f"eval_{split}.json", f"evaluation of {split}",
+                    f"run 'expr evaluate --run {run_dir} --split {split}' first")
+    config_path = run_dir / "config.json"
+    config = _read_json(config_path, "run config", "") if config_path.is_file() else {}
+    if timelines is None:
+        timelines = sorted(timeline_dir(run_dir, split).glob("*.png"))
+    confusions = {k: p for k in PROTOCOLS if (p := run_dir / f"confusion_{split}_{k}.png").is_file()}
+    facts = {"run": str(run_dir), "split": split, "checkpoint": ev.get("checkpoint"), "epoch": ev.get("epoch"),
+             "videos": ev.get("videos"), "cache": ev.get("cache"), "labels": ev.get("labels")}
+    return ReportParts(
+        title=f"{run_dir.name} · {split}",
+        facts={k: v for k, v in facts.items() if v is not None},
+        config=config,
+        protocols=ev.get("protocols", {}),
+        confusions=confusions,
+        metrics_jsonl=run_dir / "metrics.jsonl",
+        timelines=list(timelines),
+        warnings=ev.get("warnings", []),
+        class_names=ev.get("class_names") or CLASS_NAMES,
+    )
+
+
+def report_from_run(run_dir: str | os.PathLike, split: str, out_path: str | os.PathLike,
+                    timelines: Sequence[Path] | None = None) -> Path:
+    """Write ``out_path`` (report.html) for ``run_dir`` evaluated on ``split``; timelines
+    default to the PNGs in ``timelines_<split>/``."""
+    return write_report(out_path, run_parts(run_dir, split, timelines))
+
+
+def _shared_options(records: Sequence[dict]) -> dict:
+    """Training options every cell shares (the grid varies the others)."""
+    first = records[0]
+    return {k: v for k, v in first.items() if all(r.get(k) == v for r in records[1:])}
+
+
+def _grid_order(out_dir: Path):
+    """Sort key putting cell results in ablation.csv's (grid) order, so cells that tie keep
+    the order of the Markdown table and the chart; unknown ones go last, by path."""
+    import csv
+
+    try:
+        with open(out_dir / "ablation.csv", encoding="utf-8", newline="") as fh:
+            order = {row["run_dir"]: i for i, row in enumerate(csv.DictReader(fh))}
+    except (OSError, KeyError):
+        order = {}
+    return lambda p: (order.get(p.parent.relative_to(out_dir).as_posix(), len(order)), str(p))
+
+
+def ablation_parts(out_dir: str | os.PathLike) -> ReportParts:
+    """The report of an ablation folder: the grid table (mean ± std over seeds, best first),
+    the chart, and the options all cells share."""
+    out_dir = Path(out_dir)
+    paths = sorted(out_dir.glob("cells/*/seed*/result.json"), key=_grid_order(out_dir))
+    if not paths:
+        raise ConfigError(f"{out_dir}: no finished ablation cell (cells/*/seed*/result.json); run 'expr ablate' first")
+    records = [_read_json(p, "cell result", "") for p in paths]
+    try:
+        results = [CellResult.from_dict(r["result"]) for r in records]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"{out_dir}: a cell's result.json is not in the expected format ({err})") from err
+    rows = [[str(rank), s.cell.label + (f" {PAPER_MARK}" if s.cell.is_paper() else ""),
+             _pm(s, "frame_macro_f1"), _pm(s, "frame_accuracy"), _pm(s, "window_macro_f1"),
+             _pm(s, "window_accuracy"), str(s.n_seeds)]
+            for rank, s in enumerate(summarise(results), start=1)]
+    md = out_dir / "ablation.md"
+    heading = md.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip() if md.is_file() else ""
+    table = AblationTable(
+        columns=["#", "setting", "per-frame macro-F1", "per-frame acc.", "window macro-F1", "window acc.", "seeds"],
+        rows=rows, chart=out_dir / "ablation.png", numeric=[True, False, True, True, True, True, True],
+        note=("Sorted by per-frame macro-F1 (the official ABAW metric); window-level is the reference code's "
+              f"protocol (the paper's Table 1). Mean ± sample std over seeds. {PAPER_MARK} = the paper's settings."),
+    )
+    return ReportParts(
+        title=heading or f"Ablation · {out_dir.name}",
+        facts={"folder": str(out_dir), "cells": len(rows), "trained (cell, seed) runs": len(results)},
+        config=_shared_options([r.get("train", {}) for r in records]),
+        ablation=table,
+    )
+
+
+def report_from_ablation(out_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Write ``out_path`` (report.html) for an ``expr ablate --out`` folder."""
+    return write_report(out_path, ablation_parts(out_dir))

@@ -1,0 +1,37 @@
+"""A real evaluated run for the report tests: synthetic cache, a tiny 2-epoch head, `expr evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SPLIT = "Validation_Set"
+
+
+def evaluated_run(root: Path) -> Path:
+    """Train and evaluate a tiny run under ``root``; one timeline PNG in timelines_<split>/
+    (from random probabilities: the report only embeds the files)."""
+    import torch
+
+    from expr.cli import run
+    from expr.evaluate.report_sources import timeline_dir
+    from expr.evaluate.timeline import plot_timeline
+    from expr.train_heads.config import TrainConfig
+    from expr.train_heads.loop import train
+    from expr.train_heads.synthetic import write_synthetic_dataset
+
+    torch.set_num_threads(1)
+    ds = write_synthetic_dataset(root, n_train=3, n_val=2, n_frames=(60, 90), visual_dim=32, audio_dim=16,
+                                 text_dim=16)
+    run_dir = root / "run"
+    train(TrainConfig(cache=ds.cache, labels=ds.labels, out=run_dir, window=16, stride=8, epochs=2, channels=16,
+                      tcn_levels=2, heads=2, lr=1e-3, device="cpu"))
+    assert run(["evaluate", "--run", str(run_dir), "--cache", str(ds.cache), "--labels", str(ds.labels),
+                "--split", SPLIT, "--device", "cpu"]) == 0
+    probs = np.random.default_rng(0).dirichlet(np.ones(8), size=50)
+    out = timeline_dir(run_dir, SPLIT)
+    out.mkdir()
+    plot_timeline(out / f"{ds.val_ids[0]}.png", video_id=ds.val_ids[0], times=np.arange(50) / 25, probs=probs,
+                  predicted=probs.argmax(1))
+    return run_dir

@@ -1,0 +1,72 @@
+"""report.html in a real headless Chromium: it renders (the screenshot is not blank) and the
+DOM Chromium built holds the title, the class names and the macro-F1 values.
+
+Needs Debian's ``chromium`` (``apt-get install -y chromium``; CI installs it). Without a
+binary on PATH (or in $CHROMIUM) the tests are skipped and say why.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from expr.abaw import CLASS_NAMES
+from report_helpers import SPLIT, evaluated_run
+
+_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM = os.environ.get("CHROMIUM") or next((p for p in map(shutil.which, _NAMES) if p), None)
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium binary on PATH or in $CHROMIUM: install Debian's chromium "
+           "(apt-get install -y chromium) to run the browser render tests",
+)
+
+
+def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """One headless Chromium call with a throwaway profile (parallel runs must not share one)."""
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+           f"--user-data-dir={tmp_path / 'profile'}", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    from expr.evaluate.report_sources import report_from_run
+
+    run_dir = evaluated_run(tmp_path_factory.mktemp("browser"))
+    ev = json.loads((run_dir / f"eval_{SPLIT}.json").read_text())
+    return report_from_run(run_dir, SPLIT, run_dir / "report.html"), ev
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    from PIL import Image
+
+    path, _ = report
+    shot = tmp_path / "shot.png"
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", path.resolve().as_uri())
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.shape == (2000, 1280)
+    assert pixels.std() > 20  # a blank or single-colour page is ~0
+    # Ink on every band of the first screen: the page laid out top to bottom, not one stray element.
+    bands = pixels[:1800].reshape(6, 300, 1280)
+    assert ((bands < 128).mean(axis=(1, 2)) > 0.002).all()
+
+
+def test_the_dom_chromium_built_has_the_title_classes_and_scores(report, tmp_path):
+    path, ev = report
+    dom = _chromium(tmp_path, "--dump-dom", path.resolve().as_uri()).stdout
+    assert f"<title>run · {SPLIT}</title>" in dom
+    assert f"<h1>run · {SPLIT}</h1>" in dom
+    for name in CLASS_NAMES:
+        assert f"{name}</td>" in dom
+    for key in ("per_frame", "window"):
+        assert f">{ev['protocols'][key]['macro_f1']:.4f}<" in dom
+    assert dom.count('src="data:image/png;base64,') == 4
+    for sid in ("overview", "metrics", "per-class", "confusion", "training", "timelines", "config"):
+        assert f'id="{sid}"' in dom
