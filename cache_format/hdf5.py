@@ -59,7 +59,8 @@ def _write_hdf5(src: str | os.PathLike, tmp: Path, on_video: Callable[[str], Non
                 if data.ndim == 2 and data.shape[0] > 0:
                     kwargs = dict(chunks=(min(S.TIME_CHUNK, data.shape[0]), data.shape[1]),
                                   compression="lzf", shuffle=True)
-                group.create_dataset(name, data=data, **kwargs)
+                # HDF5's per-chunk checksum, the counterpart of the Zarr cache's crc32c
+                group.create_dataset(name, data=data, fletcher32=True, **kwargs)
             info = cache.info(vid)
             attrs = {k: getattr(info, k) for k in S.VIDEO_ATTRS if k != "complete"}
             _encode_attrs(group, {**info.extra, **attrs, "complete": True})

@@ -9,6 +9,7 @@ re-raised as ``DamagedVideoError`` naming the cache, video, array and what to do
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,8 @@ class DamagedVideoError(CacheSchemaError):
 
 
 def redo_hint(cache: Path, video_id: str) -> str:
-    return f"redo it with 'expr cache remove {cache} {video_id}' then 'expr extract'"
+    command = shlex.join(["expr", "cache", "remove", str(cache), video_id])
+    return f"redo it: {command}, then expr extract"
 
 
 def one_line(exc: BaseException, limit: int = 160) -> str:
