@@ -60,7 +60,7 @@ def test_only_ascii_integers_are_labels(tmp_path, line):
 
 def test_out_of_range_quotes_the_line_as_written(tmp_path):
     path = write_labels(tmp_path, "08")
-    with pytest.raises(LabelFormatError, match=rf"{path}:2: '08' is outside -1..7"):
+    with pytest.raises(LabelFormatError, match=rf"{path}:2: label 8 is outside -1..7 \(the line reads '08'\)"):
         read_label_file(path)
 
 

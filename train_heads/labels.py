@@ -64,7 +64,7 @@ def parse_label(line: str, where: str) -> int:
         raise LabelFormatError(f"{where}: {line[:40]!r} is not an integer; expected one of -1..7 per line")
     value = int(match[1])
     if not IGNORE_LABEL <= value < NUM_CLASSES:
-        raise LabelFormatError(f"{where}: {line[:40]!r} is outside -1..7")
+        raise LabelFormatError(f"{where}: label {value} is outside -1..7 (the line reads {line[:40]!r})")
     return value
 
 
