@@ -11,7 +11,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 
@@ -71,7 +70,7 @@ def test_overwrite_replaces_a_cache_and_an_empty_folder_is_fine(tmp_path):
 def test_out_may_not_overlap_the_inputs(tmp_path, out):
     videos = tmp_path / "data" / "videos"
     F.make_video(videos / "v.mp4", n_frames=5)
-    target = (videos / out)
+    target = videos / out
     before = tree(tmp_path)
     with pytest.raises(ConfigError, match=f"overlaps the input folder {videos}"):
         new_writer(target, reset=True, protect=(videos, None))
