@@ -18,6 +18,9 @@ __all__ = [
 ]
 
 from expr.cache_format.hdf5 import export_hdf5, import_hdf5  # noqa: E402
+from expr.cache_format.remove import remove_videos  # noqa: E402
+from expr.cache_format.safety import check_output_path, is_cache, remove_cache  # noqa: E402
 from expr.cache_format.validate import validate_cache  # noqa: E402
 
-__all__ += ["export_hdf5", "import_hdf5", "validate_cache"]
+__all__ += ["check_output_path", "export_hdf5", "import_hdf5", "is_cache", "remove_cache", "remove_videos",
+            "validate_cache"]

@@ -14,10 +14,12 @@ from typing import Callable
 import h5py
 import numpy as np
 
+from expr.atomic import atomic_path
 from expr.cache_format import schema as S
 from expr.cache_format.reader import open_cache
+from expr.cache_format.safety import STORAGE_ERRNOS, is_cache, storage_error
 from expr.cache_format.writer import consolidate, open_writer
-from expr.errors import CacheSchemaError
+from expr.errors import CacheSchemaError, ConfigError
 
 
 def _encode_attrs(target, attrs: dict) -> None:
@@ -31,14 +33,17 @@ def export_hdf5(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bo
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise CacheSchemaError(f"{dst}: already exists; pass --overwrite to replace it")
-    tmp = dst.with_name(dst.name + ".partial")
+    if dst.exists() and (dst.is_dir() or not is_cache(dst)):
+        raise ConfigError(f"{dst}: not an exported expr cache (.h5); refusing to replace it: choose another DST")
     try:
-        count = _write_hdf5(src, tmp, on_video)
-    except BaseException:  # an error or Ctrl-C: no half-written copy of a possibly large cache
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, dst)  # a killed export leaves only the .partial file
-    return count
+        # A temporary file renamed into place: an error or Ctrl-C never leaves half a copy of
+        # a possibly large cache under the final name (a kill -9 leaves only the hidden temp).
+        with atomic_path(dst) as tmp:
+            return _write_hdf5(src, tmp, on_video)
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_error(exc, dst, "write the HDF5 export") from exc
 
 
 def _write_hdf5(src: str | os.PathLike, tmp: Path, on_video: Callable[[str], None] | None) -> int:
@@ -49,12 +54,13 @@ def _write_hdf5(src: str | os.PathLike, tmp: Path, on_video: Callable[[str], Non
         for vid in cache.video_ids:
             group = videos.create_group(vid)
             for name in cache.array_names(vid):
-                data = np.asarray(cache.raw_array(vid, name)[...])
+                data = cache.read(vid, name)  # verified: a damaged cache is not exported
                 kwargs = {}
                 if data.ndim == 2 and data.shape[0] > 0:
                     kwargs = dict(chunks=(min(S.TIME_CHUNK, data.shape[0]), data.shape[1]),
                                   compression="lzf", shuffle=True)
-                group.create_dataset(name, data=data, **kwargs)
+                # HDF5's per-chunk checksum, the counterpart of the Zarr cache's crc32c
+                group.create_dataset(name, data=data, fletcher32=True, **kwargs)
             info = cache.info(vid)
             attrs = {k: getattr(info, k) for k in S.VIDEO_ATTRS if k != "complete"}
             _encode_attrs(group, {**info.extra, **attrs, "complete": True})
@@ -73,7 +79,7 @@ def import_hdf5(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bo
         writer = open_writer(
             dst, backbones=cache.backbones, text_embeddings=cache.text_embeddings(),
             logit_scale=cache.logit_scale, class_names=tuple(cache.class_names),
-            prompt_template=cache.attrs["prompt_template"], reset=overwrite,
+            prompt_template=cache.attrs["prompt_template"], reset=overwrite, protect=(src,),
         )
         for vid in cache.video_ids:
             info = cache.info(vid)

@@ -16,8 +16,10 @@ from typing import Callable
 
 import numpy as np
 
+from expr.cache_format import integrity as I
 from expr.cache_format import schema as S
-from expr.cache_format.writer import quiet_zarr, read_node_attrs
+from expr.cache_format.schema import read_node_attrs
+from expr.cache_format.writer import quiet_zarr
 from expr.errors import CacheSchemaError
 
 
@@ -53,11 +55,16 @@ def decode_attrs(attrs) -> dict:
 
 
 class CacheReader:
-    """Read-only view of one cache. Use ``open_cache``; close it (or use ``with``)."""
+    """Read-only view of one cache. Use ``open_cache``; close it (or use ``with``).
+
+    Every read of an array raises CacheSchemaError naming the video and array when the data
+    cannot be read back as written (see ``integrity``), never returns damaged values.
+    """
 
     def __init__(self, path: Path, backend: str, root_attrs: dict, video_attrs: dict[str, dict],
                  get_video: Callable[[str], object], get_text: Callable[[], np.ndarray],
-                 handle=None, used_consolidated: bool = False):
+                 handle=None, used_consolidated: bool = False,
+                 check_present: Callable[[str], None] | None = None):
         self.path = path
         self.backend = backend  # "zarr" or "hdf5"
         self.used_consolidated = used_consolidated  # attributes came from one metadata snapshot
@@ -66,6 +73,9 @@ class CacheReader:
         self._handle = handle
         self.attrs = root_attrs
         S.check_root_attrs(self.attrs, str(path))
+        self.checksummed = S.is_checksummed(self.attrs)  # v2: chunk CRCs, every chunk stored
+        self._check_present = check_present if self.checksummed else None
+        self._present: set[str] = set()  # videos whose chunk files were all found
         self._infos: dict[str, VideoInfo] = {}
         self.incomplete_ids: list[str] = []
         for vid in sorted(video_attrs):
@@ -106,7 +116,10 @@ class CacheReader:
         return int(self.backbones["audio"]["dim"])
 
     def text_embeddings(self) -> np.ndarray:
-        return np.asarray(self._get_text(), dtype=S.TEXT_DTYPE)
+        try:
+            return np.asarray(self._get_text(), dtype=S.TEXT_DTYPE)
+        except Exception as exc:
+            raise CacheSchemaError(f"{self.path}: {S.TEXT_EMBEDDINGS} unreadable ({I.one_line(exc)})") from exc
 
     @property
     def video_ids(self) -> list[str]:
@@ -126,33 +139,51 @@ class CacheReader:
         except KeyError:
             raise CacheSchemaError(f"{self.path}: no complete video {video_id!r} in the cache") from None
 
-    def _array(self, video_id: str, name: str):
+    def _array(self, video_id: str, name: str, verify: bool = True):
         self.info(video_id)
-        return self._get_video(video_id)[name]
+        try:
+            if verify and self._check_present is not None and video_id not in self._present:
+                self._check_present(video_id)  # a stat per chunk, once per video
+                self._present.add(video_id)
+            return self._get_video(video_id)[name]
+        except Exception as exc:  # missing chunk files, unreadable metadata, absent array
+            raise I.wrap_read_error(self.path, video_id, name, exc) from exc
+
+    def read(self, video_id: str, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) of one stored array, verified (see the class docstring)."""
+        arr = self._array(video_id, name)
+        try:
+            return np.asarray(arr[start:stop])
+        except Exception as exc:  # crc mismatch, blosc/zstd/HDF5 errors on damaged bytes
+            raise I.wrap_read_error(self.path, video_id, name, exc) from exc
 
     def visual(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """(T, D_visual) float16 features of frames [start, stop)."""
-        return np.asarray(self._array(video_id, S.VISUAL)[start:stop])
+        return self.read(video_id, S.VISUAL, start, stop)
 
     def audio(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """(S, D_audio) float16 features of audio steps [start, stop); (0, D) without audio."""
         if not self.info(video_id).has_audio:
             return np.zeros((0, self.audio_dim), dtype=S.FEATURE_DTYPE)
-        return np.asarray(self._array(video_id, S.AUDIO)[start:stop])
+        return self.read(video_id, S.AUDIO, start, stop)
 
     def frame_mask(self, video_id: str) -> np.ndarray:
-        return np.asarray(self._array(video_id, S.FRAME_MASK)[...], dtype=bool)
+        return np.asarray(self.read(video_id, S.FRAME_MASK), dtype=bool)
 
     def timestamps(self, video_id: str) -> np.ndarray:
-        return np.asarray(self._array(video_id, S.TIMESTAMPS)[...], dtype=np.float64)
+        return np.asarray(self.read(video_id, S.TIMESTAMPS), dtype=np.float64)
 
     def array_names(self, video_id: str) -> list[str]:
-        group = self._get_video(video_id)
-        return sorted(name for name, _ in group.arrays()) if self.backend == "zarr" else sorted(group.keys())
+        try:
+            group = self._get_video(video_id)
+            return sorted(name for name, _ in group.arrays()) if self.backend == "zarr" else sorted(group.keys())
+        except Exception as exc:
+            raise I.wrap_read_error(self.path, video_id, None, exc) from exc
 
     def raw_array(self, video_id: str, name: str):
-        """The stored array object (zarr.Array or h5py.Dataset), for validation and export."""
-        return self._array(video_id, name)
+        """The stored array object (zarr.Array or h5py.Dataset), not verified: for
+        ``validate --deep``, which checks it chunk by chunk. Read data with ``read``."""
+        return self._array(video_id, name, verify=False)
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
@@ -189,7 +220,12 @@ def open_cache(path: str | os.PathLike) -> CacheReader:
 def _open_hdf5(path: Path) -> CacheReader:
     import h5py
 
-    handle = h5py.File(path, "r")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:  # HDF5's own message for a truncated file is a 3-line dump
+        raise CacheSchemaError(
+            f"{path}: damaged or truncated HDF5 cache ({I.one_line(exc, 120)}); export it again"
+        ) from exc
     try:
         videos = handle[S.VIDEOS_GROUP] if S.VIDEOS_GROUP in handle else {}
         return CacheReader(
@@ -233,5 +269,8 @@ def _open_zarr(path: Path) -> CacheReader:
         with quiet_zarr():
             return zarr.open_array(str(path / S.TEXT_EMBEDDINGS), mode="r")[...]
 
+    def check_present(vid: str) -> None:
+        I.check_chunks_present(path, vid, videos_dir / vid, get_video(vid))
+
     return CacheReader(path, "zarr", root_meta.get("attributes", {}), video_attrs, get_video, get_text,
-                       used_consolidated=used_consolidated)
+                       used_consolidated=used_consolidated, check_present=check_present)

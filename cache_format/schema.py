@@ -1,4 +1,4 @@
-"""Schema v1 of the expr feature cache: names, dtypes and the checks on them.
+"""Schema v2 of the expr feature cache: names, dtypes and the checks on them.
 
 One Zarr v3 group per cache::
 
@@ -12,22 +12,29 @@ One Zarr v3 group per cache::
           timestamps           (T,) float64  presentation time of each frame, seconds
       _staging/                videos being written (renamed into videos/ when complete)
 
+Version 2 (this expr writes it) adds integrity: every chunk of every array ends with a
+CRC-32C checksum (zarr's ``crc32c`` codec, after the compressor) and every chunk is stored,
+even one equal to the fill value, so a missing chunk file is damage, not zeros. Version 1
+caches still open and read, without either check: the root ``version`` says what to expect.
+
 This module is the single source of those names; nothing else spells them.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 
+from expr.abaw import CLASS_NAMES, PROMPT_TEMPLATE  # noqa: F401  (re-exported for cache readers)
 from expr.errors import CacheSchemaError
 
 FORMAT_NAME = "expr-feature-cache"
-FORMAT_VERSION = 1
-
-CLASS_NAMES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
-PROMPT_TEMPLATE = "A face expressing {}"
+FORMAT_VERSION = 2            # what new caches get
+READABLE_VERSIONS = (1, 2)    # 1: no chunk checksums, fill-value chunks may be absent
+CHECKSUMMED_SINCE = 2
 
 TEXT_GROUP = "text"
 TEXT_EMBEDDINGS = "text/embeddings"
@@ -88,13 +95,14 @@ def validate_video_id(video_id: str) -> str:
 
 
 def check_root_attrs(attrs: dict, where: str) -> None:
-    """Raise CacheSchemaError unless ``attrs`` are the root attributes of a v1 cache."""
+    """Raise CacheSchemaError unless ``attrs`` are the root attributes of a readable cache."""
     if attrs.get("format") != FORMAT_NAME:
         raise CacheSchemaError(f"{where}: not an expr feature cache (no format={FORMAT_NAME!r} attribute)")
     version = attrs.get("version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
         raise CacheSchemaError(
-            f"{where}: cache schema version {version!r}, this expr reads version {FORMAT_VERSION}; "
+            f"{where}: cache schema version {version!r}, this expr reads version {readable}; "
             "re-extract with this expr or use the expr release that wrote it"
         )
     missing = [k for k in ROOT_ATTRS if k not in attrs]
@@ -103,3 +111,18 @@ def check_root_attrs(attrs: dict, where: str) -> None:
     for stream in ("visual", "audio"):
         if "dim" not in attrs["backbones"].get(stream, {}):
             raise CacheSchemaError(f"{where}: backbones.{stream}.dim missing from the root attributes")
+
+
+def is_checksummed(attrs: dict) -> bool:
+    """True for caches whose chunks all exist and carry a CRC-32C (schema version >= 2)."""
+    version = attrs.get("version")
+    return isinstance(version, int) and version >= CHECKSUMMED_SINCE
+
+
+def read_node_attrs(node_dir: Path) -> dict | None:
+    """Attributes of a zarr v3 node read straight from its zarr.json; None if unreadable."""
+    try:
+        with open(Path(node_dir) / "zarr.json", encoding="utf-8") as fh:
+            return json.load(fh).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -1,4 +1,4 @@
-"""Check a cache against schema v1 and report every problem found (not just the first)."""
+"""Check a cache against its schema and report every problem found (not just the first)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,20 @@ import os
 
 import numpy as np
 
+from expr.cache_format import integrity as I
 from expr.cache_format import schema as S
 from expr.cache_format.reader import open_cache
 from expr.errors import CacheSchemaError
 
 
-def validate_cache(path: str | os.PathLike, *, check_values: bool = True) -> list[str]:
+def validate_cache(path: str | os.PathLike, *, check_values: bool = True, deep: bool = False) -> list[str]:
     """Return a list of problems, empty when the cache is valid.
 
     Checks the schema version and root attributes, text embeddings, and for each complete
-    video the presence, shape, dtype and length agreement of its arrays; with
-    ``check_values`` also that features are finite and timestamps non-decreasing.
+    video the presence, shape, dtype and length agreement of its arrays (and, on v2 caches,
+    that every chunk file exists); with ``check_values`` also that features are finite and
+    timestamps non-decreasing. ``deep`` reads every chunk on its own and lists each damaged
+    or missing one, where the plain check stops at a video's first unreadable array.
     """
     try:
         cache = open_cache(path)
@@ -25,19 +28,37 @@ def validate_cache(path: str | os.PathLike, *, check_values: bool = True) -> lis
     problems: list[str] = []
     with cache:
         n_classes = len(cache.class_names)
-        text = cache.text_embeddings()
-        if text.ndim != 2 or text.shape[0] != n_classes:
-            problems.append(f"text/embeddings: shape {text.shape}, expected ({n_classes}, D)")
+        try:
+            text = cache.text_embeddings()
+            if text.ndim != 2 or text.shape[0] != n_classes:
+                problems.append(f"text/embeddings: shape {text.shape}, expected ({n_classes}, D)")
+        except CacheSchemaError as exc:
+            problems.append(str(exc))
         for vid in cache.incomplete_ids:
             problems.append(f"videos/{vid}: incomplete (no complete marker); it is removed on the next write")
         for vid in cache.video_ids:
-            try:
-                found = _video_problems(cache, vid, check_values)
-            except Exception as exc:  # a corrupt chunk or array metadata: report it, check the rest
-                detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-                found = [f"unreadable ({detail}); re-extract it (expr extract --overwrite redoes it)"]
-            problems.extend(f"videos/{vid}: {p}" for p in found)
+            problems.extend(f"videos/{vid}: {p}" for p in _check_video(cache, vid, check_values, deep))
     return problems
+
+
+def _check_video(cache, vid: str, check_values: bool, deep: bool) -> list[str]:
+    damaged: list[str] = []
+    if deep:
+        try:
+            damaged = I.chunk_problems(cache, vid)
+        except Exception as exc:  # the group or an array's metadata
+            damaged = [_unreadable(exc)]
+    if not damaged:
+        try:
+            return _video_problems(cache, vid, check_values)
+        except Exception as exc:  # a corrupt chunk or array metadata: report it, check the rest
+            damaged = [_unreadable(exc)]
+    return damaged + [f"damaged: {I.redo_hint(cache.path, vid)}"]
+
+
+def _unreadable(exc: Exception) -> str:
+    array = getattr(exc, "array", None)
+    return f"unreadable ({array + ': ' if array else ''}{I.read_failure(exc)})"
 
 
 def _video_problems(cache, vid: str, check_values: bool) -> list[str]:
@@ -63,13 +84,15 @@ def _video_problems(cache, vid: str, check_values: bool) -> list[str]:
             out.append(f"{name}: shape {tuple(arr.shape)}, expected {shape} (n_frames={T}, audio_steps={info.audio_steps})")
         if np.dtype(arr.dtype) != dtype:
             out.append(f"{name}: dtype {arr.dtype}, expected {dtype}")
+    if cache.checksummed and not out:
+        cache.read(vid, S.TIMESTAMPS, 0, 1)  # stats every chunk file of the video (cheap)
     if out or not check_values:
         return out
     if info.fps <= 0:
         out.append(f"fps {info.fps} is not positive")
     feats = [S.VISUAL] + ([S.AUDIO] if info.has_audio else [])
     for name in feats:
-        if not np.isfinite(np.asarray(cache.raw_array(vid, name)[...], dtype=np.float32)).all():
+        if not np.isfinite(np.asarray(cache.read(vid, name), dtype=np.float32)).all():
             out.append(f"{name}: contains NaN or inf")
     if np.any(np.diff(cache.timestamps(vid)) < 0):
         out.append("timestamps: not non-decreasing")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -21,15 +22,23 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from expr import __version__
+from expr.atomic import write_text
 from expr.cache_format import schema as S
-from expr.errors import CacheSchemaError
+from expr.cache_format.safety import check_output_path, is_cache, remove_cache, storage_error
+from expr.cache_format.schema import read_node_attrs
+from expr.errors import CacheSchemaError, ConfigError
 
 # Measured on float16 features: Blosc-zstd with byte shuffle beats zarr's default Zstd
 # (0.85x vs 0.92x of raw) at the same read speed.
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
+# Masks and timestamps: zarr's default compressor, as v1 wrote them ("auto").
+SMALL_COMPRESSORS = (ZstdCodec(level=0),)
+# Schema v2: a CRC-32C over each stored chunk, last in the chain so it covers the
+# compressed bytes (a flipped bit is caught before the decompressor sees it).
+CHECKSUM = (Crc32cCodec(),)
 
 
 @contextlib.contextmanager
@@ -59,18 +68,7 @@ def drop_consolidated(path: Path) -> None:
     meta_path = path / "zarr.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if meta.pop("consolidated_metadata", None) is not None:
-        tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        os.replace(tmp, meta_path)
-
-
-def read_node_attrs(group_dir: Path) -> dict | None:
-    """Attributes of a zarr v3 node read straight from its zarr.json; None if unreadable."""
-    try:
-        with open(group_dir / "zarr.json", encoding="utf-8") as fh:
-            return json.load(fh).get("attributes", {})
-    except (OSError, ValueError):
-        return None
+        write_text(meta_path, json.dumps(meta, indent=2))  # no temp file left on a full disk
 
 
 def _pid_alive(pid: int) -> bool:
@@ -91,8 +89,11 @@ class CacheWriter:
         self.videos_dir = path / S.VIDEOS_GROUP
         self.staging_dir = path / S.STAGING_DIR
         self._host = socket.gethostname().replace("__", "_")
-        backbones = read_node_attrs(path)["backbones"]  # the root exists: open_writer made it
-        self._dims = {k: int(backbones[k]["dim"]) for k in ("visual", "audio")}
+        root = read_node_attrs(path)  # the root exists: open_writer made it
+        self._dims = {k: int(root["backbones"][k]["dim"]) for k in ("visual", "audio")}
+        # A v1 cache stays v1 (no checksums) when videos are added: its version must keep
+        # telling readers what to expect of every video in it.
+        self.checksummed = S.is_checksummed(root)
 
     def _staging_path(self, video_id: str, suffix: str = "") -> Path:
         """``_staging/<host>__<pid>__<nonce>__<id>``: remove_leftovers parses this name."""
@@ -163,11 +164,12 @@ class CacheWriter:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         try:
             group = zarr.open_group(str(tmp), mode="w")
-            _put(group, S.VISUAL, visual.astype(S.FEATURE_DTYPE), compress=True)
+            put = functools.partial(_put, group, checksummed=self.checksummed)
+            put(S.VISUAL, visual.astype(S.FEATURE_DTYPE), compress=True)
             if audio is not None:
-                _put(group, S.AUDIO, audio.astype(S.FEATURE_DTYPE), compress=True)
-            _put(group, S.FRAME_MASK, frame_mask, compress=False)
-            _put(group, S.TIMESTAMPS, timestamps, compress=False)
+                put(S.AUDIO, audio.astype(S.FEATURE_DTYPE), compress=True)
+            put(S.FRAME_MASK, frame_mask, compress=False)
+            put(S.TIMESTAMPS, timestamps, compress=False)
             attrs = dict(extra_attrs or {})
             attrs.update(
                 fps=float(fps),
@@ -197,11 +199,27 @@ class CacheWriter:
             os.rename(tmp, final)
 
     def remove_video(self, video_id: str) -> None:
+        """Take ``video_id`` out of the cache with one rename (readers see it or nothing)."""
         final = self.videos_dir / S.validate_video_id(video_id)
         if final.exists():
-            trash = self._staging_path(video_id, "__old")
+            trash = self._staging_path(video_id, "__old")  # a crash here: remove_leftovers
             os.rename(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
+
+    def remove_videos(self, video_ids: list[str]) -> list[str]:
+        """Remove the named videos so that the next ``expr extract`` redoes them.
+
+        Every id is checked before any is removed (an unknown id removes nothing). Each
+        removal is one rename, so readers and concurrent writers never see half a video.
+        """
+        unknown = [v for v in video_ids if not (self.videos_dir / S.validate_video_id(v)).is_dir()]
+        if unknown:
+            raise ConfigError(f"{self.path}: no video {', '.join(map(repr, unknown))} in the cache; nothing removed")
+        with store_lock(self.path):
+            drop_consolidated(self.path)  # the snapshot would still list them
+            for vid in video_ids:
+                self.remove_video(vid)
+        return list(video_ids)
 
     def record_failures(self, failed: dict[str, str], succeeded: list[str] = ()) -> None:
         """Merge per-video failure reasons into the root attribute ``failures``."""
@@ -214,13 +232,17 @@ class CacheWriter:
             root.attrs["failures"] = failures
 
 
-def _put(group, name: str, data: np.ndarray, *, compress: bool) -> None:
+def _put(group, name: str, data: np.ndarray, *, compress: bool, checksummed: bool) -> None:
     chunks = (min(S.TIME_CHUNK, max(1, data.shape[0])),) + data.shape[1:]
     if not compress:
         chunks = (max(1, data.shape[0]),)  # masks and times are tiny: one chunk
+    compressors = COMPRESSORS if compress else SMALL_COMPRESSORS
     arr = group.create_array(
         name, shape=data.shape, dtype=data.dtype, chunks=chunks,
-        compressors=COMPRESSORS if compress else "auto",
+        compressors=compressors + CHECKSUM if checksummed else compressors,
+        # v2: store fill-value chunks too (an all-False mask), so that every chunk of the
+        # grid exists and a missing file can only mean damage.
+        config={"write_empty_chunks": checksummed},
     )
     arr[...] = data
 
@@ -234,12 +256,16 @@ def open_writer(
     class_names: tuple[str, ...] = S.CLASS_NAMES,
     prompt_template: str = S.PROMPT_TEMPLATE,
     reset: bool = False,
+    protect: tuple = (),
 ) -> CacheWriter:
     """Create the cache at ``path`` or open an existing one for adding videos.
 
     An existing cache must have been made with the same backbones and classes (else
     ``CacheSchemaError`` naming both). Stale consolidated metadata is dropped and the
-    leftovers of crashed writers are removed. ``reset`` wipes the cache first.
+    leftovers of crashed writers are removed. ``reset`` wipes the cache first, and only a
+    cache: ``path`` and the ``protect`` folders (the inputs) are checked before anything is
+    touched (see ``safety.check_output_path``). A failed write (disk full, read-only) is a
+    one-line ConfigError and leaves no half-made cache behind.
     """
     path = Path(path)
     text_embeddings = np.asarray(text_embeddings, dtype=S.TEXT_DTYPE)
@@ -247,11 +273,7 @@ def open_writer(
         raise CacheSchemaError(
             f"text embeddings must be ({len(class_names)}, D), got {text_embeddings.shape}"
         )
-    if path.exists() and not path.is_dir():
-        raise CacheSchemaError(f"{path}: exists and is not a Zarr directory; choose another --out")
-    if reset and path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    check_output_path(path, overwrite=reset, protect=protect)
     attrs = dict(
         format=S.FORMAT_NAME,
         version=S.FORMAT_VERSION,
@@ -262,6 +284,32 @@ def open_writer(
         created_by=f"expr {__version__}",
         failures={},
     )
+    existed = path.exists()
+    new = not existed or not is_cache(path)  # absent, empty, or being created
+    try:
+        if reset and not new:
+            remove_cache(path)
+            new = True
+        path.mkdir(parents=True, exist_ok=True)
+        return _open_root(path, attrs, text_embeddings)
+    except OSError as exc:
+        if new:  # half a cache would be refused as "not a cache" by the rerun: undo it
+            _empty(path, remove_dir=not existed)
+        raise storage_error(exc, path) from exc
+
+
+def _empty(path: Path, remove_dir: bool) -> None:
+    if remove_dir:
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.is_dir():  # the user's empty folder: leave the folder itself
+        for entry in path.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _open_root(path: Path, attrs: dict, text_embeddings: np.ndarray) -> CacheWriter:
     with store_lock(path), quiet_zarr():
         existing = read_node_attrs(path)
         if existing is None:

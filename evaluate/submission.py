@@ -14,18 +14,24 @@ file has the same rows with the 8 class probabilities instead of one label.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
+from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from expr.cache_format.schema import CLASS_NAMES
+from expr.abaw import CLASS_NAMES, SUBMISSION_HEADER
+from expr.atomic import atomic_path
 from expr.errors import LabelFormatError
 
-HEADER = "image_location," + ",".join(CLASS_NAMES)
+HEADER = SUBMISSION_HEADER
 _LOCATION = re.compile(r"^(?P<video>[^/]+)/(?P<frame>\d{5,})\.jpg$")
+# A cell starting with one of these is a formula to Excel/LibreOffice (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@")
 
 
 def image_location(video_id: str, frame_index: int) -> str:
@@ -33,16 +39,25 @@ def image_location(video_id: str, frame_index: int) -> str:
     return f"{video_id}/{frame_index + 1:05d}.jpg"
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def check_ids(ids: Iterable[str]) -> None:
+    """Raise LabelFormatError if a video id would start a submission cell with a formula
+    character. Refused rather than escaped: the id names the video to the organisers, and
+    a changed id would score as a missing video. Call it before the work (``expr predict``)."""
+    bad = [vid for vid in ids if str(vid).startswith(FORMULA_STARTS)]
+    if bad:
+        shown = ", ".join(repr(v) for v in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise LabelFormatError(
+            f"video id(s) {shown} start with one of {' '.join(FORMULA_STARTS)}: a spreadsheet would run "
+            "the submission cell as a formula; rename those videos (and their label files) and extract again"
+        )
 
 
 def _write_rows(path: Path, predictions: Mapping[str, np.ndarray], fmt) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(HEADER + "\n")
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        out = csv.writer(fh, lineterminator="\n")  # quotes a video name holding a comma
+        out.writerow(HEADER.split(","))
         for vid, values in predictions.items():
-            lines = [f"{image_location(vid, i)},{fmt(v)}\n" for i, v in enumerate(values)]
-            fh.writelines(lines)
+            out.writerows([image_location(vid, i), *fmt(v)] for i, v in enumerate(values))
 
 
 def write_submission(
@@ -58,41 +73,41 @@ def write_submission(
     frame counts of ``labels``, and only then renamed: a crash or a bug never leaves a
     half-written or malformed submission where the user expects a good one.
     """
+    check_ids(labels)
     path = Path(path)
     expected = {vid: int(np.asarray(v).shape[0]) for vid, v in labels.items()}
-    jobs = [(path, labels, lambda v: str(int(v)), validate_submission)]
+    jobs = [(path, labels, lambda v: [str(int(v))], validate_submission)]
     if probs_path is not None:
         if probabilities is None:
             raise ValueError("probs_path given without probabilities")
         jobs.append((Path(probs_path), probabilities,
-                     lambda p: ",".join(f"{x:.6f}" for x in p), validate_probabilities))
-    tmps = []
-    try:
+                     lambda p: [f"{x:.6f}" for x in p], validate_probabilities))
+    with ExitStack() as stack:  # every file validated before any replaces its destination
         for dest, data, fmt, validate in jobs:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _tmp_path(dest)
-            tmps.append(tmp)
+            tmp = stack.enter_context(atomic_path(dest))
             _write_rows(tmp, data, fmt)
             validate(tmp, expected, shown_as=dest)
-        for (dest, *_), tmp in zip(jobs, tmps):
-            os.replace(tmp, dest)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
 
 
 def _parse(path: Path, shown_as: Path, n_values: int) -> dict[str, tuple[list[int], list[list[str]]]]:
-    """{video: (frame numbers, value fields)} in file order; raise on any malformed line."""
+    """{video: (frame numbers, value fields)} in file order; raise on any malformed line.
+
+    Lines are split one by one with the csv module (quoted fields, a comma in a video
+    name), so that an error can quote the line as written."""
     rows: dict[str, tuple[list[int], list[list[str]]]] = {}
     with open(path, encoding="utf-8", newline="") as fh:
         header = fh.readline().rstrip("\r\n").lstrip("\ufeff")
-        if header != HEADER:
+        if next(csv.reader([header]), []) != HEADER.split(","):
             raise LabelFormatError(f"{shown_as}:1: header must be {HEADER!r}, found {header[:120]!r}")
         for lineno, line in enumerate(fh, start=2):
             line = line.rstrip("\r\n")
             if not line:
                 continue
-            location, *values = line.split(",")
+            try:
+                location, *values = next(csv.reader([line], strict=True))
+            except csv.Error:
+                location, values = "", []
             match = _LOCATION.match(location)
             if match is None or len(values) != n_values:
                 raise LabelFormatError(

@@ -27,3 +27,9 @@ class MediaDecodeError(ExprError):
 
 class LabelFormatError(ExprError):
     """An annotation file that does not follow the ABAW EXPR format."""
+
+
+class StorageError(ExprError, OSError):
+    """A write that failed for lack of space or permission (disk full, read-only, quota).
+
+    Also an OSError, so that code catching OSError around file writes still catches it."""

@@ -156,7 +156,8 @@ def _open_cache(config: ExtractConfig, bb: Backbones, rank: int, world_size: int
     # --overwrite wipes the cache only when this run owns it all: a --shard job must not
     # delete the others' work (it re-extracts its own videos instead).
     reset = config.overwrite and config.shard is None
-    kwargs = dict(backbones=bb.attrs, text_embeddings=bb.text_embeddings, logit_scale=bb.logit_scale)
+    kwargs = dict(backbones=bb.attrs, text_embeddings=bb.text_embeddings, logit_scale=bb.logit_scale,
+                  protect=(config.videos, config.frames))  # --out may not overlap the inputs
     if rank == 0:
         writer = open_writer(config.out, reset=reset, **kwargs)
     _barrier(world_size)  # others open once rank 0 created (or wiped) the store

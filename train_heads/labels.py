@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import numpy as np
 
-from expr.cache_format import CLASS_NAMES
+from expr.abaw import IGNORE_LABEL, LABEL_HEADER, NUM_CLASSES
 from expr.errors import LabelFormatError
 
-HEADER = ",".join(CLASS_NAMES)
+HEADER = LABEL_HEADER
+# [0-9], not \d: \d also matches other scripts' digits, which int() then reads as numbers.
+_LABEL = re.compile(r"[ \t]*(-?[0-9]+)[ \t]*")
 SPLITS = ("Train_Set", "Validation_Set")
 # The ABAW release nests the split folders one level down; accept both layouts.
 ABAW_SUBDIR = "EXPR_Recognition_Challenge"
@@ -45,16 +49,23 @@ def read_label_file(path: str | Path) -> np.ndarray:
         raise LabelFormatError(f"{path}: only a header, no frame labels; expected one label per frame after line 1")
     labels = np.empty(len(lines) - 1, dtype=np.int64)
     for i, line in enumerate(lines[1:]):
-        value = line.strip()
-        try:
-            labels[i] = int(value)
-        except ValueError:
-            raise LabelFormatError(
-                f"{path}:{i + 2}: {value[:40]!r} is not an integer; expected one of -1..7 per line"
-            ) from None
-        if not -1 <= labels[i] <= 7:
-            raise LabelFormatError(f"{path}:{i + 2}: label {labels[i]} is outside -1..7")
+        labels[i] = parse_label(line, f"{path}:{i + 2}")
     return labels
+
+
+def parse_label(line: str, where: str) -> int:
+    """One frame's label: ASCII digits with an optional leading minus, -1..7.
+
+    Spaces and tabs around the number are tolerated (hand-edited files); anything else is
+    refused, including what ``int()`` would accept: '+3', '1_0', Unicode digits such as
+    '٣', and other Unicode spaces. Messages quote the line as written."""
+    match = _LABEL.fullmatch(line)
+    if match is None:
+        raise LabelFormatError(f"{where}: {line[:40]!r} is not an integer; expected one of -1..7 per line")
+    value = int(match[1])
+    if not IGNORE_LABEL <= value < NUM_CLASSES:
+        raise LabelFormatError(f"{where}: label {value} is outside -1..7 (the line reads {line[:40]!r})")
+    return value
 
 
 def read_id_list(path: str | Path) -> list[tuple[int, str]]:

@@ -1,0 +1,103 @@
+"""What the cache code may delete or write into, and one-line errors for storage failures.
+
+``--overwrite`` deletes a folder only when it IS an expr cache, recognised by the format
+name and version in its root ``zarr.json``; anything else (a project folder, the videos, a
+foreign zarr store) is refused with the path named, before anything is touched.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from expr.cache_format import schema as S
+from expr.errors import CacheSchemaError, ConfigError, ExprError, StorageError
+
+# What a failed write says to do, by errno: the user can act on these without a traceback.
+_STORAGE_HINTS = {
+    errno.ENOSPC: "the disk is full: free space or write to another disk",
+    errno.EDQUOT: "the disk quota is exceeded: free space or write to another disk",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+    errno.EACCES: "permission denied: choose a location you can write to",
+    errno.EPERM: "operation not permitted: choose a location you can write to",
+}
+
+
+def is_cache(path: str | os.PathLike) -> bool:
+    """True when ``path`` is an expr cache: a folder whose root zarr.json, or an HDF5 file
+    whose root attributes, name our format and a schema version."""
+    path = Path(path)
+    if path.is_dir():
+        attrs = S.read_node_attrs(path) or {}
+        return attrs.get("format") == S.FORMAT_NAME and isinstance(attrs.get("version"), int)
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as fh:  # the export stores the attributes as JSON text
+            fmt, version = fh.attrs.get("format"), fh.attrs.get("version")
+    except Exception:  # not HDF5, unreadable, truncated: not something we may replace
+        return False
+    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+    return fmt == S.FORMAT_NAME and str(version).isdigit()
+
+
+def _being_created(path: Path) -> bool:
+    """A folder holding only our lock folder: another writer is creating the cache right now."""
+    return [e.name for e in path.iterdir()] == [S.STAGING_DIR] and not (path / "zarr.json").exists()
+
+
+def _overlap(out: Path, protected: Path) -> bool:
+    out, protected = out.resolve(), protected.resolve()
+    return out == protected or protected in out.parents or out in protected.parents
+
+
+def check_output_path(path: str | os.PathLike, *, overwrite: bool, protect: Iterable = ()) -> None:
+    """Raise ConfigError unless the cache may be created at, added to or (``overwrite``)
+    replaced at ``path``. ``protect``: input folders (videos, frames) that the output may
+    neither be, nor contain, nor lie inside."""
+    path = Path(path)
+    for other in protect:
+        if other is not None and _overlap(path, Path(other)):
+            raise ConfigError(
+                f"--out {path} overlaps the input folder {other}: the cache must be a separate folder, "
+                "neither the inputs nor inside them nor around them"
+            )
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(f"{path}: exists and is not a cache folder; choose another --out")
+    if is_cache(path) or not any(path.iterdir()) or _being_created(path):
+        return
+    action = "delete it for --overwrite" if overwrite else "write a cache into it"
+    raise ConfigError(
+        f"{path}: not an expr feature cache (no zarr.json with format={S.FORMAT_NAME!r}) and not empty; "
+        f"refusing to {action}: choose a new or empty folder for --out"
+    )
+
+
+def remove_cache(path: str | os.PathLike) -> None:
+    """Delete the cache folder ``path``; ConfigError (nothing deleted) if it is not a cache."""
+    path = Path(path)
+    if not (path.is_dir() and is_cache(path)):
+        raise ConfigError(f"{path}: not an expr feature cache; refusing to delete it")
+    shutil.rmtree(path)
+
+
+STORAGE_ERRNOS = frozenset(_STORAGE_HINTS)
+
+
+def storage_error(exc: OSError, path: str | os.PathLike, what: str = "write the cache") -> ExprError:
+    """One line for an OSError of a write under ``path``: what failed and what to do.
+
+    Space and permission errors become a StorageError (an OSError too, same errno); any
+    other OSError a CacheSchemaError that still names the path and the system's reason."""
+    reason = exc.strerror or str(exc)
+    hint = _STORAGE_HINTS.get(exc.errno)
+    if hint is None:
+        return CacheSchemaError(f"{path}: cannot {what} ({reason})")
+    err = StorageError(f"{path}: cannot {what}: {reason}; {hint}")
+    err.errno = exc.errno  # (strerror left unset: str() would show only it)
+    return err
