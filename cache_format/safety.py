@@ -50,20 +50,22 @@ def _being_created(path: Path) -> bool:
 
 
 def _overlap(out: Path, protected: Path) -> bool:
+    # A cache inside the input folder (videos/feats.zarr) is fine: deleting it for
+    # --overwrite touches no input. The cache being the inputs or around them is not.
     out, protected = out.resolve(), protected.resolve()
-    return out == protected or protected in out.parents or out in protected.parents
+    return out == protected or out in protected.parents
 
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool, protect: Iterable = ()) -> None:
     """Raise ConfigError unless the cache may be created at, added to or (``overwrite``)
     replaced at ``path``. ``protect``: input folders (videos, frames) that the output may
-    neither be, nor contain, nor lie inside."""
+    neither be nor contain."""
     path = Path(path)
     for other in protect:
         if other is not None and _overlap(path, Path(other)):
             raise ConfigError(
                 f"--out {path} overlaps the input folder {other}: the cache must be a separate folder, "
-                "neither the inputs nor inside them nor around them"
+                "neither the inputs nor a folder around them"
             )
     if not path.exists():
         return

@@ -58,6 +58,7 @@ for _name in COMMAND_MODULES:
 def run(argv: list[str]) -> int:
     """Run the CLI on ``argv``; return the exit code instead of exiting."""
     from rich.console import Console
+    from rich.markup import escape
 
     try:
         # Non-standalone click returns the exit code of typer.Exit instead of exiting.
@@ -65,7 +66,8 @@ def run(argv: list[str]) -> int:
     except ExprError as exc:
         if _state["debug"] or "--debug" in argv:
             raise
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # Messages carry user paths: "[" in one must print as itself, not as markup.
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, emoji=False)
         return 1
     except typer.Exit as exc:
         return exc.exit_code
