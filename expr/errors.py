@@ -27,3 +27,10 @@ class MediaDecodeError(ExprError):
 
 class LabelFormatError(ExprError):
     """An annotation file that does not follow the ABAW EXPR format."""
+
+
+def check_choice(option: str, value: str, choices) -> None:
+    """ConfigError naming ``option`` and its choices (a str Enum class) unless ``value`` is one."""
+    allowed = [c.value for c in choices]
+    if value not in allowed:
+        raise ConfigError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
