@@ -21,10 +21,10 @@ from typing import Mapping
 
 import numpy as np
 
-from expr.cache_format.schema import CLASS_NAMES
+from expr.abaw import CLASS_NAMES
+from expr.abaw import SUBMISSION_HEADER as HEADER
 from expr.errors import LabelFormatError
 
-HEADER = "image_location," + ",".join(CLASS_NAMES)
 _LOCATION = re.compile(r"^(?P<video>[^/]+)/(?P<frame>\d{5,})\.jpg$")
 
 

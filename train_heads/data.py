@@ -28,9 +28,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from expr.abaw import HOP, NUM_CLASSES, SAMPLE_RATE
 from expr.cache_format import CacheReader, open_cache
 
-DEFAULT_AUDIO_RATE = 50.0  # Wav2Vec2: 16 kHz / hop 320
+DEFAULT_AUDIO_RATE = SAMPLE_RATE / HOP  # Wav2Vec2: 16 kHz / hop 320 = 50 steps per second
 
 
 @dataclass
@@ -197,10 +198,10 @@ def window_targets(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.
     if target != "majority":
         raise ValueError(f"unknown target {target!r}")
     # Counts of each class in [start, end] from cumulative one-hot counts: no per-window loop.
-    onehot = torch.zeros((valid.shape[0] + 1, 8), dtype=torch.int32, device=valid.device)
-    onehot[1:][valid] = torch.nn.functional.one_hot(bank.labels[valid], 8).to(torch.int32)
+    onehot = torch.zeros((valid.shape[0] + 1, NUM_CLASSES), dtype=torch.int32, device=valid.device)
+    onehot[1:][valid] = torch.nn.functional.one_hot(bank.labels[valid], NUM_CLASSES).to(torch.int32)
     cum = onehot.cumsum(0)  # cum[r] = counts of rows < r
-    counts = cum[rows + 1] - cum[rows + 1 - window]  # (N, 8)
+    counts = cum[rows + 1] - cum[rows + 1 - window]  # (N, classes)
     return counts.argmax(1), counts.sum(1) > 0
 
 

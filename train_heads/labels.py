@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from expr.cache_format import CLASS_NAMES
+from expr.abaw import LABEL_HEADER as HEADER
 from expr.errors import LabelFormatError
 
-HEADER = ",".join(CLASS_NAMES)
 SPLITS = ("Train_Set", "Validation_Set")
 # The ABAW release nests the split folders one level down; accept both layouts.
 ABAW_SUBDIR = "EXPR_Recognition_Challenge"
