@@ -36,7 +36,7 @@ def _code_strings(path: Path) -> list[str]:
     strings = []
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
-            strings.append("".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values))
+            strings.append("".join(str(v.value) if isinstance(v, ast.Constant) else "{}" for v in node.values))
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
             strings.append(node.value)
     return strings
@@ -57,10 +57,13 @@ def test_public_interface_resolves_and_matches_the_type_checking_imports(package
     for name in module.__all__:
         assert getattr(module, name) is not None, name
     # the names pyright sees (TYPE_CHECKING imports + eager imports) are exactly __all__
+    assert module.__file__ is not None
     tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
     seen = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
             and node.module and node.module.startswith(package) for alias in node.names}
     assert seen == set(module.__all__)
+    lazy = {name for names in module._LAZY.values() for name in names}
+    assert lazy <= set(module.__all__) and len(module.__all__) == len(set(module.__all__))
 
 
 def test_importing_the_stage_interfaces_and_configs_imports_no_torch():
@@ -101,7 +104,7 @@ def test_run_dir_names_its_files():
 
 
 def _cli_defaults(command: str) -> dict:
-    params = typer.main.get_command(app).commands[command].params
+    params = typer.main.get_group(app).commands[command].params
     return {p.name: getattr(p.default, "value", p.default) for p in params}
 
 

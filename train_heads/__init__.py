@@ -42,5 +42,11 @@ if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both 
     from expr.train_heads.run_dir import Checkpoint, LoadedRun, RunDir, load_run, read_metrics
     from expr.train_heads.synthetic import SyntheticDataset, write_synthetic_dataset
 
-__all__ = ["Fusion", "HeadConfig", "Preload", "SmoothMode", "Target", "TrainConfig",
-           *(name for names in _LAZY.values() for name in names)]
+__all__ = [
+    "Fusion", "HeadConfig", "Preload", "SmoothMode", "Target", "TrainConfig", "load_split", "read_id_list",
+    "read_label_file", "FeatureBank", "Windows", "load_bank", "make_windows", "gather", "to_device",
+    "ExprHeadModel", "TrainResult", "train", "lr_at", "class_weights", "predict_logits",
+    "window_probabilities", "frame_probabilities", "frame_queries", "smooth_probabilities", "split_by_video",
+    "Checkpoint", "RunDir", "LoadedRun", "load_run", "read_metrics", "macro_f1_accuracy",
+    "confusion_from_pairs", "SyntheticDataset", "write_synthetic_dataset",
+]

@@ -33,7 +33,9 @@ class Target(str, Enum):
 
     last = "last"          # its last frame (the reference)
     majority = "majority"  # the most frequent valid label
-    center = "center"      # its centre frame
+    # str.center is shadowed on members; harmless (members are never centred), and the
+    # member name stays the CLI value
+    center = "center"      # its centre frame  # pyright: ignore[reportAssignmentType]
 
 
 class Preload(str, Enum):
@@ -85,11 +87,10 @@ class HeadConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-# TrainConfig's architecture options: the same names as HeadConfig's fields, except the two
-# ablation switches, which the CLI spells as --no-audio / --no-tcn (off-switches read better).
+# TrainConfig's architecture options with the same names as HeadConfig's fields; the two
+# ablation switches are spelled as off-switches (--no-audio / --no-tcn read better).
 ARCH_OPTIONS = ("channels", "tcn_levels", "tcn_kernel", "heads", "dropout_tcn", "dropout_audio",
                 "dropout_attn", "dropout_head", "fusion")
-OFF_SWITCHES = {"no_audio": "use_audio", "no_tcn": "use_tcn"}
 
 
 @dataclass
@@ -158,8 +159,8 @@ class TrainConfig:
 
     def head_config(self, visual_dim: int, audio_dim: int, text_dim: int) -> HeadConfig:
         arch = {name: getattr(self, name) for name in ARCH_OPTIONS}
-        switches = {on: not getattr(self, off) for off, on in OFF_SWITCHES.items()}
-        return HeadConfig(visual_dim=visual_dim, audio_dim=audio_dim, text_dim=text_dim, **arch, **switches)
+        return HeadConfig(visual_dim=visual_dim, audio_dim=audio_dim, text_dim=text_dim,
+                          use_audio=not self.no_audio, use_tcn=not self.no_tcn, **arch)
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from expr.abaw import NUM_CLASSES
 from expr.cache_format import open_cache
@@ -92,7 +93,11 @@ def run_epoch(learner: Learner, cfg: TrainConfig, split: Split, epoch: int, *,
             data_s += time.perf_counter() - t
             group_len = min(cfg.accum, len(micro) - (i - i % cfg.accum))
             step_now = i % cfg.accum == cfg.accum - 1 or i == len(micro) - 1
-            sync = contextlib.nullcontext() if step_now or dist.world == 1 else model.no_sync()
+            # between optimiser steps DDP need not all-reduce the gradients it accumulates
+            if isinstance(model, DistributedDataParallel) and not step_now:
+                sync = model.no_sync()
+            else:
+                sync = contextlib.nullcontext()
             with sync:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     logits, embed = model(visual, audio, mask, return_aux=True)
