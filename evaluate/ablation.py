@@ -8,7 +8,6 @@ training options still match and redoes the rest (an interrupted cell starts ove
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass

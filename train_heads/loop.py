@@ -21,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from expr.abaw import NUM_CLASSES
-from expr.cache_format import open_cache
+from expr.cache_format import CacheReader, open_cache
 from expr.devices import Dist, resolve_device, setup_dist, use_device
 from expr.errors import ConfigError
 from expr.train_heads import checkpoint as ckpt
@@ -131,6 +131,17 @@ def validate(model: torch.nn.Module, cfg: TrainConfig, split: Split, dist: Dist)
     return {"val_f1": f1, "val_acc": acc, "val_windows": int(confusion.sum())}
 
 
+def _build_learner(cfg: TrainConfig, cache: CacheReader, train_split: Split, dist: Dist,
+                   device: torch.device) -> Learner:
+    """The head (seeded), its class weights, AdamW, and the DDP wrapper under torchrun."""
+    head_cfg = cfg.head_config(cache.visual_dim, cache.audio_dim, cache.text_embeddings().shape[1])
+    torch.manual_seed(cfg.seed)
+    module = ExprHeadModel(head_cfg, torch.from_numpy(cache.text_embeddings()), cache.logit_scale).to(device)
+    weights = class_weights(train_split.all_targets).to(device)
+    opt = torch.optim.AdamW(module.parameters(), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay)
+    return Learner(dist.wrap(module, device), module, opt, weights, dist, device)
+
+
 def _save_epoch(run: RunDir, learner: Learner, record: dict, meta: dict) -> None:
     """Rank 0: best (when it is) and last checkpoints, then the epoch's metrics line."""
     if record["best"]:
@@ -171,13 +182,9 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
         splits, data_meta = read_splits(cfg, cache, {"train": bank, "val": val_bank}, device, say)
         cache_meta = {"path": str(Path(cfg.cache).resolve()), "fingerprint": ckpt.cache_fingerprint(cache),
                       "backbones": cache.backbones}
-        head_cfg = cfg.head_config(cache.visual_dim, cache.audio_dim, cache.text_embeddings().shape[1])
-        torch.manual_seed(cfg.seed)
-        module = ExprHeadModel(head_cfg, torch.from_numpy(cache.text_embeddings()), cache.logit_scale).to(device)
-        weights = class_weights(splits["train"].all_targets).to(device)
-        data_meta["class_weights"] = [round(float(w), 6) for w in weights]
-        opt = torch.optim.AdamW(module.parameters(), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay)
-        learner = Learner(dist.wrap(module, device), module, opt, weights, dist, device)
+        learner = _build_learner(cfg, cache, splits["train"], dist, device)
+        head_cfg, opt, module = learner.module.cfg, learner.opt, learner.module
+        data_meta["class_weights"] = [round(float(w), 6) for w in learner.weights]
 
         # -- resume or start ---------------------------------------------------------------
         start, best_f1, best_epoch, history = 0, -1.0, 0, []

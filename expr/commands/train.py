@@ -81,7 +81,7 @@ def train(
 
 def _run(cfg: TrainConfig) -> None:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from expr.train_heads import Checkpoint, RunDir
