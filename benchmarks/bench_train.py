@@ -27,11 +27,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from expr.cache_format import open_cache
-from expr.train_heads.config import HeadConfig
-from expr.train_heads.data import load_bank, make_windows, gather
-from expr.train_heads.labels import load_split
-from expr.train_heads.model import ExprHeadModel
-from expr.train_heads.synthetic import write_synthetic_dataset
+from expr.train_heads import (ExprHeadModel, HeadConfig, gather, load_bank, load_split, make_windows,
+                              write_synthetic_dataset)
 
 
 class ZarrWindows(Dataset):

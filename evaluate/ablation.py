@@ -8,21 +8,23 @@ training options still match and redoes the rest (an interrupted cell starts ove
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+import torch
+
+from expr.atomic import write_json
+from expr.devices import resolve_device
 from expr.evaluate.ablation_table import CellResult, write_tables
 from expr.evaluate.config import AblateConfig
 from expr.evaluate.grid import Cell, grid_cells, parse_grid
 from expr.evaluate.scoring import check_in_cache, score_both
-from expr.train_heads.checkpoint import write_json
-from expr.train_heads.runtime import resolve_device
+from expr.train_heads import FeatureBank, Preload, RunDir, TrainConfig
 
-RESULT_FILE = "result.json"
 # Options that do not change what a cell learns: a resumed ablation may differ in them.
 _NOT_IDENTITY = ("out", "device", "preload", "overwrite", "resume", "eval_batch_size", "chunk_frames")
 
@@ -40,13 +42,11 @@ def cell_dir(out: Path, cell: Cell, seed: int) -> Path:
     return out / "cells" / cell.name / f"seed{seed}"
 
 
-def _identity(train_cfg) -> dict:
+def _identity(train_cfg: TrainConfig) -> dict:
     return {k: v for k, v in train_cfg.to_dict().items() if k not in _NOT_IDENTITY}
 
 
-def _train_config(cfg: AblateConfig, cell: Cell, seed: int):
-    from expr.train_heads.config import TrainConfig
-
+def _train_config(cfg: AblateConfig, cell: Cell, seed: int) -> TrainConfig:
     base = dict(cache=cfg.cache, labels=cfg.labels, out=cell_dir(Path(cfg.out), cell, seed), epochs=cfg.epochs,
                 seed=seed, train_list=cfg.train_list, val_list=cfg.val_list, preload=cfg.preload,
                 device=cfg.device, overwrite=True, lr=cfg.lr, batch_size=cfg.batch_size,
@@ -59,12 +59,61 @@ def _train_config(cfg: AblateConfig, cell: Cell, seed: int):
 def _finished(path: Path, identity: dict) -> CellResult | None:
     """The stored result of a (cell, seed) if it exists, parses and was trained the same way."""
     try:
-        data = json.loads((path / RESULT_FILE).read_text(encoding="utf-8"))
+        data = json.loads(RunDir(path).result.read_text(encoding="utf-8"))
         if data.get("train") != identity:
             return None
         return CellResult.from_dict(data["result"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+@dataclass
+class _Data:
+    """The features every cell trains and scores on, loaded once."""
+
+    bank: FeatureBank
+    val_bank: FeatureBank
+    val_labels: dict[str, np.ndarray]
+
+
+def _load_data(cfg: AblateConfig, device: torch.device, stage: Callable[[str], None]) -> _Data:
+    from expr.cache_format import open_cache
+    from expr.train_heads import load_bank, load_split
+
+    train_labels = load_split(cfg.labels, "Train_Set", cfg.train_list)
+    val_labels = load_split(cfg.labels, "Validation_Set", cfg.val_list)
+    with open_cache(cfg.cache) as cache:
+        check_in_cache(list(train_labels), cache.video_ids, f"{cfg.labels} (Train_Set)")
+        check_in_cache(list(val_labels), cache.video_ids, f"{cfg.labels} (Validation_Set)")
+        stage(f"loading {len(train_labels)} training and {len(val_labels)} validation videos once")
+        bank_device = device if cfg.preload == Preload.gpu.value else "cpu"
+        bank = load_bank(cache, list(train_labels), train_labels, preload=cfg.preload, device=bank_device)
+        val_bank = load_bank(cache, list(val_labels), val_labels, preload=cfg.preload, device=bank_device)
+    return _Data(bank, val_bank, val_labels)
+
+
+def _train_cell(cfg: AblateConfig, cell: Cell, seed: int, tcfg: TrainConfig, data: _Data, device: torch.device,
+                on_epoch: Callable[[dict], None] | None) -> CellResult:
+    """Train one (cell, seed), score its best checkpoint, record it in the run's result file."""
+    from expr.train_heads import Checkpoint, load_run, train
+
+    run_dir = RunDir(tcfg.out)
+    # A stale result (other options) is not part of a run dir: `train --overwrite` refuses it.
+    run_dir.result.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    trained = train(tcfg, bank=data.bank, val_bank=data.val_bank, on_epoch=on_epoch)
+    seconds = time.perf_counter() - t0
+    run = load_run(trained.run_dir, Checkpoint.best.value, device)
+    scores = score_both(run.model, data.val_bank, data.val_labels, run.train_config,
+                        smooth=cfg.smooth, smooth_mode=cfg.smooth_mode)
+    result = CellResult(
+        cell=cell, seed=seed, frame_macro_f1=scores.per_frame.macro_f1, frame_accuracy=scores.per_frame.accuracy,
+        window_macro_f1=scores.window.macro_f1, window_accuracy=scores.window.accuracy,
+        best_epoch=trained.best_epoch, seconds=seconds, run_dir=str(tcfg.out.relative_to(Path(cfg.out))),
+    )
+    write_json(run_dir.result, {"train": _identity(tcfg), "result": result.to_dict(),
+                                "scores": {"window": scores.window.to_dict(), "per_frame": scores.per_frame.to_dict()}})
+    return result
 
 
 def run_ablation(cfg: AblateConfig, *, on_cell: Callable[[int, int, Cell, int, str], None] | None = None,
@@ -74,12 +123,6 @@ def run_ablation(cfg: AblateConfig, *, on_cell: Callable[[int, int, Cell, int, s
 
     ``on_cell(i, n, cell, seed, status)`` reports each cell: status "train" or "skip".
     """
-    from expr.cache_format import open_cache
-    from expr.train_heads.checkpoint import load_run
-    from expr.train_heads.data import load_bank
-    from expr.train_heads.labels import load_split
-    from expr.train_heads.loop import train
-
     stage = on_stage or (lambda _msg: None)
     cfg.validate()
     cells = grid_cells(parse_grid(cfg.grid))
@@ -89,50 +132,20 @@ def run_ablation(cfg: AblateConfig, *, on_cell: Callable[[int, int, Cell, int, s
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, todo = [], []
-    for cell, seed, tcfg in jobs:
-        done = _finished(tcfg.out, _identity(tcfg))
-        results.append(done)
-        if done is None:
-            todo.append(len(results) - 1)
-
-    if todo:
-        train_labels = load_split(cfg.labels, "Train_Set", cfg.train_list)
-        val_labels = load_split(cfg.labels, "Validation_Set", cfg.val_list)
-        with open_cache(cfg.cache) as cache:
-            check_in_cache(list(train_labels), cache.video_ids, f"{cfg.labels} (Train_Set)")
-            check_in_cache(list(val_labels), cache.video_ids, f"{cfg.labels} (Validation_Set)")
-            stage(f"loading {len(train_labels)} training and {len(val_labels)} validation videos once")
-            bank_device = device if cfg.preload == "gpu" else "cpu"
-            bank = load_bank(cache, list(train_labels), train_labels, preload=cfg.preload, device=bank_device)
-            val_bank = load_bank(cache, list(val_labels), val_labels, preload=cfg.preload, device=bank_device)
+    results: list[CellResult | None] = [_finished(tcfg.out, _identity(tcfg)) for _, _, tcfg in jobs]
+    todo = [i for i, done in enumerate(results) if done is None]
+    data = _load_data(cfg, device, stage) if todo else None
 
     for i, (cell, seed, tcfg) in enumerate(jobs):
-        if i not in todo:
-            if on_cell:
-                on_cell(i + 1, len(jobs), cell, seed, "skip")
-            continue
+        status = "train" if data is not None and i in todo else "skip"
         if on_cell:
-            on_cell(i + 1, len(jobs), cell, seed, "train")
-        # A stale result (other options) is not part of a run dir: `train --overwrite` refuses it.
-        (tcfg.out / RESULT_FILE).unlink(missing_ok=True)
-        t0 = time.perf_counter()
-        trained = train(tcfg, bank=bank, val_bank=val_bank, on_epoch=on_epoch)
-        seconds = time.perf_counter() - t0
-        run = load_run(trained.run_dir, "best", device)
-        scores = score_both(run.model, val_bank, val_labels, run.train_config,
-                            smooth=cfg.smooth, smooth_mode=cfg.smooth_mode)
-        result = CellResult(
-            cell=cell, seed=seed, frame_macro_f1=scores.per_frame.macro_f1, frame_accuracy=scores.per_frame.accuracy,
-            window_macro_f1=scores.window.macro_f1, window_accuracy=scores.window.accuracy,
-            best_epoch=trained.best_epoch, seconds=seconds, run_dir=str(tcfg.out.relative_to(out)),
-        )
-        record = {"train": _identity(tcfg), "result": result.to_dict(),
-                  "scores": {"window": scores.window.to_dict(), "per_frame": scores.per_frame.to_dict()}}
-        write_json(tcfg.out / RESULT_FILE, record)
-        results[i] = result
+            on_cell(i + 1, len(jobs), cell, seed, status)
+        if data is None or status == "skip":
+            continue
+        results[i] = _train_cell(cfg, cell, seed, tcfg, data, device, on_epoch)
         # Tables after every cell: a long ablation shows its progress and survives a kill.
         write_tables(out, [r for r in results if r is not None], title=f"Ablation: {cfg.grid}")
 
-    paths = write_tables(out, results, title=f"Ablation: {cfg.grid}")
-    return AblationReport(out, paths, results, trained=len(todo), skipped=len(jobs) - len(todo))
+    paths = write_tables(out, [r for r in results if r is not None], title=f"Ablation: {cfg.grid}")
+    return AblationReport(out, paths, [r for r in results if r is not None], trained=len(todo),
+                          skipped=len(jobs) - len(todo))

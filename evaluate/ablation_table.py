@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from expr.atomic import atomic_path, write_text
 from expr.evaluate.grid import Cell
 from expr.evaluate.plots import save_ablation_png
 
@@ -66,26 +67,18 @@ def summarise(results: Sequence[CellResult]) -> list[CellSummary]:
     return sorted(out, key=lambda s: -s.mean["frame_macro_f1"])
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_csv(path: str | os.PathLike, results: Sequence[CellResult]) -> Path:
     """One row per (cell, seed), cells in grid order."""
     path = Path(path)
     keys = [k for k, _ in results[0].cell.values] if results else []
     header = ["cell", *keys, "paper", "seed", *SCORES, "best_epoch", "seconds", "run_dir"]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
         for r in results:
             writer.writerow([r.cell.label, *(v for _, v in r.cell.values), int(r.cell.is_paper()), r.seed,
                              *(f"{getattr(r, k):.4f}" for k in SCORES), r.best_epoch,
                              f"{r.seconds:.1f}", r.run_dir])
-    os.replace(tmp, path)
     return path
 
 
@@ -122,7 +115,7 @@ def write_tables(out_dir: str | os.PathLike, results: Sequence[CellResult], *, t
     summaries = summarise(results)
     paths = {"csv": write_csv(out_dir / "ablation.csv", results), "md": out_dir / "ablation.md",
              "png": out_dir / "ablation.png"}
-    _atomic_text(paths["md"], markdown_table(summaries, title=title))
+    write_text(paths["md"], markdown_table(summaries, title=title))
     labels = [s.cell.label + (f" {PAPER_MARK}" if s.cell.is_paper() else "") for s in summaries]
     save_ablation_png(
         paths["png"], labels,

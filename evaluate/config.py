@@ -1,28 +1,26 @@
-"""One config dataclass per command; the CLI options mirror the fields 1:1 (a test checks it)."""
+"""One config dataclass per command; the CLI options mirror the fields 1:1 (a test checks it).
+
+Defaults shared with `expr train` come from its configs (``TrainConfig``, ``HeadConfig``),
+never retyped here.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from expr.errors import ConfigError
-from expr.evaluate.protocols import SMOOTH_MODES
-from expr.train_heads.config import PRELOADS
-
-CHECKPOINTS = ("best", "last")
+from expr.errors import ConfigError, check_choice
+from expr.train_heads import Checkpoint, HeadConfig, Preload, SmoothMode, TrainConfig
 
 
 def _check_common(checkpoint: str, smooth: int, smooth_mode: str, batch_size: int, preload: str) -> None:
-    if checkpoint not in CHECKPOINTS:
-        raise ConfigError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, not {checkpoint!r}")
+    check_choice("--checkpoint", checkpoint, Checkpoint)
     if smooth < 0:
         raise ConfigError(f"--smooth must be 0 (off) or a window of K >= 1 frames, not {smooth}")
-    if smooth_mode not in SMOOTH_MODES:
-        raise ConfigError(f"--smooth-mode must be one of {', '.join(SMOOTH_MODES)}, not {smooth_mode!r}")
+    check_choice("--smooth-mode", smooth_mode, SmoothMode)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, not {batch_size}")
-    if preload not in PRELOADS:
-        raise ConfigError(f"--preload must be one of {', '.join(PRELOADS)}, not {preload!r}")
+    check_choice("--preload", preload, Preload)
 
 
 @dataclass
@@ -34,12 +32,12 @@ class EvaluateConfig:
     labels: Path                      # ABAW labels dir (Train_Set/, Validation_Set/) or a dir of .txt
     split: str = "Validation_Set"     # sub-folder of --labels to score
     videos: Path | None = None        # optional text file of video ids: score only these
-    checkpoint: str = "best"          # best (by window-level val macro-F1) or last
+    checkpoint: str = Checkpoint.best.value   # best (by window-level val macro-F1) or last
     smooth: int = 0                   # per-frame protocol: filter K frames of probabilities (0 = off)
-    smooth_mode: str = "median"       # median | mean
-    batch_size: int = 256             # windows per inference batch
-    preload: str = "cpu"              # where the features live while scoring: cpu | gpu | none
-    device: str = "auto"              # auto (cuda if available) | cpu | cuda | cuda:N
+    smooth_mode: str = SmoothMode.median.value  # median | mean
+    batch_size: int = TrainConfig.eval_batch_size  # windows per inference batch
+    preload: str = TrainConfig.preload  # where the features live while scoring: cpu | gpu | none
+    device: str = TrainConfig.device  # auto (cuda if available) | cpu | cuda | cuda:N
 
     def validate(self) -> None:
         _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
@@ -54,12 +52,12 @@ class PredictConfig:
     out: Path                         # submission CSV to write (atomically, after validation)
     videos: Path | None = None        # text file of video ids (one per line); default: every cached video
     probs: Path | None = None         # also write per-frame class probabilities to this CSV
-    checkpoint: str = "best"          # best | last
-    smooth: int = 0                   # filter K frames of probabilities before the argmax (0 = off)
-    smooth_mode: str = "median"       # median | mean
-    batch_size: int = 256             # windows per inference batch
-    preload: str = "cpu"              # cpu | gpu | none
-    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    checkpoint: str = EvaluateConfig.checkpoint        # best | last
+    smooth: int = EvaluateConfig.smooth                # filter K frames of probabilities before the argmax
+    smooth_mode: str = EvaluateConfig.smooth_mode      # median | mean
+    batch_size: int = EvaluateConfig.batch_size        # windows per inference batch
+    preload: str = EvaluateConfig.preload              # cpu | gpu | none
+    device: str = EvaluateConfig.device                # auto | cpu | cuda | cuda:N
 
     def validate(self) -> None:
         _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
@@ -75,24 +73,24 @@ class AblateConfig:
     labels: Path                      # ABAW labels dir with Train_Set/ and Validation_Set/
     grid: str                         # e.g. "window=30,60 fusion=bica,concat audio=on,off"
     out: Path                         # ablation dir: one run per cell and seed + the tables
-    epochs: int = 30                  # epochs per cell (the paper: 30)
+    epochs: int = TrainConfig.epochs  # epochs per cell (the paper: 30)
     seeds: int = 1                    # runs per cell, seeds seed, seed+1, ...; tables show mean +- std
-    seed: int = 42                    # first seed
-    lr: float = 1e-5                  # base learning rate of every cell (a grid key may override)
-    batch_size: int = 32              # windows per micro-batch (x2 accumulation, as `expr train`)
-    channels: int = 512               # head width (small values make quick smoke ablations)
-    tcn_levels: int = 6               # TCN blocks (a grid key may override)
-    heads: int = 8                    # attention heads
+    seed: int = TrainConfig.seed      # first seed
+    lr: float = TrainConfig.lr        # base learning rate of every cell (a grid key may override)
+    batch_size: int = TrainConfig.batch_size  # windows per micro-batch (with `expr train`'s accumulation)
+    channels: int = HeadConfig.channels       # head width (small values make quick smoke ablations)
+    tcn_levels: int = HeadConfig.tcn_levels   # TCN blocks (a grid key may override)
+    heads: int = HeadConfig.heads             # attention heads
     train_list: Path | None = None    # optional ids file restricting Train_Set
     val_list: Path | None = None      # optional ids file restricting Validation_Set
-    smooth: int = 0                   # per-frame protocol smoothing (0 = off)
-    smooth_mode: str = "median"       # median | mean
-    preload: str = "cpu"              # cpu | gpu (not none: every cell reuses the loaded bank)
-    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    smooth: int = EvaluateConfig.smooth            # per-frame protocol smoothing (0 = off)
+    smooth_mode: str = EvaluateConfig.smooth_mode  # median | mean
+    preload: str = TrainConfig.preload  # cpu | gpu (not none: every cell reuses the loaded bank)
+    device: str = TrainConfig.device    # auto | cpu | cuda | cuda:N
 
     def validate(self) -> None:
-        _check_common("best", self.smooth, self.smooth_mode, 1, self.preload)
-        if self.preload == "none":
+        _check_common(Checkpoint.best.value, self.smooth, self.smooth_mode, 1, self.preload)
+        if self.preload == Preload.none.value:
             raise ConfigError("--preload none defeats loading the cache once for all cells; use cpu or gpu")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, not {self.epochs}")

@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from expr.cache_format.schema import CLASS_NAMES
+from expr.abaw import CLASS_NAMES
+from expr.atomic import write_json
+from expr.devices import resolve_device
 from expr.evaluate.config import EvaluateConfig
 from expr.evaluate.metrics import ClassificationMetrics
 from expr.evaluate.plots import save_confusion_png
-from expr.evaluate.scoring import Scores, check_backbones, check_in_cache, open_run, score_both
-from expr.train_heads.checkpoint import write_json
-from expr.train_heads.runtime import resolve_device
+from expr.evaluate.scoring import Scores, check_backbones, check_in_cache, score_both
 
 WINDOW_PROTOCOL = ("window-level (reference code, the paper's Table 1): one prediction per window at "
                    "the training stride, scored on the window's target")
@@ -37,13 +37,12 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
     """Load the run and the split's features once, score both protocols, write
     ``<run>/eval_<split>.json`` and one confusion-matrix PNG per protocol."""
     from expr.cache_format import open_cache
-    from expr.train_heads.data import load_bank
-    from expr.train_heads.labels import load_split
+    from expr.train_heads import RunDir, load_bank, load_run, load_split
 
     stage = on_stage or (lambda _msg: None)
     cfg.validate()
     device = resolve_device(cfg.device)
-    run = open_run(cfg.run, cfg.checkpoint, device)
+    run = load_run(cfg.run, cfg.checkpoint, device)
     labels = load_split(cfg.labels, cfg.split, cfg.videos)
     with open_cache(cfg.cache) as cache:
         check_backbones(run, cache.backbones, cfg.run, cfg.cache)
@@ -76,13 +75,12 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
         },
         "warnings": warnings,
     }
-    run_dir = Path(cfg.run)
-    json_path = run_dir / f"eval_{cfg.split}.json"
-    write_json(json_path, data)
+    run_dir = RunDir(Path(cfg.run))
+    json_path = write_json(run_dir.eval_report(cfg.split), data)
     pngs = {}
     for key, metrics, title in (("window", scores.window, "window-level"), ("per_frame", scores.per_frame, "per-frame")):
         pngs[key] = save_confusion_png(
-            run_dir / f"confusion_{cfg.split}_{key}.png", metrics.confusion,
-            title=f"{run_dir.name} {cfg.split}: {title}, macro-F1 {metrics.macro_f1:.4f} (n={metrics.n:,})",
+            run_dir.confusion_png(cfg.split, key), metrics.confusion,
+            title=f"{run_dir.path.name} {cfg.split}: {title}, macro-F1 {metrics.macro_f1:.4f} (n={metrics.n:,})",
         )
     return EvalReport(json_path, pngs, scores, data, warnings)

@@ -1,4 +1,6 @@
-"""Classification metrics for the 8 ABAW EXPR classes: thin, pure wrappers over sklearn.
+"""Classification metrics for the 8 ABAW EXPR classes: the per-class breakdown from sklearn,
+the confusion matrix and the headline macro-F1 from ``expr.train_heads`` (the one
+implementation that training also selects its best epoch by).
 
 Every number is computed over ALL eight classes (``labels=range(8)``, ``zero_division=0``),
 so a class that never occurs nor is predicted counts as F1 = 0 in the macro mean, exactly as
@@ -11,9 +13,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from expr.cache_format.schema import CLASS_NAMES
+from expr.abaw import NUM_CLASSES
+from expr.train_heads import confusion_from_pairs, macro_f1_accuracy
 
-NUM_CLASSES = len(CLASS_NAMES)
 LABELS = list(range(NUM_CLASSES))
 
 
@@ -47,7 +49,7 @@ def _as_labels(values, name: str) -> np.ndarray:
 
 def compute_metrics(y_true, y_pred) -> ClassificationMetrics:
     """Macro-F1, accuracy, per-class precision/recall/F1/support and the confusion matrix."""
-    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import precision_recall_fscore_support
 
     y_true = _as_labels(y_true, "y_true")
     y_pred = _as_labels(y_pred, "y_pred")
@@ -55,19 +57,21 @@ def compute_metrics(y_true, y_pred) -> ClassificationMetrics:
         raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in length")
     if y_true.size == 0:
         raise ValueError("nothing to score: no labelled items")
+    # average=None: per-class arrays (the stubs type the return for any average, hence the casts)
     precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=LABELS, zero_division=0
+        y_true, y_pred, labels=LABELS, average=None, zero_division=0.0  # pyright: ignore[reportArgumentType]
     )
-    macro = f1_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)
+    confusion = confusion_from_pairs(y_true, y_pred, NUM_CLASSES)
+    macro, accuracy = macro_f1_accuracy(confusion)
     return ClassificationMetrics(
         n=int(y_true.size),
-        macro_f1=float(macro),
-        accuracy=float((y_true == y_pred).mean()),
-        precision=[float(x) for x in precision],
-        recall=[float(x) for x in recall],
-        f1=[float(x) for x in f1],
-        support=[int(x) for x in support],
-        confusion=confusion_matrix(y_true, y_pred, labels=LABELS).astype(int).tolist(),
+        macro_f1=macro,
+        accuracy=accuracy,
+        precision=np.asarray(precision, dtype=np.float64).tolist(),
+        recall=np.asarray(recall, dtype=np.float64).tolist(),
+        f1=np.asarray(f1, dtype=np.float64).tolist(),
+        support=np.asarray(support, dtype=np.int64).tolist(),
+        confusion=confusion.tolist(),
     )
 
 

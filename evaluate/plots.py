@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from expr.cache_format.schema import CLASS_NAMES
+from expr.abaw import CLASS_NAMES
 from expr.evaluate.metrics import normalise_rows
 
 

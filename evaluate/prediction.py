@@ -8,10 +8,11 @@ from typing import Callable
 
 import numpy as np
 
+from expr.abaw import NUM_CLASSES
+from expr.devices import resolve_device
 from expr.errors import CacheSchemaError
 from expr.evaluate.config import PredictConfig
-from expr.evaluate.scoring import check_backbones, check_in_cache, frame_probabilities, open_run
-from expr.train_heads.runtime import resolve_device
+from expr.evaluate.scoring import check_backbones, check_in_cache
 from expr.evaluate.submission import write_submission
 
 
@@ -28,13 +29,12 @@ def predict_run(cfg: PredictConfig, *, on_stage: Callable[[str], None] | None = 
     """Predict every frame (a face or not: the causal window ending there decides), write
     the submission (and probabilities), each validated before it replaces anything."""
     from expr.cache_format import open_cache
-    from expr.train_heads.data import load_bank
-    from expr.train_heads.labels import read_id_list
+    from expr.train_heads import frame_probabilities, load_bank, load_run, read_id_list
 
     stage = on_stage or (lambda _msg: None)
     cfg.validate()
     device = resolve_device(cfg.device)
-    run = open_run(cfg.run, cfg.checkpoint, device)
+    run = load_run(cfg.run, cfg.checkpoint, device)
     with open_cache(cfg.cache) as cache:
         check_backbones(run, cache.backbones, cfg.run, cfg.cache)
         if cfg.videos is not None:
@@ -54,4 +54,4 @@ def predict_run(cfg: PredictConfig, *, on_stage: Callable[[str], None] | None = 
     write_submission(cfg.out, labels, probabilities=per_video if cfg.probs else None, probs_path=cfg.probs)
     all_labels = np.concatenate(list(labels.values()))
     return PredictReport(Path(cfg.out), cfg.probs, len(labels), int(all_labels.size),
-                         np.bincount(all_labels, minlength=8).tolist())
+                         np.bincount(all_labels, minlength=NUM_CLASSES).tolist())

@@ -33,3 +33,10 @@ class StorageError(ExprError, OSError):
     """A write that failed for lack of space or permission (disk full, read-only, quota).
 
     Also an OSError, so that code catching OSError around file writes still catches it."""
+
+
+def check_choice(option: str, value: str, choices) -> None:
+    """ConfigError naming ``option`` and its choices (a str Enum class) unless ``value`` is one."""
+    allowed = [c.value for c in choices]
+    if value not in allowed:
+        raise ConfigError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")

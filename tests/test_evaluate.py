@@ -10,7 +10,7 @@ import torch
 import typer
 
 from expr.cli import app, run
-from expr.evaluate.config import AblateConfig, EvaluateConfig, PredictConfig
+from expr.evaluate import AblateConfig, EvaluateConfig, PredictConfig
 from expr.evaluate.protocols import causal_window
 
 WINDOW = 16
@@ -19,9 +19,7 @@ WINDOW = 16
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny synthetic dataset and a 2-epoch run of a small head on it."""
-    from expr.train_heads.config import TrainConfig
-    from expr.train_heads.loop import train
-    from expr.train_heads.synthetic import write_synthetic_dataset
+    from expr.train_heads import TrainConfig, train, write_synthetic_dataset
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("eval")
@@ -50,7 +48,7 @@ def _evaluate(ds, run_dir, *extra):
 
 
 def _annotated(ds, split="Validation_Set"):
-    from expr.train_heads.labels import load_split
+    from expr.train_heads import load_split
 
     return load_split(ds.labels, split)
 
@@ -69,7 +67,7 @@ def test_evaluate_end_to_end(trained, capsys):
     assert sum(f["support"]) == f["n"] and np.sum(f["confusion"]) == f["n"]
     assert f["support"] == np.bincount(np.concatenate([l[l != -1] for l in labels.values()]), minlength=8).tolist()
     # window-level: the run's stride/target windows, and it reproduces training's own val score
-    from expr.train_heads.checkpoint import read_metrics
+    from expr.train_heads import read_metrics
 
     best = max(read_metrics(run_dir), key=lambda r: r["val_f1"])
     assert (w["window"], w["stride"], w["target"]) == (WINDOW, 8, "last")
@@ -104,8 +102,7 @@ class _Probe(torch.nn.Module):
 
 def test_per_frame_protocol_one_causal_window_per_annotated_frame_padded_at_start(trained):
     from expr.evaluate.protocols import annotated_frames
-    from expr.evaluate.scoring import frame_probabilities
-    from expr.train_heads.data import load_bank
+    from expr.train_heads import frame_probabilities, load_bank
 
     ds, _ = trained
     labels = _annotated(ds)

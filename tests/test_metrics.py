@@ -5,13 +5,8 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from expr.evaluate.metrics import compute_metrics, normalise_rows
-from expr.evaluate.protocols import (
-    annotated_frames,
-    causal_window,
-    frame_queries,
-    smooth_probabilities,
-    split_by_video,
-)
+from expr.evaluate.protocols import annotated_frames, causal_window
+from expr.train_heads import frame_queries, smooth_probabilities, split_by_video
 
 # Hand-made: class 7 never occurs nor is predicted, class 6 is predicted but never true,
 # class 3 is true but never predicted.

@@ -85,9 +85,7 @@ def test_failed_validation_leaves_previous_file_untouched(tmp_path):
 def trained(tmp_path_factory):
     import torch
 
-    from expr.train_heads.config import TrainConfig
-    from expr.train_heads.loop import train
-    from expr.train_heads.synthetic import write_synthetic_dataset
+    from expr.train_heads import TrainConfig, train, write_synthetic_dataset
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("predict")

@@ -19,13 +19,10 @@ from sklearn.metrics import f1_score
 
 from expr.cli import app, run
 from expr.errors import ConfigError
-from expr.train_heads.checkpoint import load_run, read_metrics
-from expr.train_heads.config import TrainConfig
-from expr.train_heads.data import load_bank, make_windows
-from expr.train_heads.labels import load_split
-from expr.train_heads.loop import lr_at, predict_logits, train
-from expr.train_heads.runtime import Dist, class_weights, macro_f1, pick_device, resolve_device
-from expr.train_heads.synthetic import write_synthetic_dataset
+from expr.devices import Dist, resolve_device
+from expr.train_heads import (TrainConfig, class_weights, load_bank, load_run, load_split, lr_at, macro_f1_accuracy,
+                              make_windows, predict_logits, read_metrics, train, write_synthetic_dataset)
+from expr.train_heads.loop import pick_device
 
 SMALL = dict(window=16, stride=4, channels=32, tcn_levels=3, heads=4, batch_size=16, accum=2,
              lr=1e-3, min_lr=1e-4, device="cpu")
@@ -234,7 +231,7 @@ def test_class_weights_and_metric():
     rng = np.random.default_rng(0)
     y, p = rng.integers(0, 7, 200), rng.integers(0, 8, 200)  # class 7 never true
     confusion = torch.bincount(torch.tensor(y * 8 + p), minlength=64).reshape(8, 8)
-    f1, acc = macro_f1(confusion)
+    f1, acc = macro_f1_accuracy(confusion)
     assert f1 == pytest.approx(f1_score(y, p, average="macro", labels=range(8)))
     assert acc == pytest.approx((y == p).mean())
 
@@ -290,8 +287,7 @@ def test_cli_end_to_end_and_errors(ds, tmp_path, capsys):
 
 DDP_SCRIPT = """
 import sys, torch
-from expr.train_heads.config import TrainConfig
-from expr.train_heads.loop import train
+from expr.train_heads import TrainConfig, train
 torch.set_num_threads(1)
 cache, labels, out = sys.argv[1:4]
 train(TrainConfig(cache=cache, labels=labels, out=out, window=16, stride=4, epochs=1, channels=16,

@@ -1,26 +1,61 @@
-"""Configuration of `expr train`: the head architecture and every training option.
+"""Configuration of `expr train`: the head architecture, every training option, and the
+option choices (str enums) that the CLI offers and the configs validate against.
 
 Defaults are the reference method of DESIGN.md ("Facts about the reference method").
-``TrainConfig`` mirrors the CLI options of `expr train` 1:1 (a test checks it); it is saved
-as the run's config.json, so a run can be rebuilt and resumed from its folder alone.
+The architecture defaults are declared ONCE, in ``HeadConfig``; ``TrainConfig`` (and the
+CLI, and `expr ablate`'s config) take theirs from it. ``TrainConfig`` mirrors the CLI
+options of `expr train` 1:1 (a test checks it); it is saved as the run's config.json, so a
+run can be rebuilt and resumed from its folder alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
-from expr.errors import ConfigError
+from expr.abaw import NUM_CLASSES
+from expr.errors import ConfigError, check_choice
 
-FUSIONS = ("bica", "v2a", "a2v", "concat")
-TARGETS = ("last", "majority", "center")
-PRELOADS = ("cpu", "gpu", "none")
+
+class Fusion(str, Enum):
+    """How the visual and audio streams meet (the CLI's --fusion choices)."""
+
+    bica = "bica"       # both directions (the paper)
+    v2a = "v2a"         # visual queries audio
+    a2v = "a2v"         # audio queries visual
+    concat = "concat"   # no attention: pooled streams concatenated
+
+
+class Target(str, Enum):
+    """Which label a training window learns (the CLI's --target choices)."""
+
+    last = "last"          # its last frame (the reference)
+    majority = "majority"  # the most frequent valid label
+    # str.center is shadowed on members; harmless (members are never centred), and the
+    # member name stays the CLI value
+    center = "center"      # its centre frame  # pyright: ignore[reportAssignmentType]
+
+
+class Preload(str, Enum):
+    """Where the features live while training or scoring (the CLI's --preload choices)."""
+
+    cpu = "cpu"    # pinned host memory
+    gpu = "gpu"    # the whole bank on the GPU
+    none = "none"  # streamed from the cache in chunks (caches larger than memory)
+
+
+class SmoothMode(str, Enum):
+    """Filter of the per-frame probabilities (the --smooth-mode choices of evaluate/predict/ablate)."""
+
+    median = "median"
+    mean = "mean"
 
 
 @dataclass
 class HeadConfig:
-    """Architecture of ExprHeadModel."""
+    """Architecture of ExprHeadModel: the one place its defaults are declared."""
 
     visual_dim: int = 512       # cached visual feature size (CLIP ViT-B/32: 512)
     audio_dim: int = 768        # cached audio feature size (Wav2Vec2-Base: 768)
@@ -28,7 +63,7 @@ class HeadConfig:
     tcn_levels: int = 6         # temporal blocks, dilation 2**i
     tcn_kernel: int = 3         # causal convolution kernel
     heads: int = 8              # attention heads of each cross-attention
-    num_classes: int = 8        # ABAW EXPR classes
+    num_classes: int = NUM_CLASSES  # ABAW EXPR classes
     text_dim: int = 512         # CLIP text embedding size (contrastive projection output)
     dropout_tcn: float = 0.4
     dropout_audio: float = 0.3
@@ -37,12 +72,10 @@ class HeadConfig:
     use_audio: bool = True      # False: visual stream only, classifier input = channels
     use_tcn: bool = True        # False: frame features go straight to fusion
     weight_norm: bool = False   # weight_norm on the TCN convs (Bai et al.; not the paper's authors)
-    fusion: str = "bica"        # bica: both directions; v2a: visual queries audio; a2v: audio
-                                # queries visual; concat: no attention, pooled streams concatenated
+    fusion: str = Fusion.bica.value  # see Fusion
 
     def __post_init__(self) -> None:
-        if self.fusion not in FUSIONS:
-            raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        check_choice("fusion", self.fusion, Fusion)
         if self.channels % self.heads:
             raise ConfigError(f"channels ({self.channels}) must be divisible by heads ({self.heads})")
         for name in ("visual_dim", "audio_dim", "channels", "tcn_levels", "tcn_kernel", "heads", "text_dim"):
@@ -55,6 +88,12 @@ class HeadConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+# TrainConfig's architecture options with the same names as HeadConfig's fields; the two
+# ablation switches are spelled as off-switches (--no-audio / --no-tcn read better).
+ARCH_OPTIONS = ("channels", "tcn_levels", "tcn_kernel", "heads", "dropout_tcn", "dropout_audio",
+                "dropout_attn", "dropout_head", "fusion", "weight_norm")
+
+
 @dataclass
 class TrainConfig:
     """Every option of `expr train` (field names = option names with '-' for '_')."""
@@ -64,7 +103,7 @@ class TrainConfig:
     out: Path                           # run directory: config.json, metrics.jsonl, *.safetensors
     window: int = 60                    # frames per window
     stride: int = 15                    # frames between training/validation windows
-    target: str = "last"                # window label: last frame (reference), majority, center
+    target: str = Target.last.value     # window label: last frame (reference), majority, center
     train_list: Path | None = None      # text file of training video ids (one a line)
     val_list: Path | None = None        # text file of validation video ids
     epochs: int = 30
@@ -76,19 +115,19 @@ class TrainConfig:
     min_lr: float = 1e-6                # cosine annealing floor
     contrastive_weight: float = 0.1     # lambda of the text-guided InfoNCE; 0 disables it
     seed: int = 42
-    channels: int = 512
-    tcn_levels: int = 6
-    tcn_kernel: int = 3
-    heads: int = 8
-    dropout_tcn: float = 0.4
-    dropout_audio: float = 0.3
-    dropout_attn: float = 0.2
-    dropout_head: float = 0.5
-    no_audio: bool = False              # ablation: visual stream only
-    no_tcn: bool = False                # ablation: no temporal convolution
-    fusion: str = "bica"                # ablation: bica | v2a | a2v | concat
-    weight_norm: bool = False           # weight_norm on the TCN convs (off in the paper's code)
-    preload: str = "cpu"                # cpu (pinned RAM), gpu (whole cache on the GPU), none (stream)
+    channels: int = HeadConfig.channels
+    tcn_levels: int = HeadConfig.tcn_levels
+    tcn_kernel: int = HeadConfig.tcn_kernel
+    heads: int = HeadConfig.heads
+    dropout_tcn: float = HeadConfig.dropout_tcn
+    dropout_audio: float = HeadConfig.dropout_audio
+    dropout_attn: float = HeadConfig.dropout_attn
+    dropout_head: float = HeadConfig.dropout_head
+    no_audio: bool = not HeadConfig.use_audio   # ablation: visual stream only
+    no_tcn: bool = not HeadConfig.use_tcn       # ablation: no temporal convolution
+    fusion: str = HeadConfig.fusion             # ablation: bica | v2a | a2v | concat
+    weight_norm: bool = HeadConfig.weight_norm  # weight_norm on the TCN convs (off in the paper's code)
+    preload: str = Preload.cpu.value    # cpu (pinned RAM), gpu (whole cache on the GPU), none (stream)
     chunk_frames: int = 1_000_000       # --preload none: frames loaded at a time
     eval_batch_size: int = 256
     device: str = "auto"                # auto | cpu | cuda | cuda:N
@@ -97,12 +136,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for options that cannot work; call once, at the edge."""
+        check_choice("--target", self.target, Target)
+        check_choice("--fusion", self.fusion, Fusion)
+        check_choice("--preload", self.preload, Preload)
         checks = [
             (self.window >= 1, f"--window must be >= 1, got {self.window}"),
             (self.stride >= 1, f"--stride must be >= 1, got {self.stride}"),
-            (self.target in TARGETS, f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}"),
-            (self.fusion in FUSIONS, f"--fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}"),
-            (self.preload in PRELOADS, f"--preload must be one of {', '.join(PRELOADS)}, got {self.preload!r}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1 and self.accum >= 1, "--batch-size and --accum must be >= 1"),
             (self.eval_batch_size >= 1, "--eval-batch-size must be >= 1"),
@@ -121,14 +160,9 @@ class TrainConfig:
         self.head_config(1, 1, 1)  # architecture checks (channels vs heads, ...)
 
     def head_config(self, visual_dim: int, audio_dim: int, text_dim: int) -> HeadConfig:
-        return HeadConfig(
-            visual_dim=visual_dim, audio_dim=audio_dim, text_dim=text_dim, channels=self.channels,
-            tcn_levels=self.tcn_levels, tcn_kernel=self.tcn_kernel, heads=self.heads,
-            dropout_tcn=self.dropout_tcn, dropout_audio=self.dropout_audio,
-            dropout_attn=self.dropout_attn, dropout_head=self.dropout_head,
-            use_audio=not self.no_audio, use_tcn=not self.no_tcn, fusion=self.fusion,
-            weight_norm=self.weight_norm,
-        )
+        arch = {name: getattr(self, name) for name in ARCH_OPTIONS}
+        return HeadConfig(visual_dim=visual_dim, audio_dim=audio_dim, text_dim=text_dim,
+                          use_audio=not self.no_audio, use_tcn=not self.no_tcn, **arch)
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}

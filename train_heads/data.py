@@ -20,6 +20,7 @@ of a video without audio are zero and masked.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +29,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from expr.abaw import HOP, NUM_CLASSES, SAMPLE_RATE
 from expr.cache_format import CacheReader, open_cache
 
-DEFAULT_AUDIO_RATE = 50.0  # Wav2Vec2: 16 kHz / hop 320
+DEFAULT_AUDIO_RATE = SAMPLE_RATE / HOP  # Wav2Vec2: 16 kHz / hop 320 = 50 steps per second
 
 
 @dataclass
@@ -149,7 +151,7 @@ def load_bank(
             audio[s:s + info.audio_steps] = torch.from_numpy(cache.audio(vid))
         timestamps[t:t + n] = torch.from_numpy(cache.timestamps(vid)[:n])
         frame_mask[t:t + n] = torch.from_numpy(cache.frame_mask(vid)[:n])
-        if lab is not None:
+        if lab is not None and labels is not None:
             lab[t:t + n] = torch.from_numpy(np.asarray(labels[vid][:n], dtype=np.int64))
         t += n
         s += info.audio_steps
@@ -176,10 +178,8 @@ def load_bank(
 def to_device(bank: FeatureBank, device: str | torch.device) -> FeatureBank:
     """The same bank with every tensor on ``device``."""
     device = torch.device(device)
-    moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-             for k, v in vars(bank).items()}
-    moved["device"] = device
-    return FeatureBank(**moved)
+    moved = {k: v.to(device, non_blocking=True) for k, v in vars(bank).items() if isinstance(v, torch.Tensor)}
+    return dataclasses.replace(bank, **moved, device=device)
 
 
 def window_targets(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor,
@@ -189,18 +189,21 @@ def window_targets(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.
     last: the label of the last frame (the reference); center: of frame end - window // 2;
     majority: the most frequent valid label in the window (ties: the lower class id).
     """
+    labels = bank.labels
+    if labels is None:
+        raise ValueError("window targets need a bank with labels")
     valid = bank.valid
     rows = bank.frame_offsets[video_idx] + end_frame
     if target == "last" or target == "center":
         rows = rows - (window // 2 if target == "center" else 0)
-        return bank.labels[rows].clamp(min=0), valid[rows]
+        return labels[rows].clamp(min=0), valid[rows]
     if target != "majority":
         raise ValueError(f"unknown target {target!r}")
     # Counts of each class in [start, end] from cumulative one-hot counts: no per-window loop.
-    onehot = torch.zeros((valid.shape[0] + 1, 8), dtype=torch.int32, device=valid.device)
-    onehot[1:][valid] = torch.nn.functional.one_hot(bank.labels[valid], 8).to(torch.int32)
+    onehot = torch.zeros((valid.shape[0] + 1, NUM_CLASSES), dtype=torch.int32, device=valid.device)
+    onehot[1:][valid] = torch.nn.functional.one_hot(labels[valid], NUM_CLASSES).to(torch.int32)
     cum = onehot.cumsum(0)  # cum[r] = counts of rows < r
-    counts = cum[rows + 1] - cum[rows + 1 - window]  # (N, 8)
+    counts = cum[rows + 1] - cum[rows + 1 - window]  # (N, classes)
     return counts.argmax(1), counts.sum(1) > 0
 
 

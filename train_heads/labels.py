@@ -8,9 +8,8 @@ off raises LabelFormatError naming the file and line.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 import numpy as np
 

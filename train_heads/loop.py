@@ -18,15 +18,23 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
-from expr.cache_format import open_cache
+from expr.abaw import NUM_CLASSES
+from expr.cache_format import CacheReader, open_cache
+from expr.devices import Dist, resolve_device, setup_dist, use_device
+from expr.errors import ConfigError
 from expr.train_heads import checkpoint as ckpt
-from expr.train_heads.config import TrainConfig
-from expr.train_heads.data import FeatureBank, gather, load_bank, make_windows
+from expr.train_heads.config import Preload, TrainConfig
+from expr.train_heads.data import FeatureBank, gather
+from expr.train_heads.inference import predict_logits
+from expr.train_heads.loss import class_weights, head_loss
+from expr.train_heads.metrics import confusion_from_pairs, macro_f1_accuracy
 from expr.train_heads.model import ExprHeadModel
-from expr.train_heads.runtime import (Dist, class_weights, macro_f1, pick_device, prepare_run_dir,
-                                      read_splits, setup_dist)
+from expr.train_heads.run_dir import Checkpoint, RunDir, prepare_run_dir
+from expr.train_heads.splits import Split, read_splits
+
+StepCallback = Callable[[int, float], None]
 
 
 @dataclass
@@ -37,58 +45,43 @@ class TrainResult:
     history: list[dict]      # one metrics record per epoch (as in metrics.jsonl)
 
 
+@dataclass
+class Learner:
+    """What every epoch works with (fixed for the whole run)."""
+
+    model: torch.nn.Module          # the head, or DDP around it (what forward/backward go through)
+    module: ExprHeadModel           # the head itself (parameters, losses, checkpoints)
+    opt: torch.optim.Optimizer
+    weights: torch.Tensor           # class weights of the cross-entropy, on ``device``
+    dist: Dist
+    device: torch.device
+
+
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
     """CosineAnnealingLR(T_max=epochs, eta_min=min_lr) in closed form, at 0-based ``epoch``."""
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
 
 
-@torch.no_grad()
-def predict_logits(model, bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor,
-                   window: int, batch_size: int = 256) -> torch.Tensor:
-    """(N, classes) float32 logits on the CPU for the windows ending at ``end_frame``."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for idx in torch.arange(len(video_idx)).split(batch_size):
-        b = gather(bank, video_idx[idx], end_frame[idx], window)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(b.visual.to(device), b.audio.to(device), b.audio_mask.to(device))
-        out.append(logits.float().cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros((0, 8))
+def pick_device(cfg: TrainConfig, dist: Dist) -> torch.device:
+    """This rank's device for ``cfg.device``; made current so NCCL collectives use it."""
+    device = resolve_device(cfg.device, dist.local_rank)
+    if cfg.preload == Preload.gpu.value and device.type != "cuda":
+        raise ConfigError("--preload gpu needs a CUDA device; use --preload cpu")
+    use_device(device, dist)
+    return device
 
 
-def iter_chunks(cfg: TrainConfig, split: dict, epoch_seed: int | None):
-    """(bank, windows) to go through: the preloaded bank once, or with --preload none the
-    videos in groups of <= chunk_frames frames (shuffled by ``epoch_seed`` when given)."""
-    if split["bank"] is not None:
-        yield split["bank"], split["windows"]
-        return
-    ids = list(split["ids"])
-    if epoch_seed is not None:
-        ids = [ids[i] for i in torch.randperm(len(ids), generator=torch.Generator().manual_seed(epoch_seed))]
-    group, frames = [], 0
-    for vid in ids + [None]:
-        n = split["cache"].info(vid).n_frames if vid is not None else 0
-        if group and (vid is None or frames + n > cfg.chunk_frames):
-            bank = load_bank(split["cache"], group, {v: split["labels"][v] for v in group}, preload="none")
-            yield bank, make_windows(bank, cfg.window, cfg.stride, cfg.target)
-            group, frames = [], 0
-        if vid is not None:
-            group.append(vid)
-            frames += n
-
-
-def run_epoch(model, module, opt, cfg, split, weights, epoch, dist: Dist, device, on_step) -> dict:
+def run_epoch(learner: Learner, cfg: TrainConfig, split: Split, epoch: int, *,
+              on_step: StepCallback | None = None) -> dict:
+    """One pass over the training windows; the mean losses and the seconds spent gathering."""
+    model, dist, device = learner.model, learner.dist, learner.device
     model.train()
     torch.manual_seed(cfg.seed + epoch)  # dropout of this epoch, independent of earlier epochs
     # Running sums of (loss, ce, contrastive) stay on the device: a .item() per value and
     # micro-batch would stall the CPU (the next gather) until the GPU finished this step.
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     n_micro, data_s = 0, 0.0
-    cuda = device.type == "cuda"
-    for bank, win in iter_chunks(cfg, split, cfg.seed + epoch):
+    for bank, win in split.chunks(cfg, cfg.seed + epoch):
         perm = torch.randperm(len(win), generator=torch.Generator().manual_seed(cfg.seed + epoch))
         per_rank = len(perm) // dist.world  # equal step counts on every rank (DDP needs it)
         micro = perm[dist.rank * per_rank:(dist.rank + 1) * per_rank].split(cfg.batch_size)
@@ -100,19 +93,22 @@ def run_epoch(model, module, opt, cfg, split, weights, epoch, dist: Dist, device
             data_s += time.perf_counter() - t
             group_len = min(cfg.accum, len(micro) - (i - i % cfg.accum))
             step_now = i % cfg.accum == cfg.accum - 1 or i == len(micro) - 1
-            sync = contextlib.nullcontext() if step_now or dist.world == 1 else model.no_sync()
+            # between optimiser steps DDP need not all-reduce the gradients it accumulates
+            if isinstance(model, DistributedDataParallel) and not step_now:
+                sync = model.no_sync()
+            else:
+                sync = contextlib.nullcontext()
             with sync:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     logits, embed = model(visual, audio, mask, return_aux=True)
-                ce = F.cross_entropy(logits.float(), target, weight=weights)
-                con = module.contrastive_loss(embed.float(), target)
-                loss = ce + cfg.contrastive_weight * con
+                loss, ce, con = head_loss(learner.module, logits, embed, target, learner.weights,
+                                          cfg.contrastive_weight)
                 (loss / group_len).backward()
             if step_now:
                 if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                    torch.nn.utils.clip_grad_norm_(learner.module.parameters(), cfg.grad_clip)
+                learner.opt.step()
+                learner.opt.zero_grad(set_to_none=True)
             sums += torch.stack([loss, ce, con]).detach().double()
             n_micro += 1
             if on_step:
@@ -121,22 +117,52 @@ def run_epoch(model, module, opt, cfg, split, weights, epoch, dist: Dist, device
     return dict(zip(("loss", "ce", "contrastive"), means)) | {"data_seconds": round(data_s, 3)}
 
 
-def validate(model, cfg: TrainConfig, split: dict, dist: Dist) -> dict:
-    confusion = torch.zeros((8, 8), dtype=torch.int64)
-    for bank, win in iter_chunks(cfg, split, None):
+def validate(model: torch.nn.Module, cfg: TrainConfig, split: Split, dist: Dist) -> dict:
+    """Window-level macro-F1 and accuracy on the validation windows (each on one rank)."""
+    confusion = torch.zeros((NUM_CLASSES, NUM_CLASSES), dtype=torch.int64)
+    for bank, win in split.chunks(cfg, None):
         mine = torch.arange(dist.rank, len(win), dist.world)  # every window on exactly one rank
         logits = predict_logits(model, bank, win.video_idx[mine], win.end_frame[mine], cfg.window,
                                 cfg.eval_batch_size)
-        pairs = win.target[mine].cpu() * 8 + logits.argmax(1)
-        confusion += torch.bincount(pairs, minlength=64).reshape(8, 8)
+        confusion += torch.from_numpy(confusion_from_pairs(win.target[mine].cpu(), logits.argmax(1)))
     if dist.world > 1:
         confusion = dist.all_reduce(confusion)
-    f1, acc = macro_f1(confusion)
+    f1, acc = macro_f1_accuracy(confusion)
     return {"val_f1": f1, "val_acc": acc, "val_windows": int(confusion.sum())}
 
 
+def _build_learner(cfg: TrainConfig, cache: CacheReader, train_split: Split, dist: Dist,
+                   device: torch.device) -> Learner:
+    """The head (seeded), its class weights, AdamW, and the DDP wrapper under torchrun."""
+    head_cfg = cfg.head_config(cache.visual_dim, cache.audio_dim, cache.text_embeddings().shape[1])
+    torch.manual_seed(cfg.seed)
+    module = ExprHeadModel(head_cfg, torch.from_numpy(cache.text_embeddings()), cache.logit_scale).to(device)
+    weights = class_weights(train_split.all_targets).to(device)
+    opt = torch.optim.AdamW(module.parameters(), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay)
+    return Learner(dist.wrap(module, device), module, opt, weights, dist, device)
+
+
+def _save_epoch(run: RunDir, learner: Learner, record: dict, meta: dict) -> None:
+    """Rank 0: best (when it is) and last checkpoints, then the epoch's metrics line."""
+    if record["best"]:
+        ckpt.save_checkpoint(run.checkpoint(Checkpoint.best.value), learner.module, meta=meta)
+    ckpt.save_checkpoint(run.checkpoint(Checkpoint.last.value), learner.module, optimizer=learner.opt,
+                         scheduler_state={"epoch": record["epoch"]}, meta=meta)
+    run.append_metrics(record)
+
+
+def _resume(run: RunDir, learner: Learner, say: Callable[[str], None]) -> tuple[int, float, int, list[dict]]:
+    """(epochs done, best val F1, best epoch, their metrics) of the run in ``run``."""
+    last = run.checkpoint(Checkpoint.last.value)
+    learner.module.load_state_dict(ckpt.load_weights(last.weights, learner.device)[0].state_dict())
+    meta = ckpt.load_optimizer_state(last, learner.opt)["meta"]
+    start, best_f1, best_epoch = meta["epoch"], meta["best_val_f1"], meta["best_epoch"]
+    say(f"resuming {run.path} after epoch {start} (best val macro-F1 {best_f1:.4f} at epoch {best_epoch})")
+    return start, best_f1, best_epoch, run.read_metrics()[:start]
+
+
 def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: FeatureBank | None = None,
-          on_epoch: Callable[[dict], None] | None = None, on_step: Callable[[int, float], None] | None = None,
+          on_epoch: Callable[[dict], None] | None = None, on_step: StepCallback | None = None,
           on_message: Callable[[str], None] | None = None) -> TrainResult:
     """Train the head of ``cfg`` on its cache; write the run directory; return the result.
 
@@ -148,34 +174,26 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
     say = on_message or (lambda msg: None)
     dist = setup_dist()
     device = pick_device(cfg, dist)
-    run_dir = prepare_run_dir(cfg, dist)
+    run = prepare_run_dir(cfg, dist)
 
     # -- data ------------------------------------------------------------------------------
     cache = open_cache(cfg.cache)
     try:
-        splits, data_meta = read_splits(cfg, cache, bank, val_bank, device, say)
+        splits, data_meta = read_splits(cfg, cache, {"train": bank, "val": val_bank}, device, say)
         cache_meta = {"path": str(Path(cfg.cache).resolve()), "fingerprint": ckpt.cache_fingerprint(cache),
                       "backbones": cache.backbones}
-        head_cfg = cfg.head_config(cache.visual_dim, cache.audio_dim, cache.text_embeddings().shape[1])
-        torch.manual_seed(cfg.seed)
-        module = ExprHeadModel(head_cfg, torch.from_numpy(cache.text_embeddings()), cache.logit_scale).to(device)
-        weights = class_weights(splits["train"]["all_targets"]).to(device)
-        data_meta["class_weights"] = [round(float(w), 6) for w in weights]
-        model = dist.wrap(module, device)
-        opt = torch.optim.AdamW(module.parameters(), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay)
+        learner = _build_learner(cfg, cache, splits["train"], dist, device)
+        head_cfg, opt, module = learner.module.cfg, learner.opt, learner.module
+        data_meta["class_weights"] = [round(float(w), 6) for w in learner.weights]
 
         # -- resume or start ---------------------------------------------------------------
         start, best_f1, best_epoch, history = 0, -1.0, 0, []
         if cfg.resume:
-            module.load_state_dict(ckpt.load_weights(run_dir / "last.safetensors", device)[0].state_dict())
-            state = ckpt.load_optimizer_state(run_dir / "last", opt)
-            start, best_f1, best_epoch = state["meta"]["epoch"], state["meta"]["best_val_f1"], state["meta"]["best_epoch"]
-            history = ckpt.read_metrics(run_dir)[:start]
-            say(f"resuming {run_dir} after epoch {start} (best val macro-F1 {best_f1:.4f} at epoch {best_epoch})")
+            start, best_f1, best_epoch, history = _resume(run, learner, say)
         if dist.is_main:
-            ckpt.write_json(run_dir / ckpt.CONFIG_FILE, {
-                "train": cfg.to_dict(), "head": vars(head_cfg).copy(), "cache": cache_meta, "data": data_meta})
-            (run_dir / ckpt.METRICS_FILE).write_text("".join(ckpt.json_line(r) for r in history), encoding="utf-8")
+            run.write_config({"train": cfg.to_dict(), "head": vars(head_cfg).copy(), "cache": cache_meta,
+                              "data": data_meta})
+            run.write_metrics(history)
 
         # -- epochs ------------------------------------------------------------------------
         for epoch in range(start, cfg.epochs):
@@ -183,7 +201,7 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch, cfg)
             record = {"epoch": epoch + 1, "lr": lr_at(epoch, cfg)}
-            record |= run_epoch(model, module, opt, cfg, splits["train"], weights, epoch, dist, device, on_step)
+            record |= run_epoch(learner, cfg, splits["train"], epoch, on_step=on_step)
             record |= validate(module, cfg, splits["val"], dist)
             record["seconds"] = round(time.perf_counter() - t0, 3)
             record["best"] = record["val_f1"] > best_f1
@@ -191,17 +209,12 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
                 best_f1, best_epoch = record["val_f1"], epoch + 1
             history.append(record)
             if dist.is_main:
-                meta = {"epoch": epoch + 1, "val_f1": record["val_f1"], "best_val_f1": best_f1,
-                        "best_epoch": best_epoch, "cache_fingerprint": cache_meta["fingerprint"]}
-                if record["best"]:
-                    ckpt.save_checkpoint(run_dir / "best", module, meta=meta)
-                ckpt.save_checkpoint(run_dir / "last", module, optimizer=opt,
-                                     scheduler_state={"epoch": epoch + 1}, meta=meta)
-                with open(run_dir / ckpt.METRICS_FILE, "a", encoding="utf-8") as fh:
-                    fh.write(ckpt.json_line(record))
+                _save_epoch(run, learner, record, {
+                    "epoch": epoch + 1, "val_f1": record["val_f1"], "best_val_f1": best_f1,
+                    "best_epoch": best_epoch, "cache_fingerprint": cache_meta["fingerprint"]})
             if on_epoch:
                 on_epoch(record)
     finally:
         cache.close()
         dist.close()
-    return TrainResult(run_dir, best_epoch, best_f1, history)
+    return TrainResult(run.path, best_epoch, best_f1, history)

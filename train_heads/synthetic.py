@@ -22,11 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from expr.cache_format import CLASS_NAMES, open_writer
+from expr.abaw import HOP, LABEL_HEADER, NUM_CLASSES, SAMPLE_RATE, audio_step_times, audio_steps
+from expr.cache_format import open_writer
 
-SAMPLE_RATE = 16_000
-HOP = 320
-RECEPTIVE_FIELD = 400
 SEGMENT_SECONDS = (2.0, 4.0)
 
 
@@ -40,8 +38,7 @@ class SyntheticDataset:
 
 def audio_steps_for(duration: float) -> int:
     """Wav2Vec2-Base output length for ``duration`` seconds of 16 kHz audio."""
-    n = int(round(duration * SAMPLE_RATE))
-    return max(0, (n - RECEPTIVE_FIELD) // HOP + 1)
+    return audio_steps(int(round(duration * SAMPLE_RATE)))
 
 
 def _segments(rng: np.random.Generator, n_frames: int, fps: float, order: list[int]
@@ -53,7 +50,7 @@ def _segments(rng: np.random.Generator, n_frames: int, fps: float, order: list[i
     t = 0
     while t < n_frames:
         if not order:
-            order.extend(rng.permutation(len(CLASS_NAMES)).tolist())
+            order.extend(rng.permutation(NUM_CLASSES).tolist())
         cls = order.pop()
         length = int(rng.uniform(*SEGMENT_SECONDS) * fps)
         shortest = int(SEGMENT_SECONDS[0] * fps)
@@ -99,7 +96,7 @@ def write_synthetic_dataset(
     """Write ``root/feats.zarr`` and ``root/labels/{Train_Set,Validation_Set}/<id>.txt``."""
     root = Path(root)
     rng = np.random.default_rng(seed)
-    n_cls = len(CLASS_NAMES)
+    n_cls = NUM_CLASSES
     # Fixed per dataset: prototypes (unit norm, so that ``signal`` / ``noise`` means the same
     # at any dim), frequencies 0.5..2 Hz, phases.
     v_protos = _unit_rows(rng.standard_normal((n_cls, visual_dim)))
@@ -132,7 +129,7 @@ def write_synthetic_dataset(
             duration = T / fps
             if with_audio:
                 S = audio_steps_for(duration)
-                a_times = (np.arange(S) * HOP + RECEPTIVE_FIELD / 2) / SAMPLE_RATE
+                a_times = audio_step_times(S)
                 a_classes = classes[np.minimum((a_times * fps).astype(np.int64), T - 1)]
                 audio = _features(rng, a_classes, a_times, a_protos, freqs, phases, signal, noise)
             writer.write_video(vid, visual=visual, frame_mask=frame_mask, timestamps=times, fps=fps,
@@ -144,7 +141,7 @@ def write_synthetic_dataset(
             # mark them: -1. Without this a short-window model is capped by boundary windows.
             for start in onsets:
                 labels[start:start + int(onset_seconds * fps)] = -1
-            text_lines = [",".join(CLASS_NAMES)] + [str(v) for v in labels]
+            text_lines = [LABEL_HEADER] + [str(v) for v in labels]
             (labels_dir / split / f"{vid}.txt").write_text("\n".join(text_lines) + "\n", encoding="utf-8")
     return SyntheticDataset(cache=cache, labels=labels_dir,
                             train_ids=splits["Train_Set"], val_ids=splits["Validation_Set"])

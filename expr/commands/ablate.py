@@ -2,50 +2,51 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from expr.commands.evaluate import CacheOpt, DeviceOpt, LabelsOpt, SmoothMode, SmoothModeOpt, SmoothOpt
+from expr.commands.evaluate import CacheOpt, DeviceOpt, LabelsOpt, SmoothModeOpt, SmoothOpt
+from expr.evaluate import AblateConfig
+from expr.evaluate.grid import KEYS
+from expr.train_heads import Preload, SmoothMode
 
-
-class BankPreload(str, Enum):
-    # no "none": streaming would re-read the cache for every cell, the opposite of the point
-    cpu = "cpu"
-    gpu = "gpu"
+DEFAULT = AblateConfig
+GRID_HELP = ('Space-separated key=v1,v2 terms, e.g. "window=30,60 fusion=bica,concat audio=on,off". '
+             f"Keys: {' '.join(KEYS)}.")
 
 
 def ablate(
     cache: CacheOpt,
     labels: LabelsOpt,
-    grid: Annotated[str, typer.Option(help='Space-separated key=v1,v2 terms, e.g. "window=30,60 fusion=bica,concat '
-                                           'audio=on,off". Keys: window stride target fusion audio tcn contrastive '
-                                           'lr weight_decay tcn_levels.')],
+    grid: Annotated[str, typer.Option(help=GRID_HELP)],
     out: Annotated[Path, typer.Option("--out", help="Ablation dir: one run per cell and seed, plus the tables.")],
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs per cell.")] = 30,
-    seeds: Annotated[int, typer.Option(min=1, help="Runs per cell (seeds seed, seed+1, ...): mean +- std.")] = 1,
-    seed: Annotated[int, typer.Option(help="First seed.")] = 42,
-    lr: Annotated[float, typer.Option(help="Learning rate of every cell (grid key lr overrides).")] = 1e-5,
-    batch_size: Annotated[int, typer.Option(min=1, help="Windows per micro-batch.")] = 32,
-    channels: Annotated[int, typer.Option(min=1, help="Head width.")] = 512,
-    tcn_levels: Annotated[int, typer.Option(min=1, help="TCN blocks (grid key tcn_levels overrides).")] = 6,
-    heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 8,
-    train_list: Annotated[Optional[Path], typer.Option(help="Ids file restricting Train_Set.")] = None,
-    val_list: Annotated[Optional[Path], typer.Option(help="Ids file restricting Validation_Set.")] = None,
-    smooth: SmoothOpt = 0,
-    smooth_mode: SmoothModeOpt = SmoothMode.median,
-    preload: Annotated[BankPreload, typer.Option(help="Where the features loaded once for every cell live.")] = BankPreload.cpu,
-    device: DeviceOpt = "auto",
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs per cell.")] = DEFAULT.epochs,
+    seeds: Annotated[int, typer.Option(min=1, help="Runs per cell (seeds seed, seed+1, ...): mean +- std.")
+                     ] = DEFAULT.seeds,
+    seed: Annotated[int, typer.Option(help="First seed.")] = DEFAULT.seed,
+    lr: Annotated[float, typer.Option(help="Learning rate of every cell (grid key lr overrides).")] = DEFAULT.lr,
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per micro-batch.")] = DEFAULT.batch_size,
+    channels: Annotated[int, typer.Option(min=1, help="Head width.")] = DEFAULT.channels,
+    tcn_levels: Annotated[int, typer.Option(min=1, help="TCN blocks (grid key tcn_levels overrides).")
+                          ] = DEFAULT.tcn_levels,
+    heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = DEFAULT.heads,
+    train_list: Annotated[Optional[Path], typer.Option(help="Ids file restricting Train_Set.")] = DEFAULT.train_list,
+    val_list: Annotated[Optional[Path], typer.Option(help="Ids file restricting Validation_Set.")] = DEFAULT.val_list,
+    smooth: SmoothOpt = DEFAULT.smooth,
+    smooth_mode: SmoothModeOpt = SmoothMode(DEFAULT.smooth_mode),
+    # cpu or gpu: "none" (streaming) would re-read the cache for every cell; AblateConfig refuses it
+    preload: Annotated[Preload, typer.Option(help="Where the features loaded once for every cell live "
+                                                  "(cpu or gpu).")] = Preload(DEFAULT.preload),
+    device: DeviceOpt = DEFAULT.device,
 ) -> None:
     """Train and score every combination of --grid from ONE load of the cache; write
     ablation.csv, ablation.md (sorted by per-frame macro-F1) and ablation.png. Re-running
     skips finished cells."""
     from rich.console import Console
 
-    from expr.evaluate.ablation import run_ablation
-    from expr.evaluate.config import AblateConfig
+    from expr.evaluate import run_ablation
 
     console = Console()
     cfg = AblateConfig(cache=cache, labels=labels, grid=grid, out=out, epochs=epochs, seeds=seeds, seed=seed, lr=lr,

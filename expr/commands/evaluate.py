@@ -2,47 +2,33 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from expr.abaw import CLASS_NAMES
+from expr.devices import DEVICE_HELP
+from expr.evaluate import EvaluateConfig
+from expr.train_heads import Checkpoint, Preload, SmoothMode
+
 # Options shared with `expr predict` / `expr ablate` (defined once, imported there).
 RunOpt = Annotated[Path, typer.Option("--run", help="Run directory written by 'expr train --out'.")]
 CacheOpt = Annotated[Path, typer.Option("--cache", help="Feature cache (.zarr dir or .h5 file).")]
 LabelsOpt = Annotated[Path, typer.Option("--labels", help="ABAW annotation dir (Train_Set/, Validation_Set/).")]
-
-
-class Checkpoint(str, Enum):
-    best = "best"
-    last = "last"
-
-
-class SmoothMode(str, Enum):
-    median = "median"
-    mean = "mean"
-
-
-class Preload(str, Enum):
-    cpu = "cpu"
-    gpu = "gpu"
-    none = "none"
-
-
 CheckpointOpt = Annotated[Checkpoint, typer.Option(help="Weights to use: best (window-level val macro-F1) or last.")]
 SmoothOpt = Annotated[int, typer.Option(min=0, help="Per-frame: centred filter over K frames of probabilities (0 = off).")]
 SmoothModeOpt = Annotated[SmoothMode, typer.Option(help="Filter of --smooth.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Windows per inference batch.")]
 PreloadOpt = Annotated[Preload, typer.Option(help="Where features live while scoring.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")]
+DeviceOpt = Annotated[str, typer.Option(help=f"{DEVICE_HELP} (auto: cuda if available).")]
+# Defaults of the options above, from the library's config (the same for evaluate and predict).
+DEFAULT = EvaluateConfig
 
 
 def metrics_table(metrics):
     """Per-class precision/recall/F1/support, with macro-F1 and accuracy in the last row."""
     from rich.table import Table
-
-    from expr.cache_format.schema import CLASS_NAMES
 
     table = Table()
     for name in ("class", "precision", "recall", "F1", "support"):
@@ -60,7 +46,7 @@ def confusion_table(confusion):
     """Rows = true class, columns = predicted; the diagonal in bold."""
     from rich.table import Table
 
-    short = ("Neu", "Ang", "Dis", "Fea", "Hap", "Sad", "Sur", "Oth")
+    short = [name[:3] for name in CLASS_NAMES]  # Neu, Ang, ... (unique in ABAW's names)
     table = Table()
     table.add_column("true \\ pred")
     for s in short:
@@ -81,21 +67,20 @@ def evaluate(
     run: RunOpt,
     cache: CacheOpt,
     labels: LabelsOpt,
-    split: Annotated[str, typer.Option(help="Sub-folder of --labels to score.")] = "Validation_Set",
-    videos: Annotated[Optional[Path], typer.Option(help="Text file of video ids: score only these.")] = None,
-    checkpoint: CheckpointOpt = Checkpoint.best,
-    smooth: SmoothOpt = 0,
-    smooth_mode: SmoothModeOpt = SmoothMode.median,
-    batch_size: BatchOpt = 256,
-    preload: PreloadOpt = Preload.cpu,
-    device: DeviceOpt = "auto",
+    split: Annotated[str, typer.Option(help="Sub-folder of --labels to score.")] = DEFAULT.split,
+    videos: Annotated[Optional[Path], typer.Option(help="Text file of video ids: score only these.")] = DEFAULT.videos,
+    checkpoint: CheckpointOpt = Checkpoint(DEFAULT.checkpoint),
+    smooth: SmoothOpt = DEFAULT.smooth,
+    smooth_mode: SmoothModeOpt = SmoothMode(DEFAULT.smooth_mode),
+    batch_size: BatchOpt = DEFAULT.batch_size,
+    preload: PreloadOpt = Preload(DEFAULT.preload),
+    device: DeviceOpt = DEFAULT.device,
 ) -> None:
     """Score a run on a labelled split: window-level (the paper's numbers) AND per-frame
     (the official ABAW metric); writes eval_<split>.json and confusion PNGs into the run."""
     from rich.console import Console
 
-    from expr.evaluate.config import EvaluateConfig
-    from expr.evaluate.evaluation import evaluate_run
+    from expr.evaluate import evaluate_run
 
     console = Console()
     cfg = EvaluateConfig(run=run, cache=cache, labels=labels, split=split, videos=videos,

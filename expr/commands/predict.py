@@ -10,38 +10,40 @@ import typer
 from expr.commands.evaluate import (
     BatchOpt,
     CacheOpt,
-    Checkpoint,
     CheckpointOpt,
     DeviceOpt,
-    Preload,
     PreloadOpt,
     RunOpt,
-    SmoothMode,
     SmoothModeOpt,
     SmoothOpt,
 )
+from expr.evaluate import PredictConfig
+from expr.train_heads import Checkpoint, Preload, SmoothMode
+
+DEFAULT = PredictConfig
 
 
 def predict(
     run: RunOpt,
     cache: CacheOpt,
     out: Annotated[Path, typer.Option("--out", help="Submission CSV to write, e.g. predictions.csv.")],
-    videos: Annotated[Optional[Path], typer.Option(help="Text file of video ids (default: every cached video).")] = None,
-    probs: Annotated[Optional[Path], typer.Option(help="Also write per-frame class probabilities to this CSV.")] = None,
-    checkpoint: CheckpointOpt = Checkpoint.best,
-    smooth: SmoothOpt = 0,
-    smooth_mode: SmoothModeOpt = SmoothMode.median,
-    batch_size: BatchOpt = 256,
-    preload: PreloadOpt = Preload.cpu,
-    device: DeviceOpt = "auto",
+    videos: Annotated[Optional[Path], typer.Option(help="Text file of video ids (default: every cached video).")
+                      ] = DEFAULT.videos,
+    probs: Annotated[Optional[Path], typer.Option(help="Also write per-frame class probabilities to this CSV.")
+                     ] = DEFAULT.probs,
+    checkpoint: CheckpointOpt = Checkpoint(DEFAULT.checkpoint),
+    smooth: SmoothOpt = DEFAULT.smooth,
+    smooth_mode: SmoothModeOpt = SmoothMode(DEFAULT.smooth_mode),
+    batch_size: BatchOpt = DEFAULT.batch_size,
+    preload: PreloadOpt = Preload(DEFAULT.preload),
+    device: DeviceOpt = DEFAULT.device,
 ) -> None:
     """Predict every frame (causal window ending at it) and write the ABAW submission CSV,
     validated before it replaces anything."""
     from rich.console import Console
 
-    from expr.cache_format.schema import CLASS_NAMES
-    from expr.evaluate.config import PredictConfig
-    from expr.evaluate.prediction import predict_run
+    from expr.abaw import CLASS_NAMES
+    from expr.evaluate import predict_run
 
     console = Console()
     cfg = PredictConfig(run=run, cache=cache, out=out, videos=videos, probs=probs, checkpoint=checkpoint.value,

@@ -1,37 +1,21 @@
-"""`expr train`: train the paper's head on a feature cache (options = TrainConfig fields)."""
+"""`expr train`: train the paper's head on a feature cache (options = TrainConfig fields,
+defaults = TrainConfig's defaults, choices = the library's enums)."""
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from expr.devices import DEVICE_HELP, is_main_process
+from expr.train_heads import Fusion, Preload, Target, TrainConfig
+
 ARCH = "Architecture / ablation"
 OPT = "Optimisation"
 DATA = "Data"
 RUN = "Run"
-
-
-class Target(str, Enum):
-    last = "last"
-    majority = "majority"
-    center = "center"
-
-
-class Fusion(str, Enum):
-    bica = "bica"
-    v2a = "v2a"
-    a2v = "a2v"
-    concat = "concat"
-
-
-class Preload(str, Enum):
-    cpu = "cpu"
-    gpu = "gpu"
-    none = "none"
 
 
 def _opt(help: str, panel: str, *decls: str, **kw):
@@ -47,60 +31,65 @@ def train(
     cache: Annotated[Path, _opt("Feature cache from 'expr extract' (.zarr dir or .h5).", DATA)],
     labels: Annotated[Path, _opt("ABAW EXPR annotation dir (Train_Set/, Validation_Set/) or a flat dir "
                                  "of <video>.txt with --train-list/--val-list.", DATA)],
-    out: Annotated[Path, _opt("Run directory to write (config.json, metrics.jsonl, best/last.safetensors).", RUN)],
-    window: Annotated[int, _opt("Frames per window.", DATA)] = 60,
-    stride: Annotated[int, _opt("Frames between training and validation windows.", DATA)] = 15,
-    target: Annotated[Target, _opt("Window label: its last frame (reference), majority or center.", DATA)] = Target.last,
-    train_list: Annotated[Optional[Path], _opt("Text file of training video ids, one per line.", DATA)] = None,
-    val_list: Annotated[Optional[Path], _opt("Text file of validation video ids, one per line.", DATA)] = None,
-    epochs: Annotated[int, _opt("Epochs.", OPT)] = 30,
-    lr: Annotated[float, _opt("AdamW peak learning rate.", OPT)] = 1e-5,
-    weight_decay: Annotated[float, _opt("AdamW weight decay.", OPT)] = 1e-2,
-    batch_size: Annotated[int, _opt("Windows per micro-batch.", OPT)] = 32,
-    accum: Annotated[int, _opt("Micro-batches per optimiser step.", OPT)] = 2,
-    grad_clip: Annotated[float, _opt("Max gradient norm (0 = off).", OPT)] = 1.0,
-    min_lr: Annotated[float, _opt("Cosine annealing floor.", OPT)] = 1e-6,
-    contrastive_weight: Annotated[float, _opt("Weight of the text-guided contrastive loss (0 = off).", OPT)] = 0.1,
-    seed: Annotated[int, _opt("Random seed.", OPT)] = 42,
-    channels: Annotated[int, _opt("TCN channels = fusion width.", ARCH)] = 512,
-    tcn_levels: Annotated[int, _opt("Temporal blocks (dilation 2^i).", ARCH)] = 6,
-    tcn_kernel: Annotated[int, _opt("Causal convolution kernel.", ARCH)] = 3,
-    heads: Annotated[int, _opt("Attention heads.", ARCH)] = 8,
-    dropout_tcn: Annotated[float, _opt("Dropout in the TCN.", ARCH)] = 0.4,
-    dropout_audio: Annotated[float, _opt("Dropout of the audio adapter.", ARCH)] = 0.3,
-    dropout_attn: Annotated[float, _opt("Dropout of the cross-attention.", ARCH)] = 0.2,
-    dropout_head: Annotated[float, _opt("Dropout of the classifier.", ARCH)] = 0.5,
-    no_audio: Annotated[bool, _flag("--no-audio", "Ablation: visual stream only.", ARCH)] = False,
-    no_tcn: Annotated[bool, _flag("--no-tcn", "Ablation: no temporal convolution.", ARCH)] = False,
+    out: Annotated[Path, _opt("Run directory to write (config, metrics, best and last checkpoints).", RUN)],
+    window: Annotated[int, _opt("Frames per window.", DATA)] = TrainConfig.window,
+    stride: Annotated[int, _opt("Frames between training and validation windows.", DATA)] = TrainConfig.stride,
+    target: Annotated[Target, _opt("Window label: its last frame (reference), majority or center.",
+                                   DATA)] = Target(TrainConfig.target),
+    train_list: Annotated[Optional[Path], _opt("Text file of training video ids, one per line.",
+                                               DATA)] = TrainConfig.train_list,
+    val_list: Annotated[Optional[Path], _opt("Text file of validation video ids, one per line.",
+                                             DATA)] = TrainConfig.val_list,
+    epochs: Annotated[int, _opt("Epochs.", OPT)] = TrainConfig.epochs,
+    lr: Annotated[float, _opt("AdamW peak learning rate.", OPT)] = TrainConfig.lr,
+    weight_decay: Annotated[float, _opt("AdamW weight decay.", OPT)] = TrainConfig.weight_decay,
+    batch_size: Annotated[int, _opt("Windows per micro-batch.", OPT)] = TrainConfig.batch_size,
+    accum: Annotated[int, _opt("Micro-batches per optimiser step.", OPT)] = TrainConfig.accum,
+    grad_clip: Annotated[float, _opt("Max gradient norm (0 = off).", OPT)] = TrainConfig.grad_clip,
+    min_lr: Annotated[float, _opt("Cosine annealing floor.", OPT)] = TrainConfig.min_lr,
+    contrastive_weight: Annotated[float, _opt("Weight of the text-guided contrastive loss (0 = off).",
+                                              OPT)] = TrainConfig.contrastive_weight,
+    seed: Annotated[int, _opt("Random seed.", OPT)] = TrainConfig.seed,
+    channels: Annotated[int, _opt("TCN channels = fusion width.", ARCH)] = TrainConfig.channels,
+    tcn_levels: Annotated[int, _opt("Temporal blocks (dilation 2^i).", ARCH)] = TrainConfig.tcn_levels,
+    tcn_kernel: Annotated[int, _opt("Causal convolution kernel.", ARCH)] = TrainConfig.tcn_kernel,
+    heads: Annotated[int, _opt("Attention heads.", ARCH)] = TrainConfig.heads,
+    dropout_tcn: Annotated[float, _opt("Dropout in the TCN.", ARCH)] = TrainConfig.dropout_tcn,
+    dropout_audio: Annotated[float, _opt("Dropout of the audio adapter.", ARCH)] = TrainConfig.dropout_audio,
+    dropout_attn: Annotated[float, _opt("Dropout of the cross-attention.", ARCH)] = TrainConfig.dropout_attn,
+    dropout_head: Annotated[float, _opt("Dropout of the classifier.", ARCH)] = TrainConfig.dropout_head,
+    no_audio: Annotated[bool, _flag("--no-audio", "Ablation: visual stream only.", ARCH)] = TrainConfig.no_audio,
+    no_tcn: Annotated[bool, _flag("--no-tcn", "Ablation: no temporal convolution.", ARCH)] = TrainConfig.no_tcn,
     fusion: Annotated[Fusion, _opt("Cross-attention: both directions, visual->audio, audio->visual, or "
-                                   "plain concat.", ARCH)] = Fusion.bica,
+                                   "plain concat.", ARCH)] = Fusion(TrainConfig.fusion),
     weight_norm: Annotated[bool, _flag("--weight-norm", "Weight-normalise the TCN convolutions (Bai et al.; "
-                                       "off in the paper's code).", ARCH)] = False,
+                                       "off in the paper's code).", ARCH)] = TrainConfig.weight_norm,
     preload: Annotated[Preload, _opt("Features in pinned RAM (cpu), on the GPU (gpu), or streamed in "
-                                     "chunks from the cache (none, for caches larger than memory).", RUN)] = Preload.cpu,
-    chunk_frames: Annotated[int, _opt("--preload none: frames loaded at a time.", RUN)] = 1_000_000,
-    eval_batch_size: Annotated[int, _opt("Windows per validation batch.", RUN)] = 256,
-    device: Annotated[str, _opt("auto, cpu, cuda or cuda:N.", RUN)] = "auto",
-    overwrite: Annotated[bool, _flag("--overwrite", "Replace a previous run in --out.", RUN)] = False,
-    resume: Annotated[bool, _flag("--resume", "Continue the run in --out from last.safetensors.", RUN)] = False,
+                                     "chunks from the cache (none, for caches larger than memory).",
+                                     RUN)] = Preload(TrainConfig.preload),
+    chunk_frames: Annotated[int, _opt("--preload none: frames loaded at a time.", RUN)] = TrainConfig.chunk_frames,
+    eval_batch_size: Annotated[int, _opt("Windows per validation batch.", RUN)] = TrainConfig.eval_batch_size,
+    device: Annotated[str, _opt(f"{DEVICE_HELP}.", RUN)] = TrainConfig.device,
+    overwrite: Annotated[bool, _flag("--overwrite", "Replace a previous run in --out.", RUN)] = TrainConfig.overwrite,
+    resume: Annotated[bool, _flag("--resume", "Continue the run in --out from its last checkpoint.",
+                                  RUN)] = TrainConfig.resume,
 ) -> None:
     """Train the TCN + audio + cross-attention head on cached features (no backbone needed)."""
     options = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()}
-    from expr.train_heads.config import TrainConfig
-
     cfg = TrainConfig(**options)
     cfg.validate()
     _run(cfg)
 
 
-def _run(cfg) -> None:
+def _run(cfg: TrainConfig) -> None:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from expr.train_heads.loop import train as run_training
+    from expr.train_heads import Checkpoint, RunDir
+    from expr.train_heads import train as run_training
 
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = is_main_process()
     console = Console(quiet=not main)
     progress = Progress(TextColumn("[bold]epoch[/] {task.completed}/{task.total}"), BarColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
@@ -133,8 +122,9 @@ def _run(cfg) -> None:
                       f"{r['contrastive']:.4f}", f"{r['val_f1']:.4f}", f"{r['val_acc']:.4f}",
                       f"{r['seconds']:.1f}", style=style)
     console.print(table)
+    best = RunDir(result.run_dir).checkpoint(Checkpoint.best.value).weights
     console.print(f"best epoch {result.best_epoch}: val macro-F1 {result.best_val_f1:.4f} (window level) "
-                  f"-> {result.run_dir / 'best.safetensors'}", highlight=False, soft_wrap=True)
+                  f"-> {best}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

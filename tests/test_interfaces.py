@@ -1,0 +1,134 @@
+"""The stage packages' public interfaces and the facts they own (issue 11): evaluate uses
+train_heads only through its __init__, the run folder's names live in run_dir.py, and
+every command's defaults are its config's."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from expr.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+# Written in the run folder: only train_heads/run_dir.py may spell these.
+RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "result.json", ".safetensors", "state.json")
+RUN_REPORT_PREFIXES = ("eval_", "confusion_")
+
+
+def _code_strings(path: Path) -> list[str]:
+    """String literals of a module that are code, not docstrings; f-strings as their literal
+    parts with {} for each replacement field."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    strings = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            strings.append("".join(str(v.value) if isinstance(v, ast.Constant) else "{}" for v in node.values))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            strings.append(node.value)
+    return strings
+
+
+def test_evaluate_imports_train_heads_only_through_its_public_interface():
+    deep = re.compile(r"\bexpr\.train_heads\.\w")
+    offenders = [f"{path.name}:{n}: {line.strip()}"
+                 for path in sorted((REPO / "evaluate").glob("*.py"))
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if deep.search(line)]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("package", ["expr.train_heads", "expr.evaluate"])
+def test_public_interface_resolves_and_matches_the_type_checking_imports(package):
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None, name
+    # the names pyright sees (TYPE_CHECKING imports + eager imports) are exactly __all__
+    assert module.__file__ is not None
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    seen = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+            and node.module and node.module.startswith(package) for alias in node.names}
+    assert seen == set(module.__all__)
+    lazy = {name for names in module._LAZY.values() for name in names}
+    assert lazy <= set(module.__all__) and len(module.__all__) == len(set(module.__all__))
+
+
+def test_importing_the_stage_interfaces_and_configs_imports_no_torch():
+    code = ("import sys, expr.train_heads, expr.evaluate; from expr.train_heads import TrainConfig, RunDir; "
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_only_run_dir_spells_the_run_folder_file_names():
+    files = [*(REPO / "train_heads").glob("*.py"), *(REPO / "evaluate").glob("*.py"),
+             *(REPO / "expr" / "commands" / n for n in ("train.py", "evaluate.py", "predict.py", "ablate.py"))]
+    offenders = []
+    for path in files:
+        if path.name == "run_dir.py" and path.parent.name == "train_heads":
+            continue
+        for text in _code_strings(path):
+            if any(name in text for name in RUN_FILE_NAMES) or any(
+                    text.startswith(prefix + "{}") for prefix in RUN_REPORT_PREFIXES):
+                offenders.append(f"{path.relative_to(REPO)}: {text!r}")
+    assert offenders == []
+
+
+def test_run_dir_names_its_files():
+    from expr.train_heads import RunDir
+    from expr.train_heads.run_dir import is_run_file
+
+    run = RunDir(Path("r"))
+    last = run.checkpoint("last")
+    assert (run.config.name, run.metrics.name, run.result.name) == ("config.json", "metrics.jsonl", "result.json")
+    assert (last.weights.name, last.optimizer.name, last.state.name) == (
+        "last.safetensors", "last.optim.safetensors", "last.state.json")
+    assert run.eval_report("Validation_Set").name == "eval_Validation_Set.json"
+    assert run.confusion_png("Validation_Set", "window").name == "confusion_Validation_Set_window.png"
+    assert is_run_file("best.safetensors") and is_run_file("confusion_x_per_frame.png")
+    assert not is_run_file("result.json") and not is_run_file("notes.txt")
+
+
+def _cli_defaults(command: str) -> dict:
+    params = typer.main.get_group(app).commands[command].params
+    return {p.name: getattr(p.default, "value", p.default) for p in params}
+
+
+@pytest.mark.parametrize("command, config", [("evaluate", "EvaluateConfig"), ("predict", "PredictConfig"),
+                                             ("ablate", "AblateConfig")])
+def test_cli_defaults_are_the_config_defaults(command, config):
+    import expr.evaluate
+
+    defaults = _cli_defaults(command)
+    for f in dataclasses.fields(getattr(expr.evaluate, config)):
+        if f.default is not dataclasses.MISSING:
+            assert defaults[f.name] == f.default, f.name
+
+
+def test_architecture_defaults_are_declared_once():
+    from expr.evaluate import AblateConfig
+    from expr.train_heads import HeadConfig, TrainConfig
+
+    head = HeadConfig()
+    train = TrainConfig(cache=Path("c"), labels=Path("l"), out=Path("o"))
+    assert train.head_config(head.visual_dim, head.audio_dim, head.text_dim) == head
+    ablate = AblateConfig(cache=Path("c"), labels=Path("l"), grid="window=30", out=Path("o"))
+    assert (ablate.channels, ablate.tcn_levels, ablate.heads) == (head.channels, head.tcn_levels, head.heads)
+    # the switches map by name: turning one off reaches the head
+    off = dataclasses.replace(train, no_audio=True, no_tcn=True, fusion="concat", dropout_head=0.1)
+    built = off.head_config(1, 1, 1)
+    assert (built.use_audio, built.use_tcn, built.fusion, built.dropout_head) == (False, False, "concat", 0.1)

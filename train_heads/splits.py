@@ -1,0 +1,126 @@
+"""The training and validation splits of a run: which videos, their labels, their windows,
+and the features either preloaded once or streamed from the cache in chunks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from expr.cache_format import CacheReader
+from expr.errors import ConfigError
+from expr.train_heads.config import Preload, TrainConfig
+from expr.train_heads.data import FeatureBank, Windows, load_bank, make_windows, to_device
+from expr.train_heads.labels import SPLITS as ABAW_SPLITS
+from expr.train_heads.labels import load_split, preview, reconcile
+
+MAX_WARNINGS = 5
+# (name in messages and config.json, folder of the ABAW layout, TrainConfig field of its id list)
+SPLITS = tuple(zip(("train", "val"), ABAW_SPLITS, ("train_list", "val_list")))
+
+
+@dataclass
+class Split:
+    """One split. Preloaded: ``bank`` and ``windows`` are set. Streamed (--preload none):
+    both are None and ``chunks`` loads the videos a few at a time from ``cache``."""
+
+    name: str                              # "train" | "val"
+    ids: list[str]
+    labels: dict[str, np.ndarray]          # video id -> (T,) labels; empty for a passed-in bank
+    cache: CacheReader
+    all_targets: torch.Tensor              # (N,) targets of every window (for class weights)
+    bank: FeatureBank | None = None
+    windows: Windows | None = None
+
+    def chunks(self, cfg: TrainConfig, epoch_seed: int | None) -> Iterator[tuple[FeatureBank, Windows]]:
+        """(bank, windows) to go through: the preloaded bank once, or the videos in groups of
+        <= chunk_frames frames (shuffled by ``epoch_seed`` when given)."""
+        if self.bank is not None and self.windows is not None:
+            yield self.bank, self.windows
+            return
+        ids = list(self.ids)
+        if epoch_seed is not None:
+            order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(epoch_seed))
+            ids = [ids[i] for i in order]
+        group, frames = [], 0
+        for vid in ids + [None]:
+            n = self.cache.info(vid).n_frames if vid is not None else 0
+            if group and (vid is None or frames + n > cfg.chunk_frames):
+                bank = load_bank(self.cache, group, {v: self.labels[v] for v in group}, preload=Preload.none.value)
+                yield bank, make_windows(bank, cfg.window, cfg.stride, cfg.target)
+                group, frames = [], 0
+            if vid is not None:
+                group.append(vid)
+                frames += n
+
+
+def _read_labels(cfg: TrainConfig, cache: CacheReader, say: Callable[[str], None]
+                 ) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    """Labels of both splits that are in the cache; reports what is skipped on either side."""
+    labels: dict[str, dict[str, np.ndarray]] = {}
+    no_cache: list[str] = []
+    for name, folder, list_field in SPLITS:
+        labels[name], missing, _ = reconcile(load_split(cfg.labels, folder, getattr(cfg, list_field)),
+                                             cache.video_ids)
+        no_cache += missing
+    no_labels = sorted(set(cache.video_ids) - set(labels["train"]) - set(labels["val"]))
+    if no_cache:
+        say(f"label files without a cache entry (skipped): {preview(sorted(no_cache))}")
+    if no_labels:
+        say(f"cache entries without labels (unused): {preview(no_labels)}")
+    return labels, {"labels_without_cache": len(no_cache), "cache_without_labels": len(no_labels)}
+
+
+def read_splits(cfg: TrainConfig, cache: CacheReader, banks: dict[str, FeatureBank | None],
+                device: torch.device, say: Callable[[str], None]) -> tuple[dict[str, Split], dict]:
+    """{"train": Split, "val": Split} and the data block of config.json.
+
+    ``banks`` may hold preloaded banks (with labels) for "train" and "val"; the other
+    splits are read from ``cfg.labels`` and the cache.
+    """
+    labels: dict[str, dict[str, np.ndarray]] = {"train": {}, "val": {}}
+    meta: dict = {}
+    if any(banks.get(name) is None for name, _, _ in SPLITS):
+        labels, meta = _read_labels(cfg, cache, say)
+    splits = {}
+    for name, _, _ in SPLITS:
+        split, mismatches = _load_split(cfg, cache, name, banks.get(name), labels[name], device, say)
+        splits[name] = split
+        meta |= {f"{name}_videos": len(split.ids), f"{name}_windows": len(split.all_targets),
+                 f"{name}_length_mismatches": mismatches}
+    return splits, meta
+
+
+def _load_split(cfg: TrainConfig, cache: CacheReader, name: str, given: FeatureBank | None,
+                labels: dict[str, np.ndarray], device: torch.device, say: Callable[[str], None]
+                ) -> tuple[Split, int]:
+    """The split and its count of videos whose label and frame counts differ."""
+    if given is not None and given.labels is None:
+        raise ConfigError(f"the {name} bank passed to train() has no labels")
+    ids = given.video_ids if given is not None else list(labels)
+    if not ids:
+        raise ConfigError(f"no {name} video of {cfg.labels} is in the cache {cfg.cache}; check the ids")
+    if given is not None:
+        loaded = to_device(given, device) if cfg.preload == Preload.gpu.value else given
+    else:
+        # --preload none reads only labels, masks and times here (enough for the windows)
+        loaded = load_bank(cache, ids, labels, preload=cfg.preload, device=device,
+                           features=cfg.preload != Preload.none.value)
+        _report_mismatches(loaded.warnings, say)
+    windows = make_windows(loaded, cfg.window, cfg.stride, cfg.target)
+    if len(windows) == 0:
+        raise ConfigError(f"no {name} windows: every {name} video is shorter than --window {cfg.window} "
+                          "frames or has no valid target frame; lower --window")
+    split = Split(name, ids, labels, cache, windows.target.cpu())
+    if not (cfg.preload == Preload.none.value and given is None):
+        split.bank, split.windows = loaded, windows
+    return split, len(loaded.warnings)
+
+
+def _report_mismatches(warnings: list[str], say: Callable[[str], None]) -> None:
+    for line in warnings[:MAX_WARNINGS]:
+        say(line)
+    if len(warnings) > MAX_WARNINGS:
+        say(f"... and {len(warnings) - MAX_WARNINGS} more videos whose label and frame counts differ")
