@@ -108,8 +108,10 @@ def setup_dist(backend: str | None = None, timeout: timedelta | None = None) -> 
     owned = not td.is_initialized()
     if owned:
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        kwargs = {"timeout": timeout} if timeout is not None else {}
-        td.init_process_group(backend, **kwargs)
+        if timeout is None:
+            td.init_process_group(backend)
+        else:
+            td.init_process_group(backend, timeout=timeout)
     return Dist(td.get_rank(), td.get_world_size(), local_rank, owned)
 
 
