@@ -18,14 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from expr.abaw import audio_steps
 from expr.extract.backbones import BackboneSpec
-
-
-def output_steps(n_samples: int, receptive_field: int = 400, hop: int = 320) -> int:
-    """Number of Wav2Vec2 output steps for ``n_samples`` input samples (0 if too short)."""
-    if n_samples < receptive_field:
-        return 0
-    return (n_samples - receptive_field) // hop + 1
 
 
 def normalise_waveform(samples: np.ndarray) -> np.ndarray:
@@ -70,7 +64,7 @@ class AudioEncoder:
         self.context_steps = max(0, int(round(context_seconds * steps_per_second)))
 
     def n_steps(self, n_samples: int) -> int:
-        return output_steps(n_samples, self.spec.receptive_field, self.spec.hop)
+        return audio_steps(n_samples, self.spec.receptive_field, self.spec.hop)
 
     def __call__(self, samples: np.ndarray) -> np.ndarray | None:
         """Features of ``samples`` ((n,) float32), or None when shorter than one step."""

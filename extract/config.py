@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expr.errors import ConfigError
-from expr.extract.media import FACE_CROPS
+from expr.extract.messages import FACE_CROPS
 
 DEVICES = ("auto", "cpu", "cuda")
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
 from expr.errors import ConfigError, MediaDecodeError
-from expr.extract.media import DecodeJob, FrameBatch, Message, VideoFailed, decode_video
+from expr.extract.media import decode_video
+from expr.extract.messages import DecodeJob, FrameBatch, Message, VideoFailed
 
 _IDLE = "idle"  # worker -> parent: finished its video, send the next job
 _CREDIT = "credit"  # parent -> worker: send it

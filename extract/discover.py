@@ -8,7 +8,7 @@ from pathlib import Path
 
 from expr.cache_format import validate_video_id
 from expr.errors import CacheSchemaError, ConfigError
-from expr.extract.media import DecodeJob
+from expr.extract.messages import DecodeJob
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".m4v", ".mpg", ".mpeg", ".wmv"})
 PERSON_SUFFIXES = ("_left", "_right")  # ABAW two-person videos: one label file per person

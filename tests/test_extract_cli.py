@@ -41,10 +41,10 @@ def test_cli_options_mirror_extract_config():
 
 def test_face_crop_choices_are_one_list():
     from expr.commands.extract import FaceCrop
-    from expr.extract import config, media
+    from expr.extract import config, messages
 
-    assert config.FACE_CROPS is media.FACE_CROPS  # ExtractConfig and DecodeJob check the same list
-    assert tuple(c.value for c in FaceCrop) == media.FACE_CROPS
+    assert config.FACE_CROPS is messages.FACE_CROPS  # ExtractConfig and DecodeJob check the same list
+    assert tuple(c.value for c in FaceCrop) == messages.FACE_CROPS
 
 
 def test_extract_prints_banner_progress_and_summary(videos, tmp_path, capsys):

@@ -22,7 +22,8 @@ from expr.errors import ConfigError
 from expr.extract import backbones as B
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.config import ExtractConfig, parse_shard
-from expr.extract.run import resolve_device, run_extract, select_jobs
+from expr.devices import resolve_device
+from expr.extract.run import run_extract, select_jobs
 
 TINY = dict(visual_model="test-tiny-clip", audio_model="test-tiny-wav2vec2")
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,8 @@ def tiny_encoders():
 
 
 def test_cache_matches_a_direct_decode_and_encode(good_videos, tmp_path, tiny_encoders):
-    from expr.extract.media import AudioTrack, DecodeJob, FrameBatch, VideoHeader, decode_video
+    from expr.extract.media import decode_video
+    from expr.extract.messages import AudioTrack, DecodeJob, FrameBatch, VideoHeader
 
     events = []
     summary = run_extract(tiny_config(good_videos, tmp_path / "f.zarr"), progress=events.append)
@@ -180,11 +182,12 @@ def test_bad_inputs_fail_alone_and_the_cache_validates(tmp_path):
 def test_audio_shorter_than_the_receptive_field_is_stored_as_no_audio(tmp_path, monkeypatch):
     """AAC cannot hold fewer than 1024 samples, so the decoder's output is cut here."""
     from expr.extract import decode_pool, media
+    from expr.extract.messages import AudioTrack
 
     def decode_video(job):
         for msg in media.decode_video(job):
-            if isinstance(msg, media.AudioTrack) and job.video_id == "tiny":
-                msg = media.AudioTrack(msg.video_id, msg.samples[:399])
+            if isinstance(msg, AudioTrack) and job.video_id == "tiny":
+                msg = AudioTrack(msg.video_id, msg.samples[:399])
             yield msg
 
     monkeypatch.setattr(decode_pool, "decode_video", decode_video)
@@ -227,7 +230,7 @@ def test_select_jobs_and_shards(good_videos, tmp_path):
 
 
 def test_config_validation_and_device():
-    assert resolve_device("cpu") == "cpu"
+    assert str(resolve_device("cpu")) == "cpu"
     with pytest.raises(ConfigError, match="--device"):
         ExtractConfig(videos=Path("."), out=Path("o"), device="tpu").validate()
     with pytest.raises(ConfigError, match="--batch-size"):

@@ -16,18 +16,10 @@ import media_fixtures as F
 from expr.errors import ConfigError, MediaDecodeError
 from expr.extract.decode_pool import DecodePool
 from expr.extract.discover import discover_videos
-from expr.extract.media import (
-    AUDIO_RATE,
-    AudioTrack,
-    DecodeJob,
-    FrameBatch,
-    VideoDone,
-    VideoFailed,
-    VideoHeader,
-    clip_geometry,
-    decode_video,
-    source_stat,
-)
+from expr.abaw import SAMPLE_RATE as AUDIO_RATE
+from expr.extract.media import decode_video, source_stat
+from expr.extract.messages import AudioTrack, DecodeJob, FrameBatch, VideoDone, VideoFailed, VideoHeader
+from expr.extract.video_decode import clip_geometry
 
 S = 32  # image size in these tests
 
@@ -200,7 +192,7 @@ def test_bad_input_raises_clear_error(tmp_path, make, expect):
 
 def test_truncated_audio_fails_instead_of_coming_back_short(tmp_path):
     """ffmpeg returns the partial audio of a cut file without an error: the length check catches it."""
-    from expr.extract.media import decode_audio
+    from expr.extract.audio_decode import decode_audio
 
     path = F.make_truncated(tmp_path / "cut.mkv", keep=0.5)
     with pytest.raises(MediaDecodeError, match="audio stream stops after .* looks truncated"):
