@@ -11,13 +11,23 @@ ones). Writes its own synthetic 640x360 H.264 + AAC videos with PyAV, then measu
   the end-to-end rate with everything is printed too;
 * audio real-time factor: seconds of audio per second of Wav2Vec2 compute.
 
+``--null-encoder`` replaces both encoders by zero-cost stubs (zeros of the right shape):
+what is left is the feed rate of the pipeline (decode, geometry, transport, batching,
+writes) and the parent process's CPU time per frame, both from the first encoded batch on
+(start-up excluded). ``--source jpg`` feeds ABAW-style 112x112 jpg folders instead of
+640x360 H.264 videos.
+
     python benchmarks/bench_extract.py --device cpu --frames 384 --batch-size 64
+    python benchmarks/bench_extract.py --null-encoder --frames 12000 --batch-size 128 --repeat 1
+    python benchmarks/bench_extract.py --null-encoder --source jpg --frames 12000 --repeat 1
     python benchmarks/bench_extract.py --device cuda --frames 20000 --batch-size 512
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import resource
 import tempfile
 import time
 from fractions import Fraction
@@ -57,6 +67,71 @@ def make_videos(root: Path, frames: int, n_videos: int, fps: int = 25, size=(640
             out.mux(aus.encode(None))
         paths.append(path)
     return paths
+
+
+def make_jpg_folders(root: Path, frames: int, n_videos: int, size: int = 112) -> None:
+    """ABAW cropped_aligned layout: ``root/<id>/00001.jpg`` ..., ``frames`` jpgs in all."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    for v in range(n_videos):
+        folder = root / f"bench_{v:03d}"
+        folder.mkdir(parents=True)
+        for i in range(frames // n_videos + (v < frames % n_videos)):
+            Image.fromarray(np.roll(face, i, axis=1)).save(folder / f"{i + 1:05d}.jpg", quality=95)
+
+
+@contextlib.contextmanager
+def null_encoders():
+    """Both encoders replaced by stubs that return zeros of the right shape at no cost."""
+    from expr.extract import audio_features, backbones
+
+    def visual(self, pixels):
+        return np.zeros((len(pixels), self.spec.dim), np.float32)
+
+    def audio(self, samples):
+        n = self.n_steps(len(samples))
+        return np.zeros((n, self.spec.dim), np.float32) if n else None
+
+    stubs = {(backbones.VisualEncoder, "submit"): visual, (backbones.VisualEncoder, "collect"): lambda self, h: h,
+             (audio_features.AudioEncoder, "__call__"): audio}
+    saved = {key: getattr(*key) for key in stubs}
+    for (cls, name), stub in stubs.items():
+        setattr(cls, name, stub)
+    try:
+        yield
+    finally:
+        for (cls, name), method in saved.items():
+            setattr(cls, name, method)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all its threads), not of the decode workers."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_size: int, workers: int) -> dict:
+    """Feed rate with null encoders, from the first encoded batch to the last event."""
+    from expr.extract.config import ExtractConfig
+    from expr.extract.run import run_extract
+
+    marks = []  # (wall, frames, parent cpu) at the first batch and at every later event
+
+    def progress(event):
+        if event.kind != "start" and (marks or event.kind == "batch"):
+            marks.append((time.perf_counter(), event.frames, _cpu_seconds()))
+
+    with null_encoders():
+        config = ExtractConfig(videos=videos, out=out, frames=frames, device=device, batch_size=batch_size,
+                               workers=workers, visual_weights="none", audio_weights="none", overwrite=True)
+        summary = run_extract(config, progress=progress)
+    if summary.failed:
+        raise SystemExit(f"pipeline failed on {summary.failed}")
+    (t0, f0, c0), (t1, f1, c1) = marks[0], marks[-1]
+    return dict(frames=summary.frames, fps=(f1 - f0) / (t1 - t0), parent_us=(c1 - c0) / (f1 - f0) * 1e6,
+                total_fps=summary.frames / summary.elapsed)
 
 
 def bench_bare_encoder(device: str, frames: int, batch_size: int) -> float:
@@ -115,15 +190,44 @@ def bench_pipeline(device: str, videos: Path, out: Path, batch_size: int, worker
                 audio_rtf=summary.audio_seconds / audio_time[0], audio_seconds=summary.audio_seconds)
 
 
+def main_null(args) -> None:
+    """--null-encoder: the pipeline's feed rate and the parent's CPU per frame."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "videos").mkdir()
+        frames = None
+        if args.source == "jpg":  # as ABAW: faces from the jpgs, timing and audio from small raw videos
+            frames = tmp / "cropped_aligned"
+            make_jpg_folders(frames, args.frames, args.videos)
+            make_videos(tmp / "videos", args.frames, args.videos, size=(64, 36))
+        else:
+            make_videos(tmp / "videos", args.frames, args.videos)
+        runs = [bench_feed(args.device, tmp / "videos", frames, tmp / "feats.zarr", args.batch_size, args.workers)
+                for _ in range(args.repeat)]
+    best = max(runs, key=lambda r: r["fps"])
+    what = "112x112 jpg folders" if args.source == "jpg" else "640x360 H.264"
+    print(f"\nexpr extract feed rate (null encoders): {args.frames} frames of {what} in {args.videos} "
+          f"video(s), batch {args.batch_size}, {args.workers} decode workers, device {args.device}, best of {args.repeat}")
+    print("all runs: " + ", ".join(f"{r['fps']:,.0f} frames/s ({r['parent_us']:.0f} us parent CPU/frame)" for r in runs))
+    print(f"steady feed rate {best['fps']:,.0f} frames/s; parent CPU {best['parent_us']:.1f} us/frame; "
+          f"end to end incl. start-up {best['total_fps']:,.0f} frames/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--null-encoder", action="store_true", help="zero-cost encoders: measure the feed rate")
+    parser.add_argument("--source", default="video", choices=["video", "jpg"],
+                        help="640x360 H.264 videos, or 112x112 jpg folders (--null-encoder only)")
     parser.add_argument("--frames", type=int, default=384, help="frames in total (pipeline and bare encoder)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--videos", type=int, default=4, help="split the frames over this many videos")
     parser.add_argument("--workers", type=int, default=2, help="decode worker processes")
     parser.add_argument("--repeat", type=int, default=2, help="alternate bare/pipeline runs this often, keep the best")
     args = parser.parse_args()
+    if args.null_encoder:
+        main_null(args)
+        return
 
     import torch
 

@@ -65,7 +65,8 @@ def discover_videos(
     limit: int | None = None,
     face_crop: str = "none",
     image_size: int = 224,
-    batch_frames: int = 128,
+    batch_frames: int = 32,
+    jpg_resize: str = "bilinear",
     on_warning: Callable[[str], None] | None = None,
 ) -> list[DecodeJob]:
     """Jobs sorted by video id; the first ``limit`` of them when given.
@@ -82,7 +83,7 @@ def discover_videos(
     if not videos:
         exts = " ".join(sorted(VIDEO_EXTENSIONS))
         raise ConfigError(f"--videos {videos_dir}: no video files found (searched recursively for {exts}); check the path")
-    settings = dict(face_crop=face_crop, image_size=image_size, batch_frames=batch_frames)
+    settings = dict(face_crop=face_crop, image_size=image_size, batch_frames=batch_frames, jpg_resize=jpg_resize)
     if frames_dir is None:
         jobs = [DecodeJob(vid, path, path, None, **settings) for vid, path in videos.items()]
     else:

@@ -15,6 +15,7 @@ import numpy as np
 from expr.errors import ConfigError
 
 FACE_CROPS = ("none", "haar")
+JPG_RESIZES = ("bilinear", "bicubic")  # first: the default (the authors' Resize((224, 224)) on PIL)
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,16 @@ class DecodeJob:
     frames_dir: Path | None  # ABAW cropped_aligned/<video_id>/ with 00001.jpg ..., or None
     face_crop: str = "none"  # "none" | "haar" (raw frames only)
     image_size: int = 224  # S: frames come out S x S
-    batch_frames: int = 128  # frames per FrameBatch message
+    batch_frames: int = 32  # frames per FrameBatch message (one shared-memory slot)
+    jpg_resize: str = JPG_RESIZES[0]  # how frames-folder jpgs are resized to S x S (antialiased)
 
     def __post_init__(self) -> None:
         if self.face_crop not in FACE_CROPS:
             raise ConfigError(f"face crop must be one of {', '.join(FACE_CROPS)}, got {self.face_crop!r}")
         if self.face_crop != "none" and self.frames_dir is not None:
             raise ConfigError("--face-crop cannot be combined with --frames: cropped-aligned jpgs are already faces")
+        if self.jpg_resize not in JPG_RESIZES:
+            raise ConfigError(f"jpg resize must be one of {', '.join(JPG_RESIZES)}, got {self.jpg_resize!r}")
         if self.video_path is None and self.frames_dir is None:
             raise ConfigError(f"video {self.video_id!r}: a job needs a video file or a frames folder")
         if self.image_size < 1 or self.batch_frames < 1:

@@ -10,14 +10,16 @@ consolidates the cache metadata after a barrier.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
 from expr import abaw
-from expr.cache_format import consolidate, open_writer
+from expr.cache_format import consolidate, open_cache, open_writer
 from expr.devices import Dist, dist_env, resolve_device, setup_dist
+from expr.errors import ExprError
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.backbones import (
     VisualEncoder,
@@ -35,34 +37,46 @@ from expr.extract.media import source_stat
 __all__ = ["ExtractEvent", "ExtractSummary", "run_extract", "select_jobs"]
 
 
-@dataclass
 class Backbones:
-    visual: VisualEncoder
-    audio: AudioEncoder
-    attrs: dict                # root attribute "backbones"
-    text_embeddings: np.ndarray
-    logit_scale: float
-    random_streams: list[str]
+    """The run's two backbones: specs and weight sources resolved at once (cheap, and a bad
+    tag fails before anything loads), models built on first use. A re-run with nothing to
+    do then never builds them, and one whose cache exists needs no CLIP for its text."""
 
+    def __init__(self, config: ExtractConfig, device):
+        self.config, self.device = config, device
+        self.visual_spec = get_spec(config.visual_model, "visual")
+        self.audio_spec = get_spec(config.audio_model, "audio")
+        self.visual_source = resolve_weights(self.visual_spec, config.visual_weights)
+        self.audio_source = resolve_weights(self.audio_spec, config.audio_weights)
+        self.attrs = {"visual": backbone_attrs(self.visual_spec, self.visual_source),
+                      "audio": backbone_attrs(self.audio_spec, self.audio_source)}
+        self.random_streams = [s for s, src in (("visual", self.visual_source), ("audio", self.audio_source))
+                               if src.kind == "none"]
 
-# -- setup ------------------------------------------------------------------------------------
-def load_backbones(config: ExtractConfig, device) -> Backbones:
-    """Resolve both weight sources first (bad tags fail before anything loads), then build."""
-    vspec = get_spec(config.visual_model, "visual")
-    aspec = get_spec(config.audio_model, "audio")
-    vsrc = resolve_weights(vspec, config.visual_weights)
-    asrc = resolve_weights(aspec, config.audio_weights)
-    clip = build_clip(vspec, vsrc)
-    text, scale = clip_text_embeddings(clip, vspec.arch, abaw.prompts())
-    wav2vec2 = build_wav2vec2(aspec, asrc)
-    return Backbones(
-        visual=VisualEncoder(clip, vspec, device),
-        audio=AudioEncoder(wav2vec2, aspec, device, config.audio_chunk_seconds, config.audio_context_seconds),
-        attrs={"visual": backbone_attrs(vspec, vsrc), "audio": backbone_attrs(aspec, asrc)},
-        text_embeddings=text,
-        logit_scale=scale,
-        random_streams=[s for s, src in (("visual", vsrc), ("audio", asrc)) if src.kind == "none"],
-    )
+    @cached_property
+    def clip(self):
+        return build_clip(self.visual_spec, self.visual_source)
+
+    @cached_property
+    def visual(self) -> VisualEncoder:
+        return VisualEncoder(self.clip, self.visual_spec, self.device)
+
+    @cached_property
+    def audio(self) -> AudioEncoder:
+        return AudioEncoder(build_wav2vec2(self.audio_spec, self.audio_source), self.audio_spec, self.device,
+                            self.config.audio_chunk_seconds, self.config.audio_context_seconds)
+
+    def text(self, out: Path, reset: bool) -> tuple[np.ndarray, float]:
+        """The classes' CLIP text embeddings and logit scale: the cache's own when it exists
+        with these backbones (open_writer only checks their shape then), else from CLIP."""
+        if not reset:
+            try:
+                with open_cache(out) as cache:
+                    if cache.backbones == self.attrs:
+                        return cache.text_embeddings(), cache.logit_scale
+            except ExprError:  # no cache yet, or not one: open_writer says what is wrong
+                pass
+        return clip_text_embeddings(self.clip, self.visual_spec.arch, abaw.prompts())
 
 
 def select_jobs(jobs: list, shard: str | None, rank: int, world_size: int) -> list:
@@ -77,7 +91,8 @@ def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist):
     # --overwrite wipes the cache only when this run owns it all: a --shard job must not
     # delete the others' work (it re-extracts its own videos instead).
     reset = config.overwrite and config.shard is None
-    kwargs = dict(backbones=bb.attrs, text_embeddings=bb.text_embeddings, logit_scale=bb.logit_scale)
+    text, scale = bb.text(config.out, reset)
+    kwargs = dict(backbones=bb.attrs, text_embeddings=text, logit_scale=scale)
     if dist.is_main:
         writer = open_writer(config.out, reset=reset, **kwargs)
     dist.barrier()  # others open once rank 0 created (or wiped) the store
@@ -115,9 +130,9 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     notes: list[str] = []
     image_size = get_spec(config.visual_model, "visual").image_size
     jobs = discover_videos(config.videos, config.frames, limit=config.limit, face_crop=config.face_crop,
-                           image_size=image_size, on_warning=notes.append)
+                           image_size=image_size, jpg_resize=config.jpg_resize, on_warning=notes.append)
     jobs = select_jobs(jobs, config.shard, rank, world_size)
-    bb = load_backbones(config, device)
+    bb = Backbones(config, device)
 
     # gloo: only barriers go through the group; ranks finish at different times (long
     # videos), so they wait for days, not the 30 min default.
@@ -134,11 +149,17 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         emit(ExtractEvent("start", len(todo), 0, 0, 0.0, 0.0, skipped=len(summary.skipped),
                           random_weights=random, warnings=tuple(notes), device=str(device)))
         feed = EncoderFeed(config, writer, bb, todo, summary, emit)
-        if todo:
-            with DecodePool(todo, workers=config.workers) as pool:
-                for message in pool:
-                    feed.handle(message)
-            feed.finish()
+        try:
+            if todo:
+                bb.visual, bb.audio  # build both now: a missing checkpoint fails before any decoding
+                # two frame slots per worker: one being filled while the parent reads the other
+                slots = max(8, 2 * config.workers)
+                with DecodePool(todo, workers=config.workers, max_pending=slots, borrow_frames=True) as pool:
+                    for message in pool:
+                        feed.handle(message)
+                feed.finish()
+        finally:
+            feed.close()
         summary.elapsed = feed.elapsed()
         writer.record_failures(summary.failed, summary.ok)
         dist.barrier()
