@@ -23,7 +23,7 @@ class ExtractConfig:
     workers: int = 2                               # decoding processes (0: decode in this process)
     visual_model: str = "ViT-B-32"                 # a visual entry of extract/backbones.json
     visual_weights: str | None = None              # tag (openai), local file/dir, or none (random); default: the spec's
-    audio_model: str = "facebook/wav2vec2-base"    # an audio entry of extract/backbones.json (the paper's)
+    audio_model: str = "facebook/wav2vec2-base-960h"  # an audio entry of extract/backbones.json (the authors' code's)
     audio_weights: str | None = None               # hub, local folder, or none (random); default: the spec's
     shard: str | None = None                       # "K/N": this job takes videos K, K+N, ... (0 <= K < N)
     limit: int | None = None                       # only the first N videos (sorted by id)

@@ -50,6 +50,9 @@ class Backbones:
         self.audio_source = resolve_weights(self.audio_spec, config.audio_weights)
         self.attrs = {"visual": backbone_attrs(self.visual_spec, self.visual_source),
                       "audio": backbone_attrs(self.audio_spec, self.audio_source)}
+        # How frames reach S x S (antialiased): raw frames bicubic + centre crop, --frames jpgs
+        # by --jpg-resize. Recorded, so one cache never mixes the two resizes of jpgs.
+        self.attrs["visual"]["resize"] = config.jpg_resize if config.frames is not None else "bicubic"
         self.random_streams = [s for s, src in (("visual", self.visual_source), ("audio", self.audio_source))
                                if src.kind == "none"]
 

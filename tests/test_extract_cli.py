@@ -55,7 +55,7 @@ def test_extract_prints_banner_progress_and_summary(videos, tmp_path, capsys):
     assert "2 video(s) to extract" in text and "16 frames" in text
     assert run(["cache", "info", str(out)]) == 0
     info = capsys.readouterr().out
-    assert "2 complete, 1 with audio" in info and "RANDOM WEIGHTS" in info
+    assert "2 complete, 1 with audio" in info and "RANDOM WEIGHTS" in info and "resize=bicubic" in info
     start = time.monotonic()
     assert run(extract(videos, out)) == 0  # resume: nothing to do
     assert time.monotonic() - start < 10

@@ -18,7 +18,7 @@ import pytest
 
 import media_fixtures as F
 from expr.cache_format import CLASS_NAMES, open_cache, validate_cache
-from expr.errors import ConfigError
+from expr.errors import CacheSchemaError, ConfigError
 from expr.extract import backbones as B
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.config import ExtractConfig, parse_shard
@@ -106,6 +106,7 @@ def test_cache_matches_a_direct_decode_and_encode(good_videos, tmp_path, tiny_en
     visual, audio, clip = tiny_encoders
     with open_cache(tmp_path / "f.zarr") as cache:
         assert cache.backbones["visual"]["weights"] is None and cache.backbones["audio"]["weights"] is None
+        assert cache.backbones["visual"]["resize"] == "bicubic"  # raw frames: bicubic + centre crop
         text, scale = B.clip_text_embeddings(clip, "test-tiny-clip", [f"A face expressing {c}" for c in CLASS_NAMES])
         np.testing.assert_array_equal(cache.text_embeddings(), text)
         assert cache.logit_scale == pytest.approx(scale)
@@ -256,6 +257,18 @@ def test_frames_dir_with_missing_jpgs_masks_those_frames(tmp_path):
         mask = c.frame_mask("v1")
         assert mask.shape == (12,) and list(np.flatnonzero(~mask)) == [0, 4, 5]
         assert c.info("v1").has_audio and c.info("v1").extra["visual_source"] == "frames"
+        assert c.backbones["visual"]["resize"] == "bilinear"  # the authors' Resize((224, 224)) by default
+    # one cache never mixes two resizes of the jpgs
+    with pytest.raises(CacheSchemaError, match="backbones"):
+        run_extract(tiny_config(videos, tmp_path / "f.zarr", frames=frames, jpg_resize="bicubic"))
+
+
+def test_defaults_reproduce_the_authors_protocol():
+    config = ExtractConfig(videos=Path("."), out=Path("o"))
+    assert config.audio_model == "facebook/wav2vec2-base-960h" and config.jpg_resize == "bilinear"
+    assert B.get_spec("facebook/wav2vec2-base", "audio").dim == 768  # the paper's wording stays selectable
+    with pytest.raises(ConfigError, match="--jpg-resize"):
+        ExtractConfig(videos=Path("."), out=Path("o"), jpg_resize="nearest").validate()
 
 
 def test_select_jobs_and_shards(good_videos, tmp_path):

@@ -33,7 +33,7 @@ def extract(
     workers: Annotated[int, typer.Option(help="Decoding processes (0: decode in this process).")] = 2,
     visual_model: Annotated[str, typer.Option(help="Visual backbone (extract/backbones.json).")] = "ViT-B-32",
     visual_weights: Annotated[Optional[str], typer.Option(help="openai, a local checkpoint file/dir, or none (random). Default: openai.")] = None,
-    audio_model: Annotated[str, typer.Option(help="Audio backbone: facebook/wav2vec2-base (paper) or facebook/wav2vec2-base-960h (authors' code).")] = "facebook/wav2vec2-base",
+    audio_model: Annotated[str, typer.Option(help="Audio backbone: facebook/wav2vec2-base-960h (the authors' code, Table 1) or facebook/wav2vec2-base (the paper's wording). Recorded in the cache.")] = "facebook/wav2vec2-base-960h",
     audio_weights: Annotated[Optional[str], typer.Option(help="hub, a local save_pretrained folder, or none (random). Default: hub.")] = None,
     shard: Annotated[Optional[str], typer.Option(help="K/N: take videos K, K+N, ... (0 <= K < N) for job arrays.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N videos (sorted by id).")] = None,
