@@ -1,6 +1,8 @@
 """Stage one: decode videos and run the frozen backbones once into the feature cache.
 
-``media`` / ``decode_pool`` / ``discover`` turn videos into frame and audio messages;
+``media`` (with ``probe``, ``video_decode``, ``frames_dir``, ``audio_decode``; message types
+in ``messages``) / ``decode_pool`` / ``discover`` turn videos into frame and audio messages;
 ``backbones`` (specs in backbones.json) and ``audio_features`` turn those into features;
-``run.run_extract(ExtractConfig)`` is the loop behind ``expr extract``.
+``feed.EncoderFeed`` batches and writes; ``run.run_extract(ExtractConfig)`` is the loop
+behind ``expr extract``.
 """

@@ -14,18 +14,13 @@ little. A track that fits in one chunk is run one-shot (bit-identical).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from expr.abaw import audio_steps
 from expr.extract.backbones import BackboneSpec
-
-
-def output_steps(n_samples: int, receptive_field: int = 400, hop: int = 320) -> int:
-    """Number of Wav2Vec2 output steps for ``n_samples`` input samples (0 if too short)."""
-    if n_samples < receptive_field:
-        return 0
-    return (n_samples - receptive_field) // hop + 1
 
 
 def normalise_waveform(samples: np.ndarray) -> np.ndarray:
@@ -65,12 +60,15 @@ class AudioEncoder:
         self.spec = spec
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        # On CUDA the audio runs in its own thread (see feed.py) on its own stream, so that its
+        # kernels overlap with the image encoder's instead of queueing behind them.
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         steps_per_second = spec.sample_rate / spec.hop
         self.chunk_steps = max(1, int(round(chunk_seconds * steps_per_second)))
         self.context_steps = max(0, int(round(context_seconds * steps_per_second)))
 
     def n_steps(self, n_samples: int) -> int:
-        return output_steps(n_samples, self.spec.receptive_field, self.spec.hop)
+        return audio_steps(n_samples, self.spec.receptive_field, self.spec.hop)
 
     def __call__(self, samples: np.ndarray) -> np.ndarray | None:
         """Features of ``samples`` ((n,) float32), or None when shorter than one step."""
@@ -99,7 +97,8 @@ class AudioEncoder:
 
         cuda = self.device.type == "cuda"
         x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None]  # (1, n)
-        x = x.to(self.device, non_blocking=cuda)
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+        stream = torch.cuda.stream(self.stream) if cuda else contextlib.nullcontext()
+        with stream, torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+            x = x.to(self.device, non_blocking=cuda)
             out = self.model(x).last_hidden_state[0]  # (S, D)
-        return out.float().cpu().numpy()
+            return out.float().cpu().numpy()

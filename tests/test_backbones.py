@@ -14,7 +14,8 @@ import torch
 
 from expr.errors import ConfigError, WeightsNotFoundError
 from expr.extract import backbones as B
-from expr.extract.audio_features import AudioEncoder, normalise_waveform, output_steps, plan_chunks
+from expr.abaw import audio_steps as output_steps
+from expr.extract.audio_features import AudioEncoder, normalise_waveform, plan_chunks
 
 
 @pytest.fixture(scope="module")

@@ -41,10 +41,10 @@ def test_cli_options_mirror_extract_config():
 
 def test_face_crop_choices_are_one_list():
     from expr.commands.extract import FaceCrop
-    from expr.extract import config, media
+    from expr.extract import config, messages
 
-    assert config.FACE_CROPS is media.FACE_CROPS  # ExtractConfig and DecodeJob check the same list
-    assert tuple(c.value for c in FaceCrop) == media.FACE_CROPS
+    assert config.FACE_CROPS is messages.FACE_CROPS  # ExtractConfig and DecodeJob check the same list
+    assert tuple(c.value for c in FaceCrop) == messages.FACE_CROPS
 
 
 def test_extract_prints_banner_progress_and_summary(videos, tmp_path, capsys):
@@ -55,7 +55,7 @@ def test_extract_prints_banner_progress_and_summary(videos, tmp_path, capsys):
     assert "2 video(s) to extract" in text and "16 frames" in text
     assert run(["cache", "info", str(out)]) == 0
     info = capsys.readouterr().out
-    assert "2 complete, 1 with audio" in info and "RANDOM WEIGHTS" in info
+    assert "2 complete, 1 with audio" in info and "RANDOM WEIGHTS" in info and "resize=bicubic" in info
     start = time.monotonic()
     assert run(extract(videos, out)) == 0  # resume: nothing to do
     assert time.monotonic() - start < 10

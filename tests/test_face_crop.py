@@ -3,8 +3,6 @@ without a face and on the real CREMA-D clips."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -20,11 +18,7 @@ from expr.extract.face_crop import (
     largest,
     square_box,
 )
-
-
-def cremad_dir(config) -> Path:
-    """Where the tests keep the CREMA-D clips between runs (pytest's cache folder)."""
-    return Path(config.cache.mkdir("expr-cremad"))
+from media_fixtures import cremad_clips
 
 
 # -- box logic ---------------------------------------------------------------------------
@@ -157,21 +151,9 @@ def _check_faces_in_clips(clips):
 
 def test_haar_finds_face_in_cached_cremad_clip(request):
     """Fast path: runs when the slow test (or the demo) has fetched the clips already."""
-    from expr.demo_data import cached_clips, default_cache_dir
-
-    clips = cached_clips(cremad_dir(request.config)) or cached_clips(default_cache_dir())
-    if clips is None:
-        pytest.skip("CREMA-D clips not cached yet; 'pytest -m slow tests/test_face_crop.py' fetches them")
-    _check_faces_in_clips(clips[:1])
+    _check_faces_in_clips(cremad_clips(request.config)[:1])
 
 
 @pytest.mark.slow
 def test_haar_finds_face_in_most_cremad_frames(request):
-    from expr.demo_data import fetch_cremad_clips
-    from expr.errors import ExprError
-
-    try:
-        clips = fetch_cremad_clips(cremad_dir(request.config))
-    except ExprError as exc:
-        pytest.skip(f"CREMA-D clips unavailable (package index unreachable?): {exc}")
-    _check_faces_in_clips(clips)
+    _check_faces_in_clips(cremad_clips(request.config, fetch=True))

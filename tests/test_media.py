@@ -16,18 +16,10 @@ import media_fixtures as F
 from expr.errors import ConfigError, MediaDecodeError
 from expr.extract.decode_pool import DecodePool
 from expr.extract.discover import discover_videos
-from expr.extract.media import (
-    AUDIO_RATE,
-    AudioTrack,
-    DecodeJob,
-    FrameBatch,
-    VideoDone,
-    VideoFailed,
-    VideoHeader,
-    clip_geometry,
-    decode_video,
-    source_stat,
-)
+from expr.abaw import SAMPLE_RATE as AUDIO_RATE
+from expr.extract.media import decode_video, source_stat
+from expr.extract.messages import AudioTrack, DecodeJob, FrameBatch, VideoDone, VideoFailed, VideoHeader
+from expr.extract.video_decode import clip_geometry
 
 S = 32  # image size in these tests
 
@@ -84,7 +76,7 @@ def test_frames_in_order_with_header_and_timestamps(tmp_path):
 
 
 def test_clip_geometry_matches_open_clip_preprocessing():
-    """Resize shortest side + centre crop exactly as torchvision does it on a PIL image."""
+    """The PIL reference: resize shortest side + centre crop exactly as torchvision does it on a PIL image."""
     from PIL import Image
     from torchvision import transforms as T
 
@@ -92,9 +84,51 @@ def test_clip_geometry_matches_open_clip_preprocessing():
     tv = T.Compose([T.Resize(S, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(S)])
     for h, w in [(143, 175), (175, 143), (48, 64), (S, S), (20, 17)]:
         frames = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
-        got = clip_geometry(frames, S)
+        got = F.pil_clip_geometry(frames, S)
         want = np.stack([np.asarray(tv(Image.fromarray(f))) for f in frames])
         np.testing.assert_array_equal(got, want, err_msg=f"{h}x{w}")
+
+
+def test_batched_clip_geometry_is_within_one_level_of_pil():
+    """The batched torch geometry replaces PIL: 224x224 inputs within a mean absolute difference of
+    1.0 (0-255) of the PIL reference, on random noise (the worst case) and on a decoded H.264 clip."""
+    rng = np.random.default_rng(0)
+    for h, w in [(360, 640), (143, 175), (175, 143), (48, 64), (224, 224), (20, 17)]:
+        frames = rng.integers(0, 256, (3, h, w, 3), dtype=np.uint8)
+        got, want = clip_geometry(frames, 224), F.pil_clip_geometry(frames, 224)
+        assert got.shape == want.shape == (3, 224, 224, 3) and got.dtype == np.uint8
+        assert np.abs(got.astype(float) - want).mean() <= 1.0, f"{h}x{w}"
+
+
+def test_batched_clip_geometry_on_a_synthetic_clip(tmp_path):
+    import decord
+
+    path = F.make_video(tmp_path / "clip.mp4", n_frames=12, size=(640, 360))
+    reader = decord.VideoReader(str(path))
+    frames = np.stack([reader.next().asnumpy() for _ in range(len(reader))])
+    diff = np.abs(clip_geometry(frames, 224).astype(float) - F.pil_clip_geometry(frames, 224))
+    assert diff.mean() <= 1.0 and diff.max() <= 8
+
+
+def _check_geometry_on_clips(clips, frames_per_clip: int = 24) -> None:
+    import decord
+
+    for clip in clips:
+        reader = decord.VideoReader(str(clip))
+        frames = np.stack([reader.next().asnumpy() for _ in range(min(frames_per_clip, len(reader)))])
+        diff = np.abs(clip_geometry(frames, 224).astype(float) - F.pil_clip_geometry(frames, 224))
+        assert diff.mean() <= 1.0, f"{clip.name}: mean absolute difference {diff.mean():.3f}"
+
+
+def test_batched_clip_geometry_on_cached_cremad_clip(request):
+    """Fast path: runs when the slow test (or the demo) has fetched the CREMA-D clips already."""
+    _check_geometry_on_clips(F.cremad_clips(request.config)[:1])
+
+
+@pytest.mark.slow
+def test_batched_clip_geometry_on_every_cremad_clip(request):
+    """The raw-frame fidelity bound on real faces: the six CREMA-D clips (480x360 FLV)."""
+    _check_geometry_on_clips(F.cremad_clips(request.config, fetch=True), frames_per_clip=1000)
 
 
 @pytest.mark.parametrize("suffix", [".mkv", ".avi", ".webm", ".flv", ".mov", ".mpg", ".wmv", ".m4v"])
@@ -200,7 +234,7 @@ def test_bad_input_raises_clear_error(tmp_path, make, expect):
 
 def test_truncated_audio_fails_instead_of_coming_back_short(tmp_path):
     """ffmpeg returns the partial audio of a cut file without an error: the length check catches it."""
-    from expr.extract.media import decode_audio
+    from expr.extract.audio_decode import decode_audio
 
     path = F.make_truncated(tmp_path / "cut.mkv", keep=0.5)
     with pytest.raises(MediaDecodeError, match="audio stream stops after .* looks truncated"):
@@ -214,6 +248,8 @@ def test_job_validation():
         DecodeJob("a", Path("a.mp4"), Path("a.mp4"), None, face_crop="mtcnn")
     with pytest.raises(ConfigError, match="needs a video file or a frames folder"):
         DecodeJob("a", None, None, None)
+    with pytest.raises(ConfigError, match="jpg resize must be one of bilinear, bicubic"):
+        DecodeJob("a", None, None, Path("frames/a"), jpg_resize="nearest")
 
 
 def test_face_crop_haar_masks_frames_without_faces(tmp_path):
@@ -239,6 +275,36 @@ def test_frames_dir_replaces_frames_and_masks_missing_jpgs(tmp_path):
     assert (out["pixels"][~want_mask] == 0).all()
     assert len(out["audio"]) == round(1.2 * AUDIO_RATE)
     assert any("2 image(s) numbered beyond" in w for w in out["done"].warnings)
+
+
+@pytest.mark.parametrize("mode, pil_mode", [("bilinear", "BILINEAR"), ("bicubic", "BICUBIC")])
+def test_frames_dir_jpgs_match_the_pil_resize(tmp_path, mode, pil_mode):
+    """Batched torchvision decode + resize of 112x112 jpgs == PIL decode + Resize((224, 224)) (MAD <= 1)."""
+    from PIL import Image
+
+    frames = F.make_frames_dir(tmp_path / "frames", "v", 40, pattern="moving")
+    job = DecodeJob("v", None, None, frames, image_size=224, batch_frames=16, jpg_resize=mode)
+    got = decoded(job)["pixels"]
+    want = np.stack([np.asarray(Image.open(frames / f"{k:05d}.jpg").convert("RGB").resize((224, 224), getattr(Image, pil_mode)))
+                     for k in range(1, 41)])
+    assert got.shape == want.shape == (40, 224, 224, 3)
+    assert np.abs(got.astype(float) - want).mean() <= 1.0
+    np.testing.assert_array_equal(F.frame_indices(got), np.arange(40))
+
+
+def test_frames_dir_unreadable_and_png_frames(tmp_path):
+    """A corrupt or empty jpg is a masked frame with a note; a png frame is decoded like a jpg."""
+    from PIL import Image
+
+    frames = F.make_frames_dir(tmp_path / "frames", "v", 10)
+    (frames / "00003.jpg").write_bytes(b"not a jpeg at all")
+    (frames / "00004.jpg").write_bytes(b"")
+    (frames / "00006.jpg").unlink()
+    Image.fromarray(F.pattern_frame(5, (112, 112), "solid")).save(frames / "00006.png")
+    out = decoded(DecodeJob("v", None, None, frames, image_size=S, batch_frames=4))
+    assert out["mask"].tolist() == [True, True, False, False, True, True, True, True, True, True]
+    np.testing.assert_array_equal(F.frame_indices(out["pixels"][out["mask"]]), np.flatnonzero(out["mask"]))
+    assert any("2 unreadable image(s) masked (first: 00003.jpg)" in w for w in out["done"].warnings)
 
 
 def test_frames_dir_without_raw_video(tmp_path):

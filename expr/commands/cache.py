@@ -58,7 +58,8 @@ def info(path: CachePath) -> None:
             bb = cache.backbones.get(stream, {})
             weights = bb.get("weights")
             shown = escape(str(weights)) if weights else "[bold red]RANDOM WEIGHTS (features are not meaningful)[/]"
-            table.add_row(f"{stream} backbone", f"{escape(str(bb.get('name')))} dim={bb.get('dim')} weights={shown}")
+            resize = f" resize={escape(str(bb['resize']))}" if "resize" in bb else ""  # caches before it lack it
+            table.add_row(f"{stream} backbone", f"{escape(str(bb.get('name')))} dim={bb.get('dim')} weights={shown}{resize}")
         table.add_row("classes", ", ".join(cache.class_names))
         failures = cache.failures
         table.add_row("failed videos", str(len(failures)) if failures else "0")

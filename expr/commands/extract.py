@@ -19,6 +19,11 @@ class FaceCrop(str, Enum):
     haar = "haar"
 
 
+class JpgResize(str, Enum):
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+
+
 def extract(
     videos: Annotated[Path, typer.Option(help="Folder searched recursively for videos (mp4, avi, mkv, mov, webm, flv, ...).")],
     out: Annotated[Path, typer.Option(help="Feature cache to create or add to, e.g. feats.zarr.")],
@@ -28,12 +33,13 @@ def extract(
     workers: Annotated[int, typer.Option(help="Decoding processes (0: decode in this process).")] = 2,
     visual_model: Annotated[str, typer.Option(help="Visual backbone (extract/backbones.json).")] = "ViT-B-32",
     visual_weights: Annotated[Optional[str], typer.Option(help="openai, a local checkpoint file/dir, or none (random). Default: openai.")] = None,
-    audio_model: Annotated[str, typer.Option(help="Audio backbone: facebook/wav2vec2-base (paper) or facebook/wav2vec2-base-960h (authors' code).")] = "facebook/wav2vec2-base",
+    audio_model: Annotated[str, typer.Option(help="Audio backbone: facebook/wav2vec2-base-960h (the authors' code, Table 1) or facebook/wav2vec2-base (the paper's wording). Recorded in the cache.")] = "facebook/wav2vec2-base-960h",
     audio_weights: Annotated[Optional[str], typer.Option(help="hub, a local save_pretrained folder, or none (random). Default: hub.")] = None,
     shard: Annotated[Optional[str], typer.Option(help="K/N: take videos K, K+N, ... (0 <= K < N) for job arrays.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N videos (sorted by id).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo every video (wipes the cache unless --shard).")] = False,
     face_crop: Annotated[FaceCrop, typer.Option(help="Cut raw frames to the face (OpenCV Haar) before CLIP.")] = FaceCrop.none,
+    jpg_resize: Annotated[JpgResize, typer.Option(help="How --frames jpgs (ABAW: 112x112) are resized to 224x224, antialiased: bilinear = torchvision Resize((224, 224)) on PIL, the authors' code (Table 1); bicubic = what earlier expr versions did. Recorded in the cache.")] = JpgResize.bilinear,
     audio_chunk_seconds: Annotated[float, typer.Option(help="Wav2Vec2 runs on chunks of this many seconds ...")] = 30.0,
     audio_context_seconds: Annotated[float, typer.Option(help="... each with this much extra audio on either side.")] = 3.0,
 ) -> None:
@@ -49,7 +55,7 @@ def extract(
         videos=videos, out=out, frames=frames, device=device, batch_size=batch_size, workers=workers,
         visual_model=visual_model, visual_weights=visual_weights, audio_model=audio_model,
         audio_weights=audio_weights, shard=shard, limit=limit, overwrite=overwrite,
-        face_crop=face_crop.value, audio_chunk_seconds=audio_chunk_seconds,
+        face_crop=face_crop.value, jpg_resize=jpg_resize.value, audio_chunk_seconds=audio_chunk_seconds,
         audio_context_seconds=audio_context_seconds,
     )
     console = Console()

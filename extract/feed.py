@@ -1,0 +1,265 @@
+"""Feed decoded frames to the encoders and write each video as soon as it is complete.
+
+Frames of several videos arrive interleaved (from ``DecodePool``); they are pooled across
+video boundaries into image-encoder batches of ``batch_size``. Features go back to their
+video, and a video is written (audio features first) as soon as its decoder said done and
+its last frame is encoded. A failure of one video (decode, encode, write) is recorded with
+its reason and the run goes on. Progress goes to the ``emit`` callback; nothing prints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from expr.errors import ExprError, MediaDecodeError
+from expr.extract.messages import AudioTrack, FrameBatch, VideoDone, VideoFailed, VideoHeader
+
+
+@dataclass(frozen=True)
+class ExtractEvent:
+    """What the run reports to its ``progress`` callback."""
+
+    kind: str                       # "start" | "batch" (frames encoded) | "video" (one ok/failed)
+    videos_total: int               # videos this run extracts (complete ones excluded)
+    videos_done: int                # ok + failed so far
+    frames: int                     # frames encoded so far
+    audio_seconds: float            # seconds of audio encoded so far
+    elapsed: float                  # seconds since the decode loop started
+    video_id: str | None = None     # on "video"
+    error: str | None = None        # on a failed "video"
+    skipped: int = 0                # on "start": complete videos left alone
+    random_weights: tuple[str, ...] = ()  # on "start": one loud line per random backbone
+    warnings: tuple[str, ...] = ()  # on "start": notes from finding the videos
+    device: str = ""                # on "start"
+
+
+@dataclass
+class ExtractSummary:
+    out: Path
+    ok: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # written, but with notes
+    frames: int = 0
+    audio_seconds: float = 0.0
+    elapsed: float = 0.0
+    random_weights: list[str] = field(default_factory=list)  # streams with weights=none
+    device: str = "cpu"
+    rank: int = 0
+    world_size: int = 1
+    consolidated: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+ProgressFn = Callable[[ExtractEvent], None]
+
+
+@dataclass
+class _Video:
+    header: object
+    masks: list = field(default_factory=list)
+    times: list = field(default_factory=list)
+    feats: list = field(default_factory=list)
+    audio: Future | None = None   # Wav2Vec2 features, computed in the audio thread
+    n_samples: int = 0            # audio samples decoded (0: no audio)
+    queued: int = 0               # frames sent to the image encoder, features not back yet
+    done: bool = False            # the decoder sent VideoDone
+
+
+class EncoderFeed:
+    """Pools frames across videos into encoder batches and writes videos as they complete.
+
+    Per message it does O(1) Python work: a FrameBatch is copied once, as a block, into the
+    encoder's input buffer (so the decode pool may lend its shared-memory slot). Two buffers
+    alternate: while the device encodes one, the next fills. Wav2Vec2 runs in one background
+    thread as soon as a video's audio arrives, so it overlaps with the image encoder instead of
+    waiting behind each video's frames.
+    """
+
+    def __init__(self, config, writer, bb, jobs, summary: ExtractSummary, emit):
+        self.config, self.writer, self.bb, self.summary, self.emit = config, writer, bb, summary, emit
+        self.jobs = {j.video_id: j for j in jobs}
+        self.videos: dict[str, _Video] = {}
+        self.size = bb.visual_spec.image_size
+        self.buffers: list[np.ndarray] = []  # made on the first frames: the encoder is built lazily
+        self.fill = 0  # frames in the current buffer
+        self.owners: list[tuple[str, int]] = []  # (video_id, n frames) of the current buffer, in order
+        self.inflight: tuple[object, list[tuple[str, int]], int] | None = None  # (handle, owners, n)
+        self.audio_thread = ThreadPoolExecutor(1, thread_name_prefix="expr-audio")
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def handle(self, msg) -> None:
+        vid = msg.video_id
+        if isinstance(msg, VideoFailed):
+            self.fail(vid, msg.reason)
+        elif isinstance(msg, VideoHeader):
+            if vid in self.jobs and vid not in self.summary.failed:
+                self.videos[vid] = _Video(header=msg)
+        elif vid not in self.videos:
+            return  # a video that already failed
+        elif isinstance(msg, FrameBatch):
+            self.add_frames(vid, msg)
+        elif isinstance(msg, AudioTrack):
+            if msg.samples is not None:
+                encoder = self.bb.audio  # built here, in this thread, on first use
+                self.videos[vid].audio = self.audio_thread.submit(encoder, msg.samples)
+                self.videos[vid].n_samples = len(msg.samples)
+        elif isinstance(msg, VideoDone):
+            self.videos[vid].done = True
+            if msg.warnings:
+                self.summary.warnings[vid] = list(msg.warnings)
+        self.write_ready()
+
+    def add_frames(self, vid: str, batch) -> None:
+        pixels, n = batch.pixels, len(batch.pixels)
+        if pixels.shape[1:] != (self.size, self.size, 3) or pixels.dtype != np.uint8 \
+                or np.shape(batch.mask) != (n,) or np.shape(batch.timestamps) != (n,):
+            self.fail(vid, f"decoder returned frames {pixels.shape} {pixels.dtype}, mask "
+                           f"{np.shape(batch.mask)}, timestamps {np.shape(batch.timestamps)}; "
+                           f"expected (N, {self.size}, {self.size}, 3) uint8 and (N,)")
+            return
+        video = self.videos[vid]
+        video.masks.append(np.asarray(batch.mask, dtype=bool))
+        video.times.append(np.asarray(batch.timestamps, dtype=np.float64))
+        video.queued += n
+        if not self.buffers:
+            self.buffers = [self.bb.visual.new_batch(self.config.batch_size) for _ in range(2)]
+        done = 0
+        while done < n:
+            k = min(n - done, self.config.batch_size - self.fill)
+            self.buffers[0][self.fill: self.fill + k] = pixels[done: done + k]
+            self.owners.append((vid, k))
+            self.fill += k
+            done += k
+            if self.fill == self.config.batch_size:
+                self.encode()
+
+    def encode(self) -> None:
+        """Submit the current buffer (padded) and collect the batch before it."""
+        buffer, n = self.buffers[0], self.fill
+        # Always the same batch shape: a frame's features then do not depend on which
+        # frames share its batch (GEMM blocking depends on the batch size), so a resumed
+        # run writes bit-identical features on CPU.
+        buffer[n:] = 0
+        try:
+            handle = self.bb.visual.submit(buffer)
+        except Exception as exc:  # e.g. out of memory: the videos of this batch fail, not the run
+            handle = exc
+        previous, self.inflight = self.inflight, (handle, self.owners, n)
+        self.buffers.reverse()  # fill the other one while the device works on this one
+        self.fill, self.owners = 0, []
+        if previous is not None:
+            self.collect(*previous)
+
+    def collect(self, handle, owners: list[tuple[str, int]], n: int) -> None:
+        """Hand a submitted batch's features to their videos."""
+        try:
+            if isinstance(handle, Exception):
+                raise handle
+            feats = self.bb.visual.collect(handle)[:n]  # (n, D)
+        except Exception as exc:
+            for vid in dict.fromkeys(v for v, _ in owners):
+                self.fail(vid, f"image encoder failed: {type(exc).__name__}: {exc}")
+            return
+        offset = 0
+        for vid, k in owners:
+            video = self.videos.get(vid)
+            if video is not None:  # else it failed meanwhile: its features are dropped
+                video.feats.append(feats[offset: offset + k])
+                video.queued -= k
+            offset += k
+        self.summary.frames += n
+        self.emit(self.event("batch"))
+        self.write_ready()
+
+    def write_ready(self, wait: bool = False) -> None:
+        """Write the videos whose frames are all encoded and (unless ``wait``) whose audio is done."""
+        for vid, video in list(self.videos.items()):
+            if video.done and video.queued == 0 and (wait or video.audio is None or video.audio.done()):
+                self.write(vid, self.videos.pop(vid))
+
+    def write(self, vid: str, video: _Video) -> None:
+        job, header = self.jobs[vid], video.header
+        try:
+            if not video.feats:
+                raise MediaDecodeError(f"{job.source}: no video frames could be decoded")
+            audio = video.audio.result() if video.audio is not None else None
+            self.writer.write_video(
+                vid,
+                visual=np.concatenate(video.feats),
+                frame_mask=np.concatenate(video.masks),
+                timestamps=np.concatenate(video.times),
+                fps=header.fps,
+                duration=header.duration,
+                source=_relative(job.source, self.config.videos),
+                source_size=header.source_size,
+                source_mtime=header.source_mtime,
+                audio=audio,
+                extra_attrs={
+                    "audio_samples": video.n_samples,
+                    "visual_source": "frames" if self.config.frames is not None else "video",
+                    "face_crop": job.face_crop,
+                },
+            )
+        except Exception as exc:  # one video's failure is recorded; the run goes on
+            self.fail(vid, _reason(exc))
+            return
+        self.summary.ok.append(vid)
+        if video.audio is not None:
+            self.summary.audio_seconds += video.n_samples / self.bb.audio_spec.sample_rate
+        self.emit(self.event("video", vid))
+
+    def fail(self, vid: str, reason: str) -> None:
+        self.videos.pop(vid, None)  # frames already in a batch are encoded and dropped
+        if vid in self.summary.failed or vid in self.summary.ok:
+            return
+        self.summary.failed[vid] = reason
+        self.emit(self.event("video", vid, reason))
+
+    def finish(self) -> None:
+        """After the decoders ended: encode what is left, fail what never completed."""
+        if self.fill:
+            self.encode()  # the last one padded to the batch size
+        if self.inflight is not None:
+            previous, self.inflight = self.inflight, None
+            self.collect(*previous)
+        self.write_ready(wait=True)
+        self.audio_thread.shutdown()
+        for vid in list(self.videos):
+            self.fail(vid, "the decoder stopped before the end of the video")
+        for vid in self.jobs:
+            if vid not in self.summary.ok and vid not in self.summary.failed:
+                self.fail(vid, "the decoder returned nothing for this video")
+
+    def close(self) -> None:
+        """Stop the audio thread (after an error: what it still has to do is dropped)."""
+        self.audio_thread.shutdown(wait=False, cancel_futures=True)
+
+    def event(self, kind: str, vid: str | None = None, error: str | None = None) -> ExtractEvent:
+        s = self.summary
+        return ExtractEvent(kind, len(self.jobs), len(s.ok) + len(s.failed), s.frames,
+                            s.audio_seconds, self.elapsed(), video_id=vid, error=error)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) if isinstance(exc, ExprError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:500]

@@ -1,0 +1,90 @@
+"""What a decoder sends for one video, and the job that asks for it.
+
+Per video, in this order: ``VideoHeader``, ``FrameBatch`` ..., ``AudioTrack``, ``VideoDone``;
+``VideoFailed`` can come at any point and ends the video. Messages of different videos
+interleave in a decode pool; within a video they are in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from expr.errors import ConfigError
+
+FACE_CROPS = ("none", "haar")
+JPG_RESIZES = ("bilinear", "bicubic")  # first: the default (the authors' Resize((224, 224)) on PIL)
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """One cache entry to decode. ``video_path`` is None only for a frames folder without video."""
+
+    video_id: str
+    video_path: Path | None  # visual source (raw video)
+    audio_path: Path | None  # raw video to take audio from (ABAW `_left`/`_right` share one)
+    frames_dir: Path | None  # ABAW cropped_aligned/<video_id>/ with 00001.jpg ..., or None
+    face_crop: str = "none"  # "none" | "haar" (raw frames only)
+    image_size: int = 224  # S: frames come out S x S
+    batch_frames: int = 32  # frames per FrameBatch message (one shared-memory slot)
+    jpg_resize: str = JPG_RESIZES[0]  # how frames-folder jpgs are resized to S x S (antialiased)
+
+    def __post_init__(self) -> None:
+        if self.face_crop not in FACE_CROPS:
+            raise ConfigError(f"face crop must be one of {', '.join(FACE_CROPS)}, got {self.face_crop!r}")
+        if self.face_crop != "none" and self.frames_dir is not None:
+            raise ConfigError("--face-crop cannot be combined with --frames: cropped-aligned jpgs are already faces")
+        if self.jpg_resize not in JPG_RESIZES:
+            raise ConfigError(f"jpg resize must be one of {', '.join(JPG_RESIZES)}, got {self.jpg_resize!r}")
+        if self.video_path is None and self.frames_dir is None:
+            raise ConfigError(f"video {self.video_id!r}: a job needs a video file or a frames folder")
+        if self.image_size < 1 or self.batch_frames < 1:
+            raise ConfigError(f"image size and batch frames must be positive, got {self.image_size}, {self.batch_frames}")
+
+    @property
+    def source(self) -> Path:
+        """The file or folder that identifies this entry's input (recorded in the cache)."""
+        return self.video_path if self.video_path is not None else self.frames_dir  # type: ignore[return-value]
+
+
+@dataclass
+class VideoHeader:
+    video_id: str
+    fps: float  # the video's own average rate
+    n_frames: int  # frames to expect (labels have one line per video frame)
+    duration: float  # seconds: end of the last frame
+    has_audio: bool
+    source_size: int  # bytes of the source (change detection)
+    source_mtime: float
+
+
+@dataclass
+class FrameBatch:
+    video_id: str
+    start: int  # index of the first frame (0-based)
+    pixels: np.ndarray  # (N, S, S, 3) uint8 RGB, geometry done, not normalised
+    mask: np.ndarray  # (N,) bool: decoded and (frames dir / face crop) face present
+    timestamps: np.ndarray  # (N,) float64 seconds from frame 0 (VFR-safe)
+
+
+@dataclass
+class AudioTrack:
+    video_id: str
+    samples: np.ndarray | None  # (n,) float32 mono 16 kHz, sample 0 at frame 0; None: no audio
+
+
+@dataclass
+class VideoDone:
+    video_id: str
+    warnings: tuple[str, ...] = ()  # things that did not fail the video but the user should know
+
+
+@dataclass
+class VideoFailed:
+    video_id: str
+    reason: str  # one line: names the file, says what is wrong and what to do
+
+
+Message = VideoHeader | FrameBatch | AudioTrack | VideoDone | VideoFailed

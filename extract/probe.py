@@ -1,0 +1,86 @@
+"""Open a media file with PyAV before decoding it, and say clearly what is wrong with it.
+
+PyAV fails cleanly on input that can crash decord, and it reads what the container
+declares (durations, frame counts) so that a truncated file is caught instead of coming
+back silently short.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from expr.errors import MediaDecodeError
+
+FIX_HINT = "re-encode it with ffmpeg (ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4) or leave it out"
+
+
+@dataclass
+class Probe:
+    has_video: bool
+    has_audio: bool
+    video_start: float  # seconds: presentation time of the first video frame
+    video_declared: float | None  # what the container says the video stream lasts, seconds
+    video_frames: int  # frames the container header announces (0: unknown)
+
+
+def declared_duration(stream) -> float | None:
+    """A stream's duration as its container declares it (index or Matroska DURATION tag), seconds."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    tag = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", str(stream.metadata.get("DURATION", "")).strip())
+    if tag:
+        return int(tag[1]) * 3600 + int(tag[2]) * 60 + float(tag[3])
+    return None
+
+
+def probe(path: Path) -> Probe:
+    """What ``path`` holds, per its container; MediaDecodeError for empty or unreadable files."""
+    import av
+
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise MediaDecodeError(f"{path}: cannot read the file ({e.strerror})") from e
+    if size == 0:
+        raise MediaDecodeError(f"{path}: the file is empty (0 bytes); the copy or download failed: fetch it again")
+    try:
+        with av.open(str(path)) as container:
+            video = container.streams.video[0] if container.streams.video else None
+            start = 0.0
+            if video is not None and video.start_time is not None:
+                start = float(video.start_time * video.time_base)
+            declared = declared_duration(video) if video is not None else None
+            frames = int(video.frames or 0) if video is not None else 0
+            return Probe(video is not None, bool(container.streams.audio), start, declared, frames)
+    except av.FFmpegError as e:
+        raise MediaDecodeError(
+            f"{path}: not a video ffmpeg can read ({short_error(e)}); check that it is a complete video file or {FIX_HINT}"
+        ) from e
+
+
+def short_error(e: BaseException) -> str:
+    """First line of an exception's message, without decord's '[time] file.cc:123:' prefix."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r"\[[\d:]+\] \S+?:\d+: ", "", text)
+    text = re.sub(r"^\[Errno -?\d+\] ", "", text)
+    text = re.sub(r": '[^']*'$", "", text)  # ffmpeg repeats the path; the caller names it already
+    text = re.sub(r"(failed with )?-?1094995529", "invalid data", text)  # AVERROR_INVALIDDATA
+    return text[:200]
+
+
+def check_complete(path: Path, info: Probe, n: int, duration: float) -> None:
+    """Fail a video with fewer frames than its container announces.
+
+    Matroska/WebM (index at the end) and AVI (idx1 at the end) cut short just have fewer
+    frames, silently; their headers still carry the full duration / frame count.
+    """
+    declared, frames = info.video_declared, info.video_frames
+    short = declared is not None and duration < declared - max(0.5, 0.05 * declared)
+    if short or (frames and n < frames - max(2, 0.05 * frames)):
+        expected = f"{frames} frames" if frames else f"{declared:.2f} s"
+        raise MediaDecodeError(
+            f"{path}: the video stream holds {n} frames ({duration:.2f} s) but the file announces {expected}; "
+            "the file looks truncated (interrupted download or copy?): fetch it again or " + FIX_HINT
+        )
