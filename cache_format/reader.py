@@ -12,15 +12,21 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, TypeVar
 
 import numpy as np
+import zarr  # already loaded by writer.quiet_zarr; here for isinstance in array_names
 
 from expr.cache_format import integrity as I
 from expr.cache_format import schema as S
 from expr.cache_format.schema import read_node_attrs
 from expr.cache_format.writer import quiet_zarr
 from expr.errors import CacheSchemaError
+
+if TYPE_CHECKING:
+    import h5py
+
+_Node = TypeVar("_Node")
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,16 @@ class VideoInfo:
     source_size: int
     source_mtime: float
     extra: dict = field(default_factory=dict)  # attributes beyond the schema (e.g. extractor notes)
+
+
+class VideoGroup(Protocol):
+    """A video's group as either backend returns it (zarr.Group, h5py.Group): what the
+    reader uses of it. Items are zarr.Array or h5py.Dataset, typed Any: the two share
+    slicing and ``shape`` but no common base class."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+    def keys(self) -> Iterable[str]: ...
 
 
 def decode_attrs(attrs) -> dict:
@@ -62,7 +78,7 @@ class CacheReader:
     """
 
     def __init__(self, path: Path, backend: str, root_attrs: dict, video_attrs: dict[str, dict],
-                 get_video: Callable[[str], object], get_text: Callable[[], np.ndarray],
+                 get_video: Callable[[str], VideoGroup], get_text: Callable[[], np.ndarray],
                  handle=None, used_consolidated: bool = False,
                  check_present: Callable[[str], None] | None = None):
         self.path = path
@@ -176,7 +192,9 @@ class CacheReader:
     def array_names(self, video_id: str) -> list[str]:
         try:
             group = self._get_video(video_id)
-            return sorted(name for name, _ in group.arrays()) if self.backend == "zarr" else sorted(group.keys())
+            if isinstance(group, zarr.Group):  # keys() would list sub-groups too
+                return sorted(name for name, _ in group.arrays())
+            return sorted(group.keys())
         except Exception as exc:
             raise I.wrap_read_error(self.path, video_id, None, exc) from exc
 
@@ -227,24 +245,33 @@ def _open_hdf5(path: Path) -> CacheReader:
             f"{path}: damaged or truncated HDF5 cache ({I.one_line(exc, 120)}); export it again"
         ) from exc
     try:
-        videos = handle[S.VIDEOS_GROUP] if S.VIDEOS_GROUP in handle else {}
+        videos = _h5_node(handle, S.VIDEOS_GROUP, h5py.Group) if S.VIDEOS_GROUP in handle else {}
         return CacheReader(
             path, "hdf5", decode_attrs(handle.attrs),
-            {vid: decode_attrs(videos[vid].attrs) for vid in videos},
-            get_video=lambda vid: handle[S.VIDEOS_GROUP][vid],
-            get_text=lambda: handle[S.TEXT_EMBEDDINGS][...], handle=handle,
+            # (h5py types member names str | bytes | None: bytes only for non-UTF-8 names,
+            # None never from iteration; the writer's ids are ASCII, so str() changes nothing)
+            {str(vid): decode_attrs(videos[vid].attrs) for vid in videos},
+            get_video=lambda vid: _h5_node(handle, f"{S.VIDEOS_GROUP}/{vid}", h5py.Group),
+            get_text=lambda: np.asarray(_h5_node(handle, S.TEXT_EMBEDDINGS, h5py.Dataset)[...]), handle=handle,
         )
     except Exception:
         handle.close()
         raise
 
 
+def _h5_node(handle: h5py.File, name: str, kind: type[_Node]) -> _Node:
+    """``handle[name]`` checked against the layout: h5py may return a group, a dataset or a
+    named type for any name, and only the expected kind has what the reader uses."""
+    node = handle[name]
+    if not isinstance(node, kind):
+        raise CacheSchemaError(f"{handle.filename}: '{name}' is not an HDF5 {kind.__name__}; is this an expr cache?")
+    return node
+
+
 def _open_zarr(path: Path) -> CacheReader:
     """Attributes straight from the JSON metadata: one file when the consolidated snapshot is
     current (10,000 videos open in a fraction of a second), else one small file per video.
     Zarr itself is only asked for the arrays, when they are read."""
-    import zarr
-
     try:
         root_meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -261,13 +288,13 @@ def _open_zarr(path: Path) -> CacheReader:
         video_attrs = {vid: read_node_attrs(videos_dir / vid) or {} for vid in on_disk}
 
     @functools.lru_cache(maxsize=64)
-    def get_video(vid: str):
+    def get_video(vid: str) -> zarr.Group:
         with quiet_zarr():
             return zarr.open_group(str(videos_dir / vid), mode="r", use_consolidated=False)
 
-    def get_text() -> np.ndarray:
+    def get_text() -> np.ndarray:  # asarray: zarr types [...] as any NDArrayLike or a scalar
         with quiet_zarr():
-            return zarr.open_array(str(path / S.TEXT_EMBEDDINGS), mode="r")[...]
+            return np.asarray(zarr.open_array(str(path / S.TEXT_EMBEDDINGS), mode="r")[...])
 
     def check_present(vid: str) -> None:
         I.check_chunks_present(path, vid, videos_dir / vid, get_video(vid))

@@ -97,7 +97,7 @@ def storage_error(exc: OSError, path: str | os.PathLike, what: str = "write the 
     Space and permission errors become a StorageError (an OSError too, same errno); any
     other OSError a CacheSchemaError that still names the path and the system's reason."""
     reason = exc.strerror or str(exc)
-    hint = _STORAGE_HINTS.get(exc.errno)
+    hint = None if exc.errno is None else _STORAGE_HINTS.get(exc.errno)
     if hint is None:
         return CacheSchemaError(f"{path}: cannot {what} ({reason})")
     err = StorageError(f"{path}: cannot {what}: {reason}; {hint}")

@@ -18,7 +18,9 @@ import shutil
 import socket
 import uuid
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import zarr
@@ -90,6 +92,8 @@ class CacheWriter:
         self.staging_dir = path / S.STAGING_DIR
         self._host = socket.gethostname().replace("__", "_")
         root = read_node_attrs(path)  # the root exists: open_writer made it
+        if root is None:  # ... but another process may have removed or damaged it since
+            raise CacheSchemaError(f"{path}: unreadable zarr.json; run 'expr cache validate {path}'")
         self._dims = {k: int(root["backbones"][k]["dim"]) for k in ("visual", "audio")}
         # A v1 cache stays v1 (no checksums) when videos are added: its version must keep
         # telling readers what to expect of every video in it.
@@ -221,11 +225,12 @@ class CacheWriter:
                 self.remove_video(vid)
         return list(video_ids)
 
-    def record_failures(self, failed: dict[str, str], succeeded: list[str] = ()) -> None:
+    def record_failures(self, failed: dict[str, str], succeeded: Iterable[str] = ()) -> None:
         """Merge per-video failure reasons into the root attribute ``failures``."""
         with store_lock(self.path), quiet_zarr():
             root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
-            failures = dict(root.attrs.get("failures", {}))
+            # zarr types an attribute as any JSON value; this one is only written here, as {id: reason}
+            failures = dict(cast("dict[str, str]", root.attrs.get("failures", {})))
             for vid in succeeded:
                 failures.pop(vid, None)
             failures.update(failed)

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from expr.evaluate.plots import _figure
 
 
@@ -21,6 +23,11 @@ def read_metrics_jsonl(path: str | os.PathLike) -> list[dict]:
     return [r for r in records if isinstance(r, dict) and "epoch" in r]
 
 
+def _column(records: Sequence[dict], key: str) -> np.ndarray:
+    """One metric per epoch as floats; a record without it becomes NaN (a gap in the line)."""
+    return np.array([r.get(key) for r in records], dtype=float)
+
+
 def save_training_curves_png(path: str | os.PathLike, records: Sequence[dict], *, title: str = "") -> Path:
     """Training loss (left axis) and validation macro-F1 / accuracy (right axis) per epoch; the
     best epoch (the checkpoint ``best`` was saved at) is marked."""
@@ -30,7 +37,7 @@ def save_training_curves_png(path: str | os.PathLike, records: Sequence[dict], *
         raise ValueError("no epoch records to plot")
     epochs = [r["epoch"] for r in records]
     with _figure(path, (8, 3.4)) as (fig, ax):
-        ax.plot(epochs, [r.get("loss") for r in records], "-o", ms=3, color="#444444", label="train loss")
+        ax.plot(epochs, _column(records, "loss"), "-o", ms=3, color="#444444", label="train loss")
         if all("ce" in r for r in records):
             ax.plot(epochs, [r["ce"] for r in records], "--", color="#888888", label="train CE")
         ax.set_xlabel("epoch")
@@ -38,7 +45,7 @@ def save_training_curves_png(path: str | os.PathLike, records: Sequence[dict], *
         ax.set_ylabel("loss")
         ax.spines[["top"]].set_visible(False)
         right = ax.twinx()
-        right.plot(epochs, [r.get("val_f1") for r in records], "-o", ms=3, color="#1f77b4",
+        right.plot(epochs, _column(records, "val_f1"), "-o", ms=3, color="#1f77b4",
                    label="val macro-F1 (window)")
         if all("val_acc" in r for r in records):
             right.plot(epochs, [r["val_acc"] for r in records], ":", color="#1f77b4", label="val accuracy")

@@ -17,10 +17,10 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -76,6 +76,8 @@ def write_submission(
     check_ids(labels)
     path = Path(path)
     expected = {vid: int(np.asarray(v).shape[0]) for vid, v in labels.items()}
+    # (destination, per-video values, one frame's value -> CSV fields, validator)
+    jobs: list[tuple[Path, Mapping[str, np.ndarray], Callable[[Any], list[str]], Callable[..., None]]]
     jobs = [(path, labels, lambda v: [str(int(v))], validate_submission)]
     if probs_path is not None:
         if probabilities is None:

@@ -18,13 +18,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from expr.abaw import CLASS_NAMES, IGNORE_LABEL
 from expr.evaluate.palette import CLASS_COLOURS, NO_FACE_COLOUR, UNLABELLED_COLOUR
 from expr.evaluate.plots import _figure
+
+if TYPE_CHECKING:
+    from matplotlib.collections import QuadMesh
 
 STYLES = ("area", "lines")
 MAX_POINTS = 2400                  # curve points drawn at most (the axes are ~1,000 px wide)
@@ -104,6 +107,14 @@ def _band(ax, edges, values, y0, cmap):
                          shading="flat", antialiased=False, edgecolors="none", rasterized=True)
 
 
+def _cells_rgba(mesh: QuadMesh) -> np.ndarray:
+    """The colours of a band's cells, as the mesh maps its values (masked: the 'bad' colour)."""
+    values = mesh.get_array()
+    if values is None:  # matplotlib types it optional; _band always gives the mesh its values
+        raise ValueError("band mesh has no values")
+    return mesh.to_rgba(values)
+
+
 def _shade(ax, edges, mask, y0, height, **style):
     """Hatched runs of ``mask`` from y0 to y0 + height, as one collection."""
     spans = [(edges[a], edges[b] - edges[a]) for a, b in runs(mask)]
@@ -175,7 +186,7 @@ def plot_timeline(
     path: str | os.PathLike,
     *,
     video_id: str,
-    times: Sequence[float],
+    times: Sequence[float] | np.ndarray,
     probs,
     predicted,
     truth=None,
@@ -216,8 +227,8 @@ def plot_timeline(
             path=Path(path),
             times=_read_times(curves, style, len(curve_t)),
             probs=_read_probs(curves, style, len(curve_t)),
-            predicted_rgba=pred_mesh.to_rgba(pred_mesh.get_array()).reshape(len(times), 4),
-            truth_rgba=None if truth_mesh is None else truth_mesh.to_rgba(truth_mesh.get_array()).reshape(-1, 4),
+            predicted_rgba=_cells_rgba(pred_mesh).reshape(len(times), 4),
+            truth_rgba=None if truth_mesh is None else _cells_rgba(truth_mesh).reshape(-1, 4),
             shaded_no_face=_covered(no_face, times),
             shaded_unlabelled=_covered(unlabelled, times) if unlabelled is not None else np.zeros(len(times), bool),
         )

@@ -90,8 +90,8 @@ class CrossAttention(nn.Module):
 class NoAttention(nn.Identity):
     """A disabled attention direction: the query stream passes through unchanged."""
 
-    def forward(self, query, *_):
-        return query
+    def forward(self, input, *_):  # named as nn.Identity's parameter, so it overrides cleanly
+        return input
 
 
 class CrossAttentionFusion(nn.Module):
@@ -129,6 +129,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class ExprHeadModel(nn.Module):
+    text_embeddings: torch.Tensor  # buffers, declared: nn.Module types any attribute as Tensor | Module
+    logit_scale: torch.Tensor
+
     def __init__(self, cfg: HeadConfig, text_embeddings: torch.Tensor, logit_scale: float):
         super().__init__()
         self.cfg = cfg
@@ -157,6 +160,8 @@ class ExprHeadModel(nn.Module):
         if not self.cfg.use_audio:
             pooled_v = v.mean(1)
             return pooled_v, pooled_v
+        if audio is None or audio_mask is None:
+            raise ValueError("this head fuses audio: pass audio (B, A, D) and audio_mask (B, A)")
         a = self.audio_adapter(audio)                                  # (B, A, C)
         v, a = self.fusion(v, a, audio_mask)
         pooled_v = v.mean(1)                                           # (B, C) every frame is real
