@@ -207,14 +207,15 @@ def window_targets(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.
     if labels is None:
         raise ValueError("window targets need a bank with labels")
     valid = bank.valid
-    if source_rows is not None:
-        labels, valid = labels[source_rows], valid[source_rows]
     rows = bank.frame_offsets[video_idx] + end_frame
     if target == "last" or target == "center":
         rows = rows - (window // 2 if target == "center" else 0)
+        rows = rows if source_rows is None else source_rows[rows]
         return labels[rows].clamp(min=0), valid[rows]
     if target != "majority":
         raise ValueError(f"unknown target {target!r}")
+    if source_rows is not None:
+        labels, valid = labels[source_rows], valid[source_rows]
     # Counts of each class in [start, end] from cumulative one-hot counts: no per-window loop.
     onehot = torch.zeros((valid.shape[0] + 1, NUM_CLASSES), dtype=torch.int32, device=valid.device)
     onehot[1:][valid] = torch.nn.functional.one_hot(labels[valid], NUM_CLASSES).to(torch.int32)
@@ -240,19 +241,22 @@ def _reference_windows(bank: FeatureBank, window: int, stride: int, target: str)
     and the bank-wide source row of every frame (its own where it is in no sequence)."""
     assert bank.labels is not None
     labels, face = bank.labels.cpu().numpy(), bank.frame_mask.cpu().numpy()
-    source_rows = np.arange(len(labels), dtype=np.int64)
-    video_idx, end_frame = [], []
-    for v, (start, n) in enumerate(zip(bank.frame_offsets.tolist(), bank.n_frames.tolist())):
+    starts, lengths = bank.frame_offsets.cpu().numpy(), bank.n_frames.cpu().numpy()
+    none = [np.zeros(0, np.int64)]
+    video_idx, end_frame, source = [], [], []
+    for v, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
         found = build_windows(WindowRule.reference.value, labels[start:start + n], face[start:start + n],
                               window, stride)
-        filled = np.flatnonzero(found.source >= 0)
-        source_rows[start + filled] = start + found.source[filled]
         video_idx.append(np.full(len(found), v, dtype=np.int64))
         end_frame.append(found.ends)
+        source.append(found.source)
+    local = np.concatenate(source or none)                      # (sum T,) in-video source, -1 = none
+    own = np.arange(len(local), dtype=np.int64)
+    rows = np.where(local >= 0, local + np.repeat(starts, lengths), own)
     dev = bank.device
-    vids = torch.from_numpy(np.concatenate(video_idx or [np.zeros(0, np.int64)])).to(dev)
-    ends = torch.from_numpy(np.concatenate(end_frame or [np.zeros(0, np.int64)])).to(dev)
-    rows = torch.from_numpy(source_rows).to(dev)
+    vids = torch.from_numpy(np.concatenate(video_idx or none)).to(dev)
+    ends = torch.from_numpy(np.concatenate(end_frame or none)).to(dev)
+    rows = torch.from_numpy(rows).to(dev)
     # every frame of a reference window has a valid source, so every target exists
     tgt, ok = window_targets(bank, vids, ends, window, target, source_rows=rows)
     return Windows(vids[ok], ends[ok], tgt[ok], rows)
