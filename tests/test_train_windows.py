@@ -160,7 +160,7 @@ def _evaluate(ds, run_dir, *extra) -> dict:
     return json.loads((run_dir / "eval_Validation_Set.json").read_text())["protocols"]["window"]
 
 
-def test_evaluate_scores_the_runs_own_rule_unless_told(ds, tmp_path):
+def test_evaluate_scores_the_runs_own_rule_unless_told(ds, tmp_path, capsys):
     run_dir = tmp_path / "run"
     (record,) = _train_cli(ds, run_dir)
     grid_n = _count(_expected(ds, "Validation_Set", "grid"))
@@ -175,6 +175,11 @@ def test_evaluate_scores_the_runs_own_rule_unless_told(ds, tmp_path):
     (run_dir / "config.json").write_text(json.dumps(config))
     old = _evaluate(ds, run_dir)
     assert (old["windows"], old["n"]) == ("grid", grid_n)
+    # ... and resuming it with today's default would change its windows
+    capsys.readouterr()
+    assert run(["train", "--cache", str(ds.cache), "--labels", str(ds.labels), "--out", str(run_dir), *SMALL,
+                "--resume"]) == 1
+    assert "--windows grid (now reference)" in capsys.readouterr().err
 
 
 def test_ablate_windows_option_and_grid_key(tmp_path):
