@@ -1,6 +1,7 @@
 """Window rules (expr.train_heads.windows) on ABAW-sized label arrays: 2.6 M frames, about
 Aff-Wild2's EXPR train + validation, with long unlabelled gaps and short no-face bursts.
-Times one 2.6 M-frame array and the same frames as 500 videos (the real call pattern).
+Times one 2.6 M-frame array and the same frames as 500 videos (the real call pattern), then
+the bank-wide ``make_windows`` that training calls (per-video rule + source-row index + targets).
 
     .venv/bin/python benchmarks/bench_windows.py
 """
@@ -10,7 +11,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
+from expr.train_heads.data import FeatureBank, make_windows
 from expr.train_heads.windows import build_windows
 
 FRAMES, VIDEOS = 2_600_000, 500
@@ -41,6 +44,28 @@ def main() -> None:
         t_many = time.perf_counter() - t
         print(f"{rule:9s} window {window:2d} stride {stride:2d}: one array {t_one * 1e3:6.0f} ms "
               f"({one} windows), {VIDEOS} videos {t_many * 1e3:6.0f} ms ({many} windows)")
+    bench_make_windows(labels, face, bounds)
+
+
+def label_bank(labels: np.ndarray, face: np.ndarray, bounds: np.ndarray) -> FeatureBank:
+    """A labels-only bank of the videos between ``bounds`` (what make_windows reads)."""
+    n = torch.from_numpy(np.diff(bounds))
+    return FeatureBank(
+        video_ids=[f"v{i}" for i in range(len(n))], visual=torch.zeros(0, 1), audio=torch.zeros(1, 1),
+        frame_offsets=torch.from_numpy(bounds[:-1]), audio_offsets=torch.zeros_like(n), n_frames=n,
+        audio_steps=torch.zeros_like(n), fps=torch.full((len(n),), 30.0, dtype=torch.float64),
+        timestamps=torch.zeros(len(labels), dtype=torch.float64), frame_mask=torch.from_numpy(face),
+        labels=torch.from_numpy(labels))
+
+
+def bench_make_windows(labels: np.ndarray, face: np.ndarray, bounds: np.ndarray) -> None:
+    bank = label_bank(labels, face, bounds)
+    make_windows(bank, 60, 15)  # warm-up
+    for rule, target in [("reference", "last"), ("reference", "majority"), ("grid", "last")]:
+        t = time.perf_counter()
+        wins = make_windows(bank, 60, 15, target, rule)
+        print(f"make_windows {rule:9s} target {target:8s} window 60 stride 15, {VIDEOS} videos: "
+              f"{(time.perf_counter() - t) * 1e3:6.0f} ms ({len(wins)} windows)")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def _train_config(cfg: AblateConfig, cell: Cell, seed: int) -> TrainConfig:
     base = dict(cache=cfg.cache, labels=cfg.labels, out=cell_dir(Path(cfg.out), cell, seed), epochs=cfg.epochs,
                 seed=seed, train_list=cfg.train_list, val_list=cfg.val_list, preload=cfg.preload,
                 device=cfg.device, overwrite=True, lr=cfg.lr, batch_size=cfg.batch_size,
-                channels=cfg.channels, tcn_levels=cfg.tcn_levels, heads=cfg.heads)
+                channels=cfg.channels, tcn_levels=cfg.tcn_levels, heads=cfg.heads, windows=cfg.windows)
     train_cfg = TrainConfig(**{**base, **cell.overrides()})
     train_cfg.validate()
     return train_cfg

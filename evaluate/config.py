@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expr.errors import ConfigError, check_choice
-from expr.train_heads import Checkpoint, HeadConfig, Preload, SmoothMode, TrainConfig
+from expr.train_heads import Checkpoint, HeadConfig, Preload, SmoothMode, TrainConfig, WindowRule
 
 
 def _check_common(checkpoint: str, smooth: int, smooth_mode: str, batch_size: int, preload: str) -> None:
@@ -33,6 +33,7 @@ class EvaluateConfig:
     split: str = "Validation_Set"     # sub-folder of --labels to score
     videos: Path | None = None        # optional text file of video ids: score only these
     checkpoint: str = Checkpoint.best.value   # best (by window-level val macro-F1) or last
+    windows: str | None = None        # window-level protocol: reference | grid; None = the run's own rule
     smooth: int = 0                   # per-frame protocol: filter K frames of probabilities (0 = off)
     smooth_mode: str = SmoothMode.median.value  # median | mean
     batch_size: int = TrainConfig.eval_batch_size  # windows per inference batch
@@ -41,6 +42,8 @@ class EvaluateConfig:
 
     def validate(self) -> None:
         _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
+        if self.windows is not None:
+            check_choice("--windows", self.windows, WindowRule)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class AblateConfig:
     batch_size: int = TrainConfig.batch_size  # windows per micro-batch (with `expr train`'s accumulation)
     channels: int = HeadConfig.channels       # head width (small values make quick smoke ablations)
     tcn_levels: int = HeadConfig.tcn_levels   # TCN blocks (a grid key may override)
+    windows: str = TrainConfig.windows        # window rule of every cell: reference | grid (a grid key may override)
     heads: int = HeadConfig.heads             # attention heads
     train_list: Path | None = None    # optional ids file restricting Train_Set
     val_list: Path | None = None      # optional ids file restricting Validation_Set
@@ -90,6 +94,7 @@ class AblateConfig:
 
     def validate(self) -> None:
         _check_common(Checkpoint.best.value, self.smooth, self.smooth_mode, 1, self.preload)
+        check_choice("--windows", self.windows, WindowRule)
         if self.preload == Preload.none.value:
             raise ConfigError("--preload none defeats loading the cache once for all cells; use cpu or gpu")
         if self.epochs < 1:

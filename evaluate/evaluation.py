@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -14,8 +15,8 @@ from expr.evaluate.metrics import ClassificationMetrics
 from expr.evaluate.plots import save_confusion_png
 from expr.evaluate.scoring import Scores, check_backbones, check_in_cache, score_both
 
-WINDOW_PROTOCOL = ("window-level (reference code, the paper's Table 1): one prediction per window at "
-                   "the training stride, scored on the window's target")
+WINDOW_PROTOCOL = ("window-level (reference code, the paper's Table 1): one prediction per window of the "
+                   "window rule at the training stride, scored on the window's target")
 FRAME_PROTOCOL = ("per-frame (official ABAW): every annotated frame scored with the causal window "
                   "ending at it, the first frame repeated before the start")
 
@@ -50,9 +51,10 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
         stage(f"loading {len(labels)} videos of {cfg.split} from {cfg.cache}")
         bank = load_bank(cache, list(labels), labels, preload=cfg.preload, device=device)
     stage("scoring both protocols")
-    scores = score_both(run.model, bank, labels, run.train_config, batch_size=cfg.batch_size,
+    # the window rule the run was selected on, unless --windows asks for another
+    tc = run.train_config if cfg.windows is None else dataclasses.replace(run.train_config, windows=cfg.windows)
+    scores = score_both(run.model, bank, labels, tc, batch_size=cfg.batch_size,
                         smooth=cfg.smooth, smooth_mode=cfg.smooth_mode)
-    tc = run.train_config
     warnings = list(bank.warnings) + [
         f"{vid}: {n} annotated frames past the cached video were not scored"
         for vid, n in scores.selection.dropped.items()
@@ -68,7 +70,7 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
         "class_names": list(CLASS_NAMES),
         "protocols": {
             "window": _protocol_block(scores.window, WINDOW_PROTOCOL, window=tc.window, stride=tc.stride,
-                                      target=tc.target),
+                                      target=tc.target, windows=tc.windows),
             "per_frame": _protocol_block(scores.per_frame, FRAME_PROTOCOL, window=tc.window,
                                          smooth=cfg.smooth, smooth_mode=cfg.smooth_mode if cfg.smooth > 1 else None,
                                          unscored_frames=sum(scores.selection.dropped.values())),

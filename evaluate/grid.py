@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from expr.errors import ConfigError
-from expr.train_heads import Fusion, Target, TrainConfig
+from expr.train_heads import Fusion, Target, TrainConfig, WindowRule
 
 
 def _positive_int(text: str) -> int:
@@ -61,6 +61,8 @@ KEYS: dict[str, GridKey] = {
     "window": GridKey(_positive_int, lambda v: {"window": v}, (30, 60), "frames per window"),
     "stride": GridKey(_positive_int, lambda v: {"stride": v}, (TrainConfig.stride,), "frames between windows"),
     "target": GridKey(_choice(Target), lambda v: {"target": v}, (TrainConfig.target,), "window target rule"),
+    "windows": GridKey(_choice(WindowRule), lambda v: {"windows": v}, (TrainConfig.windows,),
+                       "which windows exist: reference|grid"),
     "fusion": GridKey(_choice(Fusion), lambda v: {"fusion": v}, (TrainConfig.fusion,), "cross-attention variant"),
     "audio": GridKey(_on_off, lambda v: {"no_audio": not v}, (not TrainConfig.no_audio,), "on|off"),
     "tcn": GridKey(_on_off, lambda v: {"no_tcn": not v}, (not TrainConfig.no_tcn,), "on|off"),

@@ -16,8 +16,8 @@ import torch
 from expr.errors import CacheSchemaError, ConfigError
 from expr.evaluate.metrics import ClassificationMetrics, compute_metrics
 from expr.evaluate.protocols import AnnotatedFrames, annotated_frames
-from expr.train_heads import (FeatureBank, LoadedRun, SmoothMode, TrainConfig, frame_probabilities, make_windows,
-                              window_probabilities)
+from expr.train_heads import (FeatureBank, LoadedRun, SmoothMode, TrainConfig, WindowRule, frame_probabilities,
+                              make_windows, window_probabilities, with_sources)
 
 
 def check_backbones(run: LoadedRun, cache_backbones: Mapping, run_dir, cache_path) -> None:
@@ -55,14 +55,14 @@ class Scores:
 
 
 def score_window_level(model: torch.nn.Module, bank: FeatureBank, window: int, stride: int, target: str,
-                       batch_size: int) -> ClassificationMetrics:
-    wins = make_windows(bank, window, stride, target=target)
+                       batch_size: int, rule: str = WindowRule.reference.value) -> ClassificationMetrics:
+    wins = make_windows(bank, window, stride, target=target, rule=rule)
     if len(wins) == 0:
         raise ConfigError(
             f"no scorable windows: every video is shorter than the window ({window} frames) or "
             "has no labelled frame where a window ends"
         )
-    probs = window_probabilities(model, bank, wins.video_idx, wins.end_frame, window, batch_size)
+    probs = window_probabilities(model, with_sources(bank, wins), wins.video_idx, wins.end_frame, window, batch_size)
     return compute_metrics(wins.target.cpu().numpy(), probs.argmax(1))
 
 
@@ -81,10 +81,11 @@ def score_per_frame(model: torch.nn.Module, bank: FeatureBank, labels: Mapping[s
 def score_both(model: torch.nn.Module, bank: FeatureBank, labels: Mapping[str, np.ndarray],
                train_config: TrainConfig, *, batch_size: int = 256, smooth: int = 0,
                smooth_mode: str = SmoothMode.median.value) -> Scores:
-    """Both protocols with the run's own window, stride and target rule."""
+    """Both protocols with the run's own window, stride, target and window rule (per-frame
+    inference ignores the rule: one causal window of own frames per frame)."""
     model.eval()
     frame_m, selection = score_per_frame(model, bank, labels, train_config.window, batch_size=batch_size,
                                          smooth=smooth, smooth_mode=smooth_mode)
     window_m = score_window_level(model, bank, train_config.window, train_config.stride,
-                                  train_config.target, batch_size)
+                                  train_config.target, batch_size, train_config.windows)
     return Scores(window_m, frame_m, selection, window_m.n)

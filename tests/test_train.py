@@ -21,7 +21,8 @@ from expr.cli import app, run
 from expr.errors import ConfigError
 from expr.devices import Dist, resolve_device
 from expr.train_heads import (TrainConfig, class_weights, load_bank, load_run, load_split, lr_at, macro_f1_accuracy,
-                              make_windows, predict_logits, read_metrics, train, write_synthetic_dataset)
+                              make_windows, predict_logits, read_metrics, train, with_sources,
+                              write_synthetic_dataset)
 from expr.train_heads.loop import pick_device
 
 SMALL = dict(window=16, stride=4, channels=32, tcn_levels=3, heads=4, batch_size=16, accum=2,
@@ -87,7 +88,7 @@ def test_best_checkpoint_reproduces_its_val_f1(learned, ds):
     assert loaded.meta["cache"]["fingerprint"] == json.loads((result.run_dir / "config.json").read_text())["cache"]["fingerprint"]
     bank = load_bank(ds.cache, ds.val_ids, load_split(ds.labels, "Validation_Set"))
     win = make_windows(bank, 16, 4)
-    pred = predict_logits(loaded.model, bank, win.video_idx, win.end_frame, 16).argmax(1)
+    pred = predict_logits(loaded.model, with_sources(bank, win), win.video_idx, win.end_frame, 16).argmax(1)
     f1 = f1_score(win.target.numpy(), pred.numpy(), average="macro", labels=range(8))
     assert f1 == pytest.approx(result.best_val_f1, abs=1e-9)
 
@@ -179,7 +180,7 @@ def test_streamed_chunks_match_the_preloaded_validation(ds, tmp_path, learned):
     loaded = load_run(tmp_path / "none", "last")
     bank = load_bank(ds.cache, ds.val_ids, load_split(ds.labels, "Validation_Set"))
     win = make_windows(bank, 16, 4)
-    pred = predict_logits(loaded.model, bank, win.video_idx, win.end_frame, 16).argmax(1)
+    pred = predict_logits(loaded.model, with_sources(bank, win), win.video_idx, win.end_frame, 16).argmax(1)
     assert f1_score(win.target, pred, average="macro", labels=range(8)) == pytest.approx(result.history[0]["val_f1"])
 
 

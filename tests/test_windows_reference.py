@@ -164,7 +164,7 @@ def test_grid_reproduces_make_windows():
         timestamps=torch.zeros(len(labels), dtype=torch.float64), frame_mask=torch.from_numpy(face),
         labels=torch.from_numpy(labels))
     for window, stride in [(60, 15), (30, 15), (5, 7), (1, 1)]:
-        old = make_windows(bank, window, stride)
+        old = make_windows(bank, window, stride, rule="grid")
         for v, (lab, fc) in enumerate(videos):
             new = grid_windows(lab, fc, window, stride)
             mine = old.video_idx == v

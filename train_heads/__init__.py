@@ -14,11 +14,11 @@ rest (torch) loads on first use. It never imports open_clip or transformers.
 from typing import TYPE_CHECKING
 
 from expr.lazy import lazy_getattr
-from expr.train_heads.config import Fusion, HeadConfig, Preload, SmoothMode, Target, TrainConfig
+from expr.train_heads.config import Fusion, HeadConfig, Preload, SmoothMode, Target, TrainConfig, WindowRule
 
 _LAZY = {
     "labels": ("load_split", "read_id_list", "read_label_file"),
-    "data": ("FeatureBank", "Windows", "load_bank", "make_windows", "gather", "to_device"),
+    "data": ("FeatureBank", "Windows", "load_bank", "make_windows", "with_sources", "gather", "to_device"),
     "model": ("ExprHeadModel",),
     "loop": ("TrainResult", "train", "lr_at"),
     "loss": ("class_weights",),
@@ -31,7 +31,7 @@ _LAZY = {
 __getattr__ = lazy_getattr(__name__, {name: module for module, names in _LAZY.items() for name in names})
 
 if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both lists equal)
-    from expr.train_heads.data import FeatureBank, Windows, gather, load_bank, make_windows, to_device
+    from expr.train_heads.data import FeatureBank, Windows, gather, load_bank, make_windows, to_device, with_sources
     from expr.train_heads.inference import (frame_probabilities, frame_queries, predict_logits,
                                             smooth_probabilities, split_by_video, window_probabilities)
     from expr.train_heads.labels import load_split, read_id_list, read_label_file
@@ -43,8 +43,8 @@ if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both 
     from expr.train_heads.synthetic import SyntheticDataset, write_synthetic_dataset
 
 __all__ = [
-    "Fusion", "HeadConfig", "Preload", "SmoothMode", "Target", "TrainConfig", "load_split", "read_id_list",
-    "read_label_file", "FeatureBank", "Windows", "load_bank", "make_windows", "gather", "to_device",
+    "Fusion", "HeadConfig", "Preload", "SmoothMode", "Target", "TrainConfig", "WindowRule", "load_split", "read_id_list",
+    "read_label_file", "FeatureBank", "Windows", "load_bank", "make_windows", "with_sources", "gather", "to_device",
     "ExprHeadModel", "TrainResult", "train", "lr_at", "class_weights", "predict_logits",
     "window_probabilities", "frame_probabilities", "frame_queries", "smooth_probabilities", "split_by_video",
     "Checkpoint", "RunDir", "LoadedRun", "load_run", "read_metrics", "macro_f1_accuracy",

@@ -38,6 +38,13 @@ class Target(str, Enum):
     center = "center"      # its centre frame  # pyright: ignore[reportAssignmentType]
 
 
+class WindowRule(str, Enum):
+    """Which windows a video yields (the CLI's --windows choices; see windows.py)."""
+
+    reference = "reference"  # the authors' rule: fill <= 5 invalid frames, reset after, emit, drop stride
+    grid = "grid"            # expr v0.1: ends every stride from frame 0, kept when the end frame is valid
+
+
 class Preload(str, Enum):
     """Where the features live while training or scoring (the CLI's --preload choices)."""
 
@@ -88,6 +95,10 @@ class HeadConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+# Options that v0.1 run folders did not record, with the value those runs used: a config.json
+# without them was trained weight-normed on grid windows.
+RECORDED_SINCE_V01 = {"weight_norm": True, "windows": WindowRule.grid.value}
+
 # TrainConfig's architecture options with the same names as HeadConfig's fields; the two
 # ablation switches are spelled as off-switches (--no-audio / --no-tcn read better).
 ARCH_OPTIONS = ("channels", "tcn_levels", "tcn_kernel", "heads", "dropout_tcn", "dropout_audio",
@@ -104,6 +115,7 @@ class TrainConfig:
     window: int = 60                    # frames per window
     stride: int = 15                    # frames between training/validation windows
     target: str = Target.last.value     # window label: last frame (reference), majority, center
+    windows: str = WindowRule.reference.value  # which windows exist: reference (authors' rule) | grid (v0.1)
     train_list: Path | None = None      # text file of training video ids (one a line)
     val_list: Path | None = None        # text file of validation video ids
     epochs: int = 30
@@ -137,6 +149,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ConfigError for options that cannot work; call once, at the edge."""
         check_choice("--target", self.target, Target)
+        check_choice("--windows", self.windows, WindowRule)
         check_choice("--fusion", self.fusion, Fusion)
         check_choice("--preload", self.preload, Preload)
         checks = [
@@ -171,7 +184,7 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> "TrainConfig":
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
-        for key, value in data.items():
+        for key, value in (RECORDED_SINCE_V01 | data).items():
             if key not in fields:
                 continue  # options of a newer expr: ignore rather than refuse an old run dir
             if key in ("cache", "labels", "out", "train_list", "val_list") and value is not None:

@@ -202,6 +202,7 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
                 group["lr"] = lr_at(epoch, cfg)
             record = {"epoch": epoch + 1, "lr": lr_at(epoch, cfg)}
             record |= run_epoch(learner, cfg, splits["train"], epoch, on_step=on_step)
+            record["train_windows"] = len(splits["train"].all_targets)  # vs the authors' logs (issue 10)
             record |= validate(module, cfg, splits["val"], dist)
             record["seconds"] = round(time.perf_counter() - t0, 3)
             record["best"] = record["val_f1"] > best_f1

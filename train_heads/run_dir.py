@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from expr.atomic import write_json
 from expr.errors import ConfigError, check_choice
-from expr.train_heads.config import HeadConfig, TrainConfig
+from expr.train_heads.config import RECORDED_SINCE_V01, HeadConfig, TrainConfig
 
 if TYPE_CHECKING:
     import torch
@@ -47,8 +47,6 @@ REPORT_PATTERNS = ("eval_*.json", "confusion_*.png")
 # Options that may change between a run and its --resume without changing the result.
 # Not --epochs: it is the cosine schedule's T_max, so every epoch's learning rate depends on it.
 RESUME_FREE = {"resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size"}
-# v0.1 runs trained every head weight-normed on grid windows and did not record either choice.
-RECORDED_SINCE_V01 = {"weight_norm": True}
 
 
 class Checkpoint(str, Enum):

@@ -12,7 +12,7 @@ import torch
 from expr.cache_format import CacheReader
 from expr.errors import ConfigError
 from expr.train_heads.config import Preload, TrainConfig
-from expr.train_heads.data import FeatureBank, Windows, load_bank, make_windows, to_device
+from expr.train_heads.data import FeatureBank, Windows, load_bank, make_windows, to_device, with_sources
 from expr.train_heads.labels import SPLITS as ABAW_SPLITS
 from expr.train_heads.labels import load_split, preview, reconcile
 
@@ -23,8 +23,9 @@ SPLITS = tuple(zip(("train", "val"), ABAW_SPLITS, ("train_list", "val_list")))
 
 @dataclass
 class Split:
-    """One split. Preloaded: ``bank`` and ``windows`` are set. Streamed (--preload none):
-    both are None and ``chunks`` loads the videos a few at a time from ``cache``."""
+    """One split. Preloaded: ``bank`` (the view that shows reference fills, ``with_sources``)
+    and ``windows`` are set. Streamed (--preload none): both are None and ``chunks`` loads
+    the videos a few at a time from ``cache``."""
 
     name: str                              # "train" | "val"
     ids: list[str]
@@ -49,7 +50,8 @@ class Split:
             n = self.cache.info(vid).n_frames if vid is not None else 0
             if group and (vid is None or frames + n > cfg.chunk_frames):
                 bank = load_bank(self.cache, group, {v: self.labels[v] for v in group}, preload=Preload.none.value)
-                yield bank, make_windows(bank, cfg.window, cfg.stride, cfg.target)
+                windows = make_windows(bank, cfg.window, cfg.stride, cfg.target, cfg.windows)
+                yield with_sources(bank, windows), windows
                 group, frames = [], 0
             if vid is not None:
                 group.append(vid)
@@ -109,13 +111,13 @@ def _load_split(cfg: TrainConfig, cache: CacheReader, name: str, given: FeatureB
         loaded = load_bank(cache, ids, labels, preload=cfg.preload, device=device,
                            features=cfg.preload != Preload.none.value)
         _report_mismatches(loaded.warnings, say)
-    windows = make_windows(loaded, cfg.window, cfg.stride, cfg.target)
+    windows = make_windows(loaded, cfg.window, cfg.stride, cfg.target, cfg.windows)
     if len(windows) == 0:
         raise ConfigError(f"no {name} windows: every {name} video is shorter than --window {cfg.window} "
                           "frames or has no valid target frame; lower --window")
     split = Split(name, ids, labels, cache, windows.target.cpu())
     if not (cfg.preload == Preload.none.value and given is None):
-        split.bank, split.windows = loaded, windows
+        split.bank, split.windows = with_sources(loaded, windows), windows
     return split, len(loaded.warnings)
 
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from expr.errors import ConfigError
+from expr.errors import check_choice
+from expr.train_heads.config import WindowRule
 
 MAX_FILL = 5            # invalid frames in a row that still take the last valid frame's place
-WINDOW_RULES = ("reference", "grid")
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,7 @@ def grid_windows(labels: np.ndarray, face: np.ndarray, window: int, stride: int)
 
 def build_windows(rule: str, labels: np.ndarray, face: np.ndarray, window: int, stride: int) -> VideoWindows:
     """The windows of one video under ``rule`` ("reference" or "grid")."""
-    if rule == "reference":
+    check_choice("window rule", rule, WindowRule)
+    if rule == WindowRule.reference.value:
         return reference_windows(labels, face, window, stride)
-    if rule == "grid":
-        return grid_windows(labels, face, window, stride)
-    raise ConfigError(f"window rule must be one of {', '.join(WINDOW_RULES)}, got {rule!r}")
+    return grid_windows(labels, face, window, stride)

@@ -10,7 +10,8 @@ import typer
 from expr.commands.evaluate import CacheOpt, DeviceOpt, LabelsOpt, SmoothModeOpt, SmoothOpt
 from expr.evaluate import AblateConfig
 from expr.evaluate.grid import KEYS
-from expr.train_heads import Preload, SmoothMode
+from expr.commands.train import WINDOWS_HELP
+from expr.train_heads import Preload, SmoothMode, WindowRule
 
 DEFAULT = AblateConfig
 GRID_HELP = ('Space-separated key=v1,v2 terms, e.g. "window=30,60 fusion=bica,concat audio=on,off". '
@@ -32,6 +33,8 @@ def ablate(
     tcn_levels: Annotated[int, typer.Option(min=1, help="TCN blocks (grid key tcn_levels overrides).")
                           ] = DEFAULT.tcn_levels,
     heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = DEFAULT.heads,
+    windows: Annotated[WindowRule, typer.Option(help=f"{WINDOWS_HELP} Grid key windows overrides.")
+                       ] = WindowRule(DEFAULT.windows),
     train_list: Annotated[Optional[Path], typer.Option(help="Ids file restricting Train_Set.")] = DEFAULT.train_list,
     val_list: Annotated[Optional[Path], typer.Option(help="Ids file restricting Validation_Set.")] = DEFAULT.val_list,
     smooth: SmoothOpt = DEFAULT.smooth,
@@ -51,6 +54,7 @@ def ablate(
     console = Console()
     cfg = AblateConfig(cache=cache, labels=labels, grid=grid, out=out, epochs=epochs, seeds=seeds, seed=seed, lr=lr,
                        batch_size=batch_size, channels=channels, tcn_levels=tcn_levels, heads=heads,
+                       windows=windows.value,
                        train_list=train_list, val_list=val_list, smooth=smooth, smooth_mode=smooth_mode.value,
                        preload=preload.value, device=device)
 

@@ -10,7 +10,7 @@ import typer
 from expr.abaw import CLASS_NAMES
 from expr.devices import DEVICE_HELP
 from expr.evaluate import EvaluateConfig
-from expr.train_heads import Checkpoint, Preload, SmoothMode
+from expr.train_heads import Checkpoint, Preload, SmoothMode, WindowRule
 
 # Options shared with `expr predict` / `expr ablate` (defined once, imported there).
 RunOpt = Annotated[Path, typer.Option("--run", help="Run directory written by 'expr train --out'.")]
@@ -70,6 +70,10 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Sub-folder of --labels to score.")] = DEFAULT.split,
     videos: Annotated[Optional[Path], typer.Option(help="Text file of video ids: score only these.")] = DEFAULT.videos,
     checkpoint: CheckpointOpt = Checkpoint(DEFAULT.checkpoint),
+    windows: Annotated[Optional[WindowRule], typer.Option(
+        help="Window-level protocol only: score the windows of this rule, reference (the authors', Table 1) "
+             "or grid (v0.1). Default: the rule the run was trained and selected on (its config.json; runs "
+             "of v0.1 used grid). Per-frame scoring is the same for both.")] = None,  # = DEFAULT.windows
     smooth: SmoothOpt = DEFAULT.smooth,
     smooth_mode: SmoothModeOpt = SmoothMode(DEFAULT.smooth_mode),
     batch_size: BatchOpt = DEFAULT.batch_size,
@@ -84,13 +88,13 @@ def evaluate(
 
     console = Console()
     cfg = EvaluateConfig(run=run, cache=cache, labels=labels, split=split, videos=videos,
-                         checkpoint=checkpoint.value, smooth=smooth, smooth_mode=smooth_mode.value,
+                         checkpoint=checkpoint.value, windows=windows.value if windows else None, smooth=smooth, smooth_mode=smooth_mode.value,
                          batch_size=batch_size, preload=preload.value, device=device)
     report = evaluate_run(cfg, on_stage=lambda msg: console.print(f"[dim]{msg}[/]"))
     protocols = report.data["protocols"]
     w, f = protocols["window"], protocols["per_frame"]
-    print_protocol(console, f"window-level (reference protocol, the paper's numbers): window {w['window']}, "
-                   f"stride {w['stride']}, target {w['target']}", report.scores.window)
+    print_protocol(console, f"window-level (reference protocol, the paper's numbers): {w['windows']} windows of "
+                   f"{w['window']}, stride {w['stride']}, target {w['target']}", report.scores.window)
     smooth_text = f", {cfg.smooth_mode} smoothing over {cfg.smooth} frames" if cfg.smooth > 1 else ""
     print_protocol(console, f"per-frame (official ABAW metric): causal window of {f['window']} ending at each "
                    f"annotated frame{smooth_text}", report.scores.per_frame)

@@ -10,12 +10,16 @@ from typing import Annotated, Optional
 import typer
 
 from expr.devices import DEVICE_HELP, is_main_process
-from expr.train_heads import Fusion, Preload, Target, TrainConfig
+from expr.train_heads import Fusion, Preload, Target, TrainConfig, WindowRule
 
 ARCH = "Architecture / ablation"
 OPT = "Optimisation"
 DATA = "Data"
 RUN = "Run"
+# shared with `expr evaluate` / `expr ablate`
+WINDOWS_HELP = ("Which windows exist: reference (the authors' rule, Table 1: up to 5 unlabelled or "
+                "no-face frames take the last valid frame's image and label, the 6th restarts) or grid "
+                "(v0.1: ends every --stride from frame 0, kept when the last frame is valid).")
 
 
 def _opt(help: str, panel: str, *decls: str, **kw):
@@ -36,6 +40,7 @@ def train(
     stride: Annotated[int, _opt("Frames between training and validation windows.", DATA)] = TrainConfig.stride,
     target: Annotated[Target, _opt("Window label: its last frame (reference), majority or center.",
                                    DATA)] = Target(TrainConfig.target),
+    windows: Annotated[WindowRule, _opt(WINDOWS_HELP, DATA)] = WindowRule(TrainConfig.windows),
     train_list: Annotated[Optional[Path], _opt("Text file of training video ids, one per line.",
                                                DATA)] = TrainConfig.train_list,
     val_list: Annotated[Optional[Path], _opt("Text file of validation video ids, one per line.",
