@@ -128,7 +128,7 @@ def test_predict_listed_videos_with_smoothing(trained, tmp_path):
     ids = tmp_path / "ids.txt"
     ids.write_text("# test videos\nval_001\n\nval_000\n")
     out = tmp_path / "sub.csv"
-    assert _predict(ds, run_dir, out, "--videos", str(ids), "--smooth", "5") == 0
+    assert _predict(ds, run_dir, out, "--ids", str(ids), "--smooth", "5") == 0
     assert list(read_submission(out)) == ["val_001", "val_000"]  # the listed order
 
 
@@ -136,7 +136,7 @@ def test_predict_bad_input(trained, tmp_path, capsys):
     ds, run_dir = trained
     ids = tmp_path / "ids.txt"
     ids.write_text("val_000\nnot_extracted\n")
-    assert _predict(ds, run_dir, tmp_path / "p.csv", "--videos", str(ids)) == 1
+    assert _predict(ds, run_dir, tmp_path / "p.csv", "--ids", str(ids)) == 1
     err = capsys.readouterr().err
     assert "1 video(s) not in the cache (not_extracted)" in err and "ids.txt" in err
     assert not (tmp_path / "p.csv").exists()
