@@ -9,9 +9,10 @@ import numpy as np
 SPLIT = "Validation_Set"
 
 
-def evaluated_run(root: Path) -> Path:
-    """Train and evaluate a tiny run under ``root``; one timeline PNG in timelines_<split>/
-    (from random probabilities: the report only embeds the files)."""
+def evaluated_run(root: Path, timelines: int = 0) -> Path:
+    """Train and evaluate a tiny run under ``root``; one timeline PNG in timelines_<split>/:
+    with ``timelines`` > 0 those `expr evaluate --timelines` drew (and its report.html),
+    else one from random probabilities (the report only embeds the files)."""
     import torch
 
     from expr.cli import run
@@ -28,7 +29,9 @@ def evaluated_run(root: Path) -> Path:
     train(TrainConfig(cache=ds.cache, labels=ds.labels, out=run_dir, window=16, stride=8, epochs=2, channels=16,
                       tcn_levels=2, heads=2, lr=1e-3, device="cpu"))
     assert run(["evaluate", "--run", str(run_dir), "--cache", str(ds.cache), "--labels", str(ds.labels),
-                "--split", SPLIT, "--device", "cpu"]) == 0
+                "--split", SPLIT, "--device", "cpu", "--timelines", str(timelines)]) == 0
+    if timelines:
+        return run_dir
     probs = np.random.default_rng(0).dirichlet(np.ones(8), size=50)
     out = timeline_dir(run_dir, SPLIT)
     out.mkdir()
