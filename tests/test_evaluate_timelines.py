@@ -10,24 +10,17 @@ import pytest
 
 from expr.abaw import CLASS_NAMES
 from expr.evaluate.palette import CLASS_COLOURS, UNLABELLED_COLOUR
+from report_helpers import trained_run
 
 SPLIT = "Validation_Set"
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    import torch
-
-    from expr.train_heads import TrainConfig, train, write_synthetic_dataset
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("timelines")
-    ds = write_synthetic_dataset(root, n_train=3, n_val=5, n_frames=(60, 120), visual_dim=32, audio_dim=16,
-                                 text_dim=16, masked_frames_frac=0.2)
     # big enough to learn something in 4 CPU epochs (~8 s): not every video ties at 0
-    train(TrainConfig(cache=ds.cache, labels=ds.labels, out=root / "run", window=16, stride=4, epochs=4,
-                      channels=32, tcn_levels=2, heads=2, lr=3e-3, batch_size=8, accum=1, device="cpu"))
-    return ds, root / "run"
+    return trained_run(tmp_path_factory.mktemp("timelines"), n_val=5, n_frames=(60, 120),
+                       dataset=dict(masked_frames_frac=0.2), window=16, stride=4, epochs=4, channels=32,
+                       lr=3e-3, batch_size=8, accum=1)
 
 
 def _cli(*args: str) -> int:

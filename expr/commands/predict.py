@@ -63,16 +63,8 @@ def predict(
                         timelines=timelines, probs=probs, checkpoint=checkpoint.value, smooth=smooth,
                         smooth_mode=smooth_mode.value, batch_size=batch_size, preload=preload.value, device=device)
 
-    def on_extract(event) -> None:
-        if event.kind == "start":
-            console.print(f"extracting {event.videos_total} video(s) on {event.device}, {event.skipped} already "
-                          "in the cache", highlight=False)
-        elif event.kind == "video":
-            state = f"[red]failed[/] {escape(event.error)}" if event.error else "ok"
-            console.print(f"  [{event.videos_done}/{event.videos_total}] {escape(event.video_id or '')} {state}",
-                          highlight=False)
-
-    report = predict_videos(cfg, on_stage=lambda msg: console.print(f"[dim]{escape(msg)}[/]"), on_extract=on_extract)
+    report = predict_videos(cfg, on_stage=lambda msg: console.print(f"[dim]{escape(msg)}[/]"),
+                            on_extract=lambda event: print_extract_event(console, event))
     shares = ", ".join(f"{name} {n / max(report.n_rows, 1):.1%}" for name, n in zip(CLASS_NAMES, report.class_counts))
     console.print(f"predicted classes: {shares}", highlight=False)
     console.print(f"[green]✓[/] {escape(str(report.out))}: {report.n_rows:,} frames of {report.n_videos} videos, "
@@ -87,6 +79,20 @@ def predict(
                       highlight=False)
     if report.failed:
         raise typer.Exit(1)
+
+
+def print_extract_event(console, event) -> None:
+    """One line per extracted video (and one at the start) of an extract stage run by another
+    command (predict --videos, the demo): the clips are few, a progress bar would be noise."""
+    from rich.markup import escape
+
+    if event.kind == "start":
+        console.print(f"extracting {event.videos_total} video(s) on {event.device}, {event.skipped} already "
+                      "in the cache", highlight=False)
+    elif event.kind == "video":
+        state = f"[red]failed[/] {escape(event.error)}" if event.error else "ok"
+        console.print(f"  [{event.videos_done}/{event.videos_total}] {escape(event.video_id or '')} {state}",
+                      highlight=False)
 
 
 def register(app: typer.Typer) -> None:
