@@ -93,5 +93,5 @@ def write_frame_csv(path: str | os.PathLike, video: VideoPrediction) -> Path:
 def draw_timeline(path: str | os.PathLike, video: VideoPrediction, title_extra: str = "") -> TimelineData:
     """The video's timeline PNG (truth band when it has labels); returns what was drawn."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return plot_timeline(path, video_id=video.video_id, times=video.times, probs=video.probs,
+    return plot_timeline(path, video_id=video.video_id, times=video.times.tolist(), probs=video.probs,
                          predicted=video.predicted, truth=video.truth, face=video.face, title_extra=title_extra)

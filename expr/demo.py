@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from expr.errors import ConfigError, MediaDecodeError, WeightsNotFoundError
 from expr.evaluate import EvaluateConfig
@@ -19,6 +20,9 @@ from expr.train_heads import RunDir, TrainConfig
 
 WEIGHTS = ("auto", "pretrained", "random")
 SPLIT = "Validation_Set"
+
+if TYPE_CHECKING:
+    from expr.evaluate import EvalReport
 
 
 @dataclass
@@ -92,7 +96,7 @@ class DemoEvent:
 class DemoResult:
     run_dir: Path
     report: Path                       # report.html
-    evaluation: object                 # expr.evaluate.EvalReport
+    evaluation: EvalReport             # scores, eval JSON, timelines
     random_weights: bool
     timings: list[tuple[str, float]] = field(default_factory=list)   # (stage, seconds)
 

@@ -80,9 +80,9 @@ def _show(console, event) -> None:
     if event.kind == "stage":
         console.rule(f"[bold]{escape(event.text)}")
     elif event.kind == "panel":
-        style = dict(title=f"[bold red]{escape(event.title)}", border_style="red") if event.alarm else dict(
-            title=escape(event.title))
-        console.print(Panel(escape(event.text), expand=False, **style))
+        title = f"[bold red]{escape(event.title)}" if event.alarm else escape(event.title)
+        console.print(Panel(escape(event.text), title=title, border_style="red" if event.alarm else "none",
+                            expand=False))
     elif event.kind == "note":
         console.print(f"[dim]{escape(event.text)}[/]", highlight=False)
     elif event.kind == "extract":
