@@ -22,6 +22,7 @@ from expr.devices import resolve_device
 from expr.evaluate.ablation_table import CellResult, write_tables
 from expr.evaluate.config import AblateConfig
 from expr.evaluate.grid import Cell, grid_cells, parse_grid
+from expr.evaluate.report_sources import report_from_ablation
 from expr.evaluate.scoring import check_in_cache, score_both
 from expr.train_heads import FeatureBank, Preload, RunDir, TrainConfig
 
@@ -36,6 +37,7 @@ class AblationReport:
     results: list[CellResult]      # one per (cell, seed), grid order
     trained: int                   # cells x seeds trained by this call
     skipped: int                   # already finished before this call
+    report: Path | None = None     # report.html of the ablation folder
 
 
 def cell_dir(out: Path, cell: Cell, seed: int) -> Path:
@@ -147,5 +149,8 @@ def run_ablation(cfg: AblateConfig, *, on_cell: Callable[[int, int, Cell, int, s
         write_tables(out, [r for r in results if r is not None], title=f"Ablation: {cfg.grid}")
 
     paths = write_tables(out, [r for r in results if r is not None], title=f"Ablation: {cfg.grid}")
+    stage("writing the report")
+    # The ablation folder names its report as a run folder does.
+    report = report_from_ablation(out, RunDir(out).report)
     return AblationReport(out, paths, [r for r in results if r is not None], trained=len(todo),
-                          skipped=len(jobs) - len(todo))
+                          skipped=len(jobs) - len(todo), report=report)

@@ -39,21 +39,31 @@ class EvaluateConfig:
     batch_size: int = TrainConfig.eval_batch_size  # windows per inference batch
     preload: str = TrainConfig.preload  # where the features live while scoring: cpu | gpu | none
     device: str = TrainConfig.device  # auto (cuda if available) | cpu | cuda | cuda:N
+    timelines: int = 0                # timeline PNGs of the N videos with the lowest per-frame macro-F1
 
     def validate(self) -> None:
         _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
         if self.windows is not None:
             check_choice("--windows", self.windows, WindowRule)
+        if self.timelines < 0:
+            raise ConfigError(f"--timelines must be >= 0 (videos to draw), not {self.timelines}")
 
 
 @dataclass
 class PredictConfig:
-    """`expr predict`: the ABAW submission file for every frame of the listed videos."""
+    """`expr predict`: per-frame predictions of videos (raw, or already in a cache)."""
 
     run: Path                         # run directory written by `expr train`
-    cache: Path                       # feature cache holding the videos to predict
-    out: Path                         # submission CSV to write (atomically, after validation)
-    videos: Path | None = None        # text file of video ids (one per line); default: every cached video
+    out: Path                         # folder: submission.csv, one CSV + timeline per video, the cache
+                                      # of --videos; a .csv name: the submission file only
+    cache: Path | None = None         # feature cache to predict from, or to extract --videos into
+                                      # (default with --videos: OUT/feats.zarr)
+    videos: Path | None = None        # folder of videos, as for `expr extract`: extracted with the run's backbones
+    frames: Path | None = None        # ABAW cropped_aligned folder for --videos: faces from its jpgs
+    ids: Path | None = None           # text file of video ids (one per line); default: all of --videos,
+                                      # else every cached video
+    face_crop: str | None = None      # raw --videos: none | haar; default: what the run's cache recorded
+    timelines: bool = True            # a timeline PNG per video (folder --out only)
     probs: Path | None = None         # also write per-frame class probabilities to this CSV
     checkpoint: str = EvaluateConfig.checkpoint        # best | last
     smooth: int = EvaluateConfig.smooth                # filter K frames of probabilities before the argmax
@@ -66,6 +76,21 @@ class PredictConfig:
         _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
         if self.probs is not None and Path(self.probs).resolve() == Path(self.out).resolve():
             raise ConfigError("--probs must name another file than --out")
+        if self.cache is None and self.videos is None:
+            raise ConfigError("nothing to predict: pass --videos DIR (raw videos) or --cache PATH (extracted ones)")
+        if self.videos is not None and Path(self.videos).is_file():
+            raise ConfigError(f"--videos {self.videos} is a file: --videos now takes a folder of videos (as for "
+                              "'expr extract'); pass a text file of video ids as --ids")
+        if self.frames is not None and self.videos is None:
+            raise ConfigError("--frames needs --videos (the raw videos give the audio)")
+        if self.videos is not None and self.cache is None and not self.out_is_folder:
+            raise ConfigError(f"--out {self.out}: --videos keeps its features in a cache inside --out; "
+                              "give --out a folder, or --cache PATH")
+
+    @property
+    def out_is_folder(self) -> bool:
+        """--out names a folder of outputs; a .csv name means only the submission file (what --out was before)."""
+        return Path(self.out).suffix.lower() != ".csv"
 
 
 @dataclass

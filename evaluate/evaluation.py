@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Mapping
+
+import numpy as np
 
 from expr.abaw import CLASS_NAMES
 from expr.atomic import write_json
@@ -13,7 +16,11 @@ from expr.devices import resolve_device
 from expr.evaluate.config import EvaluateConfig
 from expr.evaluate.metrics import ClassificationMetrics
 from expr.evaluate.plots import save_confusion_png
+from expr.evaluate.report_sources import report_from_run
 from expr.evaluate.scoring import Scores, check_backbones, check_in_cache, score_both
+
+if TYPE_CHECKING:
+    from expr.train_heads import FeatureBank, LoadedRun, RunDir
 
 WINDOW_PROTOCOL = ("window-level (reference code, the paper's Table 1): one prediction per window of the "
                    "window rule at the training stride, scored on the window's target")
@@ -28,6 +35,8 @@ class EvalReport:
     scores: Scores
     data: dict                         # what eval_<split>.json holds
     warnings: list[str] = field(default_factory=list)
+    timelines: list[Path] = field(default_factory=list)   # worst video first
+    report: Path | None = None         # report.html of the run
 
 
 def _protocol_block(metrics: ClassificationMetrics, description: str, **settings) -> dict:
@@ -36,7 +45,8 @@ def _protocol_block(metrics: ClassificationMetrics, description: str, **settings
 
 def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None = None) -> EvalReport:
     """Load the run and the split's features once, score both protocols, write
-    ``<run>/eval_<split>.json`` and one confusion-matrix PNG per protocol."""
+    ``<run>/eval_<split>.json``, one confusion-matrix PNG per protocol, the timelines of the
+    ``cfg.timelines`` worst videos and the run's report.html."""
     from expr.cache_format import open_cache
     from expr.train_heads import RunDir, load_bank, load_run, load_split
 
@@ -85,4 +95,27 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
             run_dir.confusion_png(cfg.split, key), metrics.confusion,
             title=f"{run_dir.path.name} {cfg.split}: {title}, macro-F1 {metrics.macro_f1:.4f} (n={metrics.n:,})",
         )
-    return EvalReport(json_path, pngs, scores, data, warnings)
+    stage(f"timelines of the {cfg.timelines} videos with the lowest per-frame macro-F1" if cfg.timelines
+          else "writing the report")
+    timelines = draw_worst_timelines(run, bank, labels, cfg, run_dir)
+    report = report_from_run(run_dir.path, cfg.split, run_dir.report, timelines=timelines)
+    return EvalReport(json_path, pngs, scores, data, warnings, timelines, report)
+
+
+def draw_worst_timelines(run: LoadedRun, bank: FeatureBank, labels: Mapping[str, np.ndarray],
+                         cfg: EvaluateConfig, run_dir: RunDir) -> list[Path]:
+    """Replace ``timelines_<split>/`` with the PNGs of the ``cfg.timelines`` videos of lowest
+    per-frame macro-F1 (every frame inferred once more, smoothed as scored); worst first."""
+    from expr.evaluate.video_outputs import draw_timeline, video_predictions, worst_videos
+    from expr.train_heads import frame_probabilities
+
+    folder = run_dir.timelines(cfg.split)
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier --timelines (other N, other weights) is stale
+    if cfg.timelines == 0:
+        return []
+    probs = frame_probabilities(run.model, bank, run.train_config.window, batch_size=cfg.batch_size,
+                                smooth=cfg.smooth, smooth_mode=cfg.smooth_mode)
+    worst = worst_videos(video_predictions(bank, probs, labels), cfg.timelines)
+    return [draw_timeline(run_dir.timeline_png(cfg.split, video.video_id), video,
+                          title_extra=f"per-frame macro-F1 {f1:.3f} · worst {rank} of {len(bank.video_ids)}").path
+            for rank, (video, f1) in enumerate(worst, start=1)]

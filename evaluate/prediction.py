@@ -1,10 +1,15 @@
-"""`expr predict`: one label per frame of every listed video, as an ABAW submission file."""
+"""`expr predict`: one label per frame of every listed video, as an ABAW submission file,
+and (with a folder --out) each video's per-frame table and timeline.
+
+This module predicts from a feature cache; ``expr.pipeline`` extracts raw ``--videos`` into
+one first, with the run's backbones, and then calls ``predict_run``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -13,37 +18,82 @@ from expr.devices import resolve_device
 from expr.errors import CacheSchemaError
 from expr.evaluate.config import PredictConfig
 from expr.evaluate.scoring import check_backbones, check_in_cache
-from expr.evaluate.submission import write_submission
+from expr.evaluate.submission import check_ids, write_submission
+
+
+@dataclass(frozen=True)
+class PredictOut:
+    """The files of a ``expr predict --out`` folder; nothing else spells them."""
+
+    path: Path
+
+    @property
+    def cache(self) -> Path:
+        """Where --videos are extracted to without --cache (kept: a rerun extracts only new videos)."""
+        return Path(self.path) / "feats.zarr"
+
+    @property
+    def submission(self) -> Path:
+        return Path(self.path) / "submission.csv"
+
+    def frame_csv(self, video_id: str) -> Path:
+        return Path(self.path) / "frames" / f"{video_id}.csv"
+
+    def timeline_png(self, video_id: str) -> Path:
+        return Path(self.path) / "timelines" / f"{video_id}.png"
 
 
 @dataclass
 class PredictReport:
-    out: Path
+    out: Path                     # the submission CSV
     probs: Path | None
     n_videos: int
     n_rows: int                   # frames = rows below the header
     class_counts: list[int]       # predicted frames per class
+    frame_csvs: list[Path] = field(default_factory=list)   # one per video (folder --out)
+    timelines: list[Path] = field(default_factory=list)    # one per video (folder --out)
+    extracted: list[str] = field(default_factory=list)     # videos extracted by this call (--videos)
+    reused: list[str] = field(default_factory=list)        # videos of --videos already in the cache
+    failed: dict[str, str] = field(default_factory=dict)   # videos that could not be extracted: not predicted
+    cache: Path | None = None
 
 
-def predict_run(cfg: PredictConfig, *, on_stage: Callable[[str], None] | None = None) -> PredictReport:
-    """Predict every frame (a face or not: the causal window ending there decides), write
-    the submission (and probabilities), each validated before it replaces anything."""
+def listed_ids(cfg: PredictConfig) -> list[str] | None:
+    """The ids of ``--ids`` (file order, duplicates dropped), checked for the submission; None without it."""
+    from expr.train_heads import read_id_list
+
+    if cfg.ids is None:
+        return None
+    ids = list(dict.fromkeys(vid for _, vid in read_id_list(cfg.ids)))
+    check_ids(ids)
+    return ids
+
+
+def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
+                on_stage: Callable[[str], None] | None = None) -> PredictReport:
+    """Predict every frame (a face or not: the causal window ending there decides) of
+    ``video_ids`` (default: ``--ids``, else every cached video) in ``cfg.cache``; write the
+    submission (and probabilities), each validated before it replaces anything, and with a
+    folder ``--out`` each video's CSV and timeline."""
     from expr.cache_format import open_cache
-    from expr.train_heads import frame_probabilities, load_bank, load_run, read_id_list
+    from expr.train_heads import frame_probabilities, load_bank, load_run
 
     stage = on_stage or (lambda _msg: None)
     cfg.validate()
+    ids = list(video_ids) if video_ids is not None else listed_ids(cfg)  # before any work
+    if cfg.cache is None:
+        raise CacheSchemaError("predict_run needs cfg.cache: extract --videos first (expr.pipeline.predict_videos)")
     device = resolve_device(cfg.device)
     run = load_run(cfg.run, cfg.checkpoint, device)
     with open_cache(cfg.cache) as cache:
         check_backbones(run, cache.backbones, cfg.run, cfg.cache)
-        if cfg.videos is not None:
-            ids = list(dict.fromkeys(vid for _, vid in read_id_list(cfg.videos)))
-            check_in_cache(ids, cache.video_ids, str(cfg.videos))
+        if ids is not None:
+            check_in_cache(ids, cache.video_ids, str(cfg.ids or cfg.videos or cfg.cache))
         else:
             ids = cache.video_ids
-            if not ids:
-                raise CacheSchemaError(f"{cfg.cache}: the cache holds no complete video to predict")
+            check_ids(ids)
+        if not ids:
+            raise CacheSchemaError(f"{cfg.cache}: the cache holds no complete video to predict")
         stage(f"loading {len(ids)} videos from {cfg.cache}")
         bank = load_bank(cache, ids, None, preload=cfg.preload, device=device)
     stage(f"predicting {int(bank.n_frames.sum()):,} frames")
@@ -51,7 +101,23 @@ def predict_run(cfg: PredictConfig, *, on_stage: Callable[[str], None] | None = 
                                 smooth=cfg.smooth, smooth_mode=cfg.smooth_mode)
     per_video = dict(zip(bank.video_ids, probs))
     labels = {vid: p.argmax(1) for vid, p in per_video.items()}
-    write_submission(cfg.out, labels, probabilities=per_video if cfg.probs else None, probs_path=cfg.probs)
+    folder = PredictOut(cfg.out) if cfg.out_is_folder else None
+    submission = folder.submission if folder else Path(cfg.out)
+    submission.parent.mkdir(parents=True, exist_ok=True)
+    write_submission(submission, labels, probabilities=per_video if cfg.probs else None, probs_path=cfg.probs)
     all_labels = np.concatenate(list(labels.values()))
-    return PredictReport(Path(cfg.out), cfg.probs, len(labels), int(all_labels.size),
-                         np.bincount(all_labels, minlength=NUM_CLASSES).tolist())
+    report = PredictReport(submission, cfg.probs, len(labels), int(all_labels.size),
+                           np.bincount(all_labels, minlength=NUM_CLASSES).tolist(), cache=Path(cfg.cache))
+    if folder:
+        _write_per_video(folder, bank, probs, cfg.timelines, report, stage)
+    return report
+
+
+def _write_per_video(folder: PredictOut, bank, probs, timelines: bool, report: PredictReport, stage) -> None:
+    from expr.evaluate.video_outputs import draw_timeline, video_predictions, write_frame_csv
+
+    stage(f"writing one CSV{' and one timeline' if timelines else ''} per video into {folder.path}")
+    for video in video_predictions(bank, probs):
+        report.frame_csvs.append(write_frame_csv(folder.frame_csv(video.video_id), video))
+        if timelines:
+            report.timelines.append(draw_timeline(folder.timeline_png(video.video_id), video).path)

@@ -172,7 +172,7 @@ def _confusions(parts: ReportParts, scratch: Path) -> str:
         if source is None:
             continue
         if not isinstance(source, (str, os.PathLike)):  # counts: draw them here
-            source = save_confusion_png(scratch / f"confusion_{key}.png", np.asarray(source), title=label)
+            source = save_confusion_png(scratch / f"{key}_matrix.png", np.asarray(source), title=label)
         figures.append(_img(Path(source), f"{label}: rows true class, columns predicted", f"confusion {label}"))
     return f'<div class="pair">{"".join(figures)}</div>' if figures else ""
 

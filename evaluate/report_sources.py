@@ -17,11 +17,15 @@ from expr.abaw import CLASS_NAMES
 from expr.errors import ConfigError
 from expr.evaluate.ablation_table import PAPER_MARK, CellResult, _pm, summarise
 from expr.evaluate.report import PROTOCOLS, AblationTable, ReportParts, write_report
+from expr.train_heads import RunDir
+
+# A cell's record in an ablation folder: cells/<cell>/seed<k>/ is a run folder.
+_CELL_RESULTS = f"cells/*/seed*/{RunDir(Path('.')).result.name}"
 
 
 def timeline_dir(run_dir: str | os.PathLike, split: str) -> Path:
     """Where the timelines of a run's split go (``expr evaluate --timelines N`` writes here)."""
-    return Path(run_dir) / f"timelines_{split}"
+    return RunDir(Path(run_dir)).timelines(split)
 
 
 def _read_json(path: Path, what: str, hint: str) -> dict:
@@ -35,14 +39,14 @@ def _read_json(path: Path, what: str, hint: str) -> dict:
 
 def run_parts(run_dir: str | os.PathLike, split: str, timelines: Sequence[Path] | None = None) -> ReportParts:
     """The report of one evaluated split of a run, read from the run folder."""
-    run_dir = Path(run_dir)
-    ev = _read_json(run_dir / f"eval_{split}.json", f"evaluation of {split}",
+    run = RunDir(Path(run_dir))
+    run_dir = run.path
+    ev = _read_json(run.eval_report(split), f"evaluation of {split}",
                     f"run 'expr evaluate --run {run_dir} --split {split}' first")
-    config_path = run_dir / "config.json"
-    config = _read_json(config_path, "run config", "") if config_path.is_file() else {}
+    config = _read_json(run.config, "run config", "") if run.config.is_file() else {}
     if timelines is None:
-        timelines = sorted(timeline_dir(run_dir, split).glob("*.png"))
-    confusions = {k: p for k in PROTOCOLS if (p := run_dir / f"confusion_{split}_{k}.png").is_file()}
+        timelines = sorted(run.timelines(split).glob("*.png"))
+    confusions = {k: p for k in PROTOCOLS if (p := run.confusion_png(split, k)).is_file()}
     facts = {"run": str(run_dir), "split": split, "checkpoint": ev.get("checkpoint"), "epoch": ev.get("epoch"),
              "videos": ev.get("videos"), "cache": ev.get("cache"), "labels": ev.get("labels")}
     return ReportParts(
@@ -51,7 +55,7 @@ def run_parts(run_dir: str | os.PathLike, split: str, timelines: Sequence[Path] 
         config=config,
         protocols=ev.get("protocols", {}),
         confusions=confusions,
-        metrics_jsonl=run_dir / "metrics.jsonl",
+        metrics_jsonl=run.metrics,
         timelines=list(timelines),
         warnings=ev.get("warnings", []),
         class_names=ev.get("class_names") or CLASS_NAMES,
@@ -88,14 +92,15 @@ def ablation_parts(out_dir: str | os.PathLike) -> ReportParts:
     """The report of an ablation folder: the grid table (mean ± std over seeds, best first),
     the chart, and the options all cells share."""
     out_dir = Path(out_dir)
-    paths = sorted(out_dir.glob("cells/*/seed*/result.json"), key=_grid_order(out_dir))
+    paths = sorted(out_dir.glob(_CELL_RESULTS), key=_grid_order(out_dir))
     if not paths:
-        raise ConfigError(f"{out_dir}: no finished ablation cell (cells/*/seed*/result.json); run 'expr ablate' first")
+        raise ConfigError(f"{out_dir}: no finished ablation cell ({_CELL_RESULTS}); run 'expr ablate' first")
     records = [_read_json(p, "cell result", "") for p in paths]
     try:
         results = [CellResult.from_dict(r["result"]) for r in records]
     except (KeyError, TypeError, ValueError) as err:
-        raise ConfigError(f"{out_dir}: a cell's result.json is not in the expected format ({err})") from err
+        raise ConfigError(f"{out_dir}: a cell's record ({_CELL_RESULTS}) is not in the expected format ({err})"
+                          ) from err
     rows = [[str(rank), s.cell.label + (f" {PAPER_MARK}" if s.cell.is_paper() else ""),
              _pm(s, "frame_macro_f1"), _pm(s, "frame_accuracy"), _pm(s, "window_macro_f1"),
              _pm(s, "window_accuracy"), str(s.n_seeds)]

@@ -1,4 +1,4 @@
-"""A real evaluated run for the report tests: synthetic cache, a tiny 2-epoch head, `expr evaluate`."""
+"""Real runs for the report, timeline and predict tests: synthetic cache, a tiny head, `expr evaluate`."""
 
 from __future__ import annotations
 
@@ -7,28 +7,37 @@ from pathlib import Path
 import numpy as np
 
 SPLIT = "Validation_Set"
+# A head small enough to train in seconds on 2 CPU cores.
+TINY_HEAD = dict(channels=16, tcn_levels=2, heads=2, lr=1e-3, device="cpu")
 
 
-def evaluated_run(root: Path) -> Path:
-    """Train and evaluate a tiny run under ``root``; one timeline PNG in timelines_<split>/
-    (from random probabilities: the report only embeds the files)."""
+def trained_run(root: Path, *, n_val: int = 2, n_frames: tuple[int, int] = (60, 90), dataset: dict | None = None,
+                **train_options):
+    """A synthetic dataset under ``root`` and a run trained on it in ``root/run``: (dataset, run dir)."""
     import torch
 
+    from expr.train_heads import TrainConfig, train, write_synthetic_dataset
+
+    torch.set_num_threads(1)
+    ds = write_synthetic_dataset(root, n_train=3, n_val=n_val, n_frames=n_frames, visual_dim=32, audio_dim=16,
+                                 text_dim=16, **(dataset or {}))
+    train(TrainConfig(cache=ds.cache, labels=ds.labels, out=root / "run", **{**TINY_HEAD, **train_options}))
+    return ds, root / "run"
+
+
+def evaluated_run(root: Path, timelines: int = 0) -> Path:
+    """Train and evaluate a tiny run under ``root``; one timeline PNG in timelines_<split>/:
+    with ``timelines`` > 0 those `expr evaluate --timelines` drew (and its report.html),
+    else one from random probabilities (the report only embeds the files)."""
     from expr.cli import run
     from expr.evaluate.report_sources import timeline_dir
     from expr.evaluate.timeline import plot_timeline
-    from expr.train_heads.config import TrainConfig
-    from expr.train_heads.loop import train
-    from expr.train_heads.synthetic import write_synthetic_dataset
 
-    torch.set_num_threads(1)
-    ds = write_synthetic_dataset(root, n_train=3, n_val=2, n_frames=(60, 90), visual_dim=32, audio_dim=16,
-                                 text_dim=16)
-    run_dir = root / "run"
-    train(TrainConfig(cache=ds.cache, labels=ds.labels, out=run_dir, window=16, stride=8, epochs=2, channels=16,
-                      tcn_levels=2, heads=2, lr=1e-3, device="cpu"))
+    ds, run_dir = trained_run(root, window=16, stride=8, epochs=2)
     assert run(["evaluate", "--run", str(run_dir), "--cache", str(ds.cache), "--labels", str(ds.labels),
-                "--split", SPLIT, "--device", "cpu"]) == 0
+                "--split", SPLIT, "--device", "cpu", "--timelines", str(timelines)]) == 0
+    if timelines:
+        return run_dir
     probs = np.random.default_rng(0).dirichlet(np.ones(8), size=50)
     out = timeline_dir(run_dir, SPLIT)
     out.mkdir()

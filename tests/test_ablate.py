@@ -150,7 +150,12 @@ def test_ablate_retrains_a_cell_whose_options_changed(dataset, tmp_path, capsys)
     out = tmp_path / "abl"
     assert _ablate(dataset, out, "--grid", "window=8") == 0
     assert _ablate(dataset, out, "--grid", "window=8", "--lr", "2e-3") == 0
-    assert "1 trained, 0 already done" in capsys.readouterr().out.split("✓")[-1]
+    printed = capsys.readouterr().out
+    assert "1 trained, 0 already done" in printed.split("✓")[-1]
+    # report.html: written by every ablate, says where it is, shows the cell with the options now used
+    assert f"report: {out / 'report.html'}" in " ".join(printed.split())
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "<title>Ablation: window=8</title>" in html and "window=8" in html and "0.002" in html
 
 
 def test_ablate_bad_grid_is_one_line(dataset, tmp_path, capsys):

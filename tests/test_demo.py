@@ -4,39 +4,34 @@ from __future__ import annotations
 
 import inspect
 import json
-from pathlib import Path
 
 import pytest
 
-from expr.commands.evaluate import evaluate as evaluate_cmd
-from expr.commands.extract import extract as extract_cmd
-from expr.commands.train import train as train_cmd
-from expr.demo import DemoConfig, evaluate_options, extract_options, train_options
+from expr.demo import DemoConfig, evaluate_config, extract_options, train_config
 from expr.errors import ConfigError
 from expr.extract.config import ExtractConfig
-from expr.train_heads.config import TrainConfig
 
 
-def _accepts(command, options: dict) -> None:
-    params = inspect.signature(command).parameters
-    unknown = set(options) - set(params)
-    assert not unknown, f"{command.__name__} has no option(s) {unknown}"
-    required = {n for n, p in params.items() if p.default is inspect.Parameter.empty}
-    assert required <= set(options)
-
-
-def test_demo_options_are_real_command_options(tmp_path):
+def test_demo_settings_are_valid_stage_configs(tmp_path):
     cfg = DemoConfig(out=tmp_path).validate()
     for random in (False, True):
         ext = extract_options(cfg, tmp_path / "videos", random_weights=random)
-        _accepts(extract_cmd, ext)
-        ExtractConfig(**ext).validate()
+        ExtractConfig(**ext).validate()  # unknown or missing fields raise TypeError
         assert (ext.get("visual_weights"), ext.get("audio_weights")) == (("none", "none") if random else (None, None))
-    tr = train_options(cfg, tmp_path / "labels")
-    _accepts(train_cmd, tr)
-    TrainConfig(**tr).validate()
-    assert tr["window"] == 16 and tr["out"] == tmp_path / "run" and tr["cache"] == tmp_path / "feats.zarr"
-    _accepts(evaluate_cmd, evaluate_options(cfg, tmp_path / "labels"))
+    tr = train_config(cfg, tmp_path / "labels")
+    tr.validate()
+    assert tr.window == 16 and tr.out == tmp_path / "run" and tr.cache == tmp_path / "feats.zarr"
+    ev = evaluate_config(cfg, tmp_path / "labels", timelines=6)
+    ev.validate()
+    assert (ev.run, ev.cache, ev.split, ev.timelines) == (tr.out, tr.cache, "Validation_Set", 6)
+
+
+def test_demo_command_options_are_the_config_fields():
+    import dataclasses
+
+    from expr.commands.demo import demo
+
+    assert set(inspect.signature(demo).parameters) == {f.name for f in dataclasses.fields(DemoConfig)}
 
 
 @pytest.mark.parametrize("field, value", [("weights", "maybe"), ("window", 60), ("window", 1), ("epochs", 0)])
@@ -49,9 +44,16 @@ def test_demo_config_refuses_what_cannot_work(field, value):
 def test_demo_end_to_end(tmp_path, capsys):
     from expr.cli import run
 
+    from expr.train_heads import RunDir
+
     assert run(["demo", "--out", str(tmp_path / "demo"), "--weights", "random", "--epochs", "3"]) == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
     assert "CREMA-D" in out and "per-frame" in out and "demo stage timings" in out
-    report = json.loads((tmp_path / "demo" / "run" / "eval_Validation_Set.json").read_text())
+    run_dir = RunDir(tmp_path / "demo" / "run")
+    report = json.loads(run_dir.eval_report("Validation_Set").read_text())
     assert report["protocols"]["per_frame"]["n"] > 100
-    assert list((tmp_path / "demo" / "run").glob("confusion_*.png"))
+    assert run_dir.confusion_png("Validation_Set", "per_frame").is_file()
+    # a timeline per clip, all in report.html, whose path is printed
+    assert len(list(run_dir.timelines("Validation_Set").glob("*.png"))) == 6
+    assert str(run_dir.report) in out
+    assert run_dir.report.read_text(encoding="utf-8").count('src="data:image/png;base64,') == 2 + 1 + 6

@@ -19,8 +19,8 @@ from expr.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 # Written in the run folder: only train_heads/run_dir.py may spell these.
-RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "result.json", ".safetensors", "state.json")
-RUN_REPORT_PREFIXES = ("eval_", "confusion_")
+RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "result.json", ".safetensors", "state.json", "report.html")
+RUN_REPORT_PREFIXES = ("eval_", "confusion_", "timelines_")
 
 
 def _code_strings(path: Path) -> list[str]:
@@ -99,7 +99,10 @@ def test_run_dir_names_its_files():
         "last.safetensors", "last.optim.safetensors", "last.state.json")
     assert run.eval_report("Validation_Set").name == "eval_Validation_Set.json"
     assert run.confusion_png("Validation_Set", "window").name == "confusion_Validation_Set_window.png"
+    assert run.timeline_png("Validation_Set", "v1").as_posix() == "r/timelines_Validation_Set/v1.png"
+    assert run.report.name == "report.html"
     assert is_run_file("best.safetensors") and is_run_file("confusion_x_per_frame.png")
+    assert is_run_file("report.html") and is_run_file("timelines_Validation_Set")
     assert not is_run_file("result.json") and not is_run_file("notes.txt")
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from expr.errors import LabelFormatError
+from report_helpers import trained_run
 from expr.evaluate.submission import (
     HEADER,
     image_location,
@@ -83,18 +84,8 @@ def test_failed_validation_leaves_previous_file_untouched(tmp_path):
 # -- `expr predict` end to end -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    import torch
-
-    from expr.train_heads import TrainConfig, train, write_synthetic_dataset
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("predict")
-    ds = write_synthetic_dataset(root, n_train=3, n_val=2, n_frames=(60, 90), visual_dim=32, audio_dim=16,
-                                 text_dim=16, masked_frames_frac=0.2)
-    cfg = TrainConfig(cache=ds.cache, labels=ds.labels, out=root / "run", window=12, stride=6, epochs=1,
-                      channels=16, tcn_levels=2, heads=2, lr=1e-3, device="cpu")
-    train(cfg)
-    return ds, root / "run"
+    return trained_run(tmp_path_factory.mktemp("predict"), dataset=dict(masked_frames_frac=0.2), window=12,
+                       stride=6, epochs=1)
 
 
 def _predict(ds, run_dir, out, *extra):
@@ -128,7 +119,7 @@ def test_predict_listed_videos_with_smoothing(trained, tmp_path):
     ids = tmp_path / "ids.txt"
     ids.write_text("# test videos\nval_001\n\nval_000\n")
     out = tmp_path / "sub.csv"
-    assert _predict(ds, run_dir, out, "--videos", str(ids), "--smooth", "5") == 0
+    assert _predict(ds, run_dir, out, "--ids", str(ids), "--smooth", "5") == 0
     assert list(read_submission(out)) == ["val_001", "val_000"]  # the listed order
 
 
@@ -136,7 +127,7 @@ def test_predict_bad_input(trained, tmp_path, capsys):
     ds, run_dir = trained
     ids = tmp_path / "ids.txt"
     ids.write_text("val_000\nnot_extracted\n")
-    assert _predict(ds, run_dir, tmp_path / "p.csv", "--videos", str(ids)) == 1
+    assert _predict(ds, run_dir, tmp_path / "p.csv", "--ids", str(ids)) == 1
     err = capsys.readouterr().err
     assert "1 video(s) not in the cache (not_extracted)" in err and "ids.txt" in err
     assert not (tmp_path / "p.csv").exists()

@@ -37,11 +37,10 @@ def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from expr.evaluate.report_sources import report_from_run
-
-    run_dir = evaluated_run(tmp_path_factory.mktemp("browser"))
+    """The report.html that `expr evaluate --timelines 1` wrote into the run."""
+    run_dir = evaluated_run(tmp_path_factory.mktemp("browser"), timelines=1)
     ev = json.loads((run_dir / f"eval_{SPLIT}.json").read_text())
-    return report_from_run(run_dir, SPLIT, run_dir / "report.html"), ev
+    return run_dir / "report.html", ev
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
@@ -70,3 +69,20 @@ def test_the_dom_chromium_built_has_the_title_classes_and_scores(report, tmp_pat
     assert dom.count('src="data:image/png;base64,') == 4
     for sid in ("overview", "metrics", "per-class", "confusion", "training", "timelines", "config"):
         assert f'id="{sid}"' in dom
+
+
+def test_an_ablation_report_written_by_expr_ablate_renders(tmp_path_factory, tmp_path):
+    from expr.cli import run
+    from expr.train_heads import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("ablate_browser")
+    ds = write_synthetic_dataset(root, n_train=2, n_val=2, n_frames=(40, 60), visual_dim=32, audio_dim=16,
+                                 text_dim=16)
+    out = root / "abl"
+    assert run(["ablate", "--cache", str(ds.cache), "--labels", str(ds.labels), "--out", str(out), "--grid",
+                "window=8,12", "--epochs", "1", "--channels", "16", "--tcn-levels", "1", "--heads", "2",
+                "--device", "cpu"]) == 0
+    dom = _chromium(tmp_path, "--dump-dom", (out / "report.html").resolve().as_uri()).stdout
+    assert "<title>Ablation: window=8,12</title>" in dom
+    assert "window=8</td>" in dom and "window=12</td>" in dom and "per-frame macro-F1" in dom
+    assert 'id="ablation"' in dom and dom.count('src="data:image/png;base64,') == 1  # the chart

@@ -10,6 +10,8 @@
       last.state.json           epoch, best so far, optimiser hyper-parameters (for --resume)
       eval_<split>.json         `expr evaluate`'s scores            } reports: part of the run,
       confusion_<split>_<protocol>.png  its confusion matrices      } stale once it is retrained
+      timelines_<split>/<video>.png  --timelines N: the N worst videos }
+      report.html               the run's report (also the name in an `expr ablate` folder)
       result.json               `expr ablate`'s record of a cell run (not part of the run: an
                                 ablation removes it before it retrains the cell)
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import shutil
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -39,11 +42,13 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
+REPORT_FILE = "report.html"
+TIMELINES_PREFIX = "timelines_"
 WEIGHTS_SUFFIX = ".safetensors"
 OPTIMIZER_SUFFIX = ".optim.safetensors"
 STATE_SUFFIX = ".state.json"
 # What `expr evaluate` writes into a run: part of the run, and stale once it is retrained.
-REPORT_PATTERNS = ("eval_*.json", "confusion_*.png")
+REPORT_PATTERNS = ("eval_*.json", "confusion_*.png", REPORT_FILE, TIMELINES_PREFIX + "*")
 # Options that may change between a run and its --resume without changing the result.
 # Not --epochs: it is the cosine schedule's T_max, so every epoch's learning rate depends on it.
 RESUME_FREE = {"resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size"}
@@ -97,6 +102,17 @@ class RunDir:
 
     def confusion_png(self, split: str, protocol: str) -> Path:
         return self.path / f"confusion_{split}_{protocol}.png"
+
+    def timelines(self, split: str) -> Path:
+        """Folder of the timeline PNGs of ``split`` (``<video>.png``)."""
+        return self.path / f"{TIMELINES_PREFIX}{split}"
+
+    def timeline_png(self, split: str, video_id: str) -> Path:
+        return self.timelines(split) / f"{video_id}.png"
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT_FILE
 
     def read_config(self) -> dict:
         if not self.config.is_file():
@@ -160,7 +176,10 @@ def prepare_run_dir(cfg: TrainConfig, dist: Dist) -> RunDir:
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         for name in present:
-            (out / name).unlink()
+            if (out / name).is_dir():  # timelines_<split>/ (is_run_file vouched for it)
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink()
     dist.barrier()
     return run
 

@@ -71,6 +71,7 @@ def ablate(
     console.print(report.paths["md"].read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
     console.print(f"[green]✓[/] {report.trained} trained, {report.skipped} already done; "
                   f"{report.paths['csv']}, {report.paths['md']}, {report.paths['png']}", highlight=False)
+    console.print(f"report: {report.report}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -79,17 +79,22 @@ def evaluate(
     batch_size: BatchOpt = DEFAULT.batch_size,
     preload: PreloadOpt = Preload(DEFAULT.preload),
     device: DeviceOpt = DEFAULT.device,
+    timelines: Annotated[int, typer.Option(min=0, help="Draw timeline PNGs of the N videos with the lowest "
+                                                       "per-frame macro-F1 (into timelines_<split>/).")
+                         ] = DEFAULT.timelines,
 ) -> None:
     """Score a run on a labelled split: window-level (the paper's numbers) AND per-frame
-    (the official ABAW metric); writes eval_<split>.json and confusion PNGs into the run."""
+    (the official ABAW metric); writes eval_<split>.json, confusion PNGs, the timelines of
+    the worst videos and report.html into the run."""
     from rich.console import Console
 
     from expr.evaluate import evaluate_run
 
     console = Console()
     cfg = EvaluateConfig(run=run, cache=cache, labels=labels, split=split, videos=videos,
-                         checkpoint=checkpoint.value, windows=windows.value if windows else None, smooth=smooth, smooth_mode=smooth_mode.value,
-                         batch_size=batch_size, preload=preload.value, device=device)
+                         checkpoint=checkpoint.value, windows=windows.value if windows else None, smooth=smooth,
+                         smooth_mode=smooth_mode.value, batch_size=batch_size, preload=preload.value, device=device,
+                         timelines=timelines)
     report = evaluate_run(cfg, on_stage=lambda msg: console.print(f"[dim]{msg}[/]"))
     protocols = report.data["protocols"]
     w, f = protocols["window"], protocols["per_frame"]
@@ -107,6 +112,10 @@ def evaluate(
         f"per-frame macro-F1 [bold]{report.scores.per_frame.macro_f1:.4f}[/]  -> {report.json_path}",
         highlight=False,
     )
+    if report.timelines:
+        console.print(f"timelines of the {len(report.timelines)} worst videos: {report.timelines[0].parent}",
+                      highlight=False)
+    console.print(f"report: {report.report}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

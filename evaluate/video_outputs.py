@@ -1,0 +1,97 @@
+"""What a trained head says about each video: its per-frame table (CSV) and its timeline PNG,
+and which videos `expr evaluate --timelines N` draws (the N with the lowest per-frame macro-F1).
+
+`expr predict` writes both for every video it predicts; `expr evaluate` draws the worst
+videos of a labelled split with the ground truth as a second band.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from expr.abaw import CLASS_NAMES, IGNORE_LABEL
+from expr.atomic import atomic_path
+from expr.evaluate.metrics import compute_metrics
+from expr.evaluate.timeline import TimelineData, plot_timeline
+from expr.train_heads import FeatureBank
+
+# The per-video CSV: one row per frame. ``frame`` is 1-based like ABAW's 00001.jpg names.
+FRAME_CSV_HEADER = ("frame", "time", "face", *CLASS_NAMES, "predicted")
+
+
+@dataclass(frozen=True)
+class VideoPrediction:
+    """One video's per-frame class probabilities with the facts a timeline shows."""
+
+    video_id: str
+    times: np.ndarray            # (T,) seconds, each frame's own timestamp
+    face: np.ndarray             # (T,) bool: a face was found in the frame
+    probs: np.ndarray            # (T, C) class probabilities
+    truth: np.ndarray | None     # (T,) labels -1..7 (-1: unlabelled), None without labels
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+    def annotated(self) -> np.ndarray:
+        """0-based indices of the frames with a label (none without labels)."""
+        return np.zeros(0, np.int64) if self.truth is None else np.flatnonzero(self.truth != IGNORE_LABEL)
+
+    def macro_f1(self) -> float | None:
+        """Per-frame macro-F1 over the annotated frames (all 8 classes, as ABAW scores a set);
+        None without any annotated frame."""
+        idx = self.annotated()
+        if self.truth is None or idx.size == 0:
+            return None
+        return compute_metrics(self.truth[idx], self.predicted[idx]).macro_f1
+
+
+def video_predictions(bank: FeatureBank, probs: Sequence[np.ndarray],
+                      labels: Mapping[str, np.ndarray] | None = None) -> list[VideoPrediction]:
+    """Pair ``probs`` (per video of the bank, every frame) with the bank's times and face
+    flags; ``labels`` (as annotated, cut or padded with -1 to the cached length) give the truth."""
+    out = []
+    for v, vid in enumerate(bank.video_ids):
+        rows = bank.video_slice(v)
+        n = len(probs[v])
+        truth = None
+        if labels is not None and vid in labels:
+            lab = np.asarray(labels[vid], dtype=np.int64)[:n]
+            truth = np.concatenate([lab, np.full(n - len(lab), IGNORE_LABEL, np.int64)])
+        out.append(VideoPrediction(vid, bank.timestamps[rows].cpu().numpy(), bank.frame_mask[rows].cpu().numpy(),
+                                   np.asarray(probs[v], dtype=np.float32), truth))
+    return out
+
+
+def worst_videos(videos: Sequence[VideoPrediction], n: int) -> list[tuple[VideoPrediction, float]]:
+    """The ``n`` videos with the lowest per-frame macro-F1 (ties: more annotated frames
+    first, then by id); videos without annotated frames cannot be ranked and are left out."""
+    scored = [(v, f1) for v in videos if (f1 := v.macro_f1()) is not None]
+    scored.sort(key=lambda pair: (pair[1], -pair[0].annotated().size, pair[0].video_id))
+    return scored[:n]
+
+
+def write_frame_csv(path: str | os.PathLike, video: VideoPrediction) -> Path:
+    """The video's table: frame (1-based), time (s), face (0/1), the 8 probabilities, the
+    predicted class name; written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        out = csv.writer(fh, lineterminator="\n")
+        out.writerow(FRAME_CSV_HEADER)
+        for i, (t, face, p, k) in enumerate(zip(video.times, video.face, video.probs, video.predicted)):
+            out.writerow([i + 1, f"{t:.4f}", int(face), *(f"{x:.6f}" for x in p), CLASS_NAMES[k]])
+    return path
+
+
+def draw_timeline(path: str | os.PathLike, video: VideoPrediction, title_extra: str = "") -> TimelineData:
+    """The video's timeline PNG (truth band when it has labels); returns what was drawn."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return plot_timeline(path, video_id=video.video_id, times=video.times.tolist(), probs=video.probs,
+                         predicted=video.predicted, truth=video.truth, face=video.face, title_extra=title_extra)
