@@ -72,8 +72,8 @@ def evaluate(
     checkpoint: CheckpointOpt = Checkpoint(DEFAULT.checkpoint),
     windows: Annotated[Optional[WindowRule], typer.Option(
         help="Window-level protocol only: score the windows of this rule, reference (the authors', Table 1) "
-             "or grid (v0.1). Default: the rule the run was trained and selected on (its config.json; runs "
-             "of v0.1 used grid). Per-frame scoring is the same for both.")] = None,  # = DEFAULT.windows
+             "or grid (v0.1). Default: the rule the run was trained and selected on (as the run records it; "
+             "runs of v0.1 used grid). Per-frame scoring is the same for both.")] = None,  # = DEFAULT.windows
     smooth: SmoothOpt = DEFAULT.smooth,
     smooth_mode: SmoothModeOpt = SmoothMode(DEFAULT.smooth_mode),
     batch_size: BatchOpt = DEFAULT.batch_size,
