@@ -160,7 +160,7 @@ class RunDir:
             stage.path.mkdir()
             try:
                 yield stage
-            except BaseException:
+            except Exception:  # (a kill leaves it to recover(), as does a KeyboardInterrupt)
                 shutil.rmtree(stage.path, ignore_errors=True)
                 raise
             commit_folder(stage.path, self.path, stage.checkpoint(Checkpoint.last.value).state.name)
