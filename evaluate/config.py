@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from expr.atomic import check_writable
 from expr.errors import ConfigError, check_choice
 from expr.train_heads import Checkpoint, HeadConfig, Preload, SmoothMode, TrainConfig
 
@@ -63,6 +64,9 @@ class PredictConfig:
         _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
         if self.probs is not None and Path(self.probs).resolve() == Path(self.out).resolve():
             raise ConfigError("--probs must name another file than --out")
+        for dest in (self.out, self.probs):  # a read-only --out fails now, not after the predictions
+            if dest is not None:
+                check_writable(dest, "write the submission")
 
 
 @dataclass

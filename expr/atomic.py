@@ -16,9 +16,12 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from expr.errors import storage_errors
 
 
 # The temporary names of atomic_path: ".<name>.<pid>.tmp" (a killed writer leaves them behind).
@@ -43,6 +46,18 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable(dest: str | os.PathLike, what: str) -> None:
+    """A one-line StorageError now, rather than after minutes of work, when nothing can be
+    created at ``dest`` (read-only file system, no permission): a probe file is made and
+    removed in the nearest existing folder on its path."""
+    folder = Path(dest).absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if folder.is_dir():  # (a file in the way gets its own error at the real write)
+        with storage_errors(dest, what):
+            tempfile.TemporaryFile(dir=folder).close()
 
 
 def write_text(dest: str | os.PathLike, text: str) -> Path:

@@ -255,29 +255,50 @@ def test_a_real_kill_between_the_weights_and_the_optimiser(ds, full, tmp_path):
         _assert_same_run(out, full[0].run_dir)
 
 
-READ_ONLY = textwrap.dedent("""
+IN_NAMESPACE = textwrap.dedent("""
     import json, subprocess, sys
-    ro = sys.argv[1]
-    args = sys.argv[2:]
-    proc = subprocess.run([sys.executable, "-m", "expr", *args], capture_output=True, text=True)
-    print(json.dumps({"rc": proc.returncode, "err": proc.stderr, "out": proc.stdout}))
+    from pathlib import Path
+    full, commands = Path(sys.argv[1]), json.loads(sys.argv[2])
+    with open(full / "filler", "wb", buffering=0) as fh:  # fill the disk
+        try:
+            while True:
+                fh.write(b"x" * 4096)
+        except OSError:
+            pass
+    results = [subprocess.run([sys.executable, "-m", "expr", *argv], capture_output=True, text=True)
+               for argv in commands]
+    print(json.dumps({"rc": [r.returncode for r in results], "err": [r.stderr for r in results],
+                      "full": sorted(p.name for p in full.iterdir())}))
 """)
 
 
-def test_a_read_only_out_is_one_line(ds, tmp_path):
-    """A real read-only tmpfs in a private mount namespace (root ignores chmod)."""
+def test_read_only_and_full_disks_are_one_line(ds, full, tmp_path):
+    """Real read-only and full tmpfs mounts in a private mount namespace (root ignores chmod)."""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
         pytest.skip("no user/mount namespaces here")
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    argv = ["train", "--cache", str(ds.cache), "--labels", str(ds.labels), "--out", str(ro / "run"),
-            "--device", "cpu", "--epochs", "1"]
-    shell = f"mount -t tmpfs -o ro,size=1m tmpfs {ro} && exec {sys.executable} -c \"$0\" \"$@\""
-    proc = subprocess.run(["unshare", "-rm", "sh", "-c", shell, READ_ONLY, str(ro), *argv],
+    import media_fixtures as F
+
+    ro, disk, videos = tmp_path / "ro", tmp_path / "full", tmp_path / "videos"
+    for d in (ro, disk, videos):
+        d.mkdir()
+    F.make_video(videos / "v.mp4", n_frames=4)
+    commands = [
+        ["train", "--cache", str(ds.cache), "--labels", str(ds.labels), "--out", str(ro / "run"), "--device", "cpu"],
+        ["predict", "--run", str(full[0].run_dir), "--cache", str(ds.cache), "--out", str(ro / "p.csv")],
+        ["extract", "--videos", str(videos), "--out", str(disk / "c.zarr"), "--visual-model", "test-tiny-clip",
+         "--audio-model", "test-tiny-wav2vec2", "--workers", "0"],
+    ]
+    shell = (f"mount -t tmpfs -o ro,size=1m tmpfs {ro} && mount -t tmpfs -o size=1m tmpfs {disk} && "
+             f"exec {sys.executable} -c \"$0\" \"$@\"")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", shell, IN_NAMESPACE, str(disk), json.dumps(commands)],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert res["rc"] == 1
-    assert res["err"] == (f"error: {ro / 'run'}: cannot create the run directory: Read-only file system; "
-                          "the file system is read-only: choose a writable location\n")
+    read_only = "Read-only file system; the file system is read-only: choose a writable location"
+    assert res["rc"] == [1, 1, 1]
+    assert res["err"][:2] == [f"error: {ro / 'run'}: cannot create the run directory: {read_only}\n",
+                              f"error: {ro / 'p.csv'}: cannot write the submission: {read_only}\n"]
+    assert res["err"][2] == (f"error: {disk / 'c.zarr'}: cannot write the cache: No space left on device; "
+                             "the disk is full: free space or write to another disk\n")
+    assert res["full"] == ["filler"]  # no half cache, no zarr.<pid>.tmp

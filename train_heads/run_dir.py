@@ -30,7 +30,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from expr.atomic import TEMP_NAME, commit_folder, recover_folder, write_json, write_text
+from expr.atomic import TEMP_NAME, check_writable, commit_folder, recover_folder, write_json, write_text
 from expr.errors import ConfigError, check_choice, storage_errors
 from expr.train_heads.config import HeadConfig, TrainConfig
 
@@ -228,16 +227,16 @@ def prepare_run_dir(cfg: TrainConfig, dist: Dist, on_message: Callable[[str], No
                 (out / name).unlink()
             shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
             _remove_temp_files(run)
-            tempfile.TemporaryFile(dir=out).close()  # a read-only --out fails here, before the data loads
+        check_writable(run.config, "write the run")  # e.g. read-only: fail before the data loads
     dist.barrier()
     return run
 
 
 def _recover(run: RunDir, on_message: Callable[[str], None] | None) -> None:
+    check_writable(run.config, "write the run")
     with storage_errors(run.path, "write to the run directory"):
         done = run.recover()
         _remove_temp_files(run)
-        tempfile.TemporaryFile(dir=run.path).close()
     if done:
         state = run.checkpoint(Checkpoint.last.value).state.name
         what = ("finished moving the checkpoints into place" if done == "finished" else
