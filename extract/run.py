@@ -253,6 +253,7 @@ class _Loop:
         self.videos: dict[str, _Video] = {}
         self.pending: deque[tuple[str, np.ndarray]] = deque()  # (video_id, (n, S, S, 3) uint8)
         self.n_pending = 0
+        self.encoded = 0  # frames encoded (progress); summary.frames counts those of written videos
         self.started = time.monotonic()
         self.size = bb.visual.spec.image_size
 
@@ -328,7 +329,7 @@ class _Loop:
                 video.feats.append(feats[offset: offset + len(px)])
                 video.queued -= len(px)
             offset += len(px)
-        self.summary.frames += n
+        self.encoded += n
         self.emit(self.event("batch"))
         self.write_ready()
 
@@ -363,6 +364,7 @@ class _Loop:
             self.fail(vid, _reason(exc))
             return
         self.summary.ok.append(vid)
+        self.summary.frames += sum(len(f) for f in video.feats)
         if video.samples is not None:
             self.summary.audio_seconds += len(video.samples) / self.bb.audio.spec.sample_rate
         self.emit(self.event("video", vid))
@@ -390,7 +392,7 @@ class _Loop:
 
     def event(self, kind: str, vid: str | None = None, error: str | None = None) -> ExtractEvent:
         s = self.summary
-        return ExtractEvent(kind, len(self.jobs), len(s.ok) + len(s.failed), s.frames,
+        return ExtractEvent(kind, len(self.jobs), len(s.ok) + len(s.failed), self.encoded,
                             s.audio_seconds, self.elapsed(), video_id=vid, error=error)
 
 
