@@ -302,3 +302,15 @@ def test_read_only_and_full_disks_are_one_line(ds, full, tmp_path):
     assert res["err"][2] == (f"error: {disk / 'c.zarr'}: cannot write the cache: No space left on device; "
                              "the disk is full: free space or write to another disk\n")
     assert res["full"] == ["filler"]  # no half cache, no zarr.<pid>.tmp
+
+
+def test_temp_files_a_killed_writer_left_are_removed(ds, full, tmp_path):
+    from expr.devices import Dist
+    from expr.train_heads.run_dir import prepare_run_dir
+
+    out = tmp_path / "run"
+    shutil.copytree(full[0].run_dir, out)
+    for name in (".metrics.jsonl.123.tmp", ".last.safetensors.9.tmp", ".notes.txt.1.tmp", ".saving"):
+        (out / name).write_text("x") if name != ".saving" else (out / name).mkdir()
+    prepare_run_dir(config(ds, out, overwrite=True), Dist())
+    assert sorted(p.name for p in out.iterdir()) == [".notes.txt.1.tmp"]  # not ours: left alone
