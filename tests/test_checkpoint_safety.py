@@ -258,13 +258,10 @@ def test_a_real_kill_between_the_weights_and_the_optimiser(ds, full, tmp_path):
 IN_NAMESPACE = textwrap.dedent("""
     import json, subprocess, sys
     from pathlib import Path
+    sys.path.insert(0, sys.argv[3])
+    from cache_helpers import fill_disk
     full, commands = Path(sys.argv[1]), json.loads(sys.argv[2])
-    with open(full / "filler", "wb", buffering=0) as fh:  # fill the disk
-        try:
-            while True:
-                fh.write(b"x" * 4096)
-        except OSError:
-            pass
+    fill_disk(full)
     results = [subprocess.run([sys.executable, "-m", "expr", *argv], capture_output=True, text=True)
                for argv in commands]
     print(json.dumps({"rc": [r.returncode for r in results], "err": [r.stderr for r in results],
@@ -290,7 +287,8 @@ def test_read_only_and_full_disks_are_one_line(ds, full, tmp_path):
     ]
     shell = (f"mount -t tmpfs -o ro,size=1m tmpfs {ro} && mount -t tmpfs -o size=1m tmpfs {disk} && "
              f"exec {sys.executable} -c \"$0\" \"$@\"")
-    proc = subprocess.run(["unshare", "-rm", "sh", "-c", shell, IN_NAMESPACE, str(disk), json.dumps(commands)],
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", shell, IN_NAMESPACE, str(disk), json.dumps(commands),
+                           str(Path(__file__).parent)],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert proc.returncode == 0, proc.stderr[-2000:]
