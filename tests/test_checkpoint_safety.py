@@ -256,16 +256,19 @@ def test_a_real_kill_between_the_weights_and_the_optimiser(ds, full, tmp_path):
 
 
 IN_NAMESPACE = textwrap.dedent("""
-    import json, subprocess, sys
+    import contextlib, io, json, sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[3])
     from cache_helpers import fill_disk
+    from expr.cli import run
     full, commands = Path(sys.argv[1]), json.loads(sys.argv[2])
     fill_disk(full)
-    results = [subprocess.run([sys.executable, "-m", "expr", *argv], capture_output=True, text=True)
-               for argv in commands]
-    print(json.dumps({"rc": [r.returncode for r in results], "err": [r.stderr for r in results],
-                      "full": sorted(p.name for p in full.iterdir())}))
+    rc, err = [], []
+    for argv in commands:  # in one process: one interpreter start, not three
+        with contextlib.redirect_stderr(io.StringIO()) as text, contextlib.redirect_stdout(io.StringIO()):
+            rc.append(run(argv))
+        err.append(text.getvalue())
+    print(json.dumps({"rc": rc, "err": err, "full": sorted(p.name for p in full.iterdir())}))
 """)
 
 

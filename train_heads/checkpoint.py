@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
+from safetensors.torch import save_file
 
 from expr.atomic import atomic_path, write_json
 from expr.errors import ConfigError
@@ -51,7 +51,7 @@ def save_checkpoint(files: CheckpointFiles, model: torch.nn.Module, *, optimizer
     module = unwrap(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     metadata = {"meta": json.dumps(meta), "head_config": json.dumps(dataclasses.asdict(module.cfg))}
-    weights_sha = _write_tensors(files.weights, tensors, metadata)
+    _write_tensors(files.weights, tensors, metadata)
     if optimizer is None:
         return
     osd = optimizer.state_dict()
@@ -62,20 +62,23 @@ def save_checkpoint(files: CheckpointFiles, model: torch.nn.Module, *, optimizer
                 opt_tensors[f"{pid}.{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{pid}.{name}"] = value
-    optimizer_sha = _write_tensors(files.optimizer, opt_tensors)
+    _write_tensors(files.optimizer, opt_tensors)
     write_json(files.state, {
         "meta": meta, "scheduler": scheduler_state or {},
         "param_groups": osd["param_groups"], "scalars": scalars,
-        "sha256": {files.weights.name: weights_sha, files.optimizer.name: optimizer_sha},
+        "sha256": {p.name: _sha256(p) for p in (files.weights, files.optimizer)},
     })
 
 
-def _write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> str:
-    """Write a safetensors file atomically (same file mode as the JSON files); its SHA-256."""
-    data = save(tensors, metadata=metadata)
+def _write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
+    """Write a safetensors file atomically (same file mode as the JSON files)."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:  # just written: read back from the page cache
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def read_state(files: CheckpointFiles) -> dict:
@@ -84,9 +87,7 @@ def read_state(files: CheckpointFiles) -> dict:
     state = json.loads(files.state.read_text(encoding="utf-8"))
     for name, expected in state.get("sha256", {}).items():  # runs before v0.2 recorded none
         path = files.state.parent / name
-        with open(path, "rb") as fh:
-            actual = hashlib.file_digest(fh, "sha256").hexdigest()
-        if actual != expected:
+        if _sha256(path) != expected:
             raise ConfigError(
                 f"{path}: not the file {files.state.name} was saved with (SHA-256 differs): the checkpoint "
                 "files were changed or mixed after training wrote them; restore them, or start the run "
