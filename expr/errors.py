@@ -64,7 +64,7 @@ def storage_error(exc: OSError, path: str | os.PathLike, what: str,
     Space and permission errors become a StorageError (an OSError too, same errno); any
     other OSError an ``other`` that still names the path and the system's reason."""
     reason = exc.strerror or str(exc)
-    hint = STORAGE_HINTS.get(exc.errno)
+    hint = STORAGE_HINTS.get(exc.errno) if exc.errno is not None else None
     if hint is None:
         return other(f"{path}: cannot {what} ({reason})")
     err = StorageError(f"{path}: cannot {what}: {reason}; {hint}")
