@@ -17,9 +17,9 @@ import numpy as np
 from expr.atomic import atomic_path
 from expr.cache_format import schema as S
 from expr.cache_format.reader import open_cache
-from expr.cache_format.safety import STORAGE_ERRNOS, is_cache, storage_error
+from expr.cache_format.safety import is_cache, storage_error
 from expr.cache_format.writer import consolidate, open_writer
-from expr.errors import CacheSchemaError, ConfigError
+from expr.errors import STORAGE_ERRNOS, CacheSchemaError, ConfigError
 
 
 def _encode_attrs(target, attrs: dict) -> None:

@@ -7,24 +7,14 @@ foreign zarr store) is refused with the path named, before anything is touched.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 from expr.cache_format import schema as S
-from expr.errors import CacheSchemaError, ConfigError, ExprError, StorageError
-
-# What a failed write says to do, by errno: the user can act on these without a traceback.
-_STORAGE_HINTS = {
-    errno.ENOSPC: "the disk is full: free space or write to another disk",
-    errno.EDQUOT: "the disk quota is exceeded: free space or write to another disk",
-    errno.EROFS: "the file system is read-only: choose a writable location",
-    errno.EACCES: "permission denied: choose a location you can write to",
-    errno.EPERM: "operation not permitted: choose a location you can write to",
-}
-
+from expr.errors import CacheSchemaError, ConfigError, ExprError
+from expr.errors import storage_error as _storage_error
 
 def is_cache(path: str | os.PathLike) -> bool:
     """True when ``path`` is an expr cache: a folder whose root zarr.json, or an HDF5 file
@@ -88,18 +78,6 @@ def remove_cache(path: str | os.PathLike) -> None:
     shutil.rmtree(path)
 
 
-STORAGE_ERRNOS = frozenset(_STORAGE_HINTS)
-
-
 def storage_error(exc: OSError, path: str | os.PathLike, what: str = "write the cache") -> ExprError:
-    """One line for an OSError of a write under ``path``: what failed and what to do.
-
-    Space and permission errors become a StorageError (an OSError too, same errno); any
-    other OSError a CacheSchemaError that still names the path and the system's reason."""
-    reason = exc.strerror or str(exc)
-    hint = None if exc.errno is None else _STORAGE_HINTS.get(exc.errno)
-    if hint is None:
-        return CacheSchemaError(f"{path}: cannot {what} ({reason})")
-    err = StorageError(f"{path}: cannot {what}: {reason}; {hint}")
-    err.errno = exc.errno  # (strerror left unset: str() would show only it)
-    return err
+    """expr.errors.storage_error with a CacheSchemaError for the OSErrors it has no hint for."""
+    return _storage_error(exc, path, what, CacheSchemaError)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from expr.atomic import check_writable
 from expr.errors import ConfigError, check_choice
 from expr.train_heads import Checkpoint, HeadConfig, Preload, SmoothMode, TrainConfig, WindowRule
 
@@ -86,6 +87,9 @@ class PredictConfig:
         if self.videos is not None and self.cache is None and not self.out_is_folder:
             raise ConfigError(f"--out {self.out}: --videos keeps its features in a cache inside --out; "
                               "give --out a folder, or --cache PATH")
+        for dest in (self.out, self.probs):  # a read-only --out fails now, not after the predictions
+            if dest is not None:
+                check_writable(dest, "write the submission")
 
     @property
     def out_is_folder(self) -> bool:

@@ -26,7 +26,7 @@ import numpy as np
 
 from expr.abaw import CLASS_NAMES, SUBMISSION_HEADER
 from expr.atomic import atomic_path
-from expr.errors import LabelFormatError
+from expr.errors import LabelFormatError, storage_errors
 
 HEADER = SUBMISSION_HEADER
 _LOCATION = re.compile(r"^(?P<video>[^/]+)/(?P<frame>\d{5,})\.jpg$")
@@ -84,7 +84,8 @@ def write_submission(
             raise ValueError("probs_path given without probabilities")
         jobs.append((Path(probs_path), probabilities,
                      lambda p: [f"{x:.6f}" for x in p], validate_probabilities))
-    with ExitStack() as stack:  # every file validated before any replaces its destination
+    # every file validated before any replaces its destination; disk full / read-only: one line
+    with storage_errors(path, "write the submission"), ExitStack() as stack:
         for dest, data, fmt, validate in jobs:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = stack.enter_context(atomic_path(dest))

@@ -3,15 +3,29 @@
 Every file expr writes for the user (checkpoints, JSON, CSV, reports) goes through
 ``atomic_path``: the content is written beside the destination under a hidden temporary
 name and renamed over it only when complete; on failure the temporary file is removed.
+
+A SET of files that must change together (a checkpoint: weights, optimiser, state) is
+written into a staging folder, ending with a commit record, and then moved into place
+(``commit_folder``); after a crash ``recover_folder`` finishes a committed set or discards
+an uncommitted one, so readers see the old set or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from expr.errors import storage_errors
+
+
+# The temporary names of atomic_path: ".<name>.<pid>.tmp" (a killed writer leaves them behind).
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.\d+\.tmp")
 
 
 def _default_mode() -> int:
@@ -25,13 +39,25 @@ def _default_mode() -> int:
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` if the block succeeds."""
     dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")  # TEMP_NAME matches it
     try:
         yield tmp
         os.chmod(tmp, _default_mode())
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable(dest: str | os.PathLike, what: str) -> None:
+    """A one-line StorageError now, rather than after minutes of work, when nothing can be
+    created at ``dest`` (read-only file system, no permission): a probe file is made and
+    removed in the nearest existing folder on its path."""
+    folder = Path(dest).absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if folder.is_dir():  # (a file in the way gets its own error at the real write)
+        with storage_errors(dest, what):
+            tempfile.TemporaryFile(dir=folder).close()
 
 
 def write_text(dest: str | os.PathLike, text: str) -> Path:
@@ -44,3 +70,30 @@ def write_text(dest: str | os.PathLike, text: str) -> Path:
 def write_json(dest: str | os.PathLike, data) -> Path:
     """Write ``data`` as indented JSON (one trailing newline) to ``dest`` atomically."""
     return write_text(dest, json.dumps(data, indent=2) + "\n")
+
+
+def commit_folder(staging: Path, dest: Path, record: str) -> None:
+    """Move every file of ``staging`` into ``dest``, the commit record ``record`` last; remove
+    ``staging``. The caller wrote ``record`` into ``staging`` last (atomically): from then on
+    the set is committed and ``recover_folder`` completes an interrupted move."""
+    for path in sorted(staging.iterdir()):
+        if path.name != record and not TEMP_NAME.fullmatch(path.name):
+            os.replace(path, dest / path.name)
+    if (staging / record).exists():
+        os.replace(staging / record, dest / record)
+    shutil.rmtree(staging)
+
+
+def recover_folder(staging: Path, dest: Path, record: str) -> str | None:
+    """After a crash: ``"finished"`` a committed staging folder (moved into ``dest``),
+    ``"discarded"`` an uncommitted one, None when there was none."""
+    if not staging.is_dir():
+        return None
+    if not [p for p in staging.iterdir() if not TEMP_NAME.fullmatch(p.name)]:
+        shutil.rmtree(staging)  # killed before its first file, or after its last move
+        return None
+    if (staging / record).is_file():
+        commit_folder(staging, dest, record)
+        return "finished"
+    shutil.rmtree(staging)
+    return "discarded"

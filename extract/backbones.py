@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -170,7 +171,18 @@ def _how_to_get(spec: BackboneSpec) -> str:
 
 
 def _load_failed(spec: BackboneSpec, source: WeightSource, online: bool, exc: Exception) -> WeightsNotFoundError:
-    detail = " ".join(str(exc).split())[:300]
+    detail = " ".join(str(exc).split())
+    if source.kind == "local" and detail.startswith("Weights only load failed"):
+        # torch.load refused a pickle that imports code; its message (cut, it ended mid-sentence)
+        # suggests weights_only=False, which would run that code.
+        found = re.search(r"GLOBAL (\S+)", detail)
+        return WeightsNotFoundError(
+            f"{spec.name}: refused to load {source.value}: it is a pickle that imports code "
+            f"({found.group(1) if found else 'not only tensors'}) and could run it; pass a .safetensors "
+            "checkpoint, or a plain state dict, from a source you trust"
+        )
+    if len(detail) > 300:
+        detail = detail[:300].rsplit(" ", 1)[0] + " ..."
     if source.kind == "local":
         return WeightsNotFoundError(
             f"{spec.name}: could not load weights from {source.value}: {detail}; "

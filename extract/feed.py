@@ -94,6 +94,7 @@ class EncoderFeed:
         self.fill = 0  # frames in the current buffer
         self.owners: list[tuple[str, int]] = []  # (video_id, n frames) of the current buffer, in order
         self.inflight: tuple[object, list[tuple[str, int]], int] | None = None  # (handle, owners, n)
+        self.encoded = 0  # frames encoded so far (progress rate)
         self.audio_thread = ThreadPoolExecutor(1, thread_name_prefix="expr-audio")
         self.started = time.monotonic()
 
@@ -180,7 +181,7 @@ class EncoderFeed:
                 video.feats.append(feats[offset: offset + k])
                 video.queued -= k
             offset += k
-        self.summary.frames += n
+        self.encoded += n  # progress; summary.frames counts only frames of written videos
         self.emit(self.event("batch"))
         self.write_ready()
 
@@ -217,6 +218,7 @@ class EncoderFeed:
             self.fail(vid, _reason(exc))
             return
         self.summary.ok.append(vid)
+        self.summary.frames += sum(len(f) for f in video.feats)
         if video.audio is not None:
             self.summary.audio_seconds += video.n_samples / self.bb.audio_spec.sample_rate
         self.emit(self.event("video", vid))
@@ -249,7 +251,7 @@ class EncoderFeed:
 
     def event(self, kind: str, vid: str | None = None, error: str | None = None) -> ExtractEvent:
         s = self.summary
-        return ExtractEvent(kind, len(self.jobs), len(s.ok) + len(s.failed), s.frames,
+        return ExtractEvent(kind, len(self.jobs), len(s.ok) + len(s.failed), self.encoded,
                             s.audio_seconds, self.elapsed(), video_id=vid, error=error)
 
 

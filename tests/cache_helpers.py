@@ -43,3 +43,13 @@ def write_videos(writer, ids, **kwargs) -> dict[str, dict]:
         writer.write_video(vid, **arrays)
         written[vid] = arrays
     return written
+
+
+def fill_disk(folder: Path) -> None:
+    """Write ``folder/filler`` until the file system is full (for real full-disk tests)."""
+    with open(folder / "filler", "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"x" * 4096)
+        except OSError:
+            pass

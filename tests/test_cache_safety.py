@@ -157,18 +157,13 @@ REAL_DISK = textwrap.dedent("""
     import errno, json, sys
     from pathlib import Path
     sys.path.insert(0, {tests!r})
-    from cache_helpers import new_writer, write_videos
+    from cache_helpers import fill_disk, new_writer, write_videos
     from expr.cache_format import consolidate
     from expr.errors import StorageError
     mnt, ro = Path({mnt!r}), Path({ro!r})
     write_videos(new_writer(mnt / "old.zarr"), ["a"])
     consolidate(mnt / "old.zarr")
-    with open(mnt / "filler", "wb", buffering=0) as fh:   # fill the disk
-        try:
-            while True:
-                fh.write(b"x" * 4096)
-        except OSError:
-            pass
+    fill_disk(mnt)
     out = {{}}
     for name, path in (("new", mnt / "new.zarr"), ("old", mnt / "old.zarr"), ("ro", ro / "c.zarr")):
         try:

@@ -3,6 +3,10 @@
 A weights file carries ``meta`` (epoch, val_f1, ...) and the head config in its safetensors
 metadata, so one file alone can rebuild its model. Which files a run has and what they are
 called is run_dir.py's business; this module only reads and writes their contents.
+
+The state JSON of a checkpoint with an optimiser is written last and records the SHA-256 of
+its weights and optimiser files: --resume checks them and refuses a mixed set (run_dir.py
+commits the set as one unit, so only a change from outside can mix one).
 """
 
 from __future__ import annotations
@@ -42,12 +46,12 @@ def cache_fingerprint(cache) -> str:
 
 def save_checkpoint(files: CheckpointFiles, model: torch.nn.Module, *, optimizer=None,
                     scheduler_state: dict | None = None, meta: dict) -> None:
-    """Write the weights (+ optimiser tensors and state JSON with an optimizer), each atomically."""
+    """Write the weights; with an optimizer also its tensors, then the state JSON naming both
+    files with their SHA-256 (last: the record that the set is complete)."""
     module = unwrap(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     metadata = {"meta": json.dumps(meta), "head_config": json.dumps(dataclasses.asdict(module.cfg))}
-    with atomic_path(files.weights) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    _write_tensors(files.weights, tensors, metadata)
     if optimizer is None:
         return
     osd = optimizer.state_dict()
@@ -58,17 +62,43 @@ def save_checkpoint(files: CheckpointFiles, model: torch.nn.Module, *, optimizer
                 opt_tensors[f"{pid}.{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{pid}.{name}"] = value
-    with atomic_path(files.optimizer) as tmp:
-        save_file(opt_tensors, str(tmp))
+    _write_tensors(files.optimizer, opt_tensors)
     write_json(files.state, {
         "meta": meta, "scheduler": scheduler_state or {},
         "param_groups": osd["param_groups"], "scalars": scalars,
+        "sha256": {p.name: _sha256(p) for p in (files.weights, files.optimizer)},
     })
 
 
+def _write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
+    """Write a safetensors file atomically (same file mode as the JSON files)."""
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:  # just written: read back from the page cache
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def read_state(files: CheckpointFiles) -> dict:
+    """The state JSON of a checkpoint after checking that its weights and optimiser files are
+    the ones it was saved with; ConfigError naming the file that differs."""
+    state = json.loads(files.state.read_text(encoding="utf-8"))
+    for name, expected in state.get("sha256", {}).items():  # runs before v0.2 recorded none
+        path = files.state.parent / name
+        if _sha256(path) != expected:
+            raise ConfigError(
+                f"{path}: not the file {files.state.name} was saved with (SHA-256 differs): the checkpoint "
+                "files were changed or mixed after training wrote them; restore them, or start the run "
+                "again with --overwrite")
+    return state
+
+
 def load_optimizer_state(files: CheckpointFiles, optimizer) -> dict:
-    """Restore ``optimizer`` from the checkpoint's optimiser tensors + state JSON; return the JSON."""
-    state_json = json.loads(files.state.read_text(encoding="utf-8"))
+    """Restore ``optimizer`` from the checkpoint's optimiser tensors + state JSON (checked by
+    ``read_state``); return the JSON."""
+    state_json = read_state(files)
     state: dict[int, dict] = {}
     device = optimizer.param_groups[0]["params"][0].device
     with safe_open(str(files.optimizer), framework="pt", device="cpu") as f:

@@ -143,12 +143,15 @@ def _build_learner(cfg: TrainConfig, cache: CacheReader, train_split: Split, dis
 
 
 def _save_epoch(run: RunDir, learner: Learner, record: dict, meta: dict) -> None:
-    """Rank 0: best (when it is) and last checkpoints, then the epoch's metrics line."""
-    if record["best"]:
-        ckpt.save_checkpoint(run.checkpoint(Checkpoint.best.value), learner.module, meta=meta)
-    ckpt.save_checkpoint(run.checkpoint(Checkpoint.last.value), learner.module, optimizer=learner.opt,
-                         scheduler_state={"epoch": record["epoch"]}, meta=meta)
+    """Rank 0: the epoch's metrics line, then best (when it is) and last as one unit (a kill
+    at any point resumes exactly; see run_dir.py). The line goes first: a resume keeps only
+    the lines of committed epochs."""
     run.append_metrics(record)
+    with run.staged() as stage:
+        if record["best"]:
+            ckpt.save_checkpoint(stage.checkpoint(Checkpoint.best.value), learner.module, meta=meta)
+        ckpt.save_checkpoint(stage.checkpoint(Checkpoint.last.value), learner.module, optimizer=learner.opt,
+                             scheduler_state={"epoch": record["epoch"]}, meta=meta)
 
 
 def _resume(run: RunDir, learner: Learner, say: Callable[[str], None]) -> tuple[int, float, int, list[dict]]:
@@ -158,7 +161,7 @@ def _resume(run: RunDir, learner: Learner, say: Callable[[str], None]) -> tuple[
     meta = ckpt.load_optimizer_state(last, learner.opt)["meta"]
     start, best_f1, best_epoch = meta["epoch"], meta["best_val_f1"], meta["best_epoch"]
     say(f"resuming {run.path} after epoch {start} (best val macro-F1 {best_f1:.4f} at epoch {best_epoch})")
-    return start, best_f1, best_epoch, run.read_metrics()[:start]
+    return start, best_f1, best_epoch, run.read_metrics(say)[:start]
 
 
 def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: FeatureBank | None = None,
@@ -174,7 +177,7 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
     say = on_message or (lambda msg: None)
     dist = setup_dist()
     device = pick_device(cfg, dist)
-    run = prepare_run_dir(cfg, dist)
+    run = prepare_run_dir(cfg, dist, say)
 
     # -- data ------------------------------------------------------------------------------
     cache = open_cache(cfg.cache)

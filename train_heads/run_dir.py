@@ -14,9 +14,17 @@
       report.html               the run's report (also the name in an `expr ablate` folder)
       result.json               `expr ablate`'s record of a cell run (not part of the run: an
                                 ablation removes it before it retrains the cell)
+      .saving/                  an epoch's checkpoints while they are written (see below)
 
 Each weights file carries ``meta`` (epoch, val_f1, ...) and the head config in its
 safetensors metadata, so one file alone can rebuild its model (see checkpoint.py).
+
+An epoch's checkpoints (best when it is, and the last set) change as ONE unit: they are
+written into ``.saving/``, ending with ``last.state.json`` (the commit record, which also
+holds the SHA-256 of the weights and optimiser files), then moved into place, the record
+last. A run killed before the record was written resumes from the previous epoch (the
+folder is discarded); one killed after it finishes the moves. Either way --resume
+continues exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -24,13 +32,15 @@ from __future__ import annotations
 import fnmatch
 import json
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from expr.atomic import write_json
-from expr.errors import ConfigError, check_choice
+from expr.atomic import TEMP_NAME, check_writable, commit_folder, recover_folder, write_json, write_text
+from expr.errors import ConfigError, check_choice, storage_errors
 from expr.train_heads.config import RECORDED_SINCE_V01, HeadConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -44,6 +54,7 @@ METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
 REPORT_FILE = "report.html"
 TIMELINES_PREFIX = "timelines_"
+STAGING_DIR = ".saving"
 WEIGHTS_SUFFIX = ".safetensors"
 OPTIMIZER_SUFFIX = ".optim.safetensors"
 STATE_SUFFIX = ".state.json"
@@ -120,24 +131,68 @@ class RunDir:
         return json.loads(self.config.read_text(encoding="utf-8"))
 
     def write_config(self, data: dict) -> None:
-        write_json(self.config, data)
+        with storage_errors(self.config, "write the run's config"):
+            write_json(self.config, data)
 
-    def read_metrics(self) -> list[dict]:
+    def read_metrics(self, on_message: Callable[[str], None] | None = None) -> list[dict]:
+        """The epoch records; a torn last line (a run killed while appending it) is skipped
+        and reported to ``on_message`` (else as a warning), damage elsewhere is an error."""
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [(i, ln) for i, ln in enumerate(self.metrics.read_text(encoding="utf-8").splitlines(), 1)
+                 if ln.strip()]
+        records = []
+        for i, line in lines:
+            try:
+                records.append(json.loads(line))
+            except ValueError as exc:
+                if i != lines[-1][0]:
+                    raise ConfigError(f"{self.metrics}:{i}: not a JSON line ({exc}); the file is damaged") from exc
+                msg = f"{self.metrics}:{i}: skipped an incomplete last line (the run was killed while writing it)"
+                _report(msg, on_message)
+        return records
 
     def write_metrics(self, records: list[dict]) -> None:
         """Start metrics.jsonl with ``records`` (the epochs a resumed run keeps)."""
-        self.metrics.write_text("".join(_json_line(r) for r in records), encoding="utf-8")
+        with storage_errors(self.metrics, "write the metrics"):
+            write_text(self.metrics, "".join(_json_line(r) for r in records))
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.metrics, "a", encoding="utf-8") as fh:
+        with storage_errors(self.metrics, "write the metrics"), open(self.metrics, "a", encoding="utf-8") as fh:
             fh.write(_json_line(record))
+
+    @contextmanager
+    def staged(self) -> Iterator[RunDir]:
+        """A fresh ``.saving/`` run folder to write checkpoints into; when the block ends they
+        move into this run as one unit, ``last.state.json`` (written last) as the commit record.
+        On an error the folder is removed and the previous checkpoints stay as they were."""
+        stage = RunDir(self.path / STAGING_DIR)
+        with storage_errors(self.path, "save the checkpoint"):
+            shutil.rmtree(stage.path, ignore_errors=True)
+            stage.path.mkdir()
+            try:
+                yield stage
+            except Exception:  # (a kill leaves it to recover(), as does a KeyboardInterrupt)
+                shutil.rmtree(stage.path, ignore_errors=True)
+                raise
+            commit_folder(stage.path, self.path, stage.checkpoint(Checkpoint.last.value).state.name)
+
+    def recover(self) -> str | None:
+        """Finish (``"finished"``) or discard (``"discarded"``) checkpoints a killed run was saving."""
+        return recover_folder(self.path / STAGING_DIR, self.path, self.checkpoint(Checkpoint.last.value).state.name)
 
 
 def _json_line(record: dict) -> str:
     return json.dumps(record) + "\n"
+
+
+def _report(msg: str, on_message: Callable[[str], None] | None) -> None:
+    if on_message is not None:
+        on_message(msg)
+    else:
+        import warnings
+
+        warnings.warn(msg, stacklevel=3)
 
 
 def is_run_file(name: str) -> bool:
@@ -147,16 +202,21 @@ def is_run_file(name: str) -> bool:
             or any(fnmatch.fnmatch(name, p) for p in REPORT_PATTERNS))
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    return RunDir(Path(run_dir)).read_metrics()
+def read_metrics(run_dir: str | Path, on_message: Callable[[str], None] | None = None) -> list[dict]:
+    return RunDir(Path(run_dir)).read_metrics(on_message)
 
 
-def prepare_run_dir(cfg: TrainConfig, dist: Dist) -> RunDir:
-    """Check ``--out`` (empty, --overwrite of a previous run, or --resume) and create it."""
+def prepare_run_dir(cfg: TrainConfig, dist: Dist, on_message: Callable[[str], None] | None = None) -> RunDir:
+    """Check ``--out`` (empty, --overwrite of a previous run, or --resume) and create it.
+    On --resume, checkpoints a killed run was saving are finished or discarded first."""
     run = RunDir(Path(cfg.out))
     out = run.path
     present = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
     if cfg.resume:
+        if dist.is_main and out.is_dir():
+            _recover(run, on_message)
+        dist.barrier()  # the other ranks read the checkpoint rank 0 may just have completed
+        present = sorted(p.name for p in out.iterdir())
         last = run.checkpoint(Checkpoint.last.value)
         needed = (run.config, last.weights, last.state)
         missing = [p.name for p in needed if p.name not in present]
@@ -174,14 +234,38 @@ def prepare_run_dir(cfg: TrainConfig, dist: Dist) -> RunDir:
                           "--overwrite only replaces runs, choose another --out")
     dist.barrier()  # every rank checked before rank 0 changes anything
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        for name in present:
-            if (out / name).is_dir():  # timelines_<split>/ (is_run_file vouched for it)
-                shutil.rmtree(out / name)
-            else:
-                (out / name).unlink()
+        with storage_errors(out, "create the run directory"):
+            out.mkdir(parents=True, exist_ok=True)
+            for name in present:
+                if (out / name).is_dir():  # timelines_<split>/ (is_run_file vouched for it)
+                    shutil.rmtree(out / name)
+                else:
+                    (out / name).unlink()
+            shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
+            _remove_temp_files(run)
+        check_writable(run.config, "write the run")  # e.g. read-only: fail before the data loads
     dist.barrier()
     return run
+
+
+def _recover(run: RunDir, on_message: Callable[[str], None] | None) -> None:
+    check_writable(run.config, "write the run")
+    with storage_errors(run.path, "write to the run directory"):
+        done = run.recover()
+        _remove_temp_files(run)
+    if done:
+        state = run.checkpoint(Checkpoint.last.value).state.name
+        what = ("finished moving the checkpoints into place" if done == "finished" else
+                f"discarded the checkpoints it had not committed (no {state} yet); it resumes from the previous epoch")
+        _report(f"{run.path}: the run was killed while saving an epoch's checkpoints: {what}", on_message)
+
+
+def _remove_temp_files(run: RunDir) -> None:
+    """Hidden temporary files that a killed writer left beside the run's files."""
+    for path in run.path.iterdir():
+        match = TEMP_NAME.fullmatch(path.name)
+        if match and is_run_file(match["name"]) and path.is_file():
+            path.unlink()
 
 
 def _check_resume_options(run: RunDir, cfg: TrainConfig) -> None:

@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from expr.abaw import IGNORE_LABEL
 from expr.cache_format import CacheReader
 from expr.errors import ConfigError
 from expr.train_heads.config import Preload, TrainConfig
@@ -113,12 +114,21 @@ def _load_split(cfg: TrainConfig, cache: CacheReader, name: str, given: FeatureB
         _report_mismatches(loaded.warnings, say)
     windows = make_windows(loaded, cfg.window, cfg.stride, cfg.target, cfg.windows)
     if len(windows) == 0:
-        raise ConfigError(f"no {name} windows: every {name} video is shorter than --window {cfg.window} "
-                          "frames or has no valid target frame; lower --window")
+        raise ConfigError(_no_windows(cfg, name, loaded))
     split = Split(name, ids, labels, cache, windows.target.cpu())
     if not (cfg.preload == Preload.none.value and given is None):
         split.bank, split.windows = with_sources(loaded, windows), windows
     return split, len(loaded.warnings)
+
+
+def _no_windows(cfg: TrainConfig, name: str, bank: FeatureBank) -> str:
+    """Why a split has no window, and what to do: a shorter --window helps only when frames
+    are labelled."""
+    if bank.labels is not None and not bool((bank.labels != IGNORE_LABEL).any()):
+        return (f"no {name} windows: no {name} frame is labelled (every label is {IGNORE_LABEL}) in the "
+                f"{len(bank.video_ids)} {name} video(s) of {cfg.labels}; label some frames or choose other videos")
+    return (f"no {name} windows: every {name} video is shorter than --window {cfg.window} frames or has no "
+            "valid target frame; lower --window")
 
 
 def _report_mismatches(warnings: list[str], say: Callable[[str], None]) -> None:

@@ -35,7 +35,7 @@ def info(path: CachePath) -> None:
     """Summarise a cache: videos, frames, audio steps, sizes on disk, backbones."""
     from expr.cache_format import open_cache
 
-    console = Console()
+    console = Console(emoji=False)
     with open_cache(path) as cache:
         infos = [cache.info(v) for v in cache.video_ids]
         frames = sum(i.n_frames for i in infos)
@@ -76,7 +76,7 @@ def validate(
     from expr.cache_format import validate_cache
 
     problems = validate_cache(path, deep=deep)
-    console = Console()
+    console = Console(emoji=False)
     if problems:
         for p in problems:
             console.print(f"[red]✗[/] {escape(p)}", highlight=False, soft_wrap=True)
@@ -95,7 +95,7 @@ def remove(
     from expr.cache_format import remove_videos
 
     removed = remove_videos(path, video_ids)
-    Console().print(f"removed {len(removed)} video(s) from {escape(str(path))}: {escape(', '.join(removed))}; "
+    Console(emoji=False).print(f"removed {len(removed)} video(s) from {escape(str(path))}: {escape(', '.join(removed))}; "
                     "run expr extract again to redo them", highlight=False, soft_wrap=True)
 
 
@@ -108,7 +108,7 @@ def export(
     from expr.cache_format import export_hdf5
 
     n = export_hdf5(src, dst, overwrite=overwrite)
-    Console().print(f"exported {n} videos to {escape(str(dst))}", highlight=False)
+    Console(emoji=False).print(f"exported {n} videos to {escape(str(dst))}", highlight=False)
 
 
 def import_(
@@ -120,7 +120,7 @@ def import_(
     from expr.cache_format import import_hdf5
 
     n = import_hdf5(src, dst, overwrite=overwrite)
-    Console().print(f"imported {n} videos into {escape(str(dst))}", highlight=False)
+    Console(emoji=False).print(f"imported {n} videos into {escape(str(dst))}", highlight=False)
 
 
 def consolidate(path: CachePath) -> None:
@@ -128,7 +128,7 @@ def consolidate(path: CachePath) -> None:
     from expr.cache_format import consolidate as _consolidate
 
     _consolidate(path)
-    Console().print(f"consolidated {escape(str(path))}", highlight=False)
+    Console(emoji=False).print(f"consolidated {escape(str(path))}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

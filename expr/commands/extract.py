@@ -1,4 +1,9 @@
-"""`expr extract`: run the frozen CLIP and Wav2Vec2 backbones over videos into a cache."""
+"""`expr extract`: run the frozen CLIP and Wav2Vec2 backbones over videos into a cache.
+
+Paths, video ids and failure reasons come from the user and the filesystem: they are
+printed escaped (``esc``) on a console without emoji codes, so ``w[/bold]v`` or ``:x:`` in a
+name prints as written and cannot abort the run with a MarkupError.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from expr.commands import esc
 
 
 class FaceCrop(str, Enum):
@@ -58,7 +65,7 @@ def extract(
         face_crop=face_crop.value, jpg_resize=jpg_resize.value, audio_chunk_seconds=audio_chunk_seconds,
         audio_context_seconds=audio_context_seconds,
     )
-    console = Console()
+    console = Console(emoji=False)
     live = int(os.environ.get("RANK", 0)) == 0  # under torchrun only rank 0 draws progress
     view = _ProgressView(console, live)
     try:
@@ -99,11 +106,11 @@ class _ProgressView:
             self._stop_status()
             if self.live:  # other torchrun ranks print only their final summary
                 for line in event.random_weights:
-                    self.console.print(Panel(f"[bold red]{line}[/]", title="RANDOM WEIGHTS", border_style="red"))
+                    self.console.print(Panel(f"[bold red]{esc(line)}[/]", title="RANDOM WEIGHTS", border_style="red"))
                 for line in event.warnings:
-                    self.console.print(f"[yellow]warning:[/] {line}", highlight=False)
+                    self.console.print(f"[yellow]warning:[/] {esc(line)}", highlight=False)
                 self.console.print(
-                    f"{event.videos_total} video(s) to extract on {event.device}, "
+                    f"{event.videos_total} video(s) to extract on {esc(event.device)}, "
                     f"{event.skipped} already complete", highlight=False,
                 )
             self.progress.start()
@@ -112,7 +119,8 @@ class _ProgressView:
         if event.error:
             self.failed += 1
             if self.live:
-                self.progress.console.print(f"[red]failed[/] {event.video_id}: {event.error}", highlight=False)
+                self.progress.console.print(f"[red]failed[/] {esc(event.video_id)}: {esc(event.error)}",
+                                            highlight=False)
         elapsed = max(event.elapsed, 1e-6)
         self.progress.update(self.task, completed=event.videos_done, fps=event.frames / elapsed,
                              aps=event.audio_seconds / elapsed, failed=self.failed)
@@ -129,7 +137,7 @@ class _ProgressView:
 
 def _print_summary(console: Console, summary) -> None:
     prefix = f"rank {summary.rank}/{summary.world_size}: " if summary.world_size > 1 else ""
-    table = Table(title=f"{prefix}expr extract -> {summary.out}", show_header=True)
+    table = Table(title=f"{prefix}expr extract -> {esc(summary.out)}", show_header=True)
     table.add_column("status", style="bold")
     table.add_column("videos", justify="right")
     table.add_column("detail")
@@ -140,18 +148,18 @@ def _print_summary(console: Console, summary) -> None:
     table.add_row("skipped", str(len(summary.skipped)), "already complete")
     table.add_row("[red]failed[/]" if summary.failed else "failed", str(len(summary.failed)), "")
     for vid, reason in summary.failed.items():
-        table.add_row("", "", f"[red]{vid}[/]: {reason}")
+        table.add_row("", "", f"[red]{esc(vid)}[/]: {esc(reason)}")
     console.print(table)
     for vid, notes in list(summary.warnings.items())[:10]:
         for note in notes:
-            console.print(f"[yellow]note[/] {vid}: {note}", highlight=False)
+            console.print(f"[yellow]note[/] {esc(vid)}: {esc(note)}", highlight=False)
     if len(summary.warnings) > 10:
         console.print(f"[yellow]... and {len(summary.warnings) - 10} more video(s) with notes[/]")
     if summary.random_weights:
-        console.print(f"[bold red]RANDOM WEIGHTS[/] for {', '.join(summary.random_weights)}: "
+        console.print(f"[bold red]RANDOM WEIGHTS[/] for {esc(', '.join(summary.random_weights))}: "
                       "the cache records weights=null", highlight=False)
     if not summary.consolidated and summary.rank == 0:
-        console.print(f"after every shard finished: expr cache consolidate {summary.out}", highlight=False)
+        console.print(f"after every shard finished: expr cache consolidate {esc(summary.out)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

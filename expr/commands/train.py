@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from expr.commands import esc
 from expr.devices import DEVICE_HELP, is_main_process
 from expr.train_heads import Fusion, Preload, Target, TrainConfig, WindowRule
 
@@ -95,13 +96,13 @@ def _run(cfg: TrainConfig) -> None:
     from expr.train_heads import train as run_training
 
     main = is_main_process()
-    console = Console(quiet=not main)
+    console = Console(quiet=not main, emoji=False)  # paths and ids print as written (esc)
     progress = Progress(TextColumn("[bold]epoch[/] {task.completed}/{task.total}"), BarColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                         console=console, transient=False, disable=not main)
 
     def on_message(msg: str) -> None:
-        progress.console.print(f"[yellow]note:[/] {msg}", highlight=False, soft_wrap=True)
+        progress.console.print(f"[yellow]note:[/] {esc(msg)}", highlight=False, soft_wrap=True)
 
     def on_step(step: int, loss: float) -> None:
         progress.update(task, status=f"step {step} loss {loss:.4f}")
@@ -118,7 +119,7 @@ def _run(cfg: TrainConfig) -> None:
         task = progress.add_task("train", total=cfg.epochs, status="loading features")
         result = run_training(cfg, on_epoch=on_epoch, on_step=on_step, on_message=on_message)
 
-    table = Table(title=f"expr train -> {result.run_dir}")
+    table = Table(title=f"expr train -> {esc(result.run_dir)}")
     for col in ("epoch", "lr", "loss", "ce", "contrastive", "val macro-F1", "val acc", "seconds"):
         table.add_column(col, justify="right")
     for r in result.history:
@@ -129,7 +130,7 @@ def _run(cfg: TrainConfig) -> None:
     console.print(table)
     best = RunDir(result.run_dir).checkpoint(Checkpoint.best.value).weights
     console.print(f"best epoch {result.best_epoch}: val macro-F1 {result.best_val_f1:.4f} (window level) "
-                  f"-> {best}", highlight=False, soft_wrap=True)
+                  f"-> {esc(best)}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
