@@ -46,7 +46,7 @@ STATE_SUFFIX = ".state.json"
 REPORT_PATTERNS = ("eval_*.json", "confusion_*.png")
 # Options that may change between a run and its --resume without changing the result.
 # Not --epochs: it is the cosine schedule's T_max, so every epoch's learning rate depends on it.
-RESUME_FREE = {"resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size"}
+RESUME_FREE = {"resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size", "compile"}
 # v0.1 runs trained every head weight-normed on grid windows and did not record either choice.
 RECORDED_SINCE_V01 = {"weight_norm": True}
 
