@@ -45,8 +45,8 @@ def same_weights(run_a, run_b) -> bool:
 def test_the_switch_picks_compile_and_adamw_per_device():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert compile_mode("auto", cpu, 1) is None and compile_mode("off", cuda, 1) is None
-    assert compile_mode("auto", cuda, 1) == "reduce-overhead" == compile_mode("on", cuda, 1)
-    assert compile_mode("auto", cuda, 2) == "default"  # DDP: no CUDA graphs
+    assert compile_mode("auto", cuda, 1) == "reduce-overhead"  # CUDA graphs
+    assert compile_mode("on", cuda, 1) == "default" == compile_mode("auto", cuda, 2)  # no graphs; DDP: none
     assert compile_mode("on", cpu, 1) == "default"
     assert optimizer_flags("auto", cuda) == {"foreach": None, "fused": True}
     assert optimizer_flags("auto", cpu) == {"foreach": True, "fused": None}
@@ -151,5 +151,8 @@ def test_compiled_step_on_cpu_matches_eager_within_tolerance(ds, tmp_path):
     assert not any("failed" in m for m in messages), messages
     eager = train(config(ds, tmp_path / "off", compile="off", **no_dropout))
     assert compiled.history[0]["loss"] == pytest.approx(eager.history[0]["loss"], rel=1e-4)
+    # Weights per tensor by relative norm: Adam divides by sqrt(v), so where a gradient is
+    # near zero, rounding-level differences still move a weight by up to lr per step.
     a, b = load_run(tmp_path / "on", "last").model.state_dict(), load_run(tmp_path / "off", "last").model.state_dict()
-    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
+    rel = {k: float((a[k] - b[k]).norm() / b[k].norm().clamp(min=1e-12)) for k in a if b[k].is_floating_point()}
+    assert max(rel.values()) < 1e-2, sorted(rel.items(), key=lambda kv: -kv[1])[:5]

@@ -50,7 +50,7 @@ class Compile(str, Enum):
     """The training step's fast path (the CLI's --compile choices); see train_heads/step.py."""
 
     auto = "auto"  # CUDA: torch.compile + CUDA graphs, fused AdamW; CPU: eager, foreach AdamW
-    on = "on"      # torch.compile on any device (on CPU the compile takes minutes)
+    on = "on"      # torch.compile without CUDA graphs, on any device (on CPU compiling takes minutes)
     off = "off"    # the plain eager step with torch's default AdamW
 
 

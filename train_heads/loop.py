@@ -112,7 +112,7 @@ def run_epoch(learner: Learner, cfg: TrainConfig, split: Split, epoch: int, *,
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(learner.module.parameters(), cfg.grad_clip)
                 learner.opt.step()
-                learner.opt.zero_grad(set_to_none=True)
+                learner.opt.zero_grad(set_to_none=learner.step.mode != "reduce-overhead")  # see step.py
             sums += torch.stack([loss, ce, con]).detach().double()
             n_micro += 1
             reporter.add(loss)

@@ -70,7 +70,7 @@ def train(
     chunk_frames: Annotated[int, _opt("--preload none: frames loaded at a time.", RUN)] = TrainConfig.chunk_frames,
     eval_batch_size: Annotated[int, _opt("Windows per validation batch.", RUN)] = TrainConfig.eval_batch_size,
     compile: Annotated[Compile, _opt("Training step fast path: auto (CUDA: torch.compile with CUDA graphs and "
-                                     "fused AdamW; CPU: eager with foreach AdamW), on (compile on any device), "
+                                     "fused AdamW; CPU: eager with foreach AdamW), on (compile without CUDA graphs, any device), "
                                      "off (plain eager step).", RUN)] = Compile(TrainConfig.compile),
     device: Annotated[str, _opt(f"{DEVICE_HELP}.", RUN)] = TrainConfig.device,
     overwrite: Annotated[bool, _flag("--overwrite", "Replace a previous run in --out.", RUN)] = TrainConfig.overwrite,
