@@ -11,11 +11,29 @@ to the machine (Aff-Wild2's EXPR set is ~550 videos / ~2.6 M frames; the default
 
     python benchmarks/bench_train.py --device cpu
     python benchmarks/bench_train.py --device cuda --videos 200 --frames 3000
+
+``--scale affwild2`` measures stage two at Aff-Wild2's size instead (issue 12) with the
+product code (``expr.train_heads``' epoch loop, ``train``, ``frame_probabilities``): a
+synthetic cache of 550 videos / 2.6 M frames (25/30 fps, 512-d visual + 768-d audio at
+50 Hz, float16, -1 gaps in the labels; ~9 GB, written one video at a time), or the
+proportional share ``--scale-fraction F`` of it, then
+
+  1. training steps at batch 32 x 2: windows/s with --compile off, on (CUDA) and auto, and the share
+     of the step's wall time the host spends building batches;
+  2. one epoch (train + window-level validation) with windows 30 and 60 (the last of
+     ``--epochs``: the first one carries compile time);
+  3. per-frame scoring (one causal window per frame) in frames/s at both windows;
+  4. the projected time of the paper's Table 1 at full size: 2 runs (windows 30, 60) x 30
+     epochs with per-epoch validation, plus per-frame scoring of the validation split.
+
+    python benchmarks/bench_train.py --scale affwild2 --scale-fraction 0.004 --device cpu
+    python benchmarks/bench_train.py --scale affwild2 --scale-fraction 0.1 --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import tempfile
 import time
@@ -27,8 +45,18 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from expr.cache_format import open_cache
-from expr.train_heads import (ExprHeadModel, HeadConfig, gather, load_bank, load_split, make_windows,
+from expr.devices import Dist
+from expr.train_heads import (ExprHeadModel, HeadConfig, TrainConfig, Windows, class_weights, frame_probabilities,
+                              gather, load_bank, load_run, load_split, make_windows, train, with_sources,
                               write_synthetic_dataset)
+from expr.train_heads.loop import Learner, run_epoch
+from expr.train_heads.splits import Split
+from expr.train_heads.step import LossStep, compile_mode, make_optimizer
+
+AFFWILD2_VIDEOS, AFFWILD2_FRAMES = 550, 2_600_000
+TABLE1_WINDOWS, TABLE1_EPOCHS = (30, 60), 30
+# --head tiny: the suite's CPU smoke run (the reference head takes seconds per step on CPU)
+HEADS = {"reference": {}, "tiny": dict(channels=32, tcn_levels=2, heads=2)}
 
 
 class ZarrWindows(Dataset):
@@ -118,8 +146,130 @@ def time_training(batches, model, opt, device) -> tuple[float, float, int]:
         t_data = time.perf_counter()
     return time.perf_counter() - t0, data_s, n
 
+# -- --scale affwild2 ------------------------------------------------------------------------
 
-def main() -> None:
+def write_affwild2(root: Path, fraction: float, val_share: float):
+    """The synthetic Aff-Wild2-size dataset (or ``fraction`` of it): video lengths uniform
+    around Aff-Wild2's mean (2.6 M / 550 = 4,727 frames), ~10% of frames in -1 gaps."""
+    n = max(2, round(AFFWILD2_VIDEOS * fraction))
+    n_val = max(1, round(n * val_share))
+    mean = AFFWILD2_FRAMES // AFFWILD2_VIDEOS
+    return write_synthetic_dataset(
+        root, n_train=n - n_val, n_val=n_val, n_frames=(1000, 2 * mean - 1000), gap_frac=0.1,
+        on_video=lambda done, total: print(f"\rwriting synthetic cache: video {done}/{total}", end="", flush=True))
+
+
+def bench_steps(bank, windows, args, device, setting: str) -> dict:
+    """Windows/s of the product's epoch loop over ``args.train_batches`` micro-batches."""
+    cfg = TrainConfig(cache=Path("-"), labels=Path("-"), out=Path("-"), window=args.window, compile=setting,
+                      device=str(device), **HEADS[args.head])
+    torch.manual_seed(0)
+    head = cfg.head_config(bank.visual.shape[1], bank.audio.shape[1], 512)
+    module = ExprHeadModel(head, torch.randn(8, 512), 100.0).to(device)
+    weights = class_weights(windows.target).to(device)
+    step = LossStep(module, module, weights, cfg.contrastive_weight, device,
+                    compile_mode(setting, device, 1), print)
+    learner = Learner(module, module, make_optimizer(module, cfg, cfg.lr, device), weights, Dist(), device, step)
+    pick = torch.randperm(len(windows), generator=torch.Generator().manual_seed(0))[:args.train_batches * cfg.batch_size]
+    pick = pick.to(windows.video_idx.device)
+    sub = Windows(windows.video_idx[pick], windows.end_frame[pick], windows.target[pick])
+    split = Split("train", bank.video_ids, {}, None, sub.target.cpu(), bank, sub)  # type: ignore[arg-type]
+    run_epoch(learner, cfg, split, 0)  # warm-up: compile, CUDA graphs, allocator
+    sync(device)
+    t = time.perf_counter()
+    record = run_epoch(learner, cfg, split, 1)
+    sync(device)
+    seconds = time.perf_counter() - t
+    return {"windows_per_s": len(sub) / seconds, "batch_building_share": record["data_seconds"] / seconds}
+
+
+def bench_epoch(ds, args, device, window: int, out: Path) -> dict:
+    """``train`` for ``args.epochs`` epochs: the last epoch's seconds and its window counts."""
+    cfg = TrainConfig(cache=ds.cache, labels=ds.labels, out=out, window=window, epochs=args.epochs,
+                      preload="gpu" if device.type == "cuda" else "cpu", eval_batch_size=args.eval_batch_size,
+                      device=str(device), overwrite=True, **HEADS[args.head])
+    result = train(cfg)
+    data = json.loads((out / "config.json").read_text())["data"]
+    last = result.history[-1]
+    return {"epoch_s": last["seconds"], "data_s": last["data_seconds"], "train_windows": data["train_windows"],
+            "val_windows": last["val_windows"]}
+
+
+def bench_per_frame(ds, args, device, window: int, run_dir: Path) -> float:
+    """Frames/s of per-frame scoring (a causal window per frame) over the validation videos."""
+    model = load_run(run_dir, "last", device).model
+    labels = load_split(ds.labels, "Validation_Set")
+    bank = load_bank(ds.cache, ds.val_ids, labels, preload="gpu" if device.type == "cuda" else "cpu", device=device)
+    budget, frames = args.score_frames, []
+    for n in bank.n_frames.tolist():
+        frames.append(np.arange(max(0, min(n, budget))))
+        budget -= len(frames[-1])
+    frame_probabilities(model, bank, window, [f[:args.eval_batch_size] for f in frames], batch_size=args.eval_batch_size)
+    sync(device)
+    t = time.perf_counter()
+    frame_probabilities(model, bank, window, frames, batch_size=args.eval_batch_size)
+    sync(device)
+    return sum(len(f) for f in frames) / (time.perf_counter() - t)
+
+
+def project_table1(epochs: dict, per_frame: dict, scale: float, val_frames_full: float) -> dict:
+    """Seconds of the paper's Table 1 at full size: per window, 30 epochs (train +
+    validation; fixed per-epoch costs such as checkpoints scaled too: an upper bound) and
+    per-frame scoring of the validation split."""
+    runs = {w: TABLE1_EPOCHS * epochs[w]["epoch_s"] * scale + val_frames_full / per_frame[w] for w in epochs}
+    return {"per_window_s": runs, "total_s": sum(runs.values())}
+
+
+def run_scale(args, device) -> dict:
+    root = args.cache or Path(tempfile.mkdtemp(prefix="bench_affwild2_"))
+    t = time.perf_counter()
+    ds = write_affwild2(root, args.scale_fraction, args.val_share) if args.cache is None else _reuse(root)
+    write_s = time.perf_counter() - t
+    labels = load_split(ds.labels, "Train_Set")
+    bank = load_bank(ds.cache, ds.train_ids, labels, preload="gpu" if device.type == "cuda" else "cpu", device=device)
+    val_frames = sum(len(v) for v in load_split(ds.labels, "Validation_Set").values())
+    frames = int(bank.n_frames.sum()) + val_frames
+    scale = AFFWILD2_FRAMES / frames
+    print(f"\ncache: {len(ds.train_ids)} + {len(ds.val_ids)} videos, {frames:,} frames "
+          f"(1/{scale:.0f} of Aff-Wild2; written in {write_s:.0f} s)")
+    windows = make_windows(bank, args.window, args.stride)
+    bank = with_sources(bank, windows)  # reference windows: filled frames read their source rows
+    settings = ("off", "on", "auto") if device.type == "cuda" else ("off", "auto")  # CPU: `on` compiles for minutes
+    steps = {s: bench_steps(bank, windows, args, device, s) for s in settings}
+    del bank, windows
+    epochs, per_frame = {}, {}
+    for w in TABLE1_WINDOWS:
+        epochs[w] = bench_epoch(ds, args, device, w, root / f"run_w{w}")
+        per_frame[w] = bench_per_frame(ds, args, device, w, root / f"run_w{w}")
+    return {"frames": frames, "scale": scale, "steps": steps, "epochs": epochs, "per_frame": per_frame,
+            "table1": project_table1(epochs, per_frame, scale, val_frames * scale)}
+
+
+def _reuse(root: Path):
+    from expr.train_heads import SyntheticDataset
+
+    labels = root / "labels"
+    ids = {split: sorted(p.stem for p in (labels / split).glob("*.txt")) for split in ("Train_Set", "Validation_Set")}
+    return SyntheticDataset(root / "feats.zarr", labels, ids["Train_Set"], ids["Validation_Set"])
+
+
+def print_scale(r: dict, args) -> None:
+    print(f"\n{'measure (Aff-Wild2 scale)':<44}{'value':>14}  notes")
+    for setting, st in r["steps"].items():
+        print(f"{'train steps, --compile ' + setting:<44}{st['windows_per_s']:>10,.0f} w/s  batch 32 x 2, window "
+              f"{args.window}; building batches {100 * st['batch_building_share']:.1f}% of wall time")
+    for w, e in r["epochs"].items():
+        full = e["epoch_s"] * r["scale"]
+        print(f"{f'epoch, window {w} (train + validation)':<44}{full:>12,.1f} s  measured {e['epoch_s']:.1f} s on "
+              f"{e['train_windows']:,} + {e['val_windows']:,} windows x {r['scale']:.0f}")
+    for w, fps in r["per_frame"].items():
+        print(f"{f'per-frame scoring, window {w}':<44}{fps:>10,.0f} f/s  batch {args.eval_batch_size}")
+    t1 = r["table1"]
+    print(f"{'Table 1 projected (2 x 30 epochs + scoring)':<44}{t1['total_s'] / 60:>10,.1f} min  "
+          + ", ".join(f"window {w}: {s / 60:.1f} min" for w, s in t1["per_window_s"].items()))
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--videos", type=int, default=40)
@@ -131,9 +281,35 @@ def main() -> None:
     p.add_argument("--train-batches", type=int, default=8, help="batches per training measurement")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the naive loader")
     p.add_argument("--cache", type=Path, help="reuse a synthetic dataset root written before")
-    args = p.parse_args()
-    device = torch.device(args.device)
+    scale = p.add_argument_group("--scale affwild2")
+    scale.add_argument("--scale", choices=["affwild2"], help="measure stage two at Aff-Wild2's size (see above)")
+    scale.add_argument("--scale-fraction", type=float, default=1.0, help="write this share of the 550 videos")
+    scale.add_argument("--val-share", type=float, default=0.2, help="share of the videos used for validation")
+    scale.add_argument("--epochs", type=int, default=1, help="epochs per window (the last one is reported)")
+    scale.add_argument("--eval-batch-size", type=int, help="inference batch (default 2048 on CUDA, 256 on CPU)")
+    scale.add_argument("--score-frames", type=int, default=100_000, help="frames scored per-frame at most")
+    scale.add_argument("--head", choices=sorted(HEADS), default="reference", help="tiny: a smoke-test head")
+    scale.add_argument("--json", type=Path, help="also write the results here")
+    return p.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, device "
+          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else device}")
+    if args.scale is None:
+        compare_loaders(args, device)
+        return
+    args.eval_batch_size = args.eval_batch_size or (2048 if device.type == "cuda" else 256)
+    results = run_scale(args, device)
+    print_scale(results, args)
+    if args.json:
+        args.json.write_text(json.dumps({"device": str(device), **results}, indent=1))
+
+
+def compare_loaders(args: argparse.Namespace, device: torch.device) -> None:
+    """The preloaded bank vs the naive Zarr DataLoader (the default mode)."""
     root = args.cache or Path(tempfile.mkdtemp(prefix="bench_train_"))
     t = time.perf_counter()
     if args.cache is None:
@@ -145,9 +321,9 @@ def main() -> None:
     bank = load_bank(cache, sorted(labels), labels, preload="gpu" if device.type == "cuda" else "cpu", device=device)
     load_s = time.perf_counter() - t
     windows = make_windows(bank, args.window, args.stride)
+    bank = with_sources(bank, windows)  # reference windows: filled frames read their source rows
     gen = torch.Generator().manual_seed(0)
     frames = int(bank.n_frames.sum())
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, device {device}")
     print(f"cache: {len(bank)} videos, {frames:,} frames, {int(bank.audio_steps.sum()):,} audio steps, "
           f"{len(windows):,} windows of {args.window} (written in {write_s:.1f}s, loaded in {load_s:.1f}s)")
 

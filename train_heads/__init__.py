@@ -2,7 +2,8 @@
 
 The public interface (what the CLI, ``expr.evaluate`` and the README's Python API use) is
 ``__all__``. Modules: config (TrainConfig, HeadConfig and the option choices), labels (ABAW
-annotation files), data (FeatureBank, windows, vectorised batch gathering), model
+annotation files), data (FeatureBank, windows, vectorised batch gathering), feed (batches on the
+device: pinned staging to a GPU), step (the training step's fast path), model
 (ExprHeadModel), loop (train), inference (logits and probabilities of windows and frames),
 run_dir (the run folder and every file name in it), checkpoint (safetensors + JSON),
 metrics (macro-F1), synthetic (a learnable test cache).
@@ -14,11 +15,12 @@ rest (torch) loads on first use. It never imports open_clip or transformers.
 from typing import TYPE_CHECKING
 
 from expr.lazy import lazy_getattr
-from expr.train_heads.config import Fusion, HeadConfig, Preload, SmoothMode, Target, TrainConfig, WindowRule
+from expr.train_heads.config import Compile, Fusion, HeadConfig, Preload, SmoothMode, Target, TrainConfig, WindowRule
 
 _LAZY = {
     "labels": ("load_split", "read_id_list", "read_label_file"),
     "data": ("FeatureBank", "Windows", "load_bank", "make_windows", "with_sources", "gather", "to_device"),
+    "feed": ("BatchFeeder",),
     "model": ("ExprHeadModel",),
     "loop": ("TrainResult", "train", "lr_at"),
     "loss": ("class_weights",),
@@ -32,6 +34,7 @@ __getattr__ = lazy_getattr(__name__, {name: module for module, names in _LAZY.it
 
 if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both lists equal)
     from expr.train_heads.data import FeatureBank, Windows, gather, load_bank, make_windows, to_device, with_sources
+    from expr.train_heads.feed import BatchFeeder
     from expr.train_heads.inference import (frame_probabilities, frame_queries, predict_logits,
                                             smooth_probabilities, split_by_video, window_probabilities)
     from expr.train_heads.labels import load_split, read_id_list, read_label_file
@@ -43,9 +46,9 @@ if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both 
     from expr.train_heads.synthetic import SyntheticDataset, write_synthetic_dataset
 
 __all__ = [
-    "Fusion", "HeadConfig", "Preload", "SmoothMode", "Target", "TrainConfig", "WindowRule", "load_split", "read_id_list",
-    "read_label_file", "FeatureBank", "Windows", "load_bank", "make_windows", "with_sources", "gather", "to_device",
-    "ExprHeadModel", "TrainResult", "train", "lr_at", "class_weights", "predict_logits",
+    "Compile", "Fusion", "HeadConfig", "Preload", "SmoothMode", "Target", "TrainConfig", "WindowRule", "load_split",
+    "read_id_list", "read_label_file", "FeatureBank", "Windows", "load_bank", "make_windows", "with_sources", "gather",
+    "to_device", "BatchFeeder", "ExprHeadModel", "TrainResult", "train", "lr_at", "class_weights", "predict_logits",
     "window_probabilities", "frame_probabilities", "frame_queries", "smooth_probabilities", "split_by_video",
     "Checkpoint", "RunDir", "LoadedRun", "load_run", "read_metrics", "macro_f1_accuracy",
     "confusion_from_pairs", "SyntheticDataset", "write_synthetic_dataset",

@@ -53,6 +53,14 @@ class Preload(str, Enum):
     none = "none"  # streamed from the cache in chunks (caches larger than memory)
 
 
+class Compile(str, Enum):
+    """The training step's fast path (the CLI's --compile choices); see train_heads/step.py."""
+
+    auto = "auto"  # CUDA: torch.compile + CUDA graphs, fused AdamW; CPU: eager, foreach AdamW
+    on = "on"      # torch.compile without CUDA graphs, on any device (on CPU compiling takes minutes)
+    off = "off"    # the plain eager step with torch's default AdamW
+
+
 class SmoothMode(str, Enum):
     """Filter of the per-frame probabilities (the --smooth-mode choices of evaluate/predict/ablate)."""
 
@@ -142,6 +150,7 @@ class TrainConfig:
     preload: str = Preload.cpu.value    # cpu (pinned RAM), gpu (whole cache on the GPU), none (stream)
     chunk_frames: int = 1_000_000       # --preload none: frames loaded at a time
     eval_batch_size: int = 256
+    compile: str = Compile.auto.value   # training step fast path: auto | on | off (see Compile)
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     overwrite: bool = False             # replace a non-empty run directory
     resume: bool = False                # continue from last.safetensors in --out
@@ -152,6 +161,7 @@ class TrainConfig:
         check_choice("--windows", self.windows, WindowRule)
         check_choice("--fusion", self.fusion, Fusion)
         check_choice("--preload", self.preload, Preload)
+        check_choice("--compile", self.compile, Compile)
         checks = [
             (self.window >= 1, f"--window must be >= 1, got {self.window}"),
             (self.stride >= 1, f"--stride must be >= 1, got {self.stride}"),

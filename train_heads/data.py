@@ -282,8 +282,25 @@ def _grid_windows(bank: FeatureBank, window: int, stride: int, target: str) -> W
     return Windows(video_idx[ok], end_frame[ok], tgt[ok])
 
 
-def gather(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor, window: int) -> Batch:
-    """Visual (B, W, Dv) and audio (B, A, Da) of the windows ending at ``end_frame``."""
+def _take(table: torch.Tensor, rows: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
+    """(B, L, D) rows of ``table`` for (B, L) ``rows``; into the front of ``out`` (a flat
+    staging buffer of the table's dtype) when given, so that no fresh tensor is allocated."""
+    flat = rows.reshape(-1)
+    if out is None:
+        # index_select on the flat row list: the fastest CPU gather (vs advanced indexing)
+        taken = table.index_select(0, flat)
+    else:
+        taken = torch.index_select(table, 0, flat, out=out[:flat.numel() * table.shape[1]].view(-1, table.shape[1]))
+    return taken.view(*rows.shape, -1).to(dtype)  # .to is a no-op when the dtype matches
+
+
+def gather(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor, window: int, *,
+           dtype: torch.dtype = torch.float32, out: tuple[torch.Tensor, torch.Tensor] | None = None) -> Batch:
+    """Visual (B, W, Dv) and audio (B, A, Da) of the windows ending at ``end_frame``.
+
+    ``dtype=torch.float16`` keeps the bank's half precision (the caller converts on its
+    device); ``out`` = (visual, audio) flat buffers to fill instead of allocating.
+    """
     dev = bank.device
     video_idx = video_idx.to(dev)
     end_frame = end_frame.to(dev)
@@ -293,9 +310,8 @@ def gather(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor, 
     # Frames before 0 repeat the first frame (per-frame protocol padding).
     rows = offsets[:, None] + torch.minimum(frames.clamp(min=0), (n - 1)[:, None])
     # Reference windows: a filled frame shows its source frame (audio below stays on own rows).
-    vrows = rows.reshape(-1) if bank.source_rows is None else bank.source_rows.index_select(0, rows.reshape(-1))
-    # index_select on the flat row list: the fastest CPU gather (vs advanced indexing)
-    visual = bank.visual.index_select(0, vrows).view(*rows.shape, -1).float()  # (B, W, Dv)
+    vrows = rows if bank.source_rows is None else bank.source_rows[rows]
+    visual = _take(bank.visual, vrows, dtype, out[0] if out else None)  # (B, W, Dv)
 
     # Time span of the window by the video's own clock: frames before 0 extend it backwards.
     fps = bank.fps[video_idx]
@@ -311,6 +327,6 @@ def gather(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor, 
     mask = (steps >= 0) & (steps < bank.audio_steps[video_idx][:, None]) & (k < span[:, None])
     pad_row = bank.audio.shape[0] - 1                               # the zero row
     arows = torch.where(mask, bank.audio_offsets[video_idx][:, None] + steps, pad_row)
-    audio = bank.audio.index_select(0, arows.reshape(-1)).view(*arows.shape, -1).float()  # (B, A, Da)
+    audio = _take(bank.audio, arows, dtype, out[1] if out else None)  # (B, A, Da)
     return Batch(visual, audio, mask)
 

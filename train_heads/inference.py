@@ -1,7 +1,7 @@
 """Inference of a trained head over a preloaded feature bank: the batched forward pass that
 validation, `expr evaluate`, `expr predict` and `expr ablate` share.
 
-Batches are built by ``data.gather`` (one vectorised gather per batch) exactly as training
+Batches are built by ``feed.BatchFeeder`` (one vectorised gather per batch) exactly as training
 builds them, so scoring a split costs about one validation epoch. Per-frame inference (the
 official ABAW protocol and the submission) is one causal window ENDING at each frame; a
 window that would start before frame 0 repeats the first frame, as the reference does.
@@ -20,24 +20,32 @@ import torch
 
 from expr.abaw import NUM_CLASSES
 from expr.train_heads.config import SmoothMode
-from expr.train_heads.data import FeatureBank, gather
+from expr.train_heads.data import FeatureBank
+from expr.train_heads.feed import BatchFeeder
 
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor,
                    window: int, batch_size: int = 256) -> torch.Tensor:
-    """(N, classes) float32 logits on the CPU for the windows ending at ``end_frame``."""
+    """(N, classes) float32 logits on the CPU for the windows ending at ``end_frame``.
+
+    On CUDA: bf16 autocast, batches fed by a BatchFeeder (gathered on the GPU from a GPU
+    bank, or staged through pinned float16 buffers), logits kept on the GPU until one
+    transfer at the end. On CPU: float32, the same batches and results as ever.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    feed = BatchFeeder(bank, window, device, batch_size)
+    order = torch.arange(len(video_idx), device=video_idx.device)
     out = []
-    for idx in torch.arange(len(video_idx)).split(batch_size):
-        b = gather(bank, video_idx[idx], end_frame[idx], window)
+    for idx in order.split(batch_size):
+        b = feed(video_idx[idx], end_frame[idx])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(b.visual.to(device), b.audio.to(device), b.audio_mask.to(device))
-        out.append(logits.float().cpu())
+            logits = model(b.visual, b.audio, b.audio_mask)
+        out.append(logits.float())
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros((0, NUM_CLASSES))
+    return torch.cat(out).cpu() if out else torch.zeros((0, NUM_CLASSES))
 
 
 def window_probabilities(model: torch.nn.Module, bank: FeatureBank, video_idx, end_frame, window: int,

@@ -26,13 +26,15 @@ from expr.devices import Dist, resolve_device, setup_dist, use_device
 from expr.errors import ConfigError
 from expr.train_heads import checkpoint as ckpt
 from expr.train_heads.config import Preload, TrainConfig
-from expr.train_heads.data import FeatureBank, gather
+from expr.train_heads.data import FeatureBank
+from expr.train_heads.feed import BatchFeeder
 from expr.train_heads.inference import predict_logits
-from expr.train_heads.loss import class_weights, head_loss
+from expr.train_heads.loss import class_weights
 from expr.train_heads.metrics import confusion_from_pairs, macro_f1_accuracy
 from expr.train_heads.model import ExprHeadModel
 from expr.train_heads.run_dir import Checkpoint, RunDir, prepare_run_dir
 from expr.train_heads.splits import Split, read_splits
+from expr.train_heads.step import LossStep, StepReporter, compile_mode, make_optimizer, set_optimizer_flags
 
 StepCallback = Callable[[int, float], None]
 
@@ -55,6 +57,7 @@ class Learner:
     weights: torch.Tensor           # class weights of the cross-entropy, on ``device``
     dist: Dist
     device: torch.device
+    step: LossStep                  # forward + loss of a micro-batch (compiled or eager)
 
 
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
@@ -73,22 +76,26 @@ def pick_device(cfg: TrainConfig, dist: Dist) -> torch.device:
 
 def run_epoch(learner: Learner, cfg: TrainConfig, split: Split, epoch: int, *,
               on_step: StepCallback | None = None) -> dict:
-    """One pass over the training windows; the mean losses and the seconds spent gathering."""
+    """One pass over the training windows; the mean losses and the seconds spent gathering.
+
+    No host sync per micro-batch: loss sums stay on the device, ``on_step`` gets the step
+    losses in batches (StepReporter), batches come from a BatchFeeder (async on CUDA).
+    """
     model, dist, device = learner.model, learner.dist, learner.device
     model.train()
     torch.manual_seed(cfg.seed + epoch)  # dropout of this epoch, independent of earlier epochs
-    # Running sums of (loss, ce, contrastive) stay on the device: a .item() per value and
-    # micro-batch would stall the CPU (the next gather) until the GPU finished this step.
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # (loss, ce, contrastive)
+    reporter = StepReporter(on_step, device)
     n_micro, data_s = 0, 0.0
     for bank, win in split.chunks(cfg, cfg.seed + epoch):
+        feed = BatchFeeder(bank, cfg.window, device, cfg.batch_size)
         perm = torch.randperm(len(win), generator=torch.Generator().manual_seed(cfg.seed + epoch))
         per_rank = len(perm) // dist.world  # equal step counts on every rank (DDP needs it)
-        micro = perm[dist.rank * per_rank:(dist.rank + 1) * per_rank].split(cfg.batch_size)
+        # indices where the windows are (the GPU with --preload gpu): no transfer per batch
+        micro = perm[dist.rank * per_rank:(dist.rank + 1) * per_rank].to(win.video_idx.device).split(cfg.batch_size)
         for i, idx in enumerate(micro):
             t = time.perf_counter()
-            b = gather(bank, win.video_idx[idx], win.end_frame[idx], cfg.window)
-            visual, audio, mask = (x.to(device, non_blocking=True) for x in (b.visual, b.audio, b.audio_mask))
+            b = feed(win.video_idx[idx], win.end_frame[idx])
             target = win.target[idx].to(device, non_blocking=True)
             data_s += time.perf_counter() - t
             group_len = min(cfg.accum, len(micro) - (i - i % cfg.accum))
@@ -99,20 +106,17 @@ def run_epoch(learner: Learner, cfg: TrainConfig, split: Split, epoch: int, *,
             else:
                 sync = contextlib.nullcontext()
             with sync:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    logits, embed = model(visual, audio, mask, return_aux=True)
-                loss, ce, con = head_loss(learner.module, logits, embed, target, learner.weights,
-                                          cfg.contrastive_weight)
+                loss, ce, con = learner.step(b.visual, b.audio, b.audio_mask, target)
                 (loss / group_len).backward()
             if step_now:
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(learner.module.parameters(), cfg.grad_clip)
                 learner.opt.step()
-                learner.opt.zero_grad(set_to_none=True)
+                learner.opt.zero_grad(set_to_none=learner.step.mode != "reduce-overhead")  # see step.py
             sums += torch.stack([loss, ce, con]).detach().double()
             n_micro += 1
-            if on_step:
-                on_step(n_micro, loss.item())
+            reporter.add(loss)
+    reporter.flush()
     means = (sums / max(n_micro, 1)).tolist()
     return dict(zip(("loss", "ce", "contrastive"), means)) | {"data_seconds": round(data_s, 3)}
 
@@ -132,14 +136,18 @@ def validate(model: torch.nn.Module, cfg: TrainConfig, split: Split, dist: Dist)
 
 
 def _build_learner(cfg: TrainConfig, cache: CacheReader, train_split: Split, dist: Dist,
-                   device: torch.device) -> Learner:
-    """The head (seeded), its class weights, AdamW, and the DDP wrapper under torchrun."""
+                   device: torch.device, say: Callable[[str], None]) -> Learner:
+    """The head (seeded), its class weights, AdamW, the DDP wrapper under torchrun, and the
+    (maybe compiled) step."""
     head_cfg = cfg.head_config(cache.visual_dim, cache.audio_dim, cache.text_embeddings().shape[1])
     torch.manual_seed(cfg.seed)
     module = ExprHeadModel(head_cfg, torch.from_numpy(cache.text_embeddings()), cache.logit_scale).to(device)
     weights = class_weights(train_split.all_targets).to(device)
-    opt = torch.optim.AdamW(module.parameters(), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay)
-    return Learner(dist.wrap(module, device), module, opt, weights, dist, device)
+    opt = make_optimizer(module, cfg, lr_at(0, cfg), device)
+    model = dist.wrap(module, device)
+    step = LossStep(model, module, weights, cfg.contrastive_weight, device,
+                    compile_mode(cfg.compile, device, dist.world), say)
+    return Learner(model, module, opt, weights, dist, device, step)
 
 
 def _save_epoch(run: RunDir, learner: Learner, record: dict, meta: dict) -> None:
@@ -154,11 +162,13 @@ def _save_epoch(run: RunDir, learner: Learner, record: dict, meta: dict) -> None
                              scheduler_state={"epoch": record["epoch"]}, meta=meta)
 
 
-def _resume(run: RunDir, learner: Learner, say: Callable[[str], None]) -> tuple[int, float, int, list[dict]]:
+def _resume(run: RunDir, learner: Learner, cfg: TrainConfig, say: Callable[[str], None]
+            ) -> tuple[int, float, int, list[dict]]:
     """(epochs done, best val F1, best epoch, their metrics) of the run in ``run``."""
     last = run.checkpoint(Checkpoint.last.value)
     learner.module.load_state_dict(ckpt.load_weights(last.weights, learner.device)[0].state_dict())
     meta = ckpt.load_optimizer_state(last, learner.opt)["meta"]
+    set_optimizer_flags(learner.opt, cfg.compile, learner.device)  # --compile may differ from the run's
     start, best_f1, best_epoch = meta["epoch"], meta["best_val_f1"], meta["best_epoch"]
     say(f"resuming {run.path} after epoch {start} (best val macro-F1 {best_f1:.4f} at epoch {best_epoch})")
     return start, best_f1, best_epoch, run.read_metrics(say)[:start]
@@ -185,14 +195,14 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
         splits, data_meta = read_splits(cfg, cache, {"train": bank, "val": val_bank}, device, say)
         cache_meta = {"path": str(Path(cfg.cache).resolve()), "fingerprint": ckpt.cache_fingerprint(cache),
                       "backbones": cache.backbones}
-        learner = _build_learner(cfg, cache, splits["train"], dist, device)
+        learner = _build_learner(cfg, cache, splits["train"], dist, device, say)
         head_cfg, opt, module = learner.module.cfg, learner.opt, learner.module
         data_meta["class_weights"] = [round(float(w), 6) for w in learner.weights]
 
         # -- resume or start ---------------------------------------------------------------
         start, best_f1, best_epoch, history = 0, -1.0, 0, []
         if cfg.resume:
-            start, best_f1, best_epoch, history = _resume(run, learner, say)
+            start, best_f1, best_epoch, history = _resume(run, learner, cfg, say)
         if dist.is_main:
             run.write_config({"train": cfg.to_dict(), "head": vars(head_cfg).copy(), "cache": cache_meta,
                               "data": data_meta})

@@ -62,7 +62,7 @@ STATE_SUFFIX = ".state.json"
 REPORT_PATTERNS = ("eval_*.json", "confusion_*.png", REPORT_FILE, TIMELINES_PREFIX + "*")
 # Options that may change between a run and its --resume without changing the result.
 # Not --epochs: it is the cosine schedule's T_max, so every epoch's learning rate depends on it.
-RESUME_FREE = {"resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size"}
+RESUME_FREE = {"resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size", "compile"}
 
 
 class Checkpoint(str, Enum):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from expr.abaw import HOP, LABEL_HEADER, NUM_CLASSES, SAMPLE_RATE, audio_step_ti
 from expr.cache_format import open_writer
 
 SEGMENT_SECONDS = (2.0, 4.0)
+GAP_SECONDS = (2.0, 20.0)  # unannotated stretches (``gap_frac``): Aff-Wild2 leaves seconds to minutes at -1
 
 
 @dataclass
@@ -64,6 +66,29 @@ def _segments(rng: np.random.Generator, n_frames: int, fps: float, order: list[i
     return classes, np.asarray(starts[1:], dtype=np.int64)
 
 
+def _gaps(rng: np.random.Generator, n_frames: int, fps: float, frac: float) -> np.ndarray:
+    """(T,) bool: runs of GAP_SECONDS at random places until about ``frac`` of the frames."""
+    gap = np.zeros(n_frames, dtype=bool)
+    while frac > 0 and gap.mean() < frac:
+        start = int(rng.integers(0, n_frames))
+        gap[start:start + int(rng.uniform(*GAP_SECONDS) * fps)] = True
+    return gap
+
+
+def _labels(rng: np.random.Generator, classes: np.ndarray, onsets: np.ndarray, fps: float,
+            missing_frac: float, onset_seconds: float, gap_frac: float) -> np.ndarray:
+    """(T,) annotations of a video: its classes with -1 at random frames, at onsets and in gaps."""
+    labels = classes.copy()
+    labels[rng.random(len(classes)) < missing_frac] = -1
+    # Onsets are ambiguous (the window still shows the previous class), as annotators
+    # mark them: -1. Without this a short-window model is capped by boundary windows.
+    for start in onsets:
+        labels[start:start + int(onset_seconds * fps)] = -1
+    if gap_frac > 0:
+        labels[_gaps(rng, len(classes), fps, gap_frac)] = -1
+    return labels
+
+
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
@@ -92,8 +117,16 @@ def write_synthetic_dataset(
     masked_frames_frac: float = 0.05,
     with_audio: bool = True,
     onset_seconds: float = 0.5,
+    gap_frac: float = 0.0,
+    on_video: Callable[[int, int], None] | None = None,
 ) -> SyntheticDataset:
-    """Write ``root/feats.zarr`` and ``root/labels/{Train_Set,Validation_Set}/<id>.txt``."""
+    """Write ``root/feats.zarr`` and ``root/labels/{Train_Set,Validation_Set}/<id>.txt``.
+
+    ``gap_frac``: about this share of each video's frames lies in unannotated (-1) runs of
+    GAP_SECONDS, as in Aff-Wild2 (0: none, and the random stream of older datasets is
+    unchanged). Videos are generated and written one at a time, so memory stays at one
+    video however large the dataset; ``on_video(done, total)`` reports progress.
+    """
     root = Path(root)
     rng = np.random.default_rng(seed)
     n_cls = NUM_CLASSES
@@ -114,6 +147,7 @@ def write_synthetic_dataset(
     labels_dir = root / "labels"
     splits = {"Train_Set": [f"train_{i:03d}" for i in range(n_train)],
               "Validation_Set": [f"val_{i:03d}" for i in range(n_val)]}
+    done = 0
     for split, ids in splits.items():
         order: list[int] = []  # each split starts a fresh round: small val sets see every class
         (labels_dir / split).mkdir(parents=True, exist_ok=True)
@@ -135,13 +169,11 @@ def write_synthetic_dataset(
             writer.write_video(vid, visual=visual, frame_mask=frame_mask, timestamps=times, fps=fps,
                                duration=duration, source=f"{vid}.mp4", source_size=0, source_mtime=0.0,
                                audio=audio)
-            labels = classes.copy()
-            labels[rng.random(T) < missing_labels_frac] = -1
-            # Onsets are ambiguous (the window still shows the previous class), as annotators
-            # mark them: -1. Without this a short-window model is capped by boundary windows.
-            for start in onsets:
-                labels[start:start + int(onset_seconds * fps)] = -1
+            labels = _labels(rng, classes, onsets, fps, missing_labels_frac, onset_seconds, gap_frac)
             text_lines = [LABEL_HEADER] + [str(v) for v in labels]
             (labels_dir / split / f"{vid}.txt").write_text("\n".join(text_lines) + "\n", encoding="utf-8")
+            done += 1
+            if on_video:
+                on_video(done, n_train + n_val)
     return SyntheticDataset(cache=cache, labels=labels_dir,
                             train_ids=splits["Train_Set"], val_ids=splits["Validation_Set"])

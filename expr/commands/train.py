@@ -11,7 +11,7 @@ import typer
 
 from expr.commands import esc
 from expr.devices import DEVICE_HELP, is_main_process
-from expr.train_heads import Fusion, Preload, Target, TrainConfig, WindowRule
+from expr.train_heads import Compile, Fusion, Preload, Target, TrainConfig, WindowRule
 
 ARCH = "Architecture / ablation"
 OPT = "Optimisation"
@@ -75,6 +75,9 @@ def train(
                                      RUN)] = Preload(TrainConfig.preload),
     chunk_frames: Annotated[int, _opt("--preload none: frames loaded at a time.", RUN)] = TrainConfig.chunk_frames,
     eval_batch_size: Annotated[int, _opt("Windows per validation batch.", RUN)] = TrainConfig.eval_batch_size,
+    compile: Annotated[Compile, _opt("Training step fast path: auto (CUDA: torch.compile with CUDA graphs and "
+                                     "fused AdamW; CPU: eager with foreach AdamW), on (compile without CUDA graphs, any device), "
+                                     "off (plain eager step).", RUN)] = Compile(TrainConfig.compile),
     device: Annotated[str, _opt(f"{DEVICE_HELP}.", RUN)] = TrainConfig.device,
     overwrite: Annotated[bool, _flag("--overwrite", "Replace a previous run in --out.", RUN)] = TrainConfig.overwrite,
     resume: Annotated[bool, _flag("--resume", "Continue the run in --out from its last checkpoint.",
