@@ -48,3 +48,15 @@ def test_train_prints_hostile_paths_as_written(tmp_path, capsys):
     assert "❌" not in text, text
     assert f"expr train -> {out}" in " ".join(text.split())  # (a table title wraps at its width)
     assert f"(window level) -> {out / 'best.safetensors'}\n" in text
+
+
+def test_evaluate_prints_hostile_paths_as_written(tmp_path, capsys):
+    from report_helpers import trained_run
+
+    ds, run_dir = trained_run(tmp_path / HOSTILE, window=16, stride=8, epochs=1)
+    assert run(["evaluate", "--run", str(run_dir), "--cache", str(ds.cache), "--labels", str(ds.labels),
+                "--split", "Validation_Set", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "❌" not in text, text
+    assert f"report: {run_dir / 'report.html'}\n" in text
+    assert f"-> {run_dir / 'eval_Validation_Set.json'}\n" in text

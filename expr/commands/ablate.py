@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from expr.commands import esc
+
 from expr.commands.evaluate import CacheOpt, DeviceOpt, LabelsOpt, SmoothModeOpt, SmoothOpt
 from expr.evaluate import AblateConfig
 from expr.evaluate.grid import KEYS
@@ -51,7 +53,7 @@ def ablate(
 
     from expr.evaluate import run_ablation
 
-    console = Console()
+    console = Console(emoji=False)
     cfg = AblateConfig(cache=cache, labels=labels, grid=grid, out=out, epochs=epochs, seeds=seeds, seed=seed, lr=lr,
                        batch_size=batch_size, channels=channels, tcn_levels=tcn_levels, heads=heads,
                        windows=windows.value,
@@ -60,18 +62,18 @@ def ablate(
 
     def on_cell(i, n, cell, seed_, status):
         verb = "[dim]skip (done)[/]" if status == "skip" else "[bold]train[/]"
-        console.print(f"[{i}/{n}] {verb} {cell.label} seed {seed_}", highlight=False)
+        console.print(f"{esc(f'[{i}/{n}]')} {verb} {esc(cell.label)} seed {seed_}", highlight=False)
 
     def on_epoch(record):
         console.print(f"    epoch {record['epoch']}: loss {record.get('loss', float('nan')):.4f}  "
                       f"val window macro-F1 {record.get('val_f1', float('nan')):.4f}", highlight=False)
 
     report = run_ablation(cfg, on_cell=on_cell, on_epoch=on_epoch,
-                          on_stage=lambda msg: console.print(f"[dim]{msg}[/]"))
+                          on_stage=lambda msg: console.print(f"[dim]{esc(msg)}[/]"))
     console.print(report.paths["md"].read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
     console.print(f"[green]✓[/] {report.trained} trained, {report.skipped} already done; "
-                  f"{report.paths['csv']}, {report.paths['md']}, {report.paths['png']}", highlight=False)
-    console.print(f"report: {report.report}", highlight=False)
+                  f"{esc(report.paths['csv'])}, {esc(report.paths['md'])}, {esc(report.paths['png'])}", highlight=False)
+    console.print(f"report: {esc(report.report)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

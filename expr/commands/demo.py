@@ -51,7 +51,7 @@ def demo(
     cfg = DemoConfig(out=out, clips_dir=clips_dir, archive=archive, weights=weights.value, window=window,
                      stride=stride, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                      workers=workers)
-    console = Console()
+    console = Console(emoji=False)
 
     result = run_demo(cfg, on_event=lambda event: _show(console, event))
     scores = result.evaluation.scores

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from expr.commands import esc
+
 from expr.abaw import CLASS_NAMES
 from expr.devices import DEVICE_HELP
 from expr.evaluate import EvaluateConfig
@@ -90,12 +92,12 @@ def evaluate(
 
     from expr.evaluate import evaluate_run
 
-    console = Console()
+    console = Console(emoji=False)
     cfg = EvaluateConfig(run=run, cache=cache, labels=labels, split=split, videos=videos,
                          checkpoint=checkpoint.value, windows=windows.value if windows else None, smooth=smooth,
                          smooth_mode=smooth_mode.value, batch_size=batch_size, preload=preload.value, device=device,
                          timelines=timelines)
-    report = evaluate_run(cfg, on_stage=lambda msg: console.print(f"[dim]{msg}[/]"))
+    report = evaluate_run(cfg, on_stage=lambda msg: console.print(f"[dim]{esc(msg)}[/]"))
     protocols = report.data["protocols"]
     w, f = protocols["window"], protocols["per_frame"]
     print_protocol(console, f"window-level (reference protocol, the paper's numbers): {w['windows']} windows of "
@@ -104,18 +106,18 @@ def evaluate(
     print_protocol(console, f"per-frame (official ABAW metric): causal window of {f['window']} ending at each "
                    f"annotated frame{smooth_text}", report.scores.per_frame)
     for warning in report.warnings[:10]:
-        console.print(f"[yellow]warning[/] {warning}", highlight=False)
+        console.print(f"[yellow]warning[/] {esc(warning)}", highlight=False)
     if len(report.warnings) > 10:
-        console.print(f"[yellow]... and {len(report.warnings) - 10} more warnings in {report.json_path}[/]")
+        console.print(f"[yellow]... and {len(report.warnings) - 10} more warnings in {esc(report.json_path)}[/]")
     console.print(
-        f"[bold]{cfg.split}[/]: window-level macro-F1 [bold]{report.scores.window.macro_f1:.4f}[/], "
-        f"per-frame macro-F1 [bold]{report.scores.per_frame.macro_f1:.4f}[/]  -> {report.json_path}",
+        f"[bold]{esc(cfg.split)}[/]: window-level macro-F1 [bold]{report.scores.window.macro_f1:.4f}[/], "
+        f"per-frame macro-F1 [bold]{report.scores.per_frame.macro_f1:.4f}[/]  -> {esc(report.json_path)}",
         highlight=False,
     )
     if report.timelines:
-        console.print(f"timelines of the {len(report.timelines)} worst videos: {report.timelines[0].parent}",
+        console.print(f"timelines of the {len(report.timelines)} worst videos: {esc(report.timelines[0].parent)}",
                       highlight=False)
-    console.print(f"report: {report.report}", highlight=False)
+    console.print(f"report: {esc(report.report)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -58,7 +58,7 @@ def predict(
     from expr.abaw import CLASS_NAMES
     from expr.pipeline import predict_videos
 
-    console = Console()
+    console = Console(emoji=False)
     cfg = PredictConfig(run=run, out=out, cache=cache, videos=videos, frames=frames, ids=ids, face_crop=face_crop,
                         timelines=timelines, probs=probs, checkpoint=checkpoint.value, smooth=smooth,
                         smooth_mode=smooth_mode.value, batch_size=batch_size, preload=preload.value, device=device)
