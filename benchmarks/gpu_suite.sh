@@ -68,32 +68,20 @@ pick() {
 }
 
 # -- extraction ---------------------------------------------------------------------------
-# ADJUST when benchmarks/bench_extract.py changes its flags (the `extract` branch adds
-# --source jpg and --null-encoder): the lines below use them only when the file has them.
-has_flag() { grep -q -- "\"$1\"" benchmarks/bench_extract.py; }
 if step extract_video "$PY" benchmarks/bench_extract.py --device "$device" "${extract_args[@]}"; then
     pick "$out/extract_video.log" "video: " "bare ViT-B/32" "pipeline, visual" "pipeline, end to end" \
         "Wav2Vec2-Base audio"
 fi
-if has_flag --source; then
-    if step extract_jpg "$PY" benchmarks/bench_extract.py --device "$device" --source jpg "${extract_args[@]}"; then
-        pick "$out/extract_jpg.log" "jpg: " "bare ViT-B/32" "pipeline, visual" "pipeline, end to end"
+if step extract_jpg "$PY" benchmarks/bench_extract.py --device "$device" --source jpg "${extract_args[@]}"; then
+    pick "$out/extract_jpg.log" "jpg: " "bare ViT-B/32" "pipeline, visual" "pipeline, end to end"
+fi
+for source in video jpg; do
+    if step "feed_$source" "$PY" benchmarks/bench_extract.py --device "$device" --null-encoder --source "$source" \
+            "${null_args[@]}"; then
+        rate=$(grep -oE 'steady feed rate [0-9,.]+ frames/s' "$out/feed_$source.log" | grep -oE '[0-9,.]+ frames/s')
+        row "feed rate, $source (null encoders)" "${rate:-?}" "decode + batching without model cost"
     fi
-else
-    row "extract, jpg folders" "n/a" "bench_extract.py has no --source jpg yet"
-fi
-if has_flag --null-encoder; then
-    for source in video jpg; do
-        [[ $source == jpg ]] && ! has_flag --source && continue
-        src=(); [[ $source == jpg ]] && src=(--source jpg)
-        if step "feed_$source" "$PY" benchmarks/bench_extract.py --device "$device" --null-encoder "${src[@]}" "${null_args[@]}"; then
-            rate=$(grep -oE 'steady feed rate [0-9,.]+ frames/s' "$out/feed_$source.log" | grep -oE '[0-9,.]+ frames/s')
-            row "feed rate, $source (null encoders)" "${rate:-?}" "decode + batching without model cost"
-        fi
-    done
-else
-    row "feed rate (null encoders)" "n/a" "bench_extract.py has no --null-encoder yet"
-fi
+done
 
 # -- stage two at Aff-Wild2 scale -------------------------------------------------------
 limit=$train_limit
