@@ -23,18 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
+from expr import abaw
 from expr.cache_format import consolidate, open_cache, open_writer
 
 VISUAL_DIM, AUDIO_DIM = 512, 768
 BACKBONES = {
     "visual": {"name": "bench-visual", "weights": None, "dim": VISUAL_DIM},
-    "audio": {"name": "bench-audio", "weights": None, "dim": AUDIO_DIM, "sample_rate": 16000, "hop": 320},
+    "audio": {"name": "bench-audio", "weights": None, "dim": AUDIO_DIM, "sample_rate": abaw.SAMPLE_RATE, "hop": abaw.HOP},
 }
 
 
 def audio_steps(n_frames: int, fps: float) -> int:
-    samples = int(n_frames / fps * 16000)
-    return max(0, (samples - 400) // 320 + 1)  # Wav2Vec2's conv stack: receptive field 400, hop 320
+    return abaw.audio_steps(int(n_frames / fps * abaw.SAMPLE_RATE))
 
 
 def make_video(rng: np.random.Generator, n_frames: int, fps: float, kind: str) -> dict:

