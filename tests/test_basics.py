@@ -92,3 +92,25 @@ def test_pyright_resolves_every_expr_import():
                   for d in report["generalDiagnostics"] if d.get("rule") == "reportMissingImports"]
     assert report["summary"]["filesAnalyzed"] > 50
     assert unresolved == []
+
+
+def _module_map() -> set[str]:
+    """Paths listed in docs/architecture.md's module map: `### `folder/`` headings, then
+    one table row per module whose first cell is `` `name.py` ``."""
+    listed, folder = set(), None
+    for line in (REPO / "docs" / "architecture.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("### `"):
+            folder = line.split("`")[1].rstrip("/")
+        elif folder and line.startswith("| `") and line.split("`")[1].endswith(".py"):
+            listed.add(f"{folder}/{line.split('`')[1]}")
+    return listed
+
+
+def test_architecture_page_lists_every_module_of_the_tree():
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    modules = {p for p in tracked if not p.startswith("tests/")}
+    listed = _module_map()
+    assert sorted(modules - listed) == [], "modules missing from docs/architecture.md's module map"
+    assert sorted(listed - modules) == [], "docs/architecture.md lists modules that do not exist"
