@@ -26,6 +26,7 @@ def decode_audio(path: Path, *, origin: float, duration: float | None) -> np.nda
     partial audio without any error from ffmpeg: failing is better than silently short audio).
     """
     import av
+    from av.error import FFmpegError  # the top-level av.FFmpegError is not in its stubs
 
     try:
         with av.open(str(path)) as container:
@@ -33,17 +34,18 @@ def decode_audio(path: Path, *, origin: float, duration: float | None) -> np.nda
                 return None
             stream = container.streams.audio[0]
             declared = declared_duration(stream)
-            first, rate, blocks = None, None, []
+            first, rate, blocks = 0.0, None, []
             resampler = av.AudioResampler(format="fltp")  # any sample format -> planar float
             for frame in container.decode(stream):
                 if rate is None:
                     rate = frame.sample_rate
-                    first = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
+                    if frame.pts is not None and frame.time_base is not None:
+                        first = float(frame.pts * frame.time_base)
                 elif frame.sample_rate != rate:
                     raise MediaDecodeError(f"{path}: the audio sample rate changes mid-stream: {FIX_HINT}")
                 for out in resampler.resample(frame):
                     blocks.append(out.to_ndarray().mean(axis=0))  # (C, n) -> (n,) mono
-    except av.FFmpegError as e:
+    except FFmpegError as e:
         raise MediaDecodeError(f"{path}: the audio stream cannot be decoded ({short_error(e)}): {FIX_HINT}") from e
     if rate is None:
         return np.zeros(0, np.float32)  # an audio stream with no packets: empty, not absent

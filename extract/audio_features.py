@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from expr.abaw import audio_steps
-from expr.extract.backbones import BackboneSpec
+from expr.extract.backbones import AudioSpec
 
 
 def normalise_waveform(samples: np.ndarray) -> np.ndarray:
@@ -53,7 +53,7 @@ def plan_chunks(n_steps: int, chunk_steps: int, context_steps: int) -> list[Chun
 class AudioEncoder:
     """Turns a mono waveform at the spec's sample rate into (S, D) float32 features."""
 
-    def __init__(self, model, spec: BackboneSpec, device: str = "cpu",
+    def __init__(self, model, spec: AudioSpec, device: str = "cpu",
                  chunk_seconds: float = 30.0, context_seconds: float = 2.0):
         import torch
 

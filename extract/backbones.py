@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -40,7 +40,7 @@ _LOCAL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """One entry of backbones.json (see there for the values)."""
+    """One entry of backbones.json (see there for the values): what every stream has."""
 
     name: str
     stream: str                    # "visual" or "audio"
@@ -49,17 +49,32 @@ class BackboneSpec:
     tags: dict[str, str]           # weight tag -> hub location
     default_weights: str           # tag used when --*-weights is not given
     doc: str = ""
-    arch: str | None = None        # open_clip architecture name (carries quick_gelu)
-    arch_file: str | None = None   # open_clip config JSON beside this file, for custom archs
-    image_size: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisualSpec(BackboneSpec):
+    """A visual (open_clip) backbone: the input geometry its image tower expects."""
+
+    arch: str                      # open_clip architecture name (carries quick_gelu)
+    image_size: int
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
-    repo: str | None = None        # transformers repo id
+    arch_file: str | None = None   # open_clip config JSON beside this file, for custom archs
+
+
+@dataclass(frozen=True, kw_only=True)
+class AudioSpec(BackboneSpec):
+    """An audio (transformers Wav2Vec2) backbone: its waveform rate and conv-stack geometry."""
+
+    sample_rate: int
+    hop: int
+    receptive_field: int
+    repo: str | None = None        # transformers repo id (None: random-init test model)
     config: dict[str, Any] = field(default_factory=dict)  # Wav2Vec2Config overrides for `none`
     normalize: bool = False        # zero-mean unit-variance waveform, as Wav2Vec2FeatureExtractor
-    sample_rate: int | None = None
-    hop: int | None = None
-    receptive_field: int | None = None
+
+
+_SPEC_CLASSES: dict[str, type[BackboneSpec]] = {"visual": VisualSpec, "audio": AudioSpec}
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,13 @@ class WeightSource:
 
     kind: str
     value: str | None  # absolute path, tag, or None
+
+    @property
+    def where(self) -> str:
+        """The path ("local") or tag ("hub"); a "none" source has neither."""
+        if self.value is None:
+            raise ValueError(f"a {self.kind!r} weight source has no path or tag")
+        return self.value
 
     @property
     def recorded(self) -> str | None:
@@ -82,9 +104,23 @@ def load_specs() -> dict[str, BackboneSpec]:
     for name, entry in raw.items():
         entry = dict(entry)
         for key in ("mean", "std"):
-            entry[key] = tuple(entry.get(key, ()))
-        specs[name] = BackboneSpec(name=name, **entry)
+            if key in entry:
+                entry[key] = tuple(entry[key])
+        # The class follows the stream, so get_spec's overloads tell the truth.
+        specs[name] = _SPEC_CLASSES[entry["stream"]](name=name, **entry)
     return specs
+
+
+@overload
+def get_spec(name: str, stream: Literal["visual"]) -> VisualSpec: ...
+
+
+@overload
+def get_spec(name: str, stream: Literal["audio"]) -> AudioSpec: ...
+
+
+@overload
+def get_spec(name: str, stream: str) -> BackboneSpec: ...
 
 
 def get_spec(name: str, stream: str) -> BackboneSpec:
@@ -161,8 +197,8 @@ def prepare_hub() -> bool:
     return False
 
 
-def _how_to_get(spec: BackboneSpec) -> str:
-    if spec.library == "open_clip":
+def _how_to_get(spec: VisualSpec | AudioSpec) -> str:
+    if isinstance(spec, VisualSpec):
         repo = next(iter(spec.tags.values()), "").rstrip("/")
         return (f"run once with network access, or download open_clip_pytorch_model.bin from "
                 f"https://huggingface.co/{repo} and pass --visual-weights PATH")
@@ -170,7 +206,7 @@ def _how_to_get(spec: BackboneSpec) -> str:
             f"machine with network access and pass --audio-weights DIR")
 
 
-def _load_failed(spec: BackboneSpec, source: WeightSource, online: bool, exc: Exception) -> WeightsNotFoundError:
+def _load_failed(spec: VisualSpec | AudioSpec, source: WeightSource, online: bool, exc: Exception) -> WeightsNotFoundError:
     detail = " ".join(str(exc).split())
     if source.kind == "local" and detail.startswith("Weights only load failed"):
         # torch.load refused a pickle that imports code; its message (cut, it ended mid-sentence)
@@ -213,7 +249,7 @@ def _seeded(source: WeightSource):
         yield
 
 
-def _register_arch(spec: BackboneSpec) -> None:
+def _register_arch(spec: VisualSpec) -> None:
     import open_clip
 
     if spec.arch_file and spec.arch not in open_clip.list_models():
@@ -233,7 +269,7 @@ def _local_checkpoint(path: Path, spec: BackboneSpec) -> str:
     )
 
 
-def build_clip(spec: BackboneSpec, source: WeightSource):
+def build_clip(spec: VisualSpec, source: WeightSource):
     """The open_clip model of ``spec`` on CPU in eval mode, weights from ``source``."""
     import open_clip
 
@@ -244,7 +280,7 @@ def build_clip(spec: BackboneSpec, source: WeightSource):
         online = prepare_hub()
         pretrained = source.value
     elif source.kind == "local":
-        pretrained = _local_checkpoint(Path(source.value), spec)
+        pretrained = _local_checkpoint(Path(source.where), spec)
     previous = logging.root.manager.disable
     logging.disable(logging.ERROR)  # open_clip logs to the root logger what we raise below
     try:
@@ -272,7 +308,7 @@ def clip_text_embeddings(model, arch: str, prompts: list[str]):
 
 
 # -- audio (transformers) -------------------------------------------------------------------
-def build_wav2vec2(spec: BackboneSpec, source: WeightSource):
+def build_wav2vec2(spec: AudioSpec, source: WeightSource):
     """The Wav2Vec2Model of ``spec`` on CPU in eval mode, weights from ``source``."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
     from transformers.utils import logging as hf_logging
@@ -280,13 +316,13 @@ def build_wav2vec2(spec: BackboneSpec, source: WeightSource):
     if source.kind == "none":
         with _seeded(source):
             return Wav2Vec2Model(Wav2Vec2Config(**spec.config)).eval().requires_grad_(False)
-    if source.kind == "local" and not Path(source.value).is_dir():
+    if source.kind == "local" and not Path(source.where).is_dir():
         raise WeightsNotFoundError(
             f"{spec.name}: --audio-weights {source.value} is a file; pass the folder that holds "
             "config.json and the weights (as saved by save_pretrained or downloaded from the hub)"
         )
     online = prepare_hub() if source.kind == "hub" else True
-    where = spec.tags[source.value] if source.kind == "hub" else source.value
+    where = spec.tags[source.where] if source.kind == "hub" else source.where
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized: masked_spec_embed" notes
     try:
@@ -298,10 +334,10 @@ def build_wav2vec2(spec: BackboneSpec, source: WeightSource):
     return model.eval().requires_grad_(False)
 
 
-def backbone_attrs(spec: BackboneSpec, source: WeightSource) -> dict:
+def backbone_attrs(spec: VisualSpec | AudioSpec, source: WeightSource) -> dict:
     """The cache's root attribute ``backbones.<stream>`` for this backbone."""
     attrs: dict[str, Any] = {"name": spec.name, "weights": source.recorded, "dim": spec.dim}
-    if spec.stream == "visual":
+    if isinstance(spec, VisualSpec):
         attrs.update(image_size=spec.image_size, mean=list(spec.mean), std=list(spec.std))
     else:
         attrs.update(sample_rate=spec.sample_rate, hop=spec.hop,
@@ -321,7 +357,7 @@ class VisualEncoder:
     the next batch (in another ``new_batch`` buffer) while the GPU works on this one.
     """
 
-    def __init__(self, model, spec: BackboneSpec, device="cpu"):
+    def __init__(self, model, spec: VisualSpec, device="cpu"):
         import torch
 
         self.spec = spec

@@ -8,7 +8,7 @@ into ``VideoFailed`` for that worker's current video and starts a fresh worker.
 Why shared memory: pickling a batch of 224x224 frames through a pipe costs the parent more
 CPU per frame than everything else it does (measured: ~140 us/frame). Frames travel in
 ``max_pending`` slots of one shared-memory block instead; the pipe carries only the small
-rest of a ``FrameBatch`` (start, mask, timestamps) and the slot number.
+rest of a ``FrameBatch`` (start, mask, timestamps) and the slot number, as a ``_SlotBatch``.
 
 Why credits: a credit is a free slot. A worker spends one per ``FrameBatch`` it sends and
 blocks when it has none. The parent hands credits out ahead of time (shared among the busy
@@ -30,7 +30,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
@@ -45,11 +46,15 @@ _STOP = None  # parent -> worker: exit
 
 
 @dataclass(frozen=True)
-class _InSlot:
-    """Stands for ``FrameBatch.pixels`` on the pipe: the frames are in shared-memory slot ``slot``."""
+class _SlotBatch:
+    """A ``FrameBatch`` on the pipe: its pixels are in shared-memory slot ``slot``, not pickled."""
 
+    video_id: str
+    start: int
     slot: int
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # of the pixels
+    mask: np.ndarray
+    timestamps: np.ndarray
 
 
 def _slot_view(shm: SharedMemory, slot: int, slot_bytes: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -82,6 +87,7 @@ def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) 
             continue
         try:
             for msg in decode_video(job):
+                wire: Message | _SlotBatch = msg
                 if isinstance(msg, FrameBatch):
                     while not slots or conn.poll():  # take what has arrived; block only at zero
                         control = conn.recv()
@@ -92,10 +98,10 @@ def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) 
                     if pixels.nbytes > slot_bytes:
                         raise MediaDecodeError(f"{job.source}: a frame batch {pixels.shape} does not fit a frame slot")
                     _slot_view(shm, slot, slot_bytes, pixels.shape)[...] = pixels
-                    msg = FrameBatch(msg.video_id, msg.start, _InSlot(slot, pixels.shape), msg.mask, msg.timestamps)
+                    wire = _SlotBatch(msg.video_id, msg.start, slot, pixels.shape, msg.mask, msg.timestamps)
                 if hook is not None:
                     hook(job, msg)
-                conn.send(msg)
+                conn.send(wire)
         except Exception as e:  # one bad video must not end the worker
             conn.send(VideoFailed(job.video_id, failure_reason(job, e)))
         conn.send(_IDLE)
@@ -112,8 +118,8 @@ def _describe_exit(code: int | None) -> str:
 
 @dataclass(eq=False)
 class _Worker:
-    proc: mp.process.BaseProcess
-    conn: object  # multiprocessing.connection.Connection
+    proc: BaseProcess
+    conn: Connection
     job: DecodeJob | None = None
     slots: deque = field(default_factory=deque)  # credits granted, not yet back in a FrameBatch
     silent: float = 0.0  # seconds the parent waited without hearing from it while it worked
@@ -185,10 +191,10 @@ class DecodePool:
         """Frame batches in flight: slots granted to workers or not yet given back by the consumer."""
         return self.max_pending - len(self._free)
 
-    def _start_worker(self) -> _Worker:
+    def _start_worker(self, shm: SharedMemory) -> _Worker:
         ctx = mp.get_context("spawn")  # fork after torch/decord threads exist can deadlock
         parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_worker_main, args=(child, self.worker_hook, self._shm.name, self._slot_bytes),
+        proc = ctx.Process(target=_worker_main, args=(child, self.worker_hook, shm.name, self._slot_bytes),
                            daemon=True, name="expr-decode")
         proc.start()
         child.close()  # so the parent sees EOF when the worker dies
@@ -214,12 +220,12 @@ class DecodePool:
 
     def _iter_workers(self) -> Iterator[Message]:
         todo = deque(self.jobs)
-        self._shm = SharedMemory(create=True, size=self.max_pending * self._slot_bytes)
+        self._shm = shm = SharedMemory(create=True, size=self.max_pending * self._slot_bytes)
         self._free = deque(range(self.max_pending))
         try:
             while True:
                 while todo and sum(w.job is not None or w.proc.is_alive() for w in self._pool) < self.workers:
-                    self._assign(self._start_worker(), todo)
+                    self._assign(self._start_worker(shm), todo)
                 busy = [w for w in self._pool if w.job is not None]
                 if not busy:
                     break
@@ -228,36 +234,38 @@ class DecodePool:
                 full = not self._free
                 working = [w for w in busy if w.slots or not full]
                 timeout = min((self.stall_timeout - w.silent for w in working), default=None)
-                handles = {w.conn: w for w in busy} | {w.proc.sentinel: w for w in busy}
+                handles = [w.conn for w in busy] + [w.proc.sentinel for w in busy]
                 t0 = time.monotonic()
-                ready = wait(list(handles), timeout=None if timeout is None else max(0.01, timeout))
+                ready = set(wait(handles, timeout=None if timeout is None else max(0.01, timeout)))
                 for worker in working:
                     worker.silent += time.monotonic() - t0
                     if worker.silent >= self.stall_timeout and worker.proc.is_alive():
                         worker.proc.kill()  # a decoder stuck in a loop; its sentinel fires next
-                for worker in dict.fromkeys(handles[h] for h in ready):
-                    yield from self._serve(worker, todo)
+                for worker in [w for w in busy if w.conn in ready or w.proc.sentinel in ready]:
+                    yield from self._serve(worker, todo, shm)
         finally:
             self.close()
 
-    def _serve(self, worker: _Worker, todo: deque) -> Iterator[Message]:
+    def _serve(self, worker: _Worker, todo: deque, shm: SharedMemory) -> Iterator[Message]:
         """Pass on what ``worker`` sent; fail its video if it died."""
         broken = False
         for msg in self._drain(worker, todo):
             if msg is None:
                 broken = True
                 break
-            slot = msg.pixels.slot if isinstance(msg, FrameBatch) and isinstance(msg.pixels, _InSlot) else None
-            if slot is not None:
-                view = _slot_view(self._shm, slot, self._slot_bytes, msg.pixels.shape)
-                msg.pixels = view if self.borrow_frames else view.copy()
-            yield msg
-            if slot is not None:  # the consumer is done with it: the slot is free again
-                self._free.append(slot)
-                self._grant([w for w in self._pool if w.job is not None])  # keep workers busy
-        if worker.job is not None and not worker.proc.is_alive() and (broken or not worker.conn.poll()):
+            if not isinstance(msg, _SlotBatch):
+                yield msg
+                continue
+            view = _slot_view(shm, msg.slot, self._slot_bytes, msg.shape)
+            pixels = view if self.borrow_frames else view.copy()
+            yield FrameBatch(msg.video_id, msg.start, pixels, msg.mask, msg.timestamps)
+            # the consumer is done with it: the slot is free again
+            self._free.append(msg.slot)
+            self._grant([w for w in self._pool if w.job is not None])  # keep workers busy
+        job = worker.job
+        if job is not None and not worker.proc.is_alive() and (broken or not worker.conn.poll()):
             self._return_slots(worker)
-            yield VideoFailed(worker.job.video_id, self._death_reason(worker))
+            yield VideoFailed(job.video_id, self._death_reason(worker, job))
             self._bury(worker)
 
     def _grant(self, busy: list[_Worker]) -> None:
@@ -276,7 +284,7 @@ class DecodePool:
             worker.slots.append(self._free.popleft())
             self.peak_pending = max(self.peak_pending, self._pending)
 
-    def _drain(self, worker: _Worker, todo: deque) -> Iterator[Message | None]:
+    def _drain(self, worker: _Worker, todo: deque) -> Iterator[Message | _SlotBatch | None]:
         """Receive what ``worker`` has sent so far: yields data messages, then None if the pipe broke."""
         while worker.job is not None and worker.conn.poll():
             try:
@@ -285,11 +293,11 @@ class DecodePool:
                 yield None  # died mid-message: the pipe holds half a message
                 return
             worker.silent = 0.0
-            if isinstance(msg, str) and msg == _IDLE:
+            if isinstance(msg, str):  # _IDLE, the only string a worker sends
                 self._assign(worker, todo)
             else:
-                if isinstance(msg, FrameBatch) and isinstance(msg.pixels, _InSlot):
-                    worker.slots.remove(msg.pixels.slot)  # in flight now: the consumer gives it back
+                if isinstance(msg, _SlotBatch):
+                    worker.slots.remove(msg.slot)  # in flight now: the consumer gives it back
                 yield msg
 
     def _bury(self, worker: _Worker) -> None:
@@ -298,12 +306,12 @@ class DecodePool:
         self._pool.remove(worker)
         self.restarts += 1
 
-    def _death_reason(self, worker: _Worker) -> str:
+    def _death_reason(self, worker: _Worker, job: DecodeJob) -> str:
         how = _describe_exit(worker.proc.exitcode)
         if worker.silent >= self.stall_timeout:
             how = f"stalled for {self.stall_timeout:g} s and was killed"
         return (
-            f"{worker.job.source}: the decoding process died ({how}) while decoding this file; it is probably "
+            f"{job.source}: the decoding process died ({how}) while decoding this file; it is probably "
             "corrupt: re-encode it with ffmpeg (ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4) or leave it out"
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from expr.cache_format import validate_video_id
@@ -83,16 +84,18 @@ def discover_videos(
     if not videos:
         exts = " ".join(sorted(VIDEO_EXTENSIONS))
         raise ConfigError(f"--videos {videos_dir}: no video files found (searched recursively for {exts}); check the path")
-    settings = dict(face_crop=face_crop, image_size=image_size, batch_frames=batch_frames, jpg_resize=jpg_resize)
+    new_job = partial(DecodeJob, face_crop=face_crop, image_size=image_size, batch_frames=batch_frames,
+                      jpg_resize=jpg_resize)
     if frames_dir is None:
-        jobs = [DecodeJob(vid, path, path, None, **settings) for vid, path in videos.items()]
+        jobs = [new_job(vid, path, path, None) for vid, path in videos.items()]
     else:
-        jobs = _frames_jobs(Path(frames_dir), videos, settings, warn)
+        jobs = _frames_jobs(Path(frames_dir), videos, new_job, warn)
     jobs.sort(key=lambda job: job.video_id)
     return jobs[:limit] if limit is not None else jobs
 
 
-def _frames_jobs(frames_dir: Path, videos: dict[str, Path], settings: dict, warn) -> list[DecodeJob]:
+def _frames_jobs(frames_dir: Path, videos: dict[str, Path], new_job: Callable[..., DecodeJob],
+                 warn) -> list[DecodeJob]:
     if not frames_dir.is_dir():
         raise ConfigError(f"--frames {frames_dir}: no such directory; pass ABAW's cropped_aligned folder")
     folders = sorted(p for p in frames_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -108,7 +111,7 @@ def _frames_jobs(frames_dir: Path, videos: dict[str, Path], settings: dict, warn
             no_video.append(video_id)
         else:
             used.add(raw)
-        jobs.append(DecodeJob(video_id, raw, raw, folder, **settings))
+        jobs.append(new_job(video_id, raw, raw, folder))
     if no_video:
         warn(
             f"{len(no_video)} frame folder(s) have no raw video (first: {no_video[0]}): they get no audio and an "

@@ -137,7 +137,7 @@ def cascade_path(path: str | Path | None = None) -> Path:
         found = Path(path)
     else:
         try:
-            import cv2
+            import cv2.data  # a subpackage: its own import, which cv2's stubs need to see it
 
             found = Path(cv2.data.haarcascades) / CASCADE_FILE
         except (ImportError, AttributeError) as exc:

@@ -65,7 +65,7 @@ ProgressFn = Callable[[ExtractEvent], None]
 
 @dataclass
 class _Video:
-    header: object
+    header: VideoHeader
     masks: list = field(default_factory=list)
     times: list = field(default_factory=list)
     feats: list = field(default_factory=list)

@@ -32,7 +32,7 @@ def source_stat(job: DecodeJob, jpgs: dict[int, Path] | None = None) -> tuple[in
     if job.video_path is not None:
         st = job.video_path.stat()
         return st.st_size, st.st_mtime
-    stats = [p.stat() for p in (index_jpgs(job.frames_dir) if jpgs is None else jpgs).values()]
+    stats = [p.stat() for p in (index_jpgs(job.source) if jpgs is None else jpgs).values()]  # source: the folder
     return sum(s.st_size for s in stats), max((s.st_mtime for s in stats), default=0.0)
 
 
@@ -56,8 +56,9 @@ def decode_video(job: DecodeJob) -> Iterator[Message]:
         warnings.append(f"{path}: {note}")
     duration = float(timestamps[-1]) + 1.0 / fps
     check_complete(path, info, n, duration)
-    audio_info = info if job.audio_path in (None, path) else probe(job.audio_path)
-    has_audio = job.audio_path is not None and audio_info.has_audio
+    audio_path = job.audio_path
+    audio_info = info if audio_path in (None, path) else probe(audio_path)
+    has_audio = audio_path is not None and audio_info.has_audio
     yield VideoHeader(job.video_id, fps, n, duration, has_audio, *source_stat(job))
     if job.frames_dir is not None:
         jpgs = index_jpgs(job.frames_dir)
@@ -67,15 +68,15 @@ def decode_video(job: DecodeJob) -> Iterator[Message]:
         yield from video_batches(job, reader, n, timestamps)
         del reader
     samples = None
-    if has_audio:
-        samples = decode_audio(job.audio_path, origin=info.video_start, duration=duration)
+    if has_audio and audio_path is not None:  # the second test only narrows the type
+        samples = decode_audio(audio_path, origin=info.video_start, duration=duration)
     yield AudioTrack(job.video_id, samples)
     yield VideoDone(job.video_id, tuple(warnings))
 
 
 def _decode_frames_only(job: DecodeJob) -> Iterator[Message]:
     """A frames folder with no raw video: frame count from the jpg numbers, no audio, assumed fps."""
-    folder = job.frames_dir
+    folder = job.source  # with no video, the frames folder
     try:
         jpgs = index_jpgs(folder)
     except OSError as e:

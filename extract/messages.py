@@ -46,7 +46,9 @@ class DecodeJob:
     @property
     def source(self) -> Path:
         """The file or folder that identifies this entry's input (recorded in the cache)."""
-        return self.video_path if self.video_path is not None else self.frames_dir  # type: ignore[return-value]
+        source = self.video_path if self.video_path is not None else self.frames_dir
+        assert source is not None  # __post_init__ refuses a job with neither
+        return source
 
 
 @dataclass

@@ -38,6 +38,7 @@ def declared_duration(stream) -> float | None:
 def probe(path: Path) -> Probe:
     """What ``path`` holds, per its container; MediaDecodeError for empty or unreadable files."""
     import av
+    from av.error import FFmpegError  # the top-level av.FFmpegError is not in its stubs
 
     try:
         size = path.stat().st_size
@@ -49,12 +50,12 @@ def probe(path: Path) -> Probe:
         with av.open(str(path)) as container:
             video = container.streams.video[0] if container.streams.video else None
             start = 0.0
-            if video is not None and video.start_time is not None:
+            if video is not None and video.start_time is not None and video.time_base is not None:
                 start = float(video.start_time * video.time_base)
             declared = declared_duration(video) if video is not None else None
             frames = int(video.frames or 0) if video is not None else 0
             return Probe(video is not None, bool(container.streams.audio), start, declared, frames)
-    except av.FFmpegError as e:
+    except FFmpegError as e:
         raise MediaDecodeError(
             f"{path}: not a video ffmpeg can read ({short_error(e)}); check that it is a complete video file or {FIX_HINT}"
         ) from e

@@ -11,7 +11,7 @@ consolidates the cache metadata after a barrier.
 from __future__ import annotations
 
 from datetime import timedelta
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -95,14 +95,11 @@ def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist):
     # delete the others' work (it re-extracts its own videos instead).
     reset = config.overwrite and config.shard is None
     text, scale = bb.text(config.out, reset)
-    kwargs = dict(backbones=bb.attrs, text_embeddings=text, logit_scale=scale,
-                  protect=(config.videos, config.frames))  # --out may not overlap the inputs
-    if dist.is_main:
-        writer = open_writer(config.out, reset=reset, **kwargs)
+    open_ = partial(open_writer, config.out, backbones=bb.attrs, text_embeddings=text, logit_scale=scale,
+                    protect=(config.videos, config.frames))  # --out may not overlap the inputs
+    writer = open_(reset=reset) if dist.is_main else None
     dist.barrier()  # others open once rank 0 created (or wiped) the store
-    if not dist.is_main:
-        writer = open_writer(config.out, reset=False, **kwargs)
-    return writer
+    return writer if writer is not None else open_(reset=False)
 
 
 def _skip_complete(jobs: list, writer, overwrite: bool, summary: ExtractSummary) -> list:
@@ -158,7 +155,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         feed = EncoderFeed(config, writer, bb, todo, summary, emit)
         try:
             if todo:
-                bb.visual, bb.audio  # build both now: a missing checkpoint fails before any decoding
+                _ = bb.visual, bb.audio  # build both now: a missing checkpoint fails before any decoding
                 # two frame slots per worker: one being filled while the parent reads the other
                 slots = max(8, 2 * config.workers)
                 with DecodePool(todo, workers=config.workers, max_pending=slots, borrow_frames=True) as pool:

@@ -118,6 +118,8 @@ def _read_frames(reader, path: Path, a: int, b: int, n: int, shape: tuple | None
         if out is None:
             out = np.empty((b - a, *shape), np.uint8)
         out[i - a] = frame
+    if out is None:  # a == b: nothing asked for
+        return np.empty((0, *(shape or (0, 0, 3))), np.uint8)
     return out
 
 
@@ -128,7 +130,7 @@ def video_batches(job: DecodeJob, reader, n: int, timestamps: np.ndarray) -> Ite
     shape = None
     for a in range(0, n, job.batch_frames):
         b = min(a + job.batch_frames, n)
-        raw = _read_frames(reader, job.video_path, a, b, n, shape)  # (N, H, W, 3)
+        raw = _read_frames(reader, job.source, a, b, n, shape)  # (N, H, W, 3)
         shape = raw.shape[1:]
         if cropper is not None:
             pixels, found = cropper(raw)

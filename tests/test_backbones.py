@@ -43,14 +43,16 @@ def test_spec_table_has_the_named_backbones_with_their_geometry():
     specs = B.load_specs()
     for name in ("ViT-B-32", "test-tiny-clip"):
         s = specs[name]
+        assert isinstance(s, B.VisualSpec)  # the spec's class follows its stream
         assert s.stream == "visual" and s.library == "open_clip"
         assert len(s.mean) == len(s.std) == 3 and s.image_size > 0
-    assert specs["ViT-B-32"].dim == 512 and specs["ViT-B-32"].image_size == 224
+    assert B.get_spec("ViT-B-32", "visual").dim == 512 and B.get_spec("ViT-B-32", "visual").image_size == 224
     for name in ("facebook/wav2vec2-base", "facebook/wav2vec2-base-960h", "test-tiny-wav2vec2"):
         s = specs[name]
+        assert isinstance(s, B.AudioSpec)
         assert (s.stream, s.sample_rate, s.hop, s.receptive_field) == ("audio", 16000, 320, 400)
     assert specs["facebook/wav2vec2-base"].dim == 768
-    assert specs["facebook/wav2vec2-base-960h"].repo == "facebook/wav2vec2-base-960h"
+    assert B.get_spec("facebook/wav2vec2-base-960h", "audio").repo == "facebook/wav2vec2-base-960h"
 
 
 def test_unknown_model_lists_valid_names():

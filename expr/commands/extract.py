@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.panel import Panel
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from expr.commands import esc
@@ -94,7 +94,7 @@ class _ProgressView:
             disable=not live,
             transient=False,
         )
-        self.task = None
+        self.task: TaskID | None = None  # made on the "start" event
         self.failed = 0
         # Loading the backbones takes seconds to minutes (hub downloads): say so meanwhile.
         self.status = console.status("finding videos, loading backbones ...") if live else None
@@ -121,6 +121,8 @@ class _ProgressView:
             if self.live:
                 self.progress.console.print(f"[red]failed[/] {esc(event.video_id)}: {esc(event.error)}",
                                             highlight=False)
+        if self.task is None:  # nothing to update before "start"
+            return
         elapsed = max(event.elapsed, 1e-6)
         self.progress.update(self.task, completed=event.videos_done, fps=event.frames / elapsed,
                              aps=event.audio_seconds / elapsed, failed=self.failed)
