@@ -156,3 +156,33 @@ def test_compiled_step_on_cpu_matches_eager_within_tolerance(ds, tmp_path):
     a, b = load_run(tmp_path / "on", "last").model.state_dict(), load_run(tmp_path / "off", "last").model.state_dict()
     rel = {k: float((a[k] - b[k]).norm() / b[k].norm().clamp(min=1e-12)) for k in a if b[k].is_floating_point()}
     assert max(rel.values()) < 1e-2, sorted(rel.items(), key=lambda kv: -kv[1])[:5]
+
+
+def test_resume_loads_the_optimiser_state_under_this_runs_adamw_switches(tmp_path):
+    # AdamW.load_state_dict places each ``step`` by the param groups it is GIVEN: fused
+    # groups on the parameters' device, others on the CPU. A run saved under --compile off
+    # (fused None) and resumed under auto on CUDA (fused True) must load with fused=True,
+    # else fused AdamW meets CPU steps ("Expected all tensors to be on the same device ...
+    # state_steps"). On the CPU the device is the same either way, so watch what is loaded.
+    from expr.train_heads import HeadConfig, RunDir
+    from expr.train_heads.checkpoint import load_optimizer_state, save_checkpoint
+    from expr.train_heads.model import ExprHeadModel
+
+    cfg = HeadConfig(visual_dim=8, audio_dim=8, channels=8, tcn_levels=1, heads=2, text_dim=4)
+    model = ExprHeadModel(cfg, torch.zeros(cfg.num_classes, cfg.text_dim), 1.0)
+    saved_opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **optimizer_flags("off", torch.device("cpu")))
+    sum(p.sum() for p in model.parameters()).backward()
+    saved_opt.step()
+    files = RunDir(tmp_path).checkpoint("last")
+    save_checkpoint(files, model, optimizer=saved_opt, meta={"epoch": 1})
+
+    fused = {"foreach": None, "fused": True}  # what --compile auto gives on CUDA
+    resumed = torch.optim.AdamW(model.parameters(), lr=1e-3, **fused)
+    loaded_groups = []
+    real_load = resumed.load_state_dict
+    resumed.load_state_dict = lambda sd: (loaded_groups.extend(sd["param_groups"]), real_load(sd))[1]
+    load_optimizer_state(files, resumed)
+    assert loaded_groups and all(g["fused"] is True and g["foreach"] is None for g in loaded_groups)
+    assert all(g["fused"] is True for g in resumed.param_groups)
+    assert all(torch.equal(resumed.state[p]["exp_avg"], saved_opt.state[p]["exp_avg"]) for p in model.parameters())
+    resumed.step()  # the fused CPU kernel takes the loaded state

@@ -26,6 +26,9 @@ from expr.train_heads.config import HeadConfig
 from expr.train_heads.model import ExprHeadModel
 from expr.train_heads.run_dir import CheckpointFiles
 
+# AdamW implementation choices (not hyper-parameters): the resuming run's own, not the saved ones.
+IMPLEMENTATION_SWITCHES = ("foreach", "fused", "capturable")
+
 
 def unwrap(model: torch.nn.Module) -> ExprHeadModel:
     """The plain head inside a DistributedDataParallel wrapper."""
@@ -109,7 +112,12 @@ def load_optimizer_state(files: CheckpointFiles, optimizer) -> dict:
     for key, value in state_json["scalars"].items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": state_json["param_groups"]})
+    # load_state_dict adopts the saved groups and places each ``step`` by THEIR switches
+    # (fused: on the parameters' device, else on the CPU); --compile may differ on --resume,
+    # so the saved groups take this optimiser's switches before the state is placed.
+    groups = [{**saved, **{k: mine[k] for k in IMPLEMENTATION_SWITCHES if k in mine}}
+              for saved, mine in zip(state_json["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
     return state_json
 
 

@@ -34,7 +34,7 @@ from expr.train_heads.metrics import confusion_from_pairs, macro_f1_accuracy
 from expr.train_heads.model import ExprHeadModel
 from expr.train_heads.run_dir import Checkpoint, RunDir, prepare_run_dir
 from expr.train_heads.splits import Split, read_splits
-from expr.train_heads.step import LossStep, StepReporter, compile_mode, make_optimizer, set_optimizer_flags
+from expr.train_heads.step import LossStep, StepReporter, compile_mode, make_optimizer
 
 StepCallback = Callable[[int, float], None]
 
@@ -167,8 +167,7 @@ def _resume(run: RunDir, learner: Learner, cfg: TrainConfig, say: Callable[[str]
     """(epochs done, best val F1, best epoch, their metrics) of the run in ``run``."""
     last = run.checkpoint(Checkpoint.last.value)
     learner.module.load_state_dict(ckpt.load_weights(last.weights, learner.device)[0].state_dict())
-    meta = ckpt.load_optimizer_state(last, learner.opt)["meta"]
-    set_optimizer_flags(learner.opt, cfg.compile, learner.device)  # --compile may differ from the run's
+    meta = ckpt.load_optimizer_state(last, learner.opt)["meta"]  # keeps this run's AdamW switches
     start, best_f1, best_epoch = meta["epoch"], meta["best_val_f1"], meta["best_epoch"]
     say(f"resuming {run.path} after epoch {start} (best val macro-F1 {best_f1:.4f} at epoch {best_epoch})")
     return start, best_f1, best_epoch, run.read_metrics(say)[:start]

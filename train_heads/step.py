@@ -56,13 +56,6 @@ def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, lr: float, device:
                              **optimizer_flags(cfg.compile, device))
 
 
-def set_optimizer_flags(opt: torch.optim.Optimizer, setting: str, device: torch.device) -> None:
-    """Restore this run's implementation switches after ``load_state_dict`` (which copies the
-    saved param groups, switches included, over the current ones)."""
-    for group in opt.param_groups:
-        group.update(optimizer_flags(setting, device))
-
-
 class LossStep:
     """``step(visual, audio, mask, target)`` -> (loss, ce, contrastive) of one micro-batch:
     forward (bf16 autocast on CUDA) and the float32 loss, compiled when ``mode`` says so."""
