@@ -124,6 +124,15 @@ def test_resume_refuses_other_options(learned, ds):
         train(config(ds, learned[0].run_dir, epochs=6, resume=True))
 
 
+def test_resume_of_a_moved_run_folder(ds, tmp_path):
+    # --out names the run being resumed: another spelling of it (moved folder, absolute vs
+    # relative path) is the same run, not "other options".
+    train(config(ds, tmp_path / "before", epochs=1))
+    (tmp_path / "before").rename(tmp_path / "after")
+    resumed = train(config(ds, tmp_path / "after", epochs=1, resume=True))
+    assert resumed.run_dir == tmp_path / "after" and [r["epoch"] for r in resumed.history] == [1]
+
+
 def test_non_empty_run_dir_needs_overwrite(learned, ds, tmp_path):
     with pytest.raises(ConfigError, match="not empty; pass --overwrite"):
         train(config(ds, learned[0].run_dir))

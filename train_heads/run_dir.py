@@ -60,9 +60,10 @@ OPTIMIZER_SUFFIX = ".optim.safetensors"
 STATE_SUFFIX = ".state.json"
 # What `expr evaluate` writes into a run: part of the run, and stale once it is retrained.
 REPORT_PATTERNS = ("eval_*.json", "confusion_*.png", REPORT_FILE, TIMELINES_PREFIX + "*")
-# Options that may change between a run and its --resume without changing the result.
+# Options that may change between a run and its --resume without changing the result
+# (--out: the run being resumed, wherever it now lies or however its path is spelled).
 # Not --epochs: it is the cosine schedule's T_max, so every epoch's learning rate depends on it.
-RESUME_FREE = {"resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size", "compile"}
+RESUME_FREE = {"out", "resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size", "compile"}
 
 
 class Checkpoint(str, Enum):
