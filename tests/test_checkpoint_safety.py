@@ -183,6 +183,24 @@ def test_mixed_checkpoint_files_are_refused(ds, tmp_path):
         train(config(ds, out, resume=True))
 
 
+@pytest.mark.parametrize("damage", ["config", "weights"])
+def test_a_damaged_run_file_is_one_error_naming_it(full, tmp_path, damage):
+    # changed from outside (a half-copied folder, a bad sync): one line, not a traceback
+    from expr.train_heads import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(full[0].run_dir, run)
+    if damage == "config":
+        (run / "config.json").write_text("{not json", encoding="utf-8")
+        expected = r"config.json: cannot read the run's config"
+    else:
+        data = (run / "best.safetensors").read_bytes()
+        (run / "best.safetensors").write_bytes(data[:100])
+        expected = r"best.safetensors: cannot read the checkpoint"
+    with pytest.raises(ConfigError, match=expected):
+        load_run(run, "best")
+
+
 def test_checkpoints_get_the_mode_of_the_json_files(full):
     run = full[0].run_dir
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run.iterdir()}

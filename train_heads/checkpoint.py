@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from expr.atomic import atomic_path, write_json
@@ -126,9 +126,12 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such checkpoint; is {path.parent} an 'expr train --out' folder?")
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        metadata = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, SafetensorError) as exc:  # truncated or overwritten from outside
+        raise ConfigError(f"{path}: cannot read the checkpoint ({exc}); the file is damaged") from exc
     if "head_config" not in metadata:
         raise ConfigError(f"{path}: not an expr head checkpoint (no head_config in its metadata)")
     # v0.1 checkpoints predate the weight_norm switch and were all weight-normed.

@@ -129,7 +129,13 @@ class RunDir:
     def read_config(self) -> dict:
         if not self.config.is_file():
             raise ConfigError(f"{self.path}: no {CONFIG_FILE}; pass a folder written by 'expr train --out'")
-        return json.loads(self.config.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(self.config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{self.config}: cannot read the run's config ({exc}); the file is damaged") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
+            raise ConfigError(f"{self.config}: cannot read the run's config (no \"train\" block); the file is damaged")
+        return data
 
     def write_config(self, data: dict) -> None:
         with storage_errors(self.config, "write the run's config"):
