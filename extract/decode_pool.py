@@ -75,6 +75,10 @@ def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) 
     # why: N workers each running multi-threaded torch ops (geometry, resample) would
     # oversubscribe the cores; set before torch is imported, which reads it once
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Ctrl-C in a terminal signals the whole process group: the parent answers it (one line,
+    # exit 130) and stops its workers in close(); one KeyboardInterrupt traceback per worker
+    # would bury that line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Attached, not owned: the parent unlinks it (the resource tracker is shared with the parent).
     shm = SharedMemory(name=shm_name)
     slots: deque[int] = deque()

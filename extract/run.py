@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from expr import abaw
-from expr.cache_format import check_output_path, consolidate, open_cache, open_writer
+from expr.cache_format import check_output_path, consolidate, is_cache, open_cache, open_writer
 from expr.devices import Dist, dist_env, resolve_device, setup_dist
 from expr.errors import ExprError
 from expr.extract.audio_features import AudioEncoder
@@ -90,10 +90,7 @@ def select_jobs(jobs: list, shard: str | None, rank: int, world_size: int) -> li
     return jobs[rank::world_size]
 
 
-def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist):
-    # --overwrite wipes the cache only when this run owns it all: a --shard job must not
-    # delete the others' work (it re-extracts its own videos instead).
-    reset = config.overwrite and config.shard is None
+def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist, reset: bool):
     text, scale = bb.text(config.out, reset)
     open_ = partial(open_writer, config.out, backbones=bb.attrs, text_embeddings=text, logit_scale=scale,
                     protect=(config.videos, config.frames))  # --out may not overlap the inputs
@@ -125,9 +122,11 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     from expr.extract.discover import discover_videos
 
     config.validate()
+    # --overwrite wipes the cache only when this run owns it all: a --shard job must not
+    # delete the others' work (it re-extracts its own videos instead).
+    reset = config.overwrite and config.shard is None
     # Refuse a wrong --out (the inputs, a folder that is not a cache) before minutes of work.
-    check_output_path(config.out, overwrite=config.overwrite and config.shard is None,
-                      protect=(config.videos, config.frames))
+    check_output_path(config.out, overwrite=reset, protect=(config.videos, config.frames))
     emit = progress or (lambda event: None)
     rank, world_size, local_rank = dist_env()
     device = resolve_device(config.device, local_rank)
@@ -142,7 +141,11 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     # videos), so they wait for days, not the 30 min default.
     dist = setup_dist(backend="gloo", timeout=timedelta(days=7))
     try:
-        writer = _open_cache(config, bb, dist)
+        if jobs and (reset or not is_cache(config.out)):
+            # A new cache records these backbones: build them first, so that a checkpoint that
+            # cannot be loaded leaves no empty cache behind that refuses a rerun with other weights.
+            _ = bb.visual, bb.audio
+        writer = _open_cache(config, bb, dist, reset)
         summary = ExtractSummary(out=config.out, random_weights=bb.random_streams, device=str(device),
                                  rank=dist.rank, world_size=dist.world)
         todo = _skip_complete(jobs, writer, config.overwrite, summary)

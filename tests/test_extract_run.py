@@ -18,7 +18,7 @@ import pytest
 
 import media_fixtures as F
 from expr.cache_format import CLASS_NAMES, open_cache, validate_cache
-from expr.errors import CacheSchemaError, ConfigError
+from expr.errors import CacheSchemaError, ConfigError, WeightsNotFoundError
 from expr.extract import backbones as B
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.config import ExtractConfig, parse_shard
@@ -165,6 +165,19 @@ def test_rerun_with_nothing_to_do_builds_no_backbone(good_videos, tmp_path, monk
     monkeypatch.setattr(run_module, "build_wav2vec2", no_build)
     again = run_extract(tiny_config(good_videos, out))
     assert sorted(again.skipped) == ["a", "b", "c"] and not again.ok and again.exit_code == 0
+
+
+def test_missing_weights_leave_no_cache_that_refuses_other_weights(good_videos, tmp_path):
+    """A checkpoint that cannot be loaded fails before the cache is created: an empty cache
+    recording those weights would refuse the rerun with other ones (the demo falls back to
+    random weights exactly so, when CLIP's weights are there and Wav2Vec2's are not)."""
+    out, broken = tmp_path / "f.zarr", tmp_path / "no-checkpoint"
+    broken.mkdir()
+    with pytest.raises(WeightsNotFoundError, match="no-checkpoint"):
+        run_extract(tiny_config(good_videos, out, audio_weights=str(broken)))
+    assert not out.exists()
+    summary = run_extract(tiny_config(good_videos, out, audio_weights="none"))
+    assert sorted(summary.ok) == ["a", "b", "c"] and summary.exit_code == 0
 
 
 def test_audio_is_encoded_in_its_own_thread(good_videos, tmp_path, monkeypatch):

@@ -449,6 +449,22 @@ def test_pool_survives_worker_crashes(tmp_path):
     assert pool.restarts == 2
 
 
+def ctrl_c_hook(job: DecodeJob, msg) -> None:
+    """Test-only: a Ctrl-C reaches the worker (a terminal signals the whole process group)."""
+    if isinstance(msg, FrameBatch) and msg.start == 0:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_is_left_to_the_parent(tmp_path):
+    """The parent stops its workers on Ctrl-C (and prints one line); a worker that reacted
+    itself would die with a KeyboardInterrupt traceback of its own and fail its video."""
+    path = F.make_video(tmp_path / "v.mp4", n_frames=20, audio_rate=None)
+    with DecodePool([job_for(path, batch_frames=8)], workers=1, worker_hook=ctrl_c_hook) as pool:
+        got = by_video(pool)
+    check_complete(got["v"], 20)
+    assert pool.restarts == 0
+
+
 def test_pool_bounds_batches_in_flight(tmp_path):
     """A slow consumer never has more than max_pending frame batches sent ahead of it."""
     path = F.make_video(tmp_path / "long.mp4", n_frames=200, size=(32, 24), audio_rate=None)

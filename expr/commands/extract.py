@@ -7,7 +7,6 @@ name prints as written and cannot abort the run with a MarkupError.
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,6 +18,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 
 from expr.commands import esc
+from expr.devices import DEVICE_HELP, is_main_process
 
 
 class FaceCrop(str, Enum):
@@ -35,7 +35,7 @@ def extract(
     videos: Annotated[Path, typer.Option(help="Folder searched recursively for videos (mp4, avi, mkv, mov, webm, flv, ...).")],
     out: Annotated[Path, typer.Option(help="Feature cache to create or add to, e.g. feats.zarr.")],
     frames: Annotated[Optional[Path], typer.Option(help="ABAW cropped_aligned folder: faces from <frames>/<id>/00001.jpg, audio from the videos.")] = None,
-    device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option(help=f"{DEVICE_HELP} (auto: cuda if available).")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Frames per image-encoder batch, pooled across videos.")] = 128,
     workers: Annotated[int, typer.Option(help="Decoding processes (0: decode in this process).")] = 2,
     visual_model: Annotated[str, typer.Option(help="Visual backbone (extract/backbones.json).")] = "ViT-B-32",
@@ -66,7 +66,7 @@ def extract(
         audio_context_seconds=audio_context_seconds,
     )
     console = Console(emoji=False)
-    live = int(os.environ.get("RANK", 0)) == 0  # under torchrun only rank 0 draws progress
+    live = is_main_process()  # under torchrun only rank 0 draws progress
     view = _ProgressView(console, live)
     try:
         summary = run_extract(config, progress=view)
