@@ -11,7 +11,7 @@ from pathlib import Path
 
 from expr.atomic import check_writable
 from expr.errors import ConfigError, check_choice
-from expr.train_heads import Checkpoint, HeadConfig, Preload, SmoothMode, TrainConfig, WindowRule
+from expr.train_heads import Checkpoint, HeadConfig, NoFace, Preload, SmoothMode, TrainConfig, WindowRule
 
 
 def _check_common(checkpoint: str, smooth: int, smooth_mode: str, batch_size: int, preload: str) -> None:
@@ -37,6 +37,7 @@ class EvaluateConfig:
     windows: str | None = None        # window-level protocol: reference | grid; None = the run's own rule
     smooth: int = 0                   # per-frame protocol: filter K frames of probabilities (0 = off)
     smooth_mode: str = SmoothMode.median.value  # median | mean
+    no_face: str = NoFace.fill.value  # per-frame: fill (last face frame's features, <= 5 in a row) | raw
     batch_size: int = TrainConfig.eval_batch_size  # windows per inference batch
     preload: str = TrainConfig.preload  # where the features live while scoring: cpu | gpu | none
     device: str = TrainConfig.device  # auto (cuda if available) | cpu | cuda | cuda:N
@@ -44,6 +45,7 @@ class EvaluateConfig:
 
     def validate(self) -> None:
         _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
+        check_choice("--no-face", self.no_face, NoFace)
         if self.windows is not None:
             check_choice("--windows", self.windows, WindowRule)
         if self.timelines < 0:
@@ -69,12 +71,14 @@ class PredictConfig:
     checkpoint: str = EvaluateConfig.checkpoint        # best | last
     smooth: int = EvaluateConfig.smooth                # filter K frames of probabilities before the argmax
     smooth_mode: str = EvaluateConfig.smooth_mode      # median | mean
+    no_face: str = EvaluateConfig.no_face              # fill (last face frame's features, <= 5 in a row) | raw
     batch_size: int = EvaluateConfig.batch_size        # windows per inference batch
     preload: str = EvaluateConfig.preload              # cpu | gpu | none
     device: str = EvaluateConfig.device                # auto | cpu | cuda | cuda:N
 
     def validate(self) -> None:
         _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
+        check_choice("--no-face", self.no_face, NoFace)
         if self.probs is not None and Path(self.probs).resolve() == Path(self.out).resolve():
             raise ConfigError("--probs must name another file than --out")
         if self.cache is None and self.videos is None:

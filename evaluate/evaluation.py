@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 WINDOW_PROTOCOL = ("window-level (reference code, the paper's Table 1): one prediction per window of the "
                    "window rule at the training stride, scored on the window's target")
 FRAME_PROTOCOL = ("per-frame (official ABAW): every annotated frame scored with the causal window "
-                  "ending at it, the first frame repeated before the start")
+                  "ending at it, the first frame repeated before the start; no_face says what a no-face frame "
+                  "shows: fill = the last face frame's visual features (own audio) for up to 5 no-face frames "
+                  "in a row, the cache's after that and before the first face; raw = always the cache's")
 
 
 @dataclass
@@ -64,7 +66,7 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
     # the window rule the run was selected on, unless --windows asks for another
     tc = run.train_config if cfg.windows is None else dataclasses.replace(run.train_config, windows=cfg.windows)
     scores = score_both(run.model, bank, labels, tc, batch_size=cfg.batch_size,
-                        smooth=cfg.smooth, smooth_mode=cfg.smooth_mode)
+                        smooth=cfg.smooth, smooth_mode=cfg.smooth_mode, no_face=cfg.no_face)
     warnings = list(bank.warnings) + [
         f"{vid}: {n} annotated frames past the cached video were not scored"
         for vid, n in scores.selection.dropped.items()
@@ -73,6 +75,7 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
         "run": str(cfg.run),
         "checkpoint": cfg.checkpoint,
         "epoch": run.meta.get("epoch"),
+        "no_face": cfg.no_face,          # per-frame protocol: what a no-face frame shows (fill | raw)
         "cache": str(cfg.cache),
         "labels": str(cfg.labels),
         "split": cfg.split,
@@ -83,7 +86,7 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
                                       target=tc.target, windows=tc.windows),
             "per_frame": _protocol_block(scores.per_frame, FRAME_PROTOCOL, window=tc.window,
                                          smooth=cfg.smooth, smooth_mode=cfg.smooth_mode if cfg.smooth > 1 else None,
-                                         unscored_frames=sum(scores.selection.dropped.values())),
+                                         no_face=cfg.no_face, unscored_frames=sum(scores.selection.dropped.values())),
         },
         "warnings": warnings,
     }
@@ -114,7 +117,7 @@ def draw_worst_timelines(run: LoadedRun, bank: FeatureBank, labels: Mapping[str,
     if cfg.timelines == 0:
         return []
     probs = frame_probabilities(run.model, bank, run.train_config.window, batch_size=cfg.batch_size,
-                                smooth=cfg.smooth, smooth_mode=cfg.smooth_mode)
+                                smooth=cfg.smooth, smooth_mode=cfg.smooth_mode, no_face=cfg.no_face)
     worst = worst_videos(video_predictions(bank, probs, labels), cfg.timelines)
     return [draw_timeline(run_dir.timeline_png(cfg.split, video.video_id), video,
                           title_extra=f"per-frame macro-F1 {f1:.3f} · worst {rank} of {len(bank.video_ids)}").path

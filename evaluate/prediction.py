@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from expr.abaw import NUM_CLASSES
+from expr.atomic import write_json
 from expr.devices import resolve_device
 from expr.errors import CacheSchemaError
 from expr.evaluate.config import PredictConfig
@@ -36,6 +37,11 @@ class PredictOut:
     def submission(self) -> Path:
         return Path(self.path) / "submission.csv"
 
+    @property
+    def settings(self) -> Path:
+        """How the predictions were made (run, checkpoint, window, smoothing, --no-face)."""
+        return Path(self.path) / "predict.json"
+
     def frame_csv(self, video_id: str) -> Path:
         return Path(self.path) / "frames" / f"{video_id}.csv"
 
@@ -56,6 +62,9 @@ class PredictReport:
     reused: list[str] = field(default_factory=list)        # videos of --videos already in the cache
     failed: dict[str, str] = field(default_factory=dict)   # videos that could not be extracted: not predicted
     cache: Path | None = None
+    no_face: str = "fill"         # what a no-face frame showed (--no-face)
+    filled_frames: int = 0        # no-face frames shown the last face frame's features (--no-face fill)
+    settings: Path | None = None  # predict.json (folder --out)
 
 
 def listed_ids(cfg: PredictConfig) -> list[str] | None:
@@ -76,7 +85,7 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
     submission (and probabilities), each validated before it replaces anything, and with a
     folder ``--out`` each video's CSV and timeline."""
     from expr.cache_format import open_cache
-    from expr.train_heads import frame_probabilities, load_bank, load_run
+    from expr.train_heads import frame_probabilities, load_bank, load_run, with_face_fill
 
     stage = on_stage or (lambda _msg: None)
     cfg.validate()
@@ -98,7 +107,9 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
         bank = load_bank(cache, ids, None, preload=cfg.preload, device=device)
     stage(f"predicting {int(bank.n_frames.sum()):,} frames")
     probs = frame_probabilities(run.model.eval(), bank, run.train_config.window, batch_size=cfg.batch_size,
-                                smooth=cfg.smooth, smooth_mode=cfg.smooth_mode)
+                                smooth=cfg.smooth, smooth_mode=cfg.smooth_mode, no_face=cfg.no_face)
+    shown = with_face_fill(bank, cfg.no_face).source_rows    # None for raw
+    filled = 0 if shown is None else int((shown.cpu().numpy() != np.arange(len(shown))).sum())
     per_video = dict(zip(bank.video_ids, probs))
     labels = {vid: p.argmax(1) for vid, p in per_video.items()}
     folder = PredictOut(cfg.out) if cfg.out_is_folder else None
@@ -107,9 +118,17 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
     write_submission(submission, labels, probabilities=per_video if cfg.probs else None, probs_path=cfg.probs)
     all_labels = np.concatenate(list(labels.values()))
     report = PredictReport(submission, cfg.probs, len(labels), int(all_labels.size),
-                           np.bincount(all_labels, minlength=NUM_CLASSES).tolist(), cache=Path(cfg.cache))
+                           np.bincount(all_labels, minlength=NUM_CLASSES).tolist(), cache=Path(cfg.cache),
+                           no_face=cfg.no_face, filled_frames=filled)
     if folder:
         _write_per_video(folder, bank, probs, cfg.timelines, report, stage)
+        report.settings = write_json(folder.settings, {
+            "run": str(cfg.run), "checkpoint": cfg.checkpoint, "epoch": run.meta.get("epoch"),
+            "cache": str(cfg.cache), "videos": len(labels), "frames": report.n_rows,
+            "window": run.train_config.window, "smooth": cfg.smooth,
+            "smooth_mode": cfg.smooth_mode if cfg.smooth > 1 else None,
+            "no_face": cfg.no_face, "filled_frames": filled,
+        })
     return report
 
 

@@ -16,8 +16,8 @@ import torch
 from expr.errors import CacheSchemaError, ConfigError
 from expr.evaluate.metrics import ClassificationMetrics, compute_metrics
 from expr.evaluate.protocols import AnnotatedFrames, annotated_frames
-from expr.train_heads import (FeatureBank, LoadedRun, SmoothMode, TrainConfig, WindowRule, frame_probabilities,
-                              make_windows, window_probabilities, with_sources)
+from expr.train_heads import (FeatureBank, LoadedRun, NoFace, SmoothMode, TrainConfig, WindowRule,
+                              frame_probabilities, make_windows, window_probabilities, with_sources)
 
 
 def check_backbones(run: LoadedRun, cache_backbones: Mapping, run_dir, cache_path) -> None:
@@ -67,25 +67,25 @@ def score_window_level(model: torch.nn.Module, bank: FeatureBank, window: int, s
 
 
 def score_per_frame(model: torch.nn.Module, bank: FeatureBank, labels: Mapping[str, np.ndarray], window: int, *,
-                    batch_size: int, smooth: int = 0, smooth_mode: str = SmoothMode.median.value
-                    ) -> tuple[ClassificationMetrics, AnnotatedFrames]:
+                    batch_size: int, smooth: int = 0, smooth_mode: str = SmoothMode.median.value,
+                    no_face: str = NoFace.fill.value) -> tuple[ClassificationMetrics, AnnotatedFrames]:
     selection = annotated_frames(labels, bank.video_ids, bank.n_frames.tolist())
     if selection.total == 0:
         raise ConfigError("no annotated frames (every label is -1): nothing to score per frame")
     probs = frame_probabilities(model, bank, window, selection.frames, batch_size=batch_size,
-                                smooth=smooth, smooth_mode=smooth_mode)
+                                smooth=smooth, smooth_mode=smooth_mode, no_face=no_face)
     y_pred = np.concatenate([p.argmax(1) for p in probs])
     return compute_metrics(np.concatenate(selection.targets), y_pred), selection
 
 
 def score_both(model: torch.nn.Module, bank: FeatureBank, labels: Mapping[str, np.ndarray],
                train_config: TrainConfig, *, batch_size: int = 256, smooth: int = 0,
-               smooth_mode: str = SmoothMode.median.value) -> Scores:
+               smooth_mode: str = SmoothMode.median.value, no_face: str = NoFace.fill.value) -> Scores:
     """Both protocols with the run's own window, stride, target and window rule (per-frame
-    inference ignores the rule: one causal window of own frames per frame)."""
+    inference ignores the rule: one causal window per frame, no-face frames as ``no_face``)."""
     model.eval()
     frame_m, selection = score_per_frame(model, bank, labels, train_config.window, batch_size=batch_size,
-                                         smooth=smooth, smooth_mode=smooth_mode)
+                                         smooth=smooth, smooth_mode=smooth_mode, no_face=no_face)
     window_m = score_window_level(model, bank, train_config.window, train_config.stride,
                                   train_config.target, batch_size, train_config.windows)
     return Scores(window_m, frame_m, selection, window_m.n)

@@ -108,7 +108,7 @@ def test_per_frame_protocol_one_causal_window_per_annotated_frame_padded_at_star
     labels = _annotated(ds)
     bank = load_bank(ds.cache, list(labels), labels)
     sel = annotated_frames(labels, bank.video_ids, bank.n_frames.tolist())
-    probs = frame_probabilities(_Probe(), bank, WINDOW, sel.frames, batch_size=7)
+    probs = frame_probabilities(_Probe(), bank, WINDOW, sel.frames, batch_size=7, no_face="raw")
     for v, (p, frames) in enumerate(zip(probs, sel.frames)):
         assert p.shape == (len(frames), 8)  # one prediction per annotated frame
         log_p = np.log(p.astype(np.float64))
@@ -120,6 +120,21 @@ def test_per_frame_protocol_one_causal_window_per_annotated_frame_padded_at_star
         early = frames < WINDOW - 1  # windows that start before frame 0 repeat frame 0
         assert early.any()
         np.testing.assert_allclose(first[early], feats[0], atol=1e-3)
+    # the default, --no-face fill: a no-face frame <= 5 after a face frame shows that face frame
+    filled = frame_probabilities(_Probe(), bank, WINDOW, sel.frames, batch_size=7)
+    n_filled = 0
+    for v, (p, frames) in enumerate(zip(filled, sel.frames)):
+        face = bank.frame_mask[bank.video_slice(v)].numpy()
+        shown, last = np.arange(len(face)), None
+        for t, has_face in enumerate(face):
+            last = t if has_face else last
+            if not has_face and last is not None and t - last <= 5:
+                shown[t] = last
+        n_filled += int((shown[frames] != frames).sum())
+        feats = bank.visual[bank.video_slice(v), 0].float().numpy()
+        last_logit = np.log(p[:, 1].astype(np.float64)) - np.log(p[:, 2].astype(np.float64))
+        np.testing.assert_allclose(last_logit, feats[shown[frames]], atol=1e-3)
+    assert n_filled > 0
 
 
 # -- bad input: one clear line, exit 1 ---------------------------------------------------------------

@@ -16,6 +16,7 @@ from expr.train_heads import (load_bank, load_split, make_windows, read_metrics,
                               write_synthetic_dataset)
 from expr.train_heads.data import gather
 from expr.train_heads.windows import build_windows
+from window_oracle import authors_loop
 
 SMALL = ["--window", "16", "--stride", "4", "--epochs", "1", "--channels", "16", "--tcn-levels", "2",
          "--heads", "2", "--device", "cpu"]
@@ -44,12 +45,18 @@ def ds(tmp_path_factory):
 
 
 def _expected(ds, split: str, rule: str, window=16, stride=4) -> dict[str, tuple[list, list]]:
-    """video -> (ends, targets) by windows.build_windows on the label file and the cache's mask."""
+    """video -> (ends, targets) on the label file and the cache's mask: the authors' loop
+    (tests/window_oracle.py) for reference windows, windows.build_windows for grid ones."""
     out = {}
     with open_cache(ds.cache) as cache:
         for vid, labels in load_split(ds.labels, split).items():
-            w = build_windows(rule, labels, cache.frame_mask(vid)[:len(labels)], window, stride)
-            out[vid] = (w.ends.tolist(), w.targets.tolist())
+            face = cache.frame_mask(vid)[:len(labels)]
+            if rule == "reference":
+                found, _ = authors_loop(labels.tolist(), face.tolist(), window, stride)
+                out[vid] = ([w[-1][0] for w in found], [int(labels[w[-1][1]]) for w in found])
+            else:
+                w = build_windows(rule, labels, face, window, stride)
+                out[vid] = (w.ends.tolist(), w.targets.tolist())
     return out
 
 
@@ -83,6 +90,24 @@ def test_train_uses_the_reference_windows_by_default(ds, tmp_path):
     with open_cache(ds.cache) as cache:
         assert config["cache"]["backbones"] == json.loads(json.dumps(cache.backbones))
     assert config["cache"]["backbones"]["audio"]["name"] == "synthetic"
+
+
+def test_metrics_window_counts_equal_the_authors_loop_when_emissions_empty_the_sequence(ds, tmp_path):
+    """Issue 19: stride >= window empties the sequence at every emission; a frame right after
+    it is still filled. metrics.jsonl counts what the authors' loop counts."""
+    window, stride = 8, 10
+    train, val = (_expected(ds, split, "reference", window, stride) for split in ("Train_Set", "Validation_Set"))
+    labels = load_split(ds.labels, "Train_Set")
+    with open_cache(ds.cache) as cache:
+        starts_filled = sum(w[0][0] != w[0][1] for vid, lab in labels.items()
+                            for w in authors_loop(lab.tolist(), cache.frame_mask(vid)[:len(lab)].tolist(),
+                                                  window, stride)[0])
+    assert starts_filled > 0  # the case the earlier rule dropped does occur in this data
+    small = [*SMALL[4:]]      # SMALL without its --window/--stride
+    assert run(["train", "--cache", str(ds.cache), "--labels", str(ds.labels), "--out", str(tmp_path / "r"),
+                "--window", str(window), "--stride", str(stride), *small]) == 0
+    (record,) = read_metrics(tmp_path / "r")
+    assert (record["train_windows"], record["val_windows"]) == (_count(train), _count(val))
 
 
 def test_train_grid_gives_the_v01_windows(ds, tmp_path):

@@ -1,5 +1,5 @@
-"""The window rules of train_heads/windows.py against window lists written out by hand, a
-literal list-based copy of the authors' loop, and today's make_windows (grid)."""
+"""The window rules of train_heads/windows.py against window lists written out by hand, the
+authors' loop transcribed literally (tests/window_oracle.py), and today's make_windows (grid)."""
 
 from __future__ import annotations
 
@@ -10,30 +10,9 @@ import torch
 from expr.errors import ConfigError
 from expr.train_heads.data import FeatureBank, make_windows
 from expr.train_heads.windows import build_windows, grid_windows, reference_windows
+from window_oracle import authors_loop
 
 X = -1  # an unlabelled frame
-
-
-def reference_loop(labels, face, window, stride):
-    """The authors' rule, literally: a list of (own index, source index) elements.
-    -> the emitted windows (lists of those tuples) and each frame's source (-1 = in no sequence)."""
-    seq, fill, last, windows = [], 0, None, []
-    source = [-1] * len(labels)
-    for i, (label, has_face) in enumerate(zip(labels, face)):
-        if label != -1 and has_face:
-            seq.append((i, i))
-            fill, last = 0, i
-        elif seq and fill < 5:
-            seq.append((i, last))  # filled: the last valid frame's features and label
-            fill += 1
-        else:
-            seq, fill = [], 0      # 6th invalid in a row, or invalid with nothing to fill from
-            continue
-        source[i] = seq[-1][1]
-        if len(seq) == window:
-            windows.append(list(seq))
-            seq = seq[stride:]
-    return windows, source
 
 
 def check(labels, face, window, stride, ends, filled=None, outside=()):
@@ -84,11 +63,21 @@ def test_missing_face_inside_a_labelled_run_is_filled():
     assert got.targets.tolist() == [2, 5, 7]
 
 
-def test_stride_larger_than_window_empties_the_sequence():
+def test_stride_larger_than_window_empties_the_sequence_but_keeps_the_fill():
     labels = [1, 1, 1, X, 2, 2, 2, 3, 3, 3, 3]
-    # emit at 2, drop 5 of 3 -> empty; frame 3 is invalid with an empty sequence -> reset;
-    # 4-6 emit at 6 (empty again); 7-9 emit at 9; 10 is left alone in the sequence.
-    check(labels, None, 3, 5, ends=[2, 6, 9], outside=[3])
+    # emit at 2, drop 5 of 3 -> empty; frame 3 is still filled from 2 (last_valid and the fill
+    # count survive the emission), so 3-5 emit at 5, 6-8 at 8; 9-10 are left in the sequence.
+    got = check(labels, None, 3, 5, ends=[2, 5, 8], filled={3: 2})
+    assert got.targets.tolist() == [1, 2, 3]
+    assert [w[-1][0] for w in authors_loop(labels, [1] * len(labels), 3, 5)[0]] == [2, 5, 8]
+
+
+def test_fill_after_an_emission_counts_fills_from_before_it():
+    labels = [1, 1, X, X, X, 2, X, X, X, X, X, X, 3, 3]
+    # window 2 stride 4: emits at 1, 3 (filled 2-3), 5, 7 (filled 6-7), 9 (filled 8-9); frame 10
+    # is the 5th fill after 5 and completes no window; 11 (6th) resets; 12-13 emit at 13.
+    check(labels, None, 2, 4, ends=[1, 3, 5, 7, 9, 13],
+          filled={2: 1, 3: 1, 4: 1, **{f: 5 for f in range(6, 11)}}, outside=[11])
 
 
 def test_video_shorter_than_the_window_has_no_window():
@@ -115,14 +104,15 @@ def test_issue_example_300_frames():
     assert sum(not valid[e - 59:e + 1].all() for e in grid.ends) == 7   # the issue's "seven of them"
 
 
-def random_video(rng, n):
-    """Labels with runs of valid and invalid frames whose lengths cluster around the fill limit."""
+def random_video(rng, n, max_gap=12, max_run=15):
+    """Labels with runs of valid frames (0..max_run) and of invalid ones (1..max_gap) that are
+    unlabelled, without a face, or both mixed."""
     labels = rng.integers(0, 8, n)
     face = np.ones(n, bool)
     t = 0
     while t < n:
-        t += int(rng.integers(0, 15))                        # valid run
-        gap = int(rng.choice([1, 2, 4, 5, 6, 7, 12]))
+        t += int(rng.integers(0, max_run + 1))               # valid run
+        gap = int(rng.integers(1, max_gap + 1))
         kind = rng.integers(3)                               # unlabelled, no face, or both mixed
         if kind != 1:
             labels[t:t + gap] = X
@@ -132,23 +122,49 @@ def random_video(rng, n):
     return labels, face
 
 
-def test_matches_the_literal_loop_on_random_videos():
+def assert_same_as_the_authors(labels, face, window, stride) -> list:
+    """reference_windows == the literal loop in window ends, targets, every frame's source and
+    each window's element sources; -> the loop's windows."""
+    windows, source = authors_loop(labels.tolist(), face.tolist(), window, stride)
+    got = reference_windows(labels, face, window, stride)
+    case = f"labels {labels.tolist()} face {face.astype(int).tolist()} window {window} stride {stride}"
+    assert got.ends.tolist() == [w[-1][0] for w in windows], case
+    assert got.targets.tolist() == [int(labels[w[-1][1]]) for w in windows], case
+    assert got.source.tolist() == source, case
+    for w in windows:  # the observation the vectorised rule rests on: own frames contiguous
+        end = w[-1][0]
+        assert [own for own, _ in w] == list(range(end - window + 1, end + 1)), case
+        assert [src for _, src in w] == got.source[end - window + 1:end + 1].tolist(), case
+    return windows
+
+
+def test_matches_the_literal_loop_on_small_random_videos():
     rng = np.random.default_rng(0)
     n_windows = 0
     for _ in range(1500):
         labels, face = random_video(rng, int(rng.integers(0, 120)))
-        window, stride = int(rng.integers(1, 13)), int(rng.integers(1, 16))
-        windows, source = reference_loop(labels.tolist(), face.tolist(), window, stride)
-        got = reference_windows(labels, face, window, stride)
-        assert got.source.tolist() == source
-        assert got.ends.tolist() == [w[-1][0] for w in windows]
-        assert got.targets.tolist() == [int(labels[w[-1][1]]) for w in windows]
-        for w in windows:  # the observation the vectorised rule rests on
-            end = w[-1][0]
-            assert [own for own, _ in w] == list(range(end - window + 1, end + 1))
-            assert [src for _, src in w] == got.source[end - window + 1:end + 1].tolist()
-        n_windows += len(windows)
+        n_windows += len(assert_same_as_the_authors(labels, face, int(rng.integers(1, 13)), int(rng.integers(1, 16))))
     assert n_windows > 5000  # the sequences do produce windows, with and without fills
+
+
+def test_differential_against_the_authors_loop():
+    """Issue 19: thousands of seeded videos of 0-400 frames with invalid runs of 1-12 frames,
+    window 1-90, stride 1-120; 0 mismatches. Counts show the risky cases do occur."""
+    rng = np.random.default_rng(19)
+    cases = windows = emptying = fill_after_emptying = 0
+    for _ in range(3000):
+        labels, face = random_video(rng, int(rng.integers(0, 401)), max_run=int(rng.choice([15, 60, 200])))
+        window = int(rng.integers(1, 91)) if rng.random() < 0.5 else int(rng.integers(1, 13))
+        stride = int(rng.integers(1, 121)) if rng.random() < 0.5 else int(rng.integers(1, 16))
+        found = assert_same_as_the_authors(labels, face, window, stride)
+        cases, windows = cases + 1, windows + len(found)
+        if stride >= window and found:
+            emptying += 1
+            ends = {w[-1][0] for w in found}
+            valid = (labels != X) & face
+            fill_after_emptying += any(e + 1 < len(labels) and not valid[e + 1] for e in ends)
+    assert cases == 3000 and windows > 20000
+    assert emptying > 500 and fill_after_emptying > 200   # the path issue 19 found wrong
 
 
 def test_grid_reproduces_make_windows():

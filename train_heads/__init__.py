@@ -15,7 +15,8 @@ rest (torch) loads on first use. It never imports open_clip or transformers.
 from typing import TYPE_CHECKING
 
 from expr.lazy import lazy_getattr
-from expr.train_heads.config import Compile, Fusion, HeadConfig, Preload, SmoothMode, Target, TrainConfig, WindowRule
+from expr.train_heads.config import (Compile, Fusion, HeadConfig, NoFace, Preload, SmoothMode, Target, TrainConfig,
+                                     WindowRule)
 
 _LAZY = {
     "labels": ("load_split", "read_id_list", "read_label_file"),
@@ -24,7 +25,7 @@ _LAZY = {
     "model": ("ExprHeadModel",),
     "loop": ("TrainResult", "train", "lr_at"),
     "loss": ("class_weights",),
-    "inference": ("predict_logits", "window_probabilities", "frame_probabilities",
+    "inference": ("predict_logits", "window_probabilities", "frame_probabilities", "with_face_fill",
                   "frame_queries", "smooth_probabilities", "split_by_video"),
     "run_dir": ("Checkpoint", "RunDir", "LoadedRun", "load_run", "read_metrics"),
     "metrics": ("macro_f1_accuracy", "confusion_from_pairs"),
@@ -36,7 +37,8 @@ if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both 
     from expr.train_heads.data import FeatureBank, Windows, gather, load_bank, make_windows, to_device, with_sources
     from expr.train_heads.feed import BatchFeeder
     from expr.train_heads.inference import (frame_probabilities, frame_queries, predict_logits,
-                                            smooth_probabilities, split_by_video, window_probabilities)
+                                            smooth_probabilities, split_by_video, window_probabilities,
+                                            with_face_fill)
     from expr.train_heads.labels import load_split, read_id_list, read_label_file
     from expr.train_heads.loop import TrainResult, lr_at, train
     from expr.train_heads.loss import class_weights
@@ -46,10 +48,10 @@ if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both 
     from expr.train_heads.synthetic import SyntheticDataset, write_synthetic_dataset
 
 __all__ = [
-    "Compile", "Fusion", "HeadConfig", "Preload", "SmoothMode", "Target", "TrainConfig", "WindowRule", "load_split",
-    "read_id_list", "read_label_file", "FeatureBank", "Windows", "load_bank", "make_windows", "with_sources", "gather",
-    "to_device", "BatchFeeder", "ExprHeadModel", "TrainResult", "train", "lr_at", "class_weights", "predict_logits",
-    "window_probabilities", "frame_probabilities", "frame_queries", "smooth_probabilities", "split_by_video",
-    "Checkpoint", "RunDir", "LoadedRun", "load_run", "read_metrics", "macro_f1_accuracy",
-    "confusion_from_pairs", "SyntheticDataset", "write_synthetic_dataset",
+    "Compile", "Fusion", "HeadConfig", "NoFace", "Preload", "SmoothMode", "Target", "TrainConfig", "WindowRule",
+    "load_split", "read_id_list", "read_label_file", "FeatureBank", "Windows", "load_bank", "make_windows",
+    "with_sources", "gather", "to_device", "BatchFeeder", "ExprHeadModel", "TrainResult", "train", "lr_at",
+    "class_weights", "predict_logits", "window_probabilities", "frame_probabilities", "with_face_fill",
+    "frame_queries", "smooth_probabilities", "split_by_video", "Checkpoint", "RunDir", "LoadedRun", "load_run",
+    "read_metrics", "macro_f1_accuracy", "confusion_from_pairs", "SyntheticDataset", "write_synthetic_dataset",
 ]

@@ -61,6 +61,13 @@ class Compile(str, Enum):
     off = "off"    # the plain eager step with torch's default AdamW
 
 
+class NoFace(str, Enum):
+    """What per-frame inference shows for a no-face frame (the --no-face choices of evaluate/predict)."""
+
+    fill = "fill"  # the last face frame's visual features, up to 5 no-face frames in a row (as training fills)
+    raw = "raw"    # the cache's features (for a missing cropped-aligned jpg: a black image's)
+
+
 class SmoothMode(str, Enum):
     """Filter of the per-frame probabilities (the --smooth-mode choices of evaluate/predict/ablate)."""
 

@@ -13,7 +13,8 @@ Protocols:
   ``with_sources``) while its audio stays on its own timestamps. ``grid`` (v0.1): full windows
   at the stride from frame 0 whose target frame is valid; every frame is its own source;
 - per-frame inference: one causal window ending at each frame, the first frame repeated
-  before frame 0 - ``gather`` accepts ends < window - 1 for that.
+  before frame 0 - ``gather`` accepts ends < window - 1 for that; no-face frames filled
+  from the last face frame (inference.with_face_fill, ``--no-face``).
 
 Audio of a window covers the same seconds as its frames, by that video's own timestamps
 (never a global 30 fps): steps floor(t0 * rate) ... for ceil((t1 - t0) * rate) steps, with
@@ -62,7 +63,8 @@ class FeatureBank:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     warnings: list[str] = field(default_factory=list)  # label/cache length mismatches
     # (sum T,) int64 row whose visual features each frame shows (None = its own): set only on
-    # the view ``with_sources`` makes for reference windows, never for per-frame inference.
+    # the views ``with_sources`` (reference windows) and inference.with_face_fill (per-frame
+    # inference, --no-face fill) make.
     source_rows: torch.Tensor | None = None
 
     @property

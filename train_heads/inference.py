@@ -6,6 +6,15 @@ builds them, so scoring a split costs about one validation epoch. Per-frame infe
 official ABAW protocol and the submission) is one causal window ENDING at each frame; a
 window that would start before frame 0 repeats the first frame, as the reference does.
 
+No-face frames (``--no-face``, default ``fill``): training never shows the model a no-face
+frame's own features - a reference window shows the last valid frame's instead, for up to 5
+invalid frames in a row. Labels are unknown at inference, so the same fill is applied causally
+by the face mask alone: a no-face frame shows the last face frame's visual features (its own
+audio stays) when that face frame is at most ``MAX_FILL`` (5) frames back in the same video;
+from the 6th no-face frame in a row on, and before a video's first face, it shows the cache's
+features. ``raw`` shows every frame its cache features (for a missing cropped-aligned jpg,
+those of a black image, which is what the authors' test script feeds).
+
 Optional smoothing (``--smooth K``) filters the per-frame class probabilities over time with
 a centred median or mean of K frames: it uses up to K//2 future frames, fine offline, not
 for a live stream.
@@ -13,15 +22,18 @@ for a live stream.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from expr.abaw import NUM_CLASSES
-from expr.train_heads.config import SmoothMode
+from expr.errors import check_choice
+from expr.train_heads.config import NoFace, SmoothMode
 from expr.train_heads.data import FeatureBank
 from expr.train_heads.feed import BatchFeeder
+from expr.train_heads.windows import MAX_FILL
 
 
 @torch.no_grad()
@@ -99,12 +111,35 @@ def split_by_video(values: np.ndarray, video_idx: np.ndarray, n_videos: int) -> 
     return np.split(values[order], np.cumsum(counts)[:-1])
 
 
+def face_fill_rows(bank: FeatureBank) -> torch.Tensor:
+    """(sum T,) int64 bank row whose visual features each frame shows under ``--no-face fill``:
+    its own row, except a no-face frame at most MAX_FILL frames after a face frame of its video
+    (the last such face frame). Causal: reads the face mask up to the frame only."""
+    face = bank.frame_mask
+    rows = torch.arange(face.shape[0], device=face.device)
+    last_face = torch.cummax(torch.where(face, rows, -1), 0).values if len(rows) else rows  # (sum T,) -1: none
+    video_start = torch.repeat_interleave(bank.frame_offsets.to(face.device), bank.n_frames.to(face.device))
+    fill = ~face & (last_face >= video_start) & (rows - last_face <= MAX_FILL)
+    return torch.where(fill, last_face, rows)
+
+
+def with_face_fill(bank: FeatureBank, no_face: str = NoFace.fill.value) -> FeatureBank:
+    """The bank view (tensors shared) per-frame inference gathers from: no-face frames filled
+    (``fill``, module docstring) or every frame its own cache features (``raw``)."""
+    check_choice("--no-face", no_face, NoFace)
+    rows = face_fill_rows(bank) if no_face == NoFace.fill.value else None
+    return dataclasses.replace(bank, source_rows=rows)
+
+
 def frame_probabilities(model: torch.nn.Module, bank: FeatureBank, window: int,
                         frames: Sequence[np.ndarray] | None = None, *, batch_size: int = 256,
-                        smooth: int = 0, smooth_mode: str = SmoothMode.median.value) -> list[np.ndarray]:
+                        smooth: int = 0, smooth_mode: str = SmoothMode.median.value,
+                        no_face: str = NoFace.fill.value) -> list[np.ndarray]:
     """Per video of the bank: (n_i, classes) probabilities of the causal window ending at
-    each frame in ``frames[i]`` (default: every frame). With smoothing, every frame is
-    inferred (the filter needs the neighbours), smoothed, then the requested frames picked."""
+    each frame in ``frames[i]`` (default: every frame), no-face frames shown as ``no_face``
+    says (module docstring). With smoothing, every frame is inferred (the filter needs the
+    neighbours), smoothed, then the requested frames picked."""
+    bank = with_face_fill(bank, no_face)
     n_frames = bank.n_frames.tolist()
     query = None if smooth > 1 else frames
     video_idx, end_frame = frame_queries(n_frames, query)

@@ -4,11 +4,14 @@ Pure numpy over ONE video's per-frame ``labels`` (int, -1 = ignore) and ``face``
 cache's frame_mask). A frame is *valid* when it is labelled and has a face.
 
 reference (the authors' data code, which produced Table 1): walk the frames in order. A valid
-frame is appended. An invalid frame after valid ones is appended *filled*: it takes the last
-valid frame's features and label but keeps its own index (audio timing), at most 5 in a row;
-the 6th invalid frame in a row, or an invalid frame while the sequence is empty, clears the
-sequence. Whenever the sequence holds ``window`` elements a window is emitted (target = label of
-its last element, which may be filled) and its first ``stride`` elements are dropped.
+frame is appended and becomes ``last_valid``. An invalid frame is appended *filled* - it takes
+``last_valid``'s features and label but keeps its own index (audio timing) - while a valid frame
+has been seen and fewer than 5 fills came since it; otherwise (the 6th invalid frame in a row,
+or any invalid frame before the first valid one) the sequence is cleared and ``last_valid``
+forgotten. Whenever the sequence holds ``window`` elements a window is emitted (target = label
+of its last element, which may be filled) and its first ``stride`` elements are dropped.
+``last_valid`` and the fill count survive an emission: a frame right after an emission that
+emptied the sequence (stride >= window) is still filled when the rule allows it.
 
 grid (expr before issue 10): ends at window-1, window-1+stride, ... from frame 0, kept when the
 end frame is valid; every frame is its own source.
@@ -56,47 +59,34 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
 
 
+def fill_sources(valid: np.ndarray, max_fill: int = MAX_FILL) -> np.ndarray:
+    """(T,) int64 frame whose features each frame takes when up to ``max_fill`` invalid frames
+    in a row borrow the last valid one: itself when valid, the last valid frame when at most
+    ``max_fill`` frames back, else -1 (the 6th invalid frame on, and invalid frames before the
+    first valid one). Depends on ``valid`` alone: no emission touches it."""
+    idx = np.arange(len(valid), dtype=np.int64)
+    last_valid = np.maximum.accumulate(np.where(valid, idx, -1))     # (T,) -1 before any valid
+    return np.where((last_valid >= 0) & (idx - last_valid <= max_fill), last_valid, -1)
+
+
 def reference_windows(labels: np.ndarray, face: np.ndarray, window: int, stride: int) -> VideoWindows:
-    """The authors' rule (module docstring), vectorised; see tests/test_windows_reference.py
-    for the literal loop it is checked against."""
+    """The authors' rule (module docstring), vectorised; tests/window_oracle.py holds the
+    literal loop it is checked against."""
     labels = np.asarray(labels, dtype=np.int64)
     valid = _check(labels, np.asarray(face), window, stride)
-    idx = np.arange(len(labels), dtype=np.int64)
-    last_valid = np.maximum.accumulate(np.where(valid, idx, -1))      # (T,) -1 before any valid
-    # Unless an emission empties it (stride >= window, below), the sequence holds frame t
-    # exactly when a valid frame lies at most MAX_FILL frames back: fills stop at the 6th.
-    source = np.where((last_valid >= 0) & (idx - last_valid <= MAX_FILL), last_valid, -1)
-    starts, stops = _runs(source >= 0)                                 # one sequence per run
-    if stride < window:
-        # The sequence never empties inside a run: it emits at start+window-1, then every stride.
-        per_run = np.maximum((stops - starts - window + 1) // stride + 1, 0)
-        first = np.repeat(starts + window - 1, per_run)
-        k = np.arange(int(per_run.sum())) - np.repeat(np.cumsum(per_run) - per_run, per_run)
-        ends = first + k * stride
-    else:
-        ends = _ends_emptying(valid, source, starts, stops, window)
-    return VideoWindows(ends.astype(np.int64), source, labels[source[ends]])
-
-
-def _ends_emptying(valid, source, starts, stops, window) -> np.ndarray:
-    """Window ends when each emission empties the sequence (stride >= window): the next
-    sequence starts at the next valid frame; invalid frames before it are in no sequence
-    (``source`` set to -1 in place). One iteration per window or per run long enough for
-    one, i.e. at most 2 T / window, on plain ints."""
-    T = len(valid)
-    # next_valid[t]: first valid frame >= t (T if none)
-    next_valid = np.minimum.accumulate(np.where(valid, np.arange(T), T)[::-1])[::-1].tolist() + [T]
-    long_enough = stops - starts + 1 >= window
-    ends, cleared = [], np.zeros(T + 1, np.int64)
-    for start, stop in zip(starts[long_enough].tolist(), stops[long_enough].tolist()):
-        while start + window - 1 <= stop:
-            end = start + window - 1
-            ends.append(end)
-            start = next_valid[end + 1]
-            cleared[end + 1] += 1                       # frames end+1 .. start-1 (within the run)
-            cleared[min(start, stop + 1)] -= 1
-    source[np.cumsum(cleared[:T]) > 0] = -1
-    return np.asarray(ends, dtype=np.int64)
+    # The sequence holds frame t exactly when fill_sources gives it a source: whether a frame
+    # is appended or clears the sequence depends on last_valid and the fill count only, never
+    # on the sequence. So a sequence is a maximal run of frames with a source, and inside one
+    # it first emits at start+window-1, then every min(stride, window) frames: dropping
+    # stride >= window elements empties it, and it refills one frame at a time.
+    source = fill_sources(valid)
+    starts, stops = _runs(source >= 0)
+    step = min(stride, window)
+    per_run = np.maximum((stops - starts - window + 1) // step + 1, 0)   # (runs,) windows per run
+    first = np.repeat(starts + window - 1, per_run)
+    k = np.arange(int(per_run.sum())) - np.repeat(np.cumsum(per_run) - per_run, per_run)
+    ends = (first + k * step).astype(np.int64)
+    return VideoWindows(ends, source, labels[source[ends]])
 
 
 def grid_windows(labels: np.ndarray, face: np.ndarray, window: int, stride: int) -> VideoWindows:

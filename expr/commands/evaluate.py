@@ -12,7 +12,7 @@ from expr.commands import esc
 from expr.abaw import CLASS_NAMES
 from expr.devices import DEVICE_HELP
 from expr.evaluate import EvaluateConfig
-from expr.train_heads import Checkpoint, Preload, SmoothMode, WindowRule
+from expr.train_heads import Checkpoint, NoFace, Preload, SmoothMode, WindowRule
 
 # Options shared with `expr predict` / `expr ablate` (defined once, imported there).
 RunOpt = Annotated[Path, typer.Option("--run", help="Run directory written by 'expr train --out'.")]
@@ -21,6 +21,9 @@ LabelsOpt = Annotated[Path, typer.Option("--labels", help="ABAW annotation dir (
 CheckpointOpt = Annotated[Checkpoint, typer.Option(help="Weights to use: best (window-level val macro-F1) or last.")]
 SmoothOpt = Annotated[int, typer.Option(min=0, help="Per-frame: centred filter over K frames of probabilities (0 = off).")]
 SmoothModeOpt = Annotated[SmoothMode, typer.Option(help="Filter of --smooth.")]
+NoFaceOpt = Annotated[NoFace, typer.Option(help="Per-frame: what a no-face frame shows. fill: the last face "
+                                                "frame's visual features (its own audio) for up to 5 no-face "
+                                                "frames in a row, as training fills; raw: the cache's.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Windows per inference batch.")]
 PreloadOpt = Annotated[Preload, typer.Option(help="Where features live while scoring.")]
 DeviceOpt = Annotated[str, typer.Option(help=f"{DEVICE_HELP} (auto: cuda if available).")]
@@ -78,6 +81,7 @@ def evaluate(
              "runs of v0.1 used grid). Per-frame scoring is the same for both.")] = None,  # = DEFAULT.windows
     smooth: SmoothOpt = DEFAULT.smooth,
     smooth_mode: SmoothModeOpt = SmoothMode(DEFAULT.smooth_mode),
+    no_face: NoFaceOpt = NoFace(DEFAULT.no_face),
     batch_size: BatchOpt = DEFAULT.batch_size,
     preload: PreloadOpt = Preload(DEFAULT.preload),
     device: DeviceOpt = DEFAULT.device,
@@ -95,8 +99,8 @@ def evaluate(
     console = Console(emoji=False)
     cfg = EvaluateConfig(run=run, cache=cache, labels=labels, split=split, videos=videos,
                          checkpoint=checkpoint.value, windows=windows.value if windows else None, smooth=smooth,
-                         smooth_mode=smooth_mode.value, batch_size=batch_size, preload=preload.value, device=device,
-                         timelines=timelines)
+                         smooth_mode=smooth_mode.value, no_face=no_face.value, batch_size=batch_size,
+                         preload=preload.value, device=device, timelines=timelines)
     report = evaluate_run(cfg, on_stage=lambda msg: console.print(f"[dim]{esc(msg)}[/]"))
     protocols = report.data["protocols"]
     w, f = protocols["window"], protocols["per_frame"]
@@ -104,7 +108,7 @@ def evaluate(
                    f"{w['window']}, stride {w['stride']}, target {w['target']}", report.scores.window)
     smooth_text = f", {cfg.smooth_mode} smoothing over {cfg.smooth} frames" if cfg.smooth > 1 else ""
     print_protocol(console, f"per-frame (official ABAW metric): causal window of {f['window']} ending at each "
-                   f"annotated frame{smooth_text}", report.scores.per_frame)
+                   f"annotated frame{smooth_text}, no-face frames {cfg.no_face}", report.scores.per_frame)
     for warning in report.warnings[:10]:
         console.print(f"[yellow]warning[/] {esc(warning)}", highlight=False)
     if len(report.warnings) > 10:

@@ -11,13 +11,14 @@ from expr.commands.evaluate import (
     BatchOpt,
     CheckpointOpt,
     DeviceOpt,
+    NoFaceOpt,
     PreloadOpt,
     RunOpt,
     SmoothModeOpt,
     SmoothOpt,
 )
 from expr.evaluate import PredictConfig
-from expr.train_heads import Checkpoint, Preload, SmoothMode
+from expr.train_heads import Checkpoint, NoFace, Preload, SmoothMode
 
 DEFAULT = PredictConfig
 
@@ -45,6 +46,7 @@ def predict(
     checkpoint: CheckpointOpt = Checkpoint(DEFAULT.checkpoint),
     smooth: SmoothOpt = DEFAULT.smooth,
     smooth_mode: SmoothModeOpt = SmoothMode(DEFAULT.smooth_mode),
+    no_face: NoFaceOpt = NoFace(DEFAULT.no_face),
     batch_size: BatchOpt = DEFAULT.batch_size,
     preload: PreloadOpt = Preload(DEFAULT.preload),
     device: DeviceOpt = DEFAULT.device,
@@ -61,12 +63,15 @@ def predict(
     console = Console(emoji=False)
     cfg = PredictConfig(run=run, out=out, cache=cache, videos=videos, frames=frames, ids=ids, face_crop=face_crop,
                         timelines=timelines, probs=probs, checkpoint=checkpoint.value, smooth=smooth,
-                        smooth_mode=smooth_mode.value, batch_size=batch_size, preload=preload.value, device=device)
+                        smooth_mode=smooth_mode.value, no_face=no_face.value, batch_size=batch_size,
+                        preload=preload.value, device=device)
 
     report = predict_videos(cfg, on_stage=lambda msg: console.print(f"[dim]{escape(msg)}[/]"),
                             on_extract=lambda event: print_extract_event(console, event))
     shares = ", ".join(f"{name} {n / max(report.n_rows, 1):.1%}" for name, n in zip(CLASS_NAMES, report.class_counts))
     console.print(f"predicted classes: {shares}", highlight=False)
+    console.print(f"no-face frames: {report.no_face}" + (f" ({report.filled_frames:,} shown the last face frame's "
+                  "features)" if report.no_face == "fill" else ""), highlight=False)
     console.print(f"[green]✓[/] {escape(str(report.out))}: {report.n_rows:,} frames of {report.n_videos} videos, "
                   "validated" + (f"; probabilities in {escape(str(report.probs))}" if report.probs else ""),
                   highlight=False)
