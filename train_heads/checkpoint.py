@@ -12,8 +12,12 @@ commits the set as one unit, so only a change from outside can mix one).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import os
+import re
+from numbers import Real
 from pathlib import Path
 
 import torch
@@ -76,7 +80,18 @@ def save_checkpoint(files: CheckpointFiles, model: torch.nn.Module, *, optimizer
 def _write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
     """Write a safetensors file atomically (same file mode as the JSON files)."""
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # not an OSError: the one-line storage wrappers would miss it
+            raise _as_os_error(exc, tmp) from exc
+
+
+def _as_os_error(exc: SafetensorError, path: Path) -> OSError:
+    """The OSError behind a safetensors write error ("... IoError(Os { code: 28, ... })"),
+    so that a full disk reads as one; EIO with its text when it names none."""
+    found = re.search(r"code: (\d+)", str(exc))
+    code = int(found[1]) if found else errno.EIO
+    return OSError(code, os.strerror(code) if found else f"safetensors: {exc}", str(path))
 
 
 def _sha256(path: Path) -> str:
@@ -85,12 +100,20 @@ def _sha256(path: Path) -> str:
 
 
 def read_state(files: CheckpointFiles) -> dict:
-    """The state JSON of a checkpoint after checking that its weights and optimiser files are
-    the ones it was saved with; ConfigError naming the file that differs."""
-    state = json.loads(files.state.read_text(encoding="utf-8"))
+    """The state JSON of a checkpoint after checking its form and that its weights and
+    optimiser files are the ones it was saved with; ConfigError naming the file otherwise."""
+    damaged = (f"{files.state}: not a checkpoint record{{}}; the file is damaged: restore it, or start "
+               "the run again with --overwrite")
+    try:
+        state = json.loads(files.state.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # (UnicodeDecodeError is a ValueError)
+        raise ConfigError(damaged.format(f" ({exc})")) from exc
+    problem = _state_problem(state)
+    if problem:
+        raise ConfigError(damaged.format(f" ({problem})"))
     for name, expected in state.get("sha256", {}).items():  # runs before v0.2 recorded none
-        path = files.state.parent / name
-        if _sha256(path) != expected:
+        path = files.state.parent / str(name)
+        if not path.is_file() or _sha256(path) != expected:
             raise ConfigError(
                 f"{path}: not the file {files.state.name} was saved with (SHA-256 differs): the checkpoint "
                 "files were changed or mixed after training wrote them; restore them, or start the run "
@@ -98,10 +121,28 @@ def read_state(files: CheckpointFiles) -> dict:
     return state
 
 
-def load_optimizer_state(files: CheckpointFiles, optimizer) -> dict:
+def _state_problem(state) -> str | None:
+    """What is wrong with the form of a parsed state JSON, or None."""
+    if not isinstance(state, dict):
+        return f"a JSON {type(state).__name__}, expected an object"
+    meta = state.get("meta")
+    if not isinstance(meta, dict):
+        return 'no "meta" object'
+    for key in ("epoch", "best_epoch", "best_val_f1"):
+        if not isinstance(meta.get(key), Real) or isinstance(meta.get(key), bool):
+            return f'meta has no number "{key}"'
+    groups, scalars, hashes = state.get("param_groups"), state.get("scalars"), state.get("sha256", {})
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        return 'no "param_groups" list'
+    if not isinstance(scalars, dict) or not isinstance(hashes, dict):
+        return 'no "scalars" object'
+    return None
+
+
+def load_optimizer_state(files: CheckpointFiles, optimizer, state_json: dict | None = None) -> dict:
     """Restore ``optimizer`` from the checkpoint's optimiser tensors + state JSON (checked by
-    ``read_state``); return the JSON."""
-    state_json = read_state(files)
+    ``read_state``, or given as read by it); return the JSON."""
+    state_json = read_state(files) if state_json is None else state_json
     state: dict[int, dict] = {}
     device = optimizer.param_groups[0]["params"][0].device
     with safe_open(str(files.optimizer), framework="pt", device="cpu") as f:
