@@ -12,17 +12,14 @@ commits the set as one unit, so only a change from outside can mix one).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
-import os
-import re
 from numbers import Real
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from expr.atomic import atomic_path, write_json
 from expr.errors import ConfigError
@@ -78,20 +75,30 @@ def save_checkpoint(files: CheckpointFiles, model: torch.nn.Module, *, optimizer
 
 
 def _write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
-    """Write a safetensors file atomically (same file mode as the JSON files)."""
-    with atomic_path(path) as tmp:
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-        except SafetensorError as exc:  # not an OSError: the one-line storage wrappers would miss it
-            raise _as_os_error(exc, tmp) from exc
+    """Write a safetensors file atomically (same file mode as the JSON files), with its
+    metadata keys sorted: safetensors lists them in a per-process random order (a Rust
+    HashMap), which made equal checkpoints differ in their bytes. Written by Python's own
+    file calls, a full disk is an OSError like any other write's (safetensors' own writer
+    raises SafetensorError, which the one-line storage errors did not catch)."""
+    blob = memoryview(save(tensors, metadata=metadata))
+    size = int.from_bytes(blob[:8], "little")
+    header = _sorted_header(bytes(blob[8:8 + size]))
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(blob[:8])
+        fh.write(header)
+        fh.write(blob[8 + size:])
 
 
-def _as_os_error(exc: SafetensorError, path: Path) -> OSError:
-    """The OSError behind a safetensors write error ("... IoError(Os { code: 28, ... })"),
-    so that a full disk reads as one; EIO with its text when it names none."""
-    found = re.search(r"code: (\d+)", str(exc))
-    code = int(found[1]) if found else errno.EIO
-    return OSError(code, os.strerror(code) if found else f"safetensors: {exc}", str(path))
+def _sorted_header(header: bytes) -> bytes:
+    """The safetensors JSON header with ``__metadata__``'s keys in sorted order, padded with
+    spaces to its old length (the offsets of the data stay valid); unchanged if it would not fit."""
+    parsed = json.loads(header)
+    meta = parsed.get("__metadata__")
+    if not isinstance(meta, dict):
+        return header
+    parsed["__metadata__"] = dict(sorted(meta.items()))
+    text = json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode()
+    return text + b" " * (len(header) - len(text)) if len(text) <= len(header) else header
 
 
 def _sha256(path: Path) -> str:
