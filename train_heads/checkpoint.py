@@ -132,18 +132,25 @@ def _state_problem(state) -> str | None:
     """What is wrong with the form of a parsed state JSON, or None."""
     if not isinstance(state, dict):
         return f"a JSON {type(state).__name__}, expected an object"
-    meta = state.get("meta")
-    if not isinstance(meta, dict):
+    if not isinstance(state.get("meta"), dict):
         return 'no "meta" object'
-    for key in ("epoch", "best_epoch", "best_val_f1"):
-        if not isinstance(meta.get(key), Real) or isinstance(meta.get(key), bool):
-            return f'meta has no number "{key}"'
     groups, scalars, hashes = state.get("param_groups"), state.get("scalars"), state.get("sha256", {})
     if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
         return 'no "param_groups" list'
     if not isinstance(scalars, dict) or not isinstance(hashes, dict):
         return 'no "scalars" object'
     return None
+
+
+def resume_point(files: CheckpointFiles, state: dict) -> tuple[int, float, int]:
+    """(epochs done, best val F1, best epoch) of a training run's state JSON (``read_state``'s);
+    one ConfigError line when they are missing or not numbers."""
+    meta = state["meta"]
+    for key in ("epoch", "best_epoch", "best_val_f1"):
+        if not isinstance(meta.get(key), Real) or isinstance(meta.get(key), bool):
+            raise ConfigError(f'{files.state}: not a checkpoint record (meta has no number "{key}"); the file is '
+                              "damaged: restore it, or start the run again with --overwrite")
+    return int(meta["epoch"]), float(meta["best_val_f1"]), int(meta["best_epoch"])
 
 
 def load_optimizer_state(files: CheckpointFiles, optimizer, state_json: dict | None = None) -> dict:

@@ -171,15 +171,16 @@ def _resume(run: RunDir, learner: Learner, cfg: TrainConfig, say: Callable[[str]
     run's own (provenance.py): one line otherwise, before anything is loaded or written."""
     last = run.checkpoint(Checkpoint.last.value)
     state = ckpt.read_state(last)  # one line for a damaged or foreign record
+    start, best_f1, best_epoch = ckpt.resume_point(last, state)
     saved, _ = ckpt.load_weights(last.weights, learner.device)
     check_resume(run.path, cfg, saved.cfg, learner.module.cfg, state["meta"], now, run.read_config())
     learner.module.load_state_dict(saved.state_dict())
     try:
-        meta = ckpt.load_optimizer_state(last, learner.opt, state)["meta"]  # keeps this run's AdamW switches
+        ckpt.load_optimizer_state(last, learner.opt, state)  # keeps this run's AdamW switches
     except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
-        raise ConfigError(f"{last.state}: the optimiser state does not fit the run ({exc}); the checkpoint "
+        reason = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"{last.state}: the optimiser state does not fit the run ({reason}); the checkpoint "
                           "is damaged: restore it, or start the run again with --overwrite") from exc
-    start, best_f1, best_epoch = int(meta["epoch"]), float(meta["best_val_f1"]), int(meta["best_epoch"])
     say(f"resuming {run.path} after epoch {start} (best val macro-F1 {best_f1:.4f} at epoch {best_epoch})")
     return start, best_f1, best_epoch, run.read_metrics(say)[:start]
 
