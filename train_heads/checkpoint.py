@@ -12,14 +12,17 @@ commits the set as one unit, so only a change from outside can mix one).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import os
+import re
 from numbers import Real
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
+from safetensors.torch import save_file
 
 from expr.atomic import atomic_path, write_json
 from expr.errors import ConfigError
@@ -77,16 +80,31 @@ def save_checkpoint(files: CheckpointFiles, model: torch.nn.Module, *, optimizer
 def _write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
     """Write a safetensors file atomically (same file mode as the JSON files), with its
     metadata keys sorted: safetensors lists them in a per-process random order (a Rust
-    HashMap), which made equal checkpoints differ in their bytes. Written by Python's own
-    file calls, a full disk is an OSError like any other write's (safetensors' own writer
-    raises SafetensorError, which the one-line storage errors did not catch)."""
-    blob = memoryview(save(tensors, metadata=metadata))
-    size = int.from_bytes(blob[:8], "little")
-    header = _sorted_header(bytes(blob[8:8 + size]))
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(blob[:8])
-        fh.write(header)
-        fh.write(blob[8 + size:])
+    HashMap), which made equal checkpoints differ in their bytes; the header is rewritten in
+    place (same length). safetensors raises SafetensorError, not OSError, when the disk is
+    full: it is turned back into the OSError it reports, so the one-line storage errors see it."""
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:
+            raise _as_os_error(exc, tmp) from exc
+        with open(tmp, "r+b") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = fh.read(size)
+            fixed = _sorted_header(header)
+            if fixed != header:
+                fh.seek(8)
+                fh.write(fixed)
+
+
+def _as_os_error(exc: SafetensorError, path: Path) -> OSError:
+    """The OSError inside a safetensors write error ("... No space left on device (os error
+    28)"); EIO with safetensors' text when it names none."""
+    found = re.search(r"os error (\d+)|code: (\d+)", str(exc))
+    if found is None:
+        return OSError(errno.EIO, f"safetensors: {exc}", str(path))
+    code = int(found[1] or found[2])
+    return OSError(code, os.strerror(code), str(path))
 
 
 def _sorted_header(header: bytes) -> bytes:
