@@ -258,8 +258,11 @@ def run_lock(folder: Path) -> Iterator[None]:
 
 
 def _unlock(lock: Path, fd: int) -> None:
-    lock.unlink(missing_ok=True)  # while still held: no one can lock this inode after us
-    os.close(fd)
+    try:
+        with contextlib.suppress(OSError):  # (must not hide the error that ends the block)
+            lock.unlink(missing_ok=True)  # while still held: no one can lock this inode after us
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -272,10 +275,12 @@ def open_run_dir(cfg: TrainConfig, dist: Dist, on_message: Callable[[str], None]
     created = False
     if dist.is_main:
         check_out_path(out)
-        if not out.exists():
-            with storage_errors(out, "create the run directory"):
+        with storage_errors(out, "create the run directory"):
+            try:
                 out.mkdir(parents=True)
-            created = True
+                created = True
+            except FileExistsError:  # there, or made this instant by another train (the lock decides)
+                pass
     lock = run_lock(out) if dist.is_main else contextlib.nullcontext()
     try:
         with lock:
