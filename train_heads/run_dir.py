@@ -15,6 +15,7 @@
       result.json               `expr ablate`'s record of a cell run (not part of the run: an
                                 ablation removes it before it retrains the cell)
       .saving/                  an epoch's checkpoints while they are written (see below)
+      .lock                     while `expr train` runs: its flock and pid (one writer per run)
 
 Each weights file carries ``meta`` (epoch, val_f1, ...) and the head config in its
 safetensors metadata, so one file alone can rebuild its model (see checkpoint.py).
