@@ -8,6 +8,7 @@ lists exactly the videos on disk, and without it otherwise (a writer may be runn
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -161,9 +162,24 @@ class CacheReader:
             if verify and self._check_present is not None and video_id not in self._present:
                 self._check_present(video_id)  # a stat per chunk, once per video
                 self._present.add(video_id)
-            return self._get_video(video_id)[name]
+            arr = self._get_video(video_id)[name]
         except Exception as exc:  # missing chunk files, unreadable metadata, absent array
             raise I.wrap_read_error(self.path, video_id, name, exc) from exc
+        if verify:
+            self._check_shape(video_id, name, tuple(arr.shape))
+        return arr
+
+    def _check_shape(self, video_id: str, name: str, shape: tuple) -> None:
+        """An array whose shape disagrees with the video's attributes (an edited n_frames, a
+        group copied in from another cache) is damage: reading it would misalign frames."""
+        info = self.info(video_id)
+        expected = {S.VISUAL: (info.n_frames, self.visual_dim), S.FRAME_MASK: (info.n_frames,),
+                    S.TIMESTAMPS: (info.n_frames,), S.AUDIO: (info.audio_steps, self.audio_dim)}.get(name)
+        if expected is not None and shape != expected:
+            raise I.DamagedVideoError(
+                self.path, video_id, name,
+                f"shape {shape} disagrees with the video's attributes, expected {expected} "
+                f"(n_frames={info.n_frames}, audio_steps={info.audio_steps})")
 
     def read(self, video_id: str, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows [start, stop) of one stored array, verified (see the class docstring)."""
@@ -202,6 +218,32 @@ class CacheReader:
         """The stored array object (zarr.Array or h5py.Dataset), not verified: for
         ``validate --deep``, which checks it chunk by chunk. Read data with ``read``."""
         return self._array(video_id, name, verify=False)
+
+    def content_fingerprint(self, video_ids: Iterable[str]) -> str:
+        """Hex digest of what a model trained on ``video_ids`` sees: the backbones, the text
+        embeddings, each video's timing attributes, array shapes and CONTENT. A v2 Zarr cache
+        gives the content as its stored chunk checksums (4 bytes a chunk, nothing decoded);
+        v1 and HDF5 caches carry none readable that way, so their arrays are read and hashed."""
+        h = hashlib.sha256(json.dumps(self.backbones, sort_keys=True).encode())
+        h.update(np.ascontiguousarray(self.text_embeddings()).tobytes())
+        for vid in sorted(video_ids):
+            info = self.info(vid)
+            timing = {k: getattr(info, k) for k in ("n_frames", "audio_steps", "has_audio", "fps", "duration")}
+            h.update(f"\n{vid}:{json.dumps(timing, sort_keys=True)}".encode())
+            for name in self.array_names(vid):
+                h.update(f"\n{name}:{self._content(vid, name)}".encode())
+        return h.hexdigest()[:16]
+
+    def _content(self, vid: str, name: str) -> str:
+        arr = self._array(vid, name)  # (v2: every chunk file checked present)
+        if self.checksummed and self.backend == "zarr":
+            try:
+                crcs = I.chunk_checksums(self.path / S.VIDEOS_GROUP / vid / name, arr)
+            except OSError as exc:
+                raise I.wrap_read_error(self.path, vid, name, exc) from exc
+        else:
+            crcs = np.ascontiguousarray(self.read(vid, name)).tobytes()
+        return f"{tuple(arr.shape)}:{hashlib.sha256(crcs).hexdigest()}"
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:

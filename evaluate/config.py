@@ -24,6 +24,15 @@ def _check_common(checkpoint: str, smooth: int, smooth_mode: str, batch_size: in
     check_choice("--preload", preload, Preload)
 
 
+def check_split_name(split: str) -> str:
+    """``split`` without trailing slashes; ConfigError unless it is then a plain folder name."""
+    name = str(split).rstrip("/")
+    if not name or name in (".", "..") or "/" in name or "\\" in name or any(ord(c) < 32 for c in name):
+        raise ConfigError(f"--split {split!r}: not a folder name of --labels such as Validation_Set; "
+                          "pass the name only, not a path")
+    return name
+
+
 @dataclass
 class EvaluateConfig:
     """`expr evaluate`: score a run on one labelled split with both protocols."""
@@ -46,6 +55,9 @@ class EvaluateConfig:
     def validate(self) -> None:
         _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
         check_choice("--no-face", self.no_face, NoFace)
+        # a folder name (tab completion adds a slash): it names eval_<split>.json, checked
+        # before any scoring
+        self.split = check_split_name(self.split)
         if self.windows is not None:
             check_choice("--windows", self.windows, WindowRule)
         if self.timelines < 0:

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import numpy as np
 
 from expr.abaw import CLASS_NAMES
-from expr.atomic import write_json
+from expr.atomic import check_writable, write_json
 from expr.devices import resolve_device
+from expr.errors import storage_errors
 from expr.evaluate.config import EvaluateConfig
 from expr.evaluate.metrics import ClassificationMetrics
 from expr.evaluate.plots import save_confusion_png
@@ -56,6 +57,8 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
     cfg.validate()
     device = resolve_device(cfg.device)
     run = load_run(cfg.run, cfg.checkpoint, device)
+    run_dir = RunDir(Path(cfg.run))
+    check_writable(run_dir.eval_report(cfg.split), "write the evaluation")  # read-only: now, not after scoring
     labels = load_split(cfg.labels, cfg.split, cfg.videos)
     with open_cache(cfg.cache) as cache:
         check_backbones(run, cache.backbones, cfg.run, cfg.cache)
@@ -90,18 +93,19 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
         },
         "warnings": warnings,
     }
-    run_dir = RunDir(Path(cfg.run))
-    json_path = write_json(run_dir.eval_report(cfg.split), data)
-    pngs = {}
-    for key, metrics, title in (("window", scores.window, "window-level"), ("per_frame", scores.per_frame, "per-frame")):
-        pngs[key] = save_confusion_png(
-            run_dir.confusion_png(cfg.split, key), metrics.confusion,
-            title=f"{run_dir.path.name} {cfg.split}: {title}, macro-F1 {metrics.macro_f1:.4f} (n={metrics.n:,})",
-        )
-    stage(f"timelines of the {cfg.timelines} videos with the lowest per-frame macro-F1" if cfg.timelines
-          else "writing the report")
-    timelines = draw_worst_timelines(run, bank, labels, cfg, run_dir)
-    report = report_from_run(run_dir.path, cfg.split, run_dir.report, timelines=timelines)
+    with storage_errors(run_dir.path, "write the evaluation"):  # full disk, read-only: one line
+        json_path = write_json(run_dir.eval_report(cfg.split), data)
+        pngs = {}
+        for key, metrics, title in (("window", scores.window, "window-level"),
+                                    ("per_frame", scores.per_frame, "per-frame")):
+            pngs[key] = save_confusion_png(
+                run_dir.confusion_png(cfg.split, key), metrics.confusion,
+                title=f"{run_dir.path.name} {cfg.split}: {title}, macro-F1 {metrics.macro_f1:.4f} (n={metrics.n:,})",
+            )
+        stage(f"timelines of the {cfg.timelines} videos with the lowest per-frame macro-F1" if cfg.timelines
+              else "writing the report")
+        timelines = draw_worst_timelines(run, bank, labels, cfg, run_dir)
+        report = report_from_run(run_dir.path, cfg.split, run_dir.report, timelines=timelines)
     return EvalReport(json_path, pngs, scores, data, warnings, timelines, report)
 
 

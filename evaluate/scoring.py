@@ -30,9 +30,22 @@ def check_backbones(run: LoadedRun, cache_backbones: Mapping, run_dir, cache_pat
         ran, have = run_backbones.get(stream), cache_backbones.get(stream)
         if ran != have:
             raise CacheSchemaError(
-                f"{cache_path}: {stream} features come from {json.dumps(have, sort_keys=True)} but run "
-                f"{run_dir} was trained on {json.dumps(ran, sort_keys=True)}; use the cache the run was trained on"
+                f"{cache_path}: its {stream} features are not the kind run {run_dir} was trained on: "
+                f"{_differences(have, ran)}; use the cache the run was trained on"
             )
+
+
+def _differences(have, ran) -> str:
+    """'dim 24 (the run's: 32), name ...': the keys that differ, not both whole records."""
+    if not isinstance(have, Mapping) or not isinstance(ran, Mapping):
+        return f"{_short(have)} (the run's: {_short(ran)})"
+    keys = sorted(k for k in set(have) | set(ran) if have.get(k) != ran.get(k))
+    return ", ".join(f"{k} {_short(have.get(k))} (the run's: {_short(ran.get(k))})" for k in keys)
+
+
+def _short(value, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_in_cache(wanted: Sequence[str], cache_ids, where: str) -> None:

@@ -12,6 +12,7 @@ an uncommitted one, so readers see the old set or the new one, never a mix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -44,8 +45,12 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, _default_mode())
         os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        # The clean-up must not replace the error being raised: on a read-only folder the
+        # unlink fails too (EROFS), and that error would hide the write's own.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def check_writable(dest: str | os.PathLike, what: str) -> None:

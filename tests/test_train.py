@@ -147,8 +147,9 @@ def test_non_empty_run_dir_needs_overwrite(learned, ds, tmp_path):
 def test_overwrite_replaces_a_run_with_its_evaluation_reports(ds, tmp_path):
     run_dir = tmp_path / "evaluated"
     train(config(ds, run_dir, epochs=1))
-    (run_dir / "eval_Validation_Set.json").write_text("{}")   # what `expr evaluate` leaves
-    (run_dir / "confusion_Validation_Set_window.png").write_bytes(b"png")
+    # what `expr evaluate` leaves (--overwrite checks the content, not only the names)
+    (run_dir / "eval_Validation_Set.json").write_text('{"protocols": {}}')
+    (run_dir / "confusion_Validation_Set_window.png").write_bytes(b"\x89PNG\r\n\x1a\n...")
     train(config(ds, run_dir, epochs=1, overwrite=True))
     assert not (run_dir / "eval_Validation_Set.json").exists()  # stale reports of the old run go
     assert (run_dir / "best.safetensors").exists()

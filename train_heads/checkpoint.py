@@ -12,8 +12,12 @@ commits the set as one unit, so only a change from outside can mix one).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import os
+import re
+from numbers import Real
 from pathlib import Path
 
 import torch
@@ -74,9 +78,45 @@ def save_checkpoint(files: CheckpointFiles, model: torch.nn.Module, *, optimizer
 
 
 def _write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
-    """Write a safetensors file atomically (same file mode as the JSON files)."""
+    """Write a safetensors file atomically (same file mode as the JSON files), with its
+    metadata keys sorted: safetensors lists them in a per-process random order (a Rust
+    HashMap), which made equal checkpoints differ in their bytes; the header is rewritten in
+    place (same length). safetensors raises SafetensorError, not OSError, when the disk is
+    full: it is turned back into the OSError it reports, so the one-line storage errors see it."""
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:
+            raise _as_os_error(exc, tmp) from exc
+        with open(tmp, "r+b") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = fh.read(size)
+            fixed = _sorted_header(header)
+            if fixed != header:
+                fh.seek(8)
+                fh.write(fixed)
+
+
+def _as_os_error(exc: SafetensorError, path: Path) -> OSError:
+    """The OSError inside a safetensors write error ("... No space left on device (os error
+    28)"); EIO with safetensors' text when it names none."""
+    found = re.search(r"os error (\d+)|code: (\d+)", str(exc))
+    if found is None:
+        return OSError(errno.EIO, f"safetensors: {exc}", str(path))
+    code = int(found[1] or found[2])
+    return OSError(code, os.strerror(code), str(path))
+
+
+def _sorted_header(header: bytes) -> bytes:
+    """The safetensors JSON header with ``__metadata__``'s keys in sorted order, padded with
+    spaces to its old length (the offsets of the data stay valid); unchanged if it would not fit."""
+    parsed = json.loads(header)
+    meta = parsed.get("__metadata__")
+    if not isinstance(meta, dict):
+        return header
+    parsed["__metadata__"] = dict(sorted(meta.items()))
+    text = json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode()
+    return text + b" " * (len(header) - len(text)) if len(text) <= len(header) else header
 
 
 def _sha256(path: Path) -> str:
@@ -85,12 +125,20 @@ def _sha256(path: Path) -> str:
 
 
 def read_state(files: CheckpointFiles) -> dict:
-    """The state JSON of a checkpoint after checking that its weights and optimiser files are
-    the ones it was saved with; ConfigError naming the file that differs."""
-    state = json.loads(files.state.read_text(encoding="utf-8"))
+    """The state JSON of a checkpoint after checking its form and that its weights and
+    optimiser files are the ones it was saved with; ConfigError naming the file otherwise."""
+    damaged = (f"{files.state}: not a checkpoint record{{}}; the file is damaged: restore it, or start "
+               "the run again with --overwrite")
+    try:
+        state = json.loads(files.state.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # (UnicodeDecodeError is a ValueError)
+        raise ConfigError(damaged.format(f" ({exc})")) from exc
+    problem = _state_problem(state)
+    if problem:
+        raise ConfigError(damaged.format(f" ({problem})"))
     for name, expected in state.get("sha256", {}).items():  # runs before v0.2 recorded none
-        path = files.state.parent / name
-        if _sha256(path) != expected:
+        path = files.state.parent / str(name)
+        if not path.is_file() or _sha256(path) != expected:
             raise ConfigError(
                 f"{path}: not the file {files.state.name} was saved with (SHA-256 differs): the checkpoint "
                 "files were changed or mixed after training wrote them; restore them, or start the run "
@@ -98,10 +146,35 @@ def read_state(files: CheckpointFiles) -> dict:
     return state
 
 
-def load_optimizer_state(files: CheckpointFiles, optimizer) -> dict:
+def _state_problem(state) -> str | None:
+    """What is wrong with the form of a parsed state JSON, or None."""
+    if not isinstance(state, dict):
+        return f"a JSON {type(state).__name__}, expected an object"
+    if not isinstance(state.get("meta"), dict):
+        return 'no "meta" object'
+    groups, scalars, hashes = state.get("param_groups"), state.get("scalars"), state.get("sha256", {})
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        return 'no "param_groups" list'
+    if not isinstance(scalars, dict) or not isinstance(hashes, dict):
+        return 'no "scalars" object'
+    return None
+
+
+def resume_point(files: CheckpointFiles, state: dict) -> tuple[int, float, int]:
+    """(epochs done, best val F1, best epoch) of a training run's state JSON (``read_state``'s);
+    one ConfigError line when they are missing or not numbers."""
+    meta = state["meta"]
+    for key in ("epoch", "best_epoch", "best_val_f1"):
+        if not isinstance(meta.get(key), Real) or isinstance(meta.get(key), bool):
+            raise ConfigError(f'{files.state}: not a checkpoint record (meta has no number "{key}"); the file is '
+                              "damaged: restore it, or start the run again with --overwrite")
+    return int(meta["epoch"]), float(meta["best_val_f1"]), int(meta["best_epoch"])
+
+
+def load_optimizer_state(files: CheckpointFiles, optimizer, state_json: dict | None = None) -> dict:
     """Restore ``optimizer`` from the checkpoint's optimiser tensors + state JSON (checked by
-    ``read_state``); return the JSON."""
-    state_json = read_state(files)
+    ``read_state``, or given as read by it); return the JSON."""
+    state_json = read_state(files) if state_json is None else state_json
     state: dict[int, dict] = {}
     device = optimizer.param_groups[0]["params"][0].device
     with safe_open(str(files.optimizer), framework="pt", device="cpu") as f:

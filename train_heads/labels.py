@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from expr.abaw import IGNORE_LABEL, LABEL_HEADER, NUM_CLASSES
-from expr.errors import LabelFormatError
+from expr.cache_format.schema import validate_video_id
+from expr.errors import CacheSchemaError, LabelFormatError
 
 HEADER = LABEL_HEADER
 # [0-9], not \d: \d also matches other scripts' digits, which int() then reads as numbers.
@@ -81,6 +82,16 @@ def read_id_list(path: str | Path) -> list[tuple[int, str]]:
     return ids
 
 
+def _check_plain_id(vid: str, where: str) -> None:
+    """A listed id names ``<id>.txt`` in the labels folder: a path ('../x', 'a/b') would open
+    files outside it (and quote them in errors). Same rule as cache and submission ids."""
+    try:
+        validate_video_id(vid)
+    except CacheSchemaError as exc:
+        raise LabelFormatError(f"{where}: {vid!r} is not a video id: {str(exc).split(': ', 1)[-1]}; "
+                               "list plain ids, one per line") from None
+
+
 def split_dir(labels_dir: Path, split: str) -> Path | None:
     for candidate in (labels_dir / split, labels_dir / ABAW_SUBDIR / split):
         if candidate.is_dir():
@@ -110,6 +121,7 @@ def load_split(labels_dir: str | Path, split: str, ids_file: str | Path | None =
         return {f.stem: read_label_file(f) for f in files}
     out = {}
     for line_no, vid in read_id_list(ids_file):
+        _check_plain_id(vid, f"{ids_file}:{line_no}")  # before it is joined to a folder
         places = [p / f"{vid}.txt" for p in (folder, labels_dir) if p is not None]
         found = next((p for p in places if p.is_file()), None)
         if found is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import SafetensorError
 from torch.nn.parallel import DistributedDataParallel
 
 from expr.abaw import NUM_CLASSES
@@ -32,7 +33,8 @@ from expr.train_heads.inference import predict_logits
 from expr.train_heads.loss import class_weights
 from expr.train_heads.metrics import confusion_from_pairs, macro_f1_accuracy
 from expr.train_heads.model import ExprHeadModel
-from expr.train_heads.run_dir import Checkpoint, RunDir, prepare_run_dir
+from expr.train_heads.provenance import LEGACY_KEY, check_resume, data_fingerprints, resumed_config
+from expr.train_heads.run_dir import Checkpoint, RunDir, open_run_dir
 from expr.train_heads.splits import Split, read_splits
 from expr.train_heads.step import LossStep, StepReporter, compile_mode, make_optimizer
 
@@ -162,13 +164,23 @@ def _save_epoch(run: RunDir, learner: Learner, record: dict, meta: dict) -> None
                              scheduler_state={"epoch": record["epoch"]}, meta=meta)
 
 
-def _resume(run: RunDir, learner: Learner, cfg: TrainConfig, say: Callable[[str], None]
+def _resume(run: RunDir, learner: Learner, cfg: TrainConfig, say: Callable[[str], None], now: dict
             ) -> tuple[int, float, int, list[dict]]:
-    """(epochs done, best val F1, best epoch, their metrics) of the run in ``run``."""
+    """(epochs done, best val F1, best epoch, their metrics) of the run in ``run``, after
+    checking that this run's head dimensions, cache content and labels (``now``) are the
+    run's own (provenance.py): one line otherwise, before anything is loaded or written."""
     last = run.checkpoint(Checkpoint.last.value)
-    learner.module.load_state_dict(ckpt.load_weights(last.weights, learner.device)[0].state_dict())
-    meta = ckpt.load_optimizer_state(last, learner.opt)["meta"]  # keeps this run's AdamW switches
-    start, best_f1, best_epoch = meta["epoch"], meta["best_val_f1"], meta["best_epoch"]
+    state = ckpt.read_state(last)  # one line for a damaged or foreign record
+    start, best_f1, best_epoch = ckpt.resume_point(last, state)
+    saved, _ = ckpt.load_weights(last.weights, learner.device)
+    check_resume(run.path, cfg, saved.cfg, learner.module.cfg, state["meta"], now, run.read_config())
+    learner.module.load_state_dict(saved.state_dict())
+    try:
+        ckpt.load_optimizer_state(last, learner.opt, state)  # keeps this run's AdamW switches
+    except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"{last.state}: the optimiser state does not fit the run ({reason}); the checkpoint "
+                          "is damaged: restore it, or start the run again with --overwrite") from exc
     say(f"resuming {run.path} after epoch {start} (best val macro-F1 {best_f1:.4f} at epoch {best_epoch})")
     return start, best_f1, best_epoch, run.read_metrics(say)[:start]
 
@@ -186,25 +198,33 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
     say = on_message or (lambda msg: None)
     dist = setup_dist()
     device = pick_device(cfg, dist)
-    run = prepare_run_dir(cfg, dist, say)
+    with open_run_dir(cfg, dist, say) as run:  # locked: one writer per run folder
+        return _train(cfg, run, dist, device, say, bank, val_bank, on_epoch, on_step)
 
+
+def _train(cfg: TrainConfig, run: RunDir, dist: Dist, device: torch.device, say: Callable[[str], None],
+           bank: FeatureBank | None, val_bank: FeatureBank | None,
+           on_epoch: Callable[[dict], None] | None, on_step: StepCallback | None) -> TrainResult:
     # -- data ------------------------------------------------------------------------------
     cache = open_cache(cfg.cache)
     try:
         splits, data_meta = read_splits(cfg, cache, {"train": bank, "val": val_bank}, device, say)
+        fingerprints = data_fingerprints(cache, splits)  # what the run trains on (provenance.py)
         cache_meta = {"path": str(Path(cfg.cache).resolve()), "fingerprint": ckpt.cache_fingerprint(cache),
-                      "backbones": cache.backbones}
+                      **fingerprints, "backbones": cache.backbones}
         learner = _build_learner(cfg, cache, splits["train"], dist, device, say)
         head_cfg, opt, module = learner.module.cfg, learner.opt, learner.module
         data_meta["class_weights"] = [round(float(w), 6) for w in learner.weights]
 
         # -- resume or start ---------------------------------------------------------------
         start, best_f1, best_epoch, history = 0, -1.0, 0, []
+        config = {"train": cfg.to_dict(), "head": vars(head_cfg).copy(), "cache": cache_meta, "data": data_meta}
         if cfg.resume:
-            start, best_f1, best_epoch, history = _resume(run, learner, cfg, say)
+            now = {**fingerprints, LEGACY_KEY: cache_meta["fingerprint"], "class_weights": data_meta["class_weights"]}
+            start, best_f1, best_epoch, history = _resume(run, learner, cfg, say, now)
+            config = resumed_config(run.read_config(), config)  # the run's record stays as written
         if dist.is_main:
-            run.write_config({"train": cfg.to_dict(), "head": vars(head_cfg).copy(), "cache": cache_meta,
-                              "data": data_meta})
+            run.write_config(config)
             run.write_metrics(history)
 
         # -- epochs ------------------------------------------------------------------------
@@ -224,7 +244,7 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
             if dist.is_main:
                 _save_epoch(run, learner, record, {
                     "epoch": epoch + 1, "val_f1": record["val_f1"], "best_val_f1": best_f1,
-                    "best_epoch": best_epoch, "cache_fingerprint": cache_meta["fingerprint"]})
+                    "best_epoch": best_epoch, LEGACY_KEY: cache_meta["fingerprint"], **fingerprints})
             if on_epoch:
                 on_epoch(record)
     finally:

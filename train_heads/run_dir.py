@@ -15,6 +15,7 @@
       result.json               `expr ablate`'s record of a cell run (not part of the run: an
                                 ablation removes it before it retrains the cell)
       .saving/                  an epoch's checkpoints while they are written (see below)
+      .lock                     while `expr train` runs: its flock and pid (one writer per run)
 
 Each weights file carries ``meta`` (epoch, val_f1, ...) and the head config in its
 safetensors metadata, so one file alone can rebuild its model (see checkpoint.py).
@@ -29,8 +30,11 @@ continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -203,7 +207,8 @@ def _report(msg: str, on_message: Callable[[str], None] | None) -> None:
 
 
 def is_run_file(name: str) -> bool:
-    """True for the files a run (and `expr evaluate` on it) writes: --overwrite may delete them."""
+    """True for the names a run (and `expr evaluate` on it) writes; --overwrite deletes such a
+    file only when its content is a run's too (``_is_ours``)."""
     checkpoints = {f"{c.value}{s}" for c in Checkpoint for s in (WEIGHTS_SUFFIX, OPTIMIZER_SUFFIX, STATE_SUFFIX)}
     return (name in checkpoints or name in (CONFIG_FILE, METRICS_FILE)
             or any(fnmatch.fnmatch(name, p) for p in REPORT_PATTERNS))
@@ -213,11 +218,101 @@ def read_metrics(run_dir: str | Path, on_message: Callable[[str], None] | None =
     return RunDir(Path(run_dir)).read_metrics(on_message)
 
 
+LOCK_FILE = ".lock"   # the run's lock (flock) and the holder's pid
+REPORT_MARKER = "Made by expr."  # report.py's footer: a report.html without it is not ours
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on ``folder/.lock`` for as long as the block runs; the kernel
+    releases it when the process dies, however it dies. A second holder is refused at once
+    with a ConfigError naming the first one's pid."""
+    lock = folder / LOCK_FILE
+    with storage_errors(folder, "lock the run directory"):
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise ConfigError(f"{folder}: another expr train (pid {holder}) is writing this run directory; "
+                                  "wait for it to finish, or choose another --out") from None
+            try:  # the holder before us may have removed the file after we opened it: retry
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())  # on a full disk: fails here, before any work
+        except BaseException:
+            _unlock(lock, fd)
+            raise
+    try:
+        yield
+    finally:
+        _unlock(lock, fd)
+
+
+def _unlock(lock: Path, fd: int) -> None:
+    try:
+        with contextlib.suppress(OSError):  # (must not hide the error that ends the block)
+            lock.unlink(missing_ok=True)  # while still held: no one can lock this inode after us
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def open_run_dir(cfg: TrainConfig, dist: Dist, on_message: Callable[[str], None] | None = None
+                 ) -> Iterator[RunDir]:
+    """``prepare_run_dir`` under the run's lock (rank 0 takes it), held until the block ends.
+    A folder this call created is removed again when the block fails before writing to it
+    (a full disk, bad data): no empty run folder is left to refuse the rerun."""
+    out = Path(cfg.out)
+    created = False
+    if dist.is_main:
+        check_out_path(out)
+        with storage_errors(out, "create the run directory"):
+            try:
+                out.mkdir(parents=True)
+                created = True
+            except FileExistsError:  # there, or made this instant by another train (the lock decides)
+                pass
+    lock = run_lock(out) if dist.is_main else contextlib.nullcontext()
+    try:
+        with lock:
+            yield prepare_run_dir(cfg, dist, on_message)
+    except BaseException:
+        if created:
+            _remove_if_empty(out)
+        raise
+
+
+def check_out_path(out: Path) -> None:
+    """--out must be a folder or not exist; a dangling link or a file gets its own line."""
+    if out.is_symlink() and not out.exists():
+        raise ConfigError(f"{out}: a symbolic link to {os.readlink(out)}, which does not exist; "
+                          "create its target folder or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a directory; choose another --out")
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # anything in it (a run's first files, .saving/): kept
+        folder.rmdir()
+
+
 def prepare_run_dir(cfg: TrainConfig, dist: Dist, on_message: Callable[[str], None] | None = None) -> RunDir:
     """Check ``--out`` (empty, --overwrite of a previous run, or --resume) and create it.
-    On --resume, checkpoints a killed run was saving are finished or discarded first."""
+    On --resume, checkpoints a killed run was saving are finished or discarded first.
+    Call it through ``open_run_dir``, which holds the run's lock."""
     run = RunDir(Path(cfg.out))
     out = run.path
+    check_out_path(out)
     present = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
     if cfg.resume:
         if dist.is_main and out.is_dir():
@@ -231,20 +326,16 @@ def prepare_run_dir(cfg: TrainConfig, dist: Dist, on_message: Callable[[str], No
             raise ConfigError(f"{out}: cannot --resume, {', '.join(missing)} missing; start it without --resume")
         _check_resume_options(run, cfg)
         return run
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a directory; choose another --out")
     if present and not cfg.overwrite:
         raise ConfigError(f"{out}: run directory is not empty; pass --overwrite to replace it or --resume to continue")
-    foreign = [n for n in present if not is_run_file(n)]
-    if foreign:
-        raise ConfigError(f"{out}: holds files that are not an expr run ({', '.join(foreign[:3])}); "
-                          "--overwrite only replaces runs, choose another --out")
+    if present:
+        _check_overwritable(run, present)
     dist.barrier()  # every rank checked before rank 0 changes anything
     if dist.is_main:
         with storage_errors(out, "create the run directory"):
             out.mkdir(parents=True, exist_ok=True)
             for name in present:
-                if (out / name).is_dir():  # timelines_<split>/ (is_run_file vouched for it)
+                if (out / name).is_dir():  # timelines_<split>/ of PNGs only (_is_ours checked)
                     shutil.rmtree(out / name)
                 else:
                     (out / name).unlink()
@@ -253,6 +344,64 @@ def prepare_run_dir(cfg: TrainConfig, dist: Dist, on_message: Callable[[str], No
         check_writable(run.config, "write the run")  # e.g. read-only: fail before the data loads
     dist.barrier()
     return run
+
+
+def _check_overwritable(run: RunDir, present: list[str]) -> None:
+    """--overwrite deletes a folder's files only when it is a run: its config.json is a run's
+    record and every other entry is a file a run writes, with a run's content (a report with
+    expr's footer, a timelines folder of PNGs only, ...). Anything else: refused, nothing deleted."""
+    if CONFIG_FILE not in present or not _is_ours(run.config):
+        raise ConfigError(f"{run.path}: not an expr run (no run record, {CONFIG_FILE} with \"train\" and "
+                          "\"head\" blocks); --overwrite only replaces runs, choose another --out")
+    foreign = [n for n in present if not (is_run_file(n) and _is_ours(run.path / n))]
+    if foreign:
+        raise ConfigError(f"{run.path}: holds files that are not an expr run's ({', '.join(foreign[:3])}); "
+                          "--overwrite only replaces runs: move them away or choose another --out")
+
+
+def _is_ours(path: Path) -> bool:
+    """Whether ``path`` (a run-file name) holds what a run writes there."""
+    name = path.name
+    try:
+        if path.is_symlink():
+            return False
+        if path.is_dir():  # timelines_<split>/
+            return name.startswith(TIMELINES_PREFIX) and all(
+                p.is_file() and not p.is_symlink() and p.suffix == ".png" and _has_magic(p, PNG_MAGIC)
+                for p in path.iterdir())
+        if not path.is_file():
+            return False
+        if name.endswith(WEIGHTS_SUFFIX):
+            return _is_safetensors(path)
+        if name.endswith(".png"):
+            return _has_magic(path, PNG_MAGIC)
+        if name == REPORT_FILE:
+            return REPORT_MARKER in path.read_text(encoding="utf-8", errors="replace")
+        if name == METRICS_FILE:
+            first = next((ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()), None)
+            return first is None or isinstance(json.loads(first).get("epoch"), int)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            return False
+        if name == CONFIG_FILE:
+            return isinstance(data.get("train"), dict) and isinstance(data.get("head"), dict)
+        if name.endswith(STATE_SUFFIX):
+            return isinstance(data.get("meta"), dict)
+        return isinstance(data.get("protocols"), dict)  # eval_<split>.json
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _has_magic(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(magic)) == magic
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors header: 8-byte little-endian length, then that much JSON."""
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        return 2 <= size <= path.stat().st_size - 8 and isinstance(json.loads(fh.read(size)), dict)
 
 
 def _recover(run: RunDir, on_message: Callable[[str], None] | None) -> None:

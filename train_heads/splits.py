@@ -69,6 +69,10 @@ def _read_labels(cfg: TrainConfig, cache: CacheReader, say: Callable[[str], None
                                              cache.video_ids)
         no_cache += missing
     no_labels = sorted(set(cache.video_ids) - set(labels["train"]) - set(labels["val"]))
+    both = sorted(set(labels["train"]) & set(labels["val"]))
+    if both:  # validation scores of a video also trained on are not held-out scores
+        say(f"the same video in {ABAW_SPLITS[0]} and {ABAW_SPLITS[1]}: {preview(both)}; its validation "
+            "scores are not held out: keep each id in one split")
     if no_cache:
         say(f"label files without a cache entry (skipped): {preview(sorted(no_cache))}")
     if no_labels:
@@ -93,7 +97,17 @@ def read_splits(cfg: TrainConfig, cache: CacheReader, banks: dict[str, FeatureBa
         splits[name] = split
         meta |= {f"{name}_videos": len(split.ids), f"{name}_windows": len(split.all_targets),
                  f"{name}_length_mismatches": mismatches}
+    _report_no_audio(cfg, cache, splits, say)
     return splits, meta
+
+
+def _report_no_audio(cfg: TrainConfig, cache: CacheReader, splits: dict[str, Split],
+                     say: Callable[[str], None]) -> None:
+    """A head with an audio stream, and not one video with audio: it trains on silence."""
+    ids = [v for split in splits.values() for v in split.ids]
+    if not cfg.no_audio and ids and all(v in cache and not cache.info(v).has_audio for v in ids):
+        say(f"no video of the run has audio ({len(ids)} videos in {cfg.cache}): the audio stream sees only "
+            "zeros; extract videos with an audio track, or pass --no-audio for a visual-only head")
 
 
 def _load_split(cfg: TrainConfig, cache: CacheReader, name: str, given: FeatureBank | None,
