@@ -56,6 +56,7 @@ class PredictReport:
     reused: list[str] = field(default_factory=list)        # videos of --videos already in the cache
     failed: dict[str, str] = field(default_factory=dict)   # videos that could not be extracted: not predicted
     cache: Path | None = None
+    backbones: dict = field(default_factory=dict)           # the cache's record (weights null: random)
 
 
 def listed_ids(cfg: PredictConfig) -> list[str] | None:
@@ -87,6 +88,7 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
     run = load_run(cfg.run, cfg.checkpoint, device)
     with open_cache(cfg.cache) as cache:
         check_backbones(run, cache.backbones, cfg.run, cfg.cache)
+        backbones = dict(cache.backbones)
         if ids is not None:
             check_in_cache(ids, cache.video_ids, str(cfg.ids or cfg.videos or cfg.cache))
         else:
@@ -107,7 +109,8 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
     write_submission(submission, labels, probabilities=per_video if cfg.probs else None, probs_path=cfg.probs)
     all_labels = np.concatenate(list(labels.values()))
     report = PredictReport(submission, cfg.probs, len(labels), int(all_labels.size),
-                           np.bincount(all_labels, minlength=NUM_CLASSES).tolist(), cache=Path(cfg.cache))
+                           np.bincount(all_labels, minlength=NUM_CLASSES).tolist(), cache=Path(cfg.cache),
+                           backbones=backbones)
     if folder:
         _write_per_video(folder, bank, probs, cfg.timelines, report, stage)
     return report

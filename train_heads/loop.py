@@ -173,6 +173,16 @@ def _resume(run: RunDir, learner: Learner, cfg: TrainConfig, say: Callable[[str]
     return start, best_f1, best_epoch, run.read_metrics(say)[:start]
 
 
+def _provenance(device: torch.device) -> dict:
+    """What config.json records about the training itself, for the run's report."""
+    import datetime
+
+    from expr import version_text
+
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return {"started": started, "expr": version_text(), "device": str(device)}
+
+
 def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: FeatureBank | None = None,
           on_epoch: Callable[[dict], None] | None = None, on_step: StepCallback | None = None,
           on_message: Callable[[str], None] | None = None) -> TrainResult:
@@ -204,7 +214,7 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
             start, best_f1, best_epoch, history = _resume(run, learner, cfg, say)
         if dist.is_main:
             run.write_config({"train": cfg.to_dict(), "head": vars(head_cfg).copy(), "cache": cache_meta,
-                              "data": data_meta})
+                              "data": data_meta, "provenance": _provenance(device)})
             run.write_metrics(history)
 
         # -- epochs ------------------------------------------------------------------------

@@ -58,6 +58,15 @@ def confusion_table(confusion):
     return table
 
 
+def print_random_banner(console, backbones) -> None:
+    """The random-weights banner (evaluate, predict, demo): in bold red, never only in a JSON file."""
+    from expr.evaluate.provenance import random_weights_banner
+
+    banner = random_weights_banner(backbones)
+    if banner:
+        console.print(f"[bold white on red] {esc(banner)} [/]", highlight=False, soft_wrap=True)
+
+
 def print_protocol(console, heading: str, metrics) -> None:
     console.print(f"\n[bold underline]{heading}[/]", highlight=False)
     console.print(metrics_table(metrics))
@@ -82,7 +91,7 @@ def evaluate(
     preload: PreloadOpt = Preload(DEFAULT.preload),
     device: DeviceOpt = DEFAULT.device,
     timelines: Annotated[int, typer.Option(min=0, help="Draw timeline PNGs of the N videos with the lowest "
-                                                       "per-frame macro-F1 (into timelines_<split>/).")
+                                                       "per-frame accuracy (into timelines_<split>/).")
                          ] = DEFAULT.timelines,
 ) -> None:
     """Score a run on a labelled split: window-level (the paper's numbers) AND per-frame
@@ -109,6 +118,7 @@ def evaluate(
         console.print(f"[yellow]warning[/] {esc(warning)}", highlight=False)
     if len(report.warnings) > 10:
         console.print(f"[yellow]... and {len(report.warnings) - 10} more warnings in {esc(report.json_path)}[/]")
+    print_random_banner(console, report.data.get("backbones"))
     console.print(
         f"[bold]{esc(cfg.split)}[/]: window-level macro-F1 [bold]{report.scores.window.macro_f1:.4f}[/], "
         f"per-frame macro-F1 [bold]{report.scores.per_frame.macro_f1:.4f}[/]  -> {esc(report.json_path)}",

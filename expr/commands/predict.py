@@ -9,6 +9,7 @@ import typer
 
 from expr.commands.evaluate import (
     BatchOpt,
+    print_random_banner,
     CheckpointOpt,
     DeviceOpt,
     PreloadOpt,
@@ -65,6 +66,7 @@ def predict(
 
     report = predict_videos(cfg, on_stage=lambda msg: console.print(f"[dim]{escape(msg)}[/]"),
                             on_extract=lambda event: print_extract_event(console, event))
+    print_random_banner(console, report.backbones)
     shares = ", ".join(f"{name} {n / max(report.n_rows, 1):.1%}" for name, n in zip(CLASS_NAMES, report.class_counts))
     console.print(f"predicted classes: {shares}", highlight=False)
     console.print(f"[green]✓[/] {escape(str(report.out))}: {report.n_rows:,} frames of {report.n_videos} videos, "
