@@ -72,8 +72,11 @@ class PredictConfig:
     batch_size: int = EvaluateConfig.batch_size        # windows per inference batch
     preload: str = EvaluateConfig.preload              # cpu | gpu | none
     device: str = EvaluateConfig.device                # auto | cpu | cuda | cuda:N
+    overwrite: bool = False           # replace predictions another run made in --out
 
     def validate(self) -> None:
+        from expr.evaluate.manifest import check_out_free
+
         _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
         if self.probs is not None and Path(self.probs).resolve() == Path(self.out).resolve():
             raise ConfigError("--probs must name another file than --out")
@@ -90,6 +93,7 @@ class PredictConfig:
         for dest in (self.out, self.probs):  # a read-only --out fails now, not after the predictions
             if dest is not None:
                 check_writable(dest, "write the submission")
+        check_out_free(self.out, self.run, self.overwrite)
 
     @property
     def out_is_folder(self) -> bool:

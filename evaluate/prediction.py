@@ -7,6 +7,7 @@ one first, with the run's backbones, and then calls ``predict_run``.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,6 +18,7 @@ from expr.abaw import NUM_CLASSES
 from expr.devices import resolve_device
 from expr.errors import CacheSchemaError
 from expr.evaluate.config import PredictConfig
+from expr.evaluate.manifest import SUBMISSION_FILE, manifest_path
 from expr.evaluate.scoring import check_backbones, check_in_cache
 from expr.evaluate.submission import check_ids, write_submission
 
@@ -34,13 +36,40 @@ class PredictOut:
 
     @property
     def submission(self) -> Path:
-        return Path(self.path) / "submission.csv"
+        return Path(self.path) / SUBMISSION_FILE
+
+    @property
+    def manifest(self) -> Path:
+        return manifest_path(self.path)
 
     def frame_csv(self, video_id: str) -> Path:
         return Path(self.path) / "frames" / f"{video_id}.csv"
 
     def timeline_png(self, video_id: str) -> Path:
         return Path(self.path) / "timelines" / f"{video_id}.png"
+
+
+def _write_manifest(cfg: PredictConfig, run, device, backbones: dict, report: "PredictReport") -> Path:
+    """The record of what made the predictions: run, checkpoint, cache, backbones, settings."""
+    from expr import version_text
+    from expr.atomic import write_json
+    from expr.evaluate.provenance import now_utc
+
+    run_cache = run.meta.get("cache") or {}
+    return write_json(manifest_path(cfg.out), {
+        "written": now_utc(),
+        "expr": version_text(),
+        "run": {"path": str(Path(cfg.run).resolve()), "checkpoint": cfg.checkpoint, "epoch": run.meta.get("epoch"),
+                "trained_on_cache": run_cache.get("path"), "trained_on_fingerprint": run_cache.get("fingerprint")},
+        "cache": {"path": str(Path(cfg.cache).resolve()), "backbones": backbones},
+        "device": str(device),
+        "settings": {"window": run.train_config.window, "smooth": cfg.smooth,
+                     "smooth_mode": cfg.smooth_mode if cfg.smooth > 1 else None},
+        "videos": report.n_videos,
+        "frames": report.n_rows,
+        "submission": str(report.out),
+        "probabilities": str(report.probs) if report.probs else None,
+    })
 
 
 @dataclass
@@ -56,6 +85,7 @@ class PredictReport:
     reused: list[str] = field(default_factory=list)        # videos of --videos already in the cache
     failed: dict[str, str] = field(default_factory=dict)   # videos that could not be extracted: not predicted
     cache: Path | None = None
+    manifest: Path | None = None                            # which run, checkpoint and cache made them
     backbones: dict = field(default_factory=dict)           # the cache's record (weights null: random)
 
 
@@ -106,6 +136,9 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
     folder = PredictOut(cfg.out) if cfg.out_is_folder else None
     submission = folder.submission if folder else Path(cfg.out)
     submission.parent.mkdir(parents=True, exist_ok=True)
+    if folder and cfg.overwrite:  # another run's per-video files must not outlive its submission
+        for stale in (folder.path / "frames", folder.path / "timelines"):
+            shutil.rmtree(stale, ignore_errors=True)
     write_submission(submission, labels, probabilities=per_video if cfg.probs else None, probs_path=cfg.probs)
     all_labels = np.concatenate(list(labels.values()))
     report = PredictReport(submission, cfg.probs, len(labels), int(all_labels.size),
@@ -113,6 +146,7 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
                            backbones=backbones)
     if folder:
         _write_per_video(folder, bank, probs, cfg.timelines, report, stage)
+    report.manifest = _write_manifest(cfg, run, device, backbones, report)
     return report
 
 

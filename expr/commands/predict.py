@@ -49,6 +49,9 @@ def predict(
     batch_size: BatchOpt = DEFAULT.batch_size,
     preload: PreloadOpt = Preload(DEFAULT.preload),
     device: DeviceOpt = DEFAULT.device,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace predictions another run made in --out "
+                                                               "(its manifest.json names the run).")
+                         ] = DEFAULT.overwrite,
 ) -> None:
     """Predict every frame (causal window ending at it): raw videos in (extracted with the
     run's backbones, complete ones reused), the ABAW submission, one CSV and one timeline
@@ -62,7 +65,8 @@ def predict(
     console = Console(emoji=False)
     cfg = PredictConfig(run=run, out=out, cache=cache, videos=videos, frames=frames, ids=ids, face_crop=face_crop,
                         timelines=timelines, probs=probs, checkpoint=checkpoint.value, smooth=smooth,
-                        smooth_mode=smooth_mode.value, batch_size=batch_size, preload=preload.value, device=device)
+                        smooth_mode=smooth_mode.value, batch_size=batch_size, preload=preload.value, device=device,
+                        overwrite=overwrite)
 
     report = predict_videos(cfg, on_stage=lambda msg: console.print(f"[dim]{escape(msg)}[/]"),
                             on_extract=lambda event: print_extract_event(console, event))
@@ -72,6 +76,9 @@ def predict(
     console.print(f"[green]✓[/] {escape(str(report.out))}: {report.n_rows:,} frames of {report.n_videos} videos, "
                   "validated" + (f"; probabilities in {escape(str(report.probs))}" if report.probs else ""),
                   highlight=False)
+    if report.manifest:
+        console.print(f"made by {escape(str(cfg.run))} ({cfg.checkpoint}): {escape(str(report.manifest))}",
+                      highlight=False)
     if report.frame_csvs:
         console.print(f"per-video CSVs: {escape(str(report.frame_csvs[0].parent))}"
                       + (f"; timelines: {escape(str(report.timelines[0].parent))}" if report.timelines else ""),
