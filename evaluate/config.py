@@ -7,6 +7,7 @@ never retyped here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from expr.atomic import check_writable
@@ -101,6 +102,14 @@ class PredictConfig:
         return Path(self.out).suffix.lower() != ".csv"
 
 
+class Keep(str, Enum):
+    """What an ablation keeps of each finished (cell, seed) run: its table needs none of it."""
+
+    best = "best"   # best.safetensors only (what the cell was scored with)
+    last = "last"   # last.safetensors only, without its optimiser state
+    all = "all"     # everything `expr train` wrote, optimiser state included (--resume-able)
+
+
 @dataclass
 class AblateConfig:
     """`expr ablate`: train and score every cell of a grid from one cache loaded once."""
@@ -124,10 +133,12 @@ class AblateConfig:
     smooth_mode: str = EvaluateConfig.smooth_mode  # median | mean
     preload: str = TrainConfig.preload  # cpu | gpu (not none: every cell reuses the loaded bank)
     device: str = TrainConfig.device    # auto | cpu | cuda | cuda:N
+    keep: str = Keep.best.value         # checkpoints kept per finished cell: best | last | all (+ optimiser state)
 
     def validate(self) -> None:
         _check_common(Checkpoint.best.value, self.smooth, self.smooth_mode, 1, self.preload)
         check_choice("--windows", self.windows, WindowRule)
+        check_choice("--keep", self.keep, Keep)
         if self.preload == Preload.none.value:
             raise ConfigError("--preload none defeats loading the cache once for all cells; use cpu or gpu")
         if self.epochs < 1:
