@@ -74,7 +74,7 @@ def run_parts(run_dir: str | os.PathLike, split: str, timelines: Sequence[Path] 
         confusions=confusions,
         metrics_jsonl=run.metrics,
         timelines=list(timelines),
-        warnings=ev.get("warnings", []),
+        warnings=[f"training: {w}" for w in config.get("warnings", [])] + list(ev.get("warnings", [])),
         class_names=ev.get("class_names") or CLASS_NAMES,
     )
 

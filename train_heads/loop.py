@@ -26,6 +26,7 @@ from expr.devices import Dist, resolve_device, setup_dist, use_device
 from expr.errors import ConfigError
 from expr.train_heads import checkpoint as ckpt
 from expr.train_heads.config import Preload, TrainConfig
+from expr.train_heads.data_warnings import training_warnings
 from expr.train_heads.data import FeatureBank
 from expr.train_heads.feed import BatchFeeder
 from expr.train_heads.inference import predict_logits
@@ -202,6 +203,9 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
     cache = open_cache(cfg.cache)
     try:
         splits, data_meta = read_splits(cfg, cache, {"train": bank, "val": val_bank}, device, say)
+        warnings = training_warnings(cfg, splits, lambda vid: cache.info(vid).n_frames)
+        for line in warnings:
+            say(f"warning: {line}")
         cache_meta = {"path": str(Path(cfg.cache).resolve()), "fingerprint": ckpt.cache_fingerprint(cache),
                       "backbones": cache.backbones}
         learner = _build_learner(cfg, cache, splits["train"], dist, device, say)
@@ -214,7 +218,7 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
             start, best_f1, best_epoch, history = _resume(run, learner, cfg, say)
         if dist.is_main:
             run.write_config({"train": cfg.to_dict(), "head": vars(head_cfg).copy(), "cache": cache_meta,
-                              "data": data_meta, "provenance": _provenance(device)})
+                              "data": data_meta, "provenance": _provenance(device), "warnings": warnings})
             run.write_metrics(history)
 
         # -- epochs ------------------------------------------------------------------------

@@ -86,6 +86,8 @@ def _show(console, event) -> None:
         title = f"[bold red]{escape(event.title)}" if event.alarm else escape(event.title)
         console.print(Panel(escape(event.text), title=title, border_style="red" if event.alarm else "none",
                             expand=False))
+    elif event.kind == "note" and event.text.startswith("warning: "):  # degenerate data: not dimmed
+        console.print(f"[bold yellow]warning:[/] {escape(event.text[len('warning: '):])}", highlight=False)
     elif event.kind == "note":
         console.print(f"[dim]{escape(event.text)}[/]", highlight=False)
     elif event.kind == "extract":

@@ -46,6 +46,9 @@ def train(
                                                DATA)] = TrainConfig.train_list,
     val_list: Annotated[Optional[Path], _opt("Text file of validation video ids, one per line.",
                                              DATA)] = TrainConfig.val_list,
+    strict_labels: Annotated[bool, _flag("--strict-labels", "Stop when label files are longer or shorter than "
+                                         "their videos by more than 5 frames or 2% (default: a warning).",
+                                         DATA)] = TrainConfig.strict_labels,
     epochs: Annotated[int, _opt("Epochs.", OPT)] = TrainConfig.epochs,
     lr: Annotated[float, _opt("AdamW peak learning rate.", OPT)] = TrainConfig.lr,
     weight_decay: Annotated[float, _opt("AdamW weight decay.", OPT)] = TrainConfig.weight_decay,
@@ -105,6 +108,10 @@ def _run(cfg: TrainConfig) -> None:
                         console=console, transient=False, disable=not main)
 
     def on_message(msg: str) -> None:
+        if msg.startswith("warning: "):  # degenerate data (train_heads/data_warnings.py): not a mere note
+            progress.console.print(f"[bold yellow]warning:[/] {esc(msg[len('warning: '):])}", highlight=False,
+                                   soft_wrap=True)
+            return
         progress.console.print(f"[yellow]note:[/] {esc(msg)}", highlight=False, soft_wrap=True)
 
     def on_step(step: int, loss: float) -> None:
