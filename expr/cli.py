@@ -92,6 +92,9 @@ def run(argv: list[str]) -> int:
     from rich.console import Console
     from rich.markup import escape
 
+    import expr.commands
+
+    expr.commands.ARGV[:] = list(argv)
     try:
         # Non-standalone click returns the exit code of typer.Exit instead of exiting.
         code = build_command().main(args=argv, prog_name="expr", standalone_mode=False)
