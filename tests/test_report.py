@@ -119,8 +119,10 @@ def test_report_from_a_real_evaluated_run(run_dir, tmp_path):
     ev = json.loads((run_dir / f"eval_{SPLIT}.json").read_text())
     path = report_from_run(run_dir, SPLIT, tmp_path / "report.html")
     page = _Page(path.read_text(encoding="utf-8"))
+    # warnings: expr train's data warnings (this tiny set has fewer windows than one batch)
     assert page.ids == ["overview", "provenance", "metrics", "per-class", "confusion", "training", "timelines",
-                        "config"]
+                        "warnings", "config"]
+    assert "training: only " in page.visible and "fewer than one batch" in page.visible
     for key in ("per_frame", "window"):
         assert f"{ev['protocols'][key]['macro_f1']:.4f}" in page.visible
         assert f"{ev['protocols'][key]['accuracy']:.4f}" in page.visible

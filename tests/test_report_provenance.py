@@ -169,3 +169,13 @@ def test_min_lr_and_floats_print_without_binary_noise():
     assert min_lr(3e-4) == 3e-05
     assert train_config(DemoConfig(), __import__("pathlib").Path("labels")).min_lr == 3e-05
     assert _value(3e-4 / 10) == "3e-05" and _value(1e-5) == "1e-05" and _value(0.1) == "0.1"
+
+
+def test_readme_says_what_its_pictures_and_timings_are():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    hero = readme[readme.index("## What you get"):readme.index("## What you get") + 600]
+    assert "synthetic" in hero and "no benchmark" in hero  # the hero timeline is synthetic data
+    demo = readme[readme.index("`expr demo` runs end to end"):][:300]
+    assert "2-core" in demo and "idle" in demo and "190-629 s" in demo

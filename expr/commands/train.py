@@ -163,12 +163,14 @@ def committed_epochs(out: Path) -> int:
 def interrupted_line(cfg: TrainConfig) -> str:
     """The one line Ctrl-C prints: what is committed, and the command that continues."""
     from expr.commands import command_line
+    from expr.train_heads import Checkpoint, RunDir
 
     done = committed_epochs(cfg.out)
+    last = RunDir(cfg.out).checkpoint(Checkpoint.last.value).weights.name
     if done == 0:
         return (f"interrupted: no epoch committed in {esc(cfg.out)}; start again with: "
                 f"{esc(command_line(add=('--overwrite',), drop=('--resume',)))}")
-    return (f"interrupted: {done} of {cfg.epochs} epochs committed in {esc(cfg.out)} (last.safetensors); "
+    return (f"interrupted: {done} of {cfg.epochs} epochs committed in {esc(cfg.out)} ({last}); "
             f"continue with: {esc(command_line(add=('--resume',), drop=('--overwrite',)))}")
 
 
