@@ -60,6 +60,8 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
     with open_cache(cfg.cache) as cache:
         check_backbones(run, cache.backbones, cfg.run, cfg.cache)
         backbones = cache.backbones
+        # per video in the cache (extract --face-crop); None: not recorded (ABAW jpgs, older caches)
+        face_crops = sorted({str(cache.info(v).extra.get("face_crop")) for v in labels})
         check_in_cache(list(labels), cache.video_ids, f"{cfg.labels} ({cfg.split})")
         stage(f"loading {len(labels)} videos of {cfg.split} from {cfg.cache}")
         bank = load_bank(cache, list(labels), labels, preload=cfg.preload, device=device)
@@ -86,6 +88,7 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
         "expr": version_text(),
         "device": str(device),
         "backbones": backbones,
+        "face_crop": face_crops,
         "protocols": {
             "window": _protocol_block(scores.window, WINDOW_PROTOCOL, window=tc.window, stride=tc.stride,
                                       target=tc.target, windows=tc.windows),

@@ -47,15 +47,17 @@ def random_weights_banner(backbones: Mapping | None) -> str | None:
             "extract with pretrained weights for real numbers.")
 
 
-def backbone_text(spec: Mapping | None) -> str:
-    """``clip-vit-b-32 · weights RANDOM (none) · resize bicubic · face crop haar · 512-d``."""
+def backbone_text(spec: Mapping | None, face_crop: str | None = None) -> str:
+    """``clip-vit-b-32 · weights RANDOM (none) · resize bicubic · face crop haar · 512-d``;
+    ``face_crop``: what the evaluated videos recorded, when the backbone record has none."""
     if not isinstance(spec, Mapping):
         return NOT_RECORDED
     weights = spec.get("weights")
     parts = [str(spec.get("name", "?")), "weights RANDOM (none)" if weights is None else f"weights {weights}"]
-    for key, label in (("resize", "resize"), ("face_crop", "face crop")):
-        if key in spec:
-            parts.append(f"{label} {spec[key]}")
+    if "resize" in spec:
+        parts.append(f"resize {spec['resize']}")
+    if "face_crop" in spec or face_crop is not None:
+        parts.append(f"face crop {spec.get('face_crop', face_crop)}")
     if "dim" in spec:
         parts.append(f"{spec['dim']}-d")
     extra = {k: v for k, v in spec.items() if k not in ("name", "weights", "resize", "face_crop", "dim")}
@@ -103,8 +105,11 @@ def run_provenance(config: Mapping, evaluation: Mapping | None = None,
     out["training time"] = training_time(records)
     out["cache"] = f"{cache.get('path', evaluation.get('cache', '?'))} (fingerprint {cache.get('fingerprint', '?')})" \
         if cache or evaluation.get("cache") else NOT_RECORDED
-    for stream in STREAMS:
-        out[f"{stream} backbone"] = backbone_text(backbones.get(stream))
+    crops = [c for c in evaluation.get("face_crop") or [] if c != "None"]
+    face_crop = (" + ".join(crops) + (" (MIXED)" if len(crops) > 1 else "")) if crops else (
+        "not recorded" if "face_crop" in evaluation else None)
+    out["visual backbone"] = backbone_text(backbones.get("visual"), face_crop)
+    out["audio backbone"] = backbone_text(backbones.get("audio"))
     out["window rule"] = window_rule_text(config.get("train"))
     if "no_face" in evaluation:
         out["frames without a face"] = _compact(evaluation["no_face"])

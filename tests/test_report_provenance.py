@@ -69,7 +69,7 @@ def test_the_evaluate_report_has_the_random_banner_and_provenance(evaluated):
     assert "device trained on cpu; evaluated on cpu" in text
     assert "s over 2 epochs" in text
     assert f"fingerprint {config['cache']['fingerprint']}" in text
-    assert "visual backbone synthetic · weights RANDOM (none)" in text
+    assert "visual backbone synthetic · weights RANDOM (none) · face crop not recorded" in text
     assert "window rule reference rule · window 16 · stride 8 · target last" in text
     # what the report draws on is recorded in the run
     assert config["provenance"]["device"] == "cpu" and config["provenance"]["expr"].startswith("expr ")
@@ -95,6 +95,13 @@ def test_one_random_stream_is_named():
     banner = random_weights_banner(RANDOM)
     assert banner.startswith("RANDOM BACKBONE WEIGHTS: the visual (clip-vit-b-32) features")
     assert "audio" not in banner
+
+
+def test_face_crop_of_the_evaluated_videos_is_shown():
+    spec = {"visual": {"name": "clip", "weights": "openai", "dim": 512}}
+    assert "face crop haar" in run_provenance(_config(spec), {"face_crop": ["haar"]})["visual backbone"]
+    assert "face crop haar + none (MIXED)" in run_provenance(_config(spec), {"face_crop": ["haar", "none"]}
+                                                             )["visual backbone"]
 
 
 def test_no_face_counts_are_shown_when_evaluate_records_them():
