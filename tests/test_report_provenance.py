@@ -186,3 +186,15 @@ def test_readme_says_what_its_pictures_and_timings_are():
     assert "synthetic" in hero and "no benchmark" in hero  # the hero timeline is synthetic data
     demo = readme[readme.index("`expr demo` runs end to end"):][:300]
     assert "2-core" in demo and "idle" in demo and "190-629 s" in demo
+
+
+def test_the_terminal_class_table_marks_zero_support(capsys):
+    from rich.console import Console
+
+    from expr.commands.evaluate import print_protocol
+
+    y = np.array([0] * 30 + [4] * 20)
+    print_protocol(Console(width=120), "per-frame", compute_metrics(y, y))
+    out = capsys.readouterr().out
+    assert "Anger †" in out and "Neutral †" not in out
+    assert "6 class(es) with 0 support: F1 0, counted as 0 in the 8-class macro-F1 (at most 0.250 here)" in out

@@ -36,7 +36,8 @@ def metrics_table(metrics):
     for name in ("class", "precision", "recall", "F1", "support"):
         table.add_column(name, justify="left" if name == "class" else "right")
     for i, name in enumerate(CLASS_NAMES):
-        table.add_row(name, f"{metrics.precision[i]:.3f}", f"{metrics.recall[i]:.3f}", f"{metrics.f1[i]:.3f}",
+        mark = " †" if metrics.support[i] == 0 else ""  # explained under the table (print_protocol)
+        table.add_row(name + mark, f"{metrics.precision[i]:.3f}", f"{metrics.recall[i]:.3f}", f"{metrics.f1[i]:.3f}",
                       f"{metrics.support[i]:,}")
     table.add_section()
     table.add_row("[bold]macro-F1[/]", "", "", f"[bold]{metrics.macro_f1:.4f}[/]", f"{metrics.n:,}")
@@ -70,6 +71,10 @@ def print_random_banner(console, backbones) -> None:
 def print_protocol(console, heading: str, metrics) -> None:
     console.print(f"\n[bold underline]{heading}[/]", highlight=False)
     console.print(metrics_table(metrics))
+    absent = sum(1 for n in metrics.support if n == 0)
+    if absent:
+        console.print(f"† {absent} class(es) with 0 support: F1 0, counted as 0 in the 8-class macro-F1 "
+                      f"(at most {(len(CLASS_NAMES) - absent) / len(CLASS_NAMES):.3f} here)", highlight=False)
     console.print("confusion (rows: true class, columns: predicted)")
     console.print(confusion_table(metrics.confusion))
 
