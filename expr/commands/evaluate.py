@@ -74,7 +74,8 @@ def print_protocol(console, heading: str, metrics) -> None:
     absent = sum(1 for n in metrics.support if n == 0)
     if absent:
         console.print(f"† {absent} class(es) with 0 support: F1 0, counted as 0 in the 8-class macro-F1 "
-                      f"(at most {(len(CLASS_NAMES) - absent) / len(CLASS_NAMES):.3f} here)", highlight=False)
+                      f"(at most {(len(CLASS_NAMES) - absent) / len(CLASS_NAMES):.3f} here)", highlight=False,
+                      soft_wrap=True)
     console.print("confusion (rows: true class, columns: predicted)")
     console.print(confusion_table(metrics.confusion))
 

@@ -78,7 +78,7 @@ def predict(
                   highlight=False)
     if report.manifest:
         console.print(f"made by {escape(str(cfg.run))} ({cfg.checkpoint}): {escape(str(report.manifest))}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     if report.frame_csvs:
         console.print(f"per-video CSVs: {escape(str(report.frame_csvs[0].parent))}"
                       + (f"; timelines: {escape(str(report.timelines[0].parent))}" if report.timelines else ""),
