@@ -20,11 +20,11 @@ import torch
 from expr.atomic import write_json
 from expr.devices import resolve_device
 from expr.evaluate.ablation_table import CellResult, write_tables
-from expr.evaluate.config import AblateConfig
+from expr.evaluate.config import AblateConfig, Keep
 from expr.evaluate.grid import Cell, grid_cells, parse_grid
 from expr.evaluate.report_sources import report_from_ablation
 from expr.evaluate.scoring import check_in_cache, score_both
-from expr.train_heads import FeatureBank, Preload, RunDir, TrainConfig
+from expr.train_heads import Checkpoint, FeatureBank, Preload, RunDir, TrainConfig
 
 # Options that do not change what a cell learns: a resumed ablation may differ in them.
 _NOT_IDENTITY = ("out", "device", "preload", "overwrite", "resume", "eval_batch_size", "chunk_frames")
@@ -38,6 +38,7 @@ class AblationReport:
     trained: int                   # cells x seeds trained by this call
     skipped: int                   # already finished before this call
     report: Path | None = None     # report.html of the ablation folder
+    freed_bytes: int = 0           # checkpoint bytes deleted by --keep
 
 
 def cell_dir(out: Path, cell: Cell, seed: int) -> Path:
@@ -56,6 +57,22 @@ def _train_config(cfg: AblateConfig, cell: Cell, seed: int) -> TrainConfig:
     train_cfg = TrainConfig(**{**base, **cell.overrides()})
     train_cfg.validate()
     return train_cfg
+
+
+def prune_checkpoints(run_dir: Path, keep: str) -> int:
+    """Delete what ``keep`` does not keep of a finished cell's checkpoints; bytes freed.
+    config.json, metrics.jsonl and result.json always stay (the tables and the report)."""
+    run = RunDir(run_dir)
+    best, last = run.checkpoint(Checkpoint.best.value), run.checkpoint(Checkpoint.last.value)
+    doomed = {Keep.all.value: [],
+              Keep.best.value: [last.weights, last.optimizer, last.state],
+              Keep.last.value: [best.weights, last.optimizer, last.state]}[keep]
+    freed = 0
+    for path in doomed:
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
 
 
 def _finished(path: Path, identity: dict) -> CellResult | None:
@@ -137,6 +154,8 @@ def run_ablation(cfg: AblateConfig, *, on_cell: Callable[[int, int, Cell, int, s
     results: list[CellResult | None] = [_finished(tcfg.out, _identity(tcfg)) for _, _, tcfg in jobs]
     todo = [i for i, done in enumerate(results) if done is None]
     data = _load_data(cfg, device, stage) if todo else None
+    # cells finished earlier (maybe under another --keep) keep what this --keep says
+    freed = sum(prune_checkpoints(tcfg.out, cfg.keep) for (_, _, tcfg), done in zip(jobs, results) if done is not None)
 
     for i, (cell, seed, tcfg) in enumerate(jobs):
         status = "train" if data is not None and i in todo else "skip"
@@ -145,6 +164,7 @@ def run_ablation(cfg: AblateConfig, *, on_cell: Callable[[int, int, Cell, int, s
         if data is None or status == "skip":
             continue
         results[i] = _train_cell(cfg, cell, seed, tcfg, data, device, on_epoch)
+        freed += prune_checkpoints(tcfg.out, cfg.keep)  # scored: the table needs no checkpoint
         # Tables after every cell: a long ablation shows its progress and survives a kill.
         write_tables(out, [r for r in results if r is not None], title=f"Ablation: {cfg.grid}")
 
@@ -153,4 +173,4 @@ def run_ablation(cfg: AblateConfig, *, on_cell: Callable[[int, int, Cell, int, s
     # The ablation folder names its report as a run folder does.
     report = report_from_ablation(out, RunDir(out).report)
     return AblationReport(out, paths, [r for r in results if r is not None], trained=len(todo),
-                          skipped=len(jobs) - len(todo), report=report)
+                          skipped=len(jobs) - len(todo), report=report, freed_bytes=freed)

@@ -7,6 +7,7 @@ never retyped here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from expr.atomic import check_writable
@@ -87,8 +88,11 @@ class PredictConfig:
     batch_size: int = EvaluateConfig.batch_size        # windows per inference batch
     preload: str = EvaluateConfig.preload              # cpu | gpu | none
     device: str = EvaluateConfig.device                # auto | cpu | cuda | cuda:N
+    overwrite: bool = False           # replace predictions another run made in --out
 
     def validate(self) -> None:
+        from expr.evaluate.manifest import check_out_free
+
         _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
         check_choice("--no-face", self.no_face, NoFace)
         if self.probs is not None and Path(self.probs).resolve() == Path(self.out).resolve():
@@ -106,11 +110,20 @@ class PredictConfig:
         for dest in (self.out, self.probs):  # a read-only --out fails now, not after the predictions
             if dest is not None:
                 check_writable(dest, "write the submission")
+        check_out_free(self.out, self.run, self.overwrite)
 
     @property
     def out_is_folder(self) -> bool:
         """--out names a folder of outputs; a .csv name means only the submission file (what --out was before)."""
         return Path(self.out).suffix.lower() != ".csv"
+
+
+class Keep(str, Enum):
+    """What an ablation keeps of each finished (cell, seed) run: its table needs none of it."""
+
+    best = "best"   # best.safetensors only (what the cell was scored with)
+    last = "last"   # last.safetensors only, without its optimiser state
+    all = "all"     # everything `expr train` wrote, optimiser state included (--resume-able)
 
 
 @dataclass
@@ -136,10 +149,12 @@ class AblateConfig:
     smooth_mode: str = EvaluateConfig.smooth_mode  # median | mean
     preload: str = TrainConfig.preload  # cpu | gpu (not none: every cell reuses the loaded bank)
     device: str = TrainConfig.device    # auto | cpu | cuda | cuda:N
+    keep: str = Keep.best.value         # checkpoints kept per finished cell: best | last | all (+ optimiser state)
 
     def validate(self) -> None:
         _check_common(Checkpoint.best.value, self.smooth, self.smooth_mode, 1, self.preload)
         check_choice("--windows", self.windows, WindowRule)
+        check_choice("--keep", self.keep, Keep)
         if self.preload == Preload.none.value:
             raise ConfigError("--preload none defeats loading the cache once for all cells; use cpu or gpu")
         if self.epochs < 1:

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import numpy as np
 
 from expr.abaw import CLASS_NAMES
+from expr import version_text
 from expr.atomic import check_writable, write_json
 from expr.devices import resolve_device
 from expr.errors import storage_errors
 from expr.evaluate.config import EvaluateConfig
 from expr.evaluate.metrics import ClassificationMetrics
 from expr.evaluate.plots import save_confusion_png
+from expr.evaluate.provenance import now_utc
 from expr.evaluate.report_sources import report_from_run
 from expr.evaluate.scoring import Scores, check_backbones, check_in_cache, score_both
 
@@ -62,7 +64,10 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
     labels = load_split(cfg.labels, cfg.split, cfg.videos)
     with open_cache(cfg.cache) as cache:
         check_backbones(run, cache.backbones, cfg.run, cfg.cache)
+        backbones = cache.backbones
         check_in_cache(list(labels), cache.video_ids, f"{cfg.labels} ({cfg.split})")
+        # per video in the cache (extract --face-crop); None: not recorded (ABAW jpgs, older caches)
+        face_crops = sorted({str(cache.info(v).extra.get("face_crop")) for v in labels})
         stage(f"loading {len(labels)} videos of {cfg.split} from {cfg.cache}")
         bank = load_bank(cache, list(labels), labels, preload=cfg.preload, device=device)
     stage("scoring both protocols")
@@ -84,6 +89,12 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
         "split": cfg.split,
         "videos": len(labels),
         "class_names": list(CLASS_NAMES),
+        # provenance for the report: when, with what, on which device, from which backbones
+        "evaluated_at": now_utc(),
+        "expr": version_text(),
+        "device": str(device),
+        "backbones": backbones,
+        "face_crop": face_crops,
         "protocols": {
             "window": _protocol_block(scores.window, WINDOW_PROTOCOL, window=tc.window, stride=tc.stride,
                                       target=tc.target, windows=tc.windows),
@@ -102,7 +113,7 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
                 run_dir.confusion_png(cfg.split, key), metrics.confusion,
                 title=f"{run_dir.path.name} {cfg.split}: {title}, macro-F1 {metrics.macro_f1:.4f} (n={metrics.n:,})",
             )
-        stage(f"timelines of the {cfg.timelines} videos with the lowest per-frame macro-F1" if cfg.timelines
+        stage(f"timelines of the {cfg.timelines} videos with the lowest per-frame accuracy" if cfg.timelines
               else "writing the report")
         timelines = draw_worst_timelines(run, bank, labels, cfg, run_dir)
         report = report_from_run(run_dir.path, cfg.split, run_dir.report, timelines=timelines)
@@ -112,7 +123,7 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
 def draw_worst_timelines(run: LoadedRun, bank: FeatureBank, labels: Mapping[str, np.ndarray],
                          cfg: EvaluateConfig, run_dir: RunDir) -> list[Path]:
     """Replace ``timelines_<split>/`` with the PNGs of the ``cfg.timelines`` videos of lowest
-    per-frame macro-F1 (every frame inferred once more, smoothed as scored); worst first."""
+    per-frame accuracy (every frame inferred once more, smoothed as scored); worst first."""
     from expr.evaluate.video_outputs import draw_timeline, video_predictions, worst_videos
     from expr.train_heads import frame_probabilities
 
@@ -124,5 +135,5 @@ def draw_worst_timelines(run: LoadedRun, bank: FeatureBank, labels: Mapping[str,
                                 smooth=cfg.smooth, smooth_mode=cfg.smooth_mode, no_face=cfg.no_face)
     worst = worst_videos(video_predictions(bank, probs, labels), cfg.timelines)
     return [draw_timeline(run_dir.timeline_png(cfg.split, video.video_id), video,
-                          title_extra=f"per-frame macro-F1 {f1:.3f} · worst {rank} of {len(bank.video_ids)}").path
-            for rank, (video, f1) in enumerate(worst, start=1)]
+                          title_extra=f"{video.score_text()} · worst {rank} of {len(bank.video_ids)} by accuracy").path
+            for rank, (video, _acc) in enumerate(worst, start=1)]

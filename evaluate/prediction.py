@@ -7,6 +7,7 @@ one first, with the run's backbones, and then calls ``predict_run``.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,6 +19,7 @@ from expr.atomic import write_json
 from expr.devices import resolve_device
 from expr.errors import CacheSchemaError
 from expr.evaluate.config import PredictConfig
+from expr.evaluate.manifest import SUBMISSION_FILE, manifest_path
 from expr.evaluate.scoring import check_backbones, check_in_cache
 from expr.evaluate.submission import check_ids, write_submission
 
@@ -35,18 +37,41 @@ class PredictOut:
 
     @property
     def submission(self) -> Path:
-        return Path(self.path) / "submission.csv"
+        return Path(self.path) / SUBMISSION_FILE
 
     @property
-    def settings(self) -> Path:
-        """How the predictions were made (run, checkpoint, window, smoothing, --no-face)."""
-        return Path(self.path) / "predict.json"
+    def manifest(self) -> Path:
+        return manifest_path(self.path)
 
     def frame_csv(self, video_id: str) -> Path:
         return Path(self.path) / "frames" / f"{video_id}.csv"
 
     def timeline_png(self, video_id: str) -> Path:
         return Path(self.path) / "timelines" / f"{video_id}.png"
+
+
+def _write_manifest(cfg: PredictConfig, run, device, backbones: dict, report: "PredictReport") -> Path:
+    """The record of what made the predictions: run, checkpoint, cache, backbones, settings."""
+    from expr import version_text
+    from expr.atomic import write_json
+    from expr.evaluate.provenance import now_utc
+
+    run_cache = run.meta.get("cache") or {}
+    return write_json(manifest_path(cfg.out), {
+        "written": now_utc(),
+        "expr": version_text(),
+        "run": {"path": str(Path(cfg.run).resolve()), "checkpoint": cfg.checkpoint, "epoch": run.meta.get("epoch"),
+                "trained_on_cache": run_cache.get("path"), "trained_on_fingerprint": run_cache.get("fingerprint")},
+        "cache": {"path": str(Path(cfg.cache).resolve()), "backbones": backbones},
+        "device": str(device),
+        "settings": {"window": run.train_config.window, "smooth": cfg.smooth,
+                     "smooth_mode": cfg.smooth_mode if cfg.smooth > 1 else None,
+                     "no_face": cfg.no_face, "filled_frames": report.filled_frames},
+        "videos": report.n_videos,
+        "frames": report.n_rows,
+        "submission": str(report.out),
+        "probabilities": str(report.probs) if report.probs else None,
+    })
 
 
 @dataclass
@@ -64,7 +89,8 @@ class PredictReport:
     cache: Path | None = None
     no_face: str = "fill"         # what a no-face frame showed (--no-face)
     filled_frames: int = 0        # no-face frames shown the last face frame's features (--no-face fill)
-    settings: Path | None = None  # predict.json (folder --out)
+    manifest: Path | None = None                            # which run, checkpoint and cache made them
+    backbones: dict = field(default_factory=dict)           # the cache's record (weights null: random)
 
 
 def listed_ids(cfg: PredictConfig) -> list[str] | None:
@@ -96,6 +122,7 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
     run = load_run(cfg.run, cfg.checkpoint, device)
     with open_cache(cfg.cache) as cache:
         check_backbones(run, cache.backbones, cfg.run, cfg.cache)
+        backbones = dict(cache.backbones)
         if ids is not None:
             check_in_cache(ids, cache.video_ids, str(cfg.ids or cfg.videos or cfg.cache))
         else:
@@ -115,20 +142,17 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
     folder = PredictOut(cfg.out) if cfg.out_is_folder else None
     submission = folder.submission if folder else Path(cfg.out)
     submission.parent.mkdir(parents=True, exist_ok=True)
+    if folder and cfg.overwrite:  # another run's per-video files must not outlive its submission
+        for stale in (folder.path / "frames", folder.path / "timelines"):
+            shutil.rmtree(stale, ignore_errors=True)
     write_submission(submission, labels, probabilities=per_video if cfg.probs else None, probs_path=cfg.probs)
     all_labels = np.concatenate(list(labels.values()))
     report = PredictReport(submission, cfg.probs, len(labels), int(all_labels.size),
                            np.bincount(all_labels, minlength=NUM_CLASSES).tolist(), cache=Path(cfg.cache),
-                           no_face=cfg.no_face, filled_frames=filled)
+                           no_face=cfg.no_face, filled_frames=filled, backbones=backbones)
     if folder:
         _write_per_video(folder, bank, probs, cfg.timelines, report, stage)
-        report.settings = write_json(folder.settings, {
-            "run": str(cfg.run), "checkpoint": cfg.checkpoint, "epoch": run.meta.get("epoch"),
-            "cache": str(cfg.cache), "videos": len(labels), "frames": report.n_rows,
-            "window": run.train_config.window, "smooth": cfg.smooth,
-            "smooth_mode": cfg.smooth_mode if cfg.smooth > 1 else None,
-            "no_face": cfg.no_face, "filled_frames": filled,
-        })
+    report.manifest = _write_manifest(cfg, run, device, backbones, report)
     return report
 
 

@@ -49,6 +49,9 @@ figure{margin:12px 0 22px}figure img{max-width:100%;border:1px solid #eef0f3}fig
 .config table{font-size:12.5px}.config td{padding:2px 10px;word-break:break-all;max-width:420px}
 td:first-child{white-space:nowrap}
 .warn{background:#fff6e0;border-left:4px solid #f2b701;padding:6px 12px;margin:4px 0}
+.banner{background:#b3261e;color:#fff;font-weight:600;padding:10px 16px;margin:10px 0;border-radius:6px}
+.provenance{background:#eef3fb;border-left:4px solid #1f4e9c;padding:6px 14px;margin:8px 0}
+.provenance table{margin:2px 0;font-size:13px}.provenance td{background:transparent!important;border:0;padding:2px 10px}
 """
 
 
@@ -77,6 +80,8 @@ class ReportParts:
     ablation: AblationTable | None = None
     warnings: Sequence[str] = ()
     class_names: Sequence[str] = CLASS_NAMES
+    banners: Sequence[str] = ()                                       # shown first: random weights, demo
+    provenance: Mapping[str, object] = field(default_factory=dict)   # date, version, device, backbones, ...
 
 
 def esc(value: object) -> str:
@@ -147,18 +152,31 @@ def _metrics(parts: ReportParts) -> str:
                   [False, True, True, True, False]) + notes
 
 
+ZERO_SUPPORT_MARK = "†"
+
+
 def _per_class(parts: ReportParts) -> str:
     present = _present(parts)
     rows = []
+    absent = [name for i, name in enumerate(parts.class_names)
+              if present and any(b["support"][i] == 0 for _, _, b in present)]
     for i, name in enumerate(parts.class_names):
         swatch = f'<span class="swatch" style="background:{CLASS_COLOURS[i % len(CLASS_COLOURS)]}"></span>'
-        row: list[object] = [swatch + esc(name)]
+        mark = f'<span class="zero-support" title="0 support">{ZERO_SUPPORT_MARK}&nbsp;</span>' if name in absent else ""
+        row: list[object] = [swatch + mark + esc(name)]
         for _, _, b in present:
             row += [f"{b['f1'][i]:.4f}", f"{b['precision'][i]:.4f}", f"{b['recall'][i]:.4f}", f"{b['support'][i]:,}"]
         rows.append(row)
     columns = ["class"] + ["F1", "precision", "recall", "support"] * len(present)
     groups = [("", 1)] + [(label, 4) for _, label, _ in present]
-    return _table(columns, rows, [False] + [True] * (len(columns) - 1), raw_first=True, groups=groups)
+    table = _table(columns, rows, [False] + [True] * (len(columns) - 1), raw_first=True, groups=groups)
+    if absent:  # ABAW's macro-F1 averages over all 8 classes, present or not
+        ceiling = (len(parts.class_names) - len(absent)) / len(parts.class_names)
+        table += (f'<p class="muted">{ZERO_SUPPORT_MARK} {esc(", ".join(absent))}: 0 support (no true frame or '
+                  "window of the class in this split, under at least one protocol). Such a class's F1 is 0 and "
+                  "counts as 0 in the 8-class macro-F1 (ABAW averages over all 8 classes), so the macro-F1 "
+                  f"here cannot exceed {ceiling:.3f}.</p>")
+    return table
 
 
 def _confusions(parts: ReportParts, scratch: Path) -> str:
@@ -223,7 +241,18 @@ def _config(config: Mapping[str, object]) -> str:
 def _value(v: object) -> str:
     if isinstance(v, (Mapping, list, tuple)):
         return json.dumps(v, sort_keys=True, default=str)
-    return "null" if v is None else _fmt(v) if not isinstance(v, float) else repr(v)
+    # 10 significant digits: exact for what users type, without float noise (3e-05, not 2.9999999999999997e-05)
+    return "null" if v is None else _fmt(v) if not isinstance(v, float) else format(v, ".10g")
+
+
+def _banners(banners: Sequence[str]) -> str:
+    return "".join(f'<div class="banner" role="alert">{esc(b)}</div>' for b in banners)
+
+
+def _provenance(provenance: Mapping[str, object]) -> str:
+    if not provenance:
+        return ""
+    return f'<div class="provenance">{_table(None, [[k, v] for k, v in provenance.items()])}</div>'
 
 
 def _warnings(warnings: Sequence[str]) -> str:
@@ -236,6 +265,7 @@ def render_report(parts: ReportParts) -> str:
         scratch = Path(tmp)
         sections = [
             ("overview", "Overview", _overview(parts)),
+            ("provenance", "Provenance", _provenance(parts.provenance)),
             ("metrics", "Metrics (both protocols)", _metrics(parts) if parts.protocols else ""),
             ("per-class", "Per-class scores", _per_class(parts) if parts.protocols else ""),
             ("confusion", "Confusion matrices", _confusions(parts, scratch)),
@@ -251,7 +281,7 @@ def render_report(parts: ReportParts) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(parts.title)}</title><style>{_CSS}</style></head>\n"
-            f'<body><main><h1>{esc(parts.title)}</h1><nav>{nav}</nav>\n{body}\n'
+            f'<body><main><h1>{esc(parts.title)}</h1>{_banners(parts.banners)}<nav>{nav}</nav>\n{body}\n'
             f'<p class="muted">Made by expr. Self-contained: images are embedded, nothing is loaded from '
             f"the network.</p></main></body></html>\n")
 

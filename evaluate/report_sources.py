@@ -16,6 +16,7 @@ from typing import Sequence
 from expr.abaw import CLASS_NAMES
 from expr.errors import ConfigError
 from expr.evaluate.ablation_table import PAPER_MARK, CellResult, _pm, summarise
+from expr.evaluate.provenance import random_weights_banner, run_provenance
 from expr.evaluate.report import PROTOCOLS, AblationTable, ReportParts, write_report
 from expr.train_heads import RunDir
 
@@ -37,8 +38,21 @@ def _read_json(path: Path, what: str, hint: str) -> dict:
         raise ConfigError(f"{path}: cannot read the {what} ({err})") from err
 
 
-def run_parts(run_dir: str | os.PathLike, split: str, timelines: Sequence[Path] | None = None) -> ReportParts:
-    """The report of one evaluated split of a run, read from the run folder."""
+def _records(path: Path) -> list[dict]:
+    from expr.evaluate.curves import read_metrics_jsonl
+
+    return read_metrics_jsonl(path) if path.is_file() else []
+
+
+def _banners(backbones, caveats: Sequence[str]) -> list[str]:
+    banner = random_weights_banner(backbones)
+    return ([banner] if banner else []) + list(caveats)
+
+
+def run_parts(run_dir: str | os.PathLike, split: str, timelines: Sequence[Path] | None = None,
+              caveats: Sequence[str] = ()) -> ReportParts:
+    """The report of one evaluated split of a run, read from the run folder; ``caveats`` are
+    banners of the caller's (the demo's "not a benchmark")."""
     run = RunDir(Path(run_dir))
     run_dir = run.path
     ev = _read_json(run.eval_report(split), f"evaluation of {split}",
@@ -49,24 +63,27 @@ def run_parts(run_dir: str | os.PathLike, split: str, timelines: Sequence[Path] 
     confusions = {k: p for k in PROTOCOLS if (p := run.confusion_png(split, k)).is_file()}
     facts = {"run": str(run_dir), "split": split, "checkpoint": ev.get("checkpoint"), "epoch": ev.get("epoch"),
              "videos": ev.get("videos"), "cache": ev.get("cache"), "labels": ev.get("labels")}
+    backbones = (config.get("cache") or {}).get("backbones") or ev.get("backbones")
     return ReportParts(
         title=f"{run_dir.name} · {split}",
+        banners=_banners(backbones, caveats),
+        provenance=run_provenance(config, ev, _records(run.metrics)),
         facts={k: v for k, v in facts.items() if v is not None},
         config=config,
         protocols=ev.get("protocols", {}),
         confusions=confusions,
         metrics_jsonl=run.metrics,
         timelines=list(timelines),
-        warnings=ev.get("warnings", []),
+        warnings=[f"training: {w}" for w in config.get("warnings", [])] + list(ev.get("warnings", [])),
         class_names=ev.get("class_names") or CLASS_NAMES,
     )
 
 
 def report_from_run(run_dir: str | os.PathLike, split: str, out_path: str | os.PathLike,
-                    timelines: Sequence[Path] | None = None) -> Path:
+                    timelines: Sequence[Path] | None = None, caveats: Sequence[str] = ()) -> Path:
     """Write ``out_path`` (report.html) for ``run_dir`` evaluated on ``split``; timelines
     default to the PNGs in ``timelines_<split>/``."""
-    return write_report(out_path, run_parts(run_dir, split, timelines))
+    return write_report(out_path, run_parts(run_dir, split, timelines, caveats))
 
 
 def _shared_options(records: Sequence[dict]) -> dict:
@@ -113,8 +130,16 @@ def ablation_parts(out_dir: str | os.PathLike) -> ReportParts:
         note=("Sorted by per-frame macro-F1 (the official ABAW metric); window-level is the reference code's "
               f"protocol (the paper's Table 1). Mean ± sample std over seeds. {PAPER_MARK} = the paper's settings."),
     )
+    # Every cell is a run folder of the same cache: the first one's config tells the backbones.
+    first = RunDir(paths[0].parent)
+    config = _read_json(first.config, "run config", "") if first.config.is_file() else {}
+    provenance = run_provenance(config, None, [])
+    provenance["training time"] = f"{sum(r.seconds for r in results):.1f} s over {len(results)} (cell, seed) runs"
+    provenance["window rule"] = f"per cell (see the table); {provenance['window rule']} in the first cell"
     return ReportParts(
         title=heading or f"Ablation · {out_dir.name}",
+        banners=_banners((config.get("cache") or {}).get("backbones"), ()),
+        provenance=provenance,
         facts={"folder": str(out_dir), "cells": len(rows), "trained (cell, seed) runs": len(results)},
         config=_shared_options([r.get("train", {}) for r in records]),
         ablation=table,

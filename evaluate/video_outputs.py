@@ -1,5 +1,10 @@
 """What a trained head says about each video: its per-frame table (CSV) and its timeline PNG,
-and which videos `expr evaluate --timelines N` draws (the N with the lowest per-frame macro-F1).
+and which videos `expr evaluate --timelines N` draws (the N with the lowest per-frame accuracy).
+
+A video is ranked by its per-frame ACCURACY, not by the 8-class macro-F1 the split is scored
+with: a video usually shows one or two expressions, and the 8-class macro-F1 of a one-class
+video can never exceed 1/8 however right the model is. The title also gives the macro-F1
+over the classes present in the video's labels.
 
 `expr predict` writes both for every video it predicts; `expr evaluate` draws the worst
 videos of a labelled split with the ground truth as a second band.
@@ -51,6 +56,31 @@ class VideoPrediction:
             return None
         return compute_metrics(self.truth[idx], self.predicted[idx]).macro_f1
 
+    def accuracy(self) -> float | None:
+        """Share of the annotated frames predicted right; None without any annotated frame."""
+        idx = self.annotated()
+        if self.truth is None or idx.size == 0:
+            return None
+        return float((self.truth[idx] == self.predicted[idx]).mean())
+
+    def present_macro_f1(self) -> tuple[float, int] | None:
+        """(macro-F1 over the classes present in the video's labels, how many are present);
+        None without any annotated frame."""
+        idx = self.annotated()
+        if self.truth is None or idx.size == 0:
+            return None
+        m = compute_metrics(self.truth[idx], self.predicted[idx])
+        present = [f for f, n in zip(m.f1, m.support) if n > 0]
+        return float(np.mean(present)), len(present)
+
+    def score_text(self) -> str:
+        """The per-video figures a timeline title shows, ranking figure first."""
+        acc, present = self.accuracy(), self.present_macro_f1()
+        if acc is None or present is None:
+            return ""
+        f1, n = present
+        return f"per-frame accuracy {acc:.3f} · macro-F1 over the {n} class{'es' if n != 1 else ''} present {f1:.3f}"
+
 
 def video_predictions(bank: FeatureBank, probs: Sequence[np.ndarray],
                       labels: Mapping[str, np.ndarray] | None = None) -> list[VideoPrediction]:
@@ -70,9 +100,9 @@ def video_predictions(bank: FeatureBank, probs: Sequence[np.ndarray],
 
 
 def worst_videos(videos: Sequence[VideoPrediction], n: int) -> list[tuple[VideoPrediction, float]]:
-    """The ``n`` videos with the lowest per-frame macro-F1 (ties: more annotated frames
-    first, then by id); videos without annotated frames cannot be ranked and are left out."""
-    scored = [(v, f1) for v in videos if (f1 := v.macro_f1()) is not None]
+    """The ``n`` videos with the lowest per-frame accuracy, with it (ties: more annotated
+    frames first, then by id); videos without annotated frames cannot be ranked and are left out."""
+    scored = [(v, acc) for v in videos if (acc := v.accuracy()) is not None]
     scored.sort(key=lambda pair: (pair[1], -pair[0].annotated().size, pair[0].video_id))
     return scored[:n]
 

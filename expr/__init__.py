@@ -5,7 +5,32 @@ Stage packages (installed from the repo-root folders of the same name):
 Importing this package is cheap: no torch, no backbones.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
+
+
+def git_commit() -> str | None:
+    """Short commit of the checkout this package runs from (an editable install), with
+    "+dirty" when tracked files changed; None for an installed wheel or without git."""
+    import subprocess
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=10", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        if sha.returncode != 0 or not sha.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def version_text() -> str:
+    """``expr 0.3.0 (commit 1a2b3c4d5e)``, or without the commit where it is unknown."""
+    commit = git_commit()
+    return f"expr {__version__}" + (f" (commit {commit})" if commit else "")
 
 from expr.errors import (  # noqa: E402  (re-exported for library users)
     CacheSchemaError,
@@ -18,6 +43,8 @@ from expr.errors import (  # noqa: E402  (re-exported for library users)
 
 __all__ = [
     "__version__",
+    "git_commit",
+    "version_text",
     "ExprError",
     "CacheSchemaError",
     "ConfigError",

@@ -21,6 +21,29 @@ OUR_FLAGS = frozenset(
 )
 
 
+# coreutils expr's keywords and operators: a command line using them is an expression.
+COREUTILS_WORDS = frozenset({"match", "substr", "index", "length", "quote"})
+COREUTILS_OPERATORS = frozenset({"|", "&", "<", "<=", "=", "==", "!=", ">=", ">", "+", "-", "*", "/", "%", ":",
+                                 "(", ")"})
+
+
+def misspelled_command(argv: list[str]) -> str | None:
+    """Our command that ``argv[0]`` is a typo of (``trian`` -> ``train``), or None.
+
+    Only a word close to one of our commands, and not followed by an operator of coreutils'
+    expr, counts: ``expr trian --cache c`` is a typo, ``expr tran : t`` stays an expression.
+    """
+    import difflib
+
+    if not argv or argv[0] in OUR_COMMANDS or argv[0].lower() in COREUTILS_WORDS:
+        return None
+    word = argv[0]
+    if not word.replace("-", "").isalpha() or (len(argv) > 1 and argv[1] in COREUTILS_OPERATORS):
+        return None
+    close = difflib.get_close_matches(word.lower(), sorted(OUR_COMMANDS), n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
 def is_ours(argv: list[str]) -> bool:
     """True when the command line is meant for expr rather than coreutils' expr."""
     if not argv:
@@ -66,6 +89,11 @@ def passthrough(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not is_ours(argv):
+        guess = misspelled_command(argv)
+        if guess is not None:
+            sys.stderr.write(f"expr: unknown command '{argv[0]}'; did you mean '{guess}'? "
+                             "(run 'expr --help' for our commands)\n")
+            return 2
         return passthrough(argv)
     from expr.cli import run
 

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from expr import __version__
+from expr import version_text
 from expr.errors import ExprError
 
 try:  # recent typer vendors its own click
@@ -36,7 +36,7 @@ _state = {"debug": False}
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"expr {__version__}")
+        typer.echo(version_text())
         raise typer.Exit()
 
 
@@ -45,7 +45,7 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
     version: Annotated[
         Optional[bool],
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version (and git commit) and exit."),
     ] = None,
 ) -> None:
     _state["debug"] = debug
@@ -55,14 +55,49 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"expr.commands.{_name}").register(app)
 
 
+def _tidy(command) -> None:
+    """Help-text fixes typer does not offer as options: an on/off flag takes no value, so it
+    shows no ``<bool>`` type; a command's one-line summary in the list of commands is its
+    first docstring paragraph as ONE line (rich would keep the docstring's line breaks, and
+    break the sentence where the source code did)."""
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    make_help = command.get_help_option  # click makes --help anew for every context
+
+    def help_option(ctx, make_help=make_help):
+        option = make_help(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        if sub.help and not sub.short_help:
+            sub.short_help = " ".join(sub.help.split("\n\n")[0].split())
+        _tidy(sub)
+
+
+def build_command():
+    """The click command of ``app``, with the help fixes of ``_tidy``."""
+    import typer.main
+
+    command = typer.main.get_command(app)
+    _tidy(command)
+    return command
+
+
 def run(argv: list[str]) -> int:
     """Run the CLI on ``argv``; return the exit code instead of exiting."""
     from rich.console import Console
     from rich.markup import escape
 
+    import expr.commands
+
+    expr.commands.ARGV[:] = list(argv)
     try:
         # Non-standalone click returns the exit code of typer.Exit instead of exiting.
-        code = app(args=argv, prog_name="expr", standalone_mode=False)
+        code = build_command().main(args=argv, prog_name="expr", standalone_mode=False)
     except ExprError as exc:
         if _state["debug"] or "--debug" in argv:
             raise

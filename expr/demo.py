@@ -68,10 +68,16 @@ def extract_options(cfg: DemoConfig, videos_dir: Path, *, random_weights: bool) 
     return options
 
 
+def min_lr(lr: float) -> float:
+    """A tenth of ``lr``, rounded to 6 significant digits: 3e-4 / 10 is 2.9999999999999997e-05
+    in binary floating point, which config.json and the report would show as such."""
+    return float(f"{lr / 10:.6g}")
+
+
 def train_config(cfg: DemoConfig, labels_dir: Path) -> TrainConfig:
     """The paper's model, demo-sized optimisation."""
     return TrainConfig(cache=cfg.cache, labels=labels_dir, out=cfg.run_dir.path, window=cfg.window,
-                       stride=cfg.stride, epochs=cfg.epochs, lr=cfg.lr, min_lr=cfg.lr / 10,
+                       stride=cfg.stride, epochs=cfg.epochs, lr=cfg.lr, min_lr=min_lr(cfg.lr),
                        batch_size=cfg.batch_size, accum=1, seed=cfg.seed, device=cfg.device, overwrite=True)
 
 
@@ -135,6 +141,8 @@ def run_demo(cfg: DemoConfig, on_event: Callable[[DemoEvent], None] | None = Non
     """Fetch the clips, extract, train, evaluate (timelines + report.html); time each stage."""
     from expr.demo_data import fetch_cremad_clips, write_demo_labels
     from expr.evaluate import evaluate_run
+    from expr.evaluate.provenance import DEMO_CAVEAT
+    from expr.evaluate.report_sources import report_from_run
     from expr.train_heads import train
 
     emit = on_event or (lambda _event: None)
@@ -157,6 +165,9 @@ def run_demo(cfg: DemoConfig, on_event: Callable[[DemoEvent], None] | None = Non
     stage("4/4 evaluate")
     evaluation = evaluate_run(evaluate_config(cfg, split.labels_dir, timelines=len(split.val_ids)),
                               on_stage=lambda m: emit(DemoEvent("note", m)))
+    # The demo's report says what the demo is (and, from the run, whether weights were random).
+    report_from_run(cfg.run_dir.path, SPLIT, cfg.run_dir.report, timelines=evaluation.timelines,
+                    caveats=[DEMO_CAVEAT])
     end = time.perf_counter()
     durations = [(name, (timings[i + 1][1] if i + 1 < len(timings) else end) - start)
                  for i, (name, start) in enumerate(timings)]

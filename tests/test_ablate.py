@@ -163,3 +163,39 @@ def test_ablate_bad_grid_is_one_line(dataset, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "'fuson' is unknown" in err and len(err.splitlines()) <= 2
     assert not (tmp_path / "abl").exists()
+
+
+def _files(cell_dir):
+    return sorted(p.name for p in cell_dir.iterdir() if p.is_file())
+
+
+def test_ablate_keeps_only_the_checkpoints_asked_for(dataset, tmp_path, capsys):
+    """Issue 21: --keep best (default) | last | all; no optimiser state once a cell is done."""
+    out = tmp_path / "abl"
+    assert _ablate(dataset, out, "--grid", "window=8") == 0
+    cell = out / "cells" / "window=8" / "seed42"
+    kept = _files(cell)
+    assert "best.safetensors" in kept and "result.json" in kept and "config.json" in kept
+    assert not {"last.safetensors", "last.optim.safetensors", "last.state.json"} & set(kept)
+    assert "MB of checkpoints deleted" in capsys.readouterr().out
+
+    out_all = tmp_path / "abl_all"
+    assert _ablate(dataset, out_all, "--grid", "window=8", "--keep", "all") == 0
+    cell_all = out_all / "cells" / "window=8" / "seed42"
+    assert {"best.safetensors", "last.safetensors", "last.optim.safetensors", "last.state.json"} <= set(
+        _files(cell_all))
+    # a re-run with --keep last prunes the finished cell without retraining it
+    capsys.readouterr()
+    assert _ablate(dataset, out_all, "--grid", "window=8", "--keep", "last") == 0
+    assert "0 trained, 1 already done" in capsys.readouterr().out
+    kept = set(_files(cell_all))
+    assert "last.safetensors" in kept
+    assert not {"best.safetensors", "last.optim.safetensors", "last.state.json"} & kept
+    from expr.train_heads import load_run
+
+    assert load_run(cell_all, "last").meta["epoch"] == 1  # what is kept still loads
+
+
+def test_ablate_keep_is_checked(dataset, tmp_path, capsys):
+    assert _ablate(dataset, tmp_path / "abl", "--grid", "window=8", "--keep", "none") == 2
+    assert "none" in capsys.readouterr().err

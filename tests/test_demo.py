@@ -56,4 +56,9 @@ def test_demo_end_to_end(tmp_path, capsys):
     # a timeline per clip, all in report.html, whose path is printed
     assert len(list(run_dir.timelines("Validation_Set").glob("*.png"))) == 6
     assert str(run_dir.report) in out
-    assert run_dir.report.read_text(encoding="utf-8").count('src="data:image/png;base64,') == 2 + 1 + 6
+    html = run_dir.report.read_text(encoding="utf-8")
+    assert html.count('src="data:image/png;base64,') == 2 + 1 + 6
+    # issue 21: random weights and the demo caveat are banners of the report, and said in the terminal
+    assert "RANDOM BACKBONE WEIGHTS" in html and "Demo, not a benchmark" in html and 'id="provenance"' in html
+    assert "Demo, not a benchmark" in out
+    assert json.loads(run_dir.config.read_text())["train"]["min_lr"] == 3e-05

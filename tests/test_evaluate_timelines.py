@@ -1,4 +1,4 @@
-"""`expr evaluate --timelines N`: the N worst videos by per-frame macro-F1 are drawn (truth band
+"""`expr evaluate --timelines N`: the N worst videos by per-frame accuracy are drawn (truth band
 included) and report.html embeds them; the report is rewritten with each evaluate."""
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def _cli(*args: str) -> int:
     return run([*args, "--device", "cpu"])
 
 
-def _per_video_f1(ds, run_dir, tmp_path) -> dict[str, tuple[float, int]]:
-    """Each validation video's per-frame macro-F1 and annotated frames, from `expr predict`'s
+def _per_video_accuracy(ds, run_dir, tmp_path) -> dict[str, tuple[float, int]]:
+    """Each validation video's per-frame accuracy and annotated frames, from `expr predict`'s
     per-video CSVs and the label files, with sklearn (not the code under test)."""
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import accuracy_score
 
     out = tmp_path / "pred"
     assert _cli("predict", "--run", str(run_dir), "--cache", str(ds.cache), "--out", str(out), "--no-timelines") == 0
@@ -42,8 +42,7 @@ def _per_video_f1(ds, run_dir, tmp_path) -> dict[str, tuple[float, int]]:
             predicted = np.array([CLASS_NAMES.index(r["predicted"]) for r in csv.DictReader(fh)])
         truth = np.loadtxt(ds.labels / SPLIT / f"{vid}.txt", skiprows=1, dtype=np.int64)[:len(predicted)]
         keep = truth != -1
-        scores[vid] = (f1_score(truth[keep], predicted[keep], labels=range(8), average="macro", zero_division=0),
-                       int(keep.sum()))
+        scores[vid] = (accuracy_score(truth[keep], predicted[keep]), int(keep.sum()))
     return scores
 
 
@@ -53,16 +52,23 @@ def test_timelines_are_the_n_worst_videos_with_their_truth(trained, tmp_path, ca
     from expr.evaluate import video_outputs
 
     ds, run_dir = trained
-    drawn = {}
+    drawn, titles = {}, {}
     real_plot = video_outputs.plot_timeline
-    monkeypatch.setattr(video_outputs, "plot_timeline",
-                        lambda path, **kw: drawn.setdefault(kw["video_id"], real_plot(path, **kw)))
+
+    def plot(path, **kw):
+        titles[kw["video_id"]] = kw["title_extra"]
+        return drawn.setdefault(kw["video_id"], real_plot(path, **kw))
+
+    monkeypatch.setattr(video_outputs, "plot_timeline", plot)
     assert _cli("evaluate", "--run", str(run_dir), "--cache", str(ds.cache), "--labels", str(ds.labels),
                 "--timelines", "2") == 0
     printed = capsys.readouterr().out
-    scores = _per_video_f1(ds, run_dir, tmp_path)
-    # lowest macro-F1 first; a tie goes to the video with more annotated frames, then the id
+    scores = _per_video_accuracy(ds, run_dir, tmp_path)
+    # lowest accuracy first; a tie goes to the video with more annotated frames, then the id
     worst = sorted(scores, key=lambda v: (scores[v][0], -scores[v][1], v))[:2]
+    for rank, vid in enumerate(worst, start=1):  # the title names the figure it ranks by
+        assert titles[vid].startswith(f"per-frame accuracy {scores[vid][0]:.3f} · macro-F1 over the ")
+        assert titles[vid].endswith(f"worst {rank} of {len(ds.val_ids)} by accuracy")
     folder = run_dir / f"timelines_{SPLIT}"
     assert sorted(p.stem for p in folder.glob("*.png")) == sorted(worst)
     assert list(drawn) == worst  # drawn worst first

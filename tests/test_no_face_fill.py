@@ -156,8 +156,8 @@ def test_predict_fills_by_default_and_records_it(trained, tmp_path):
     base = ["predict", "--run", str(run_dir), "--cache", str(ds.cache), "--device", "cpu", "--no-timelines"]
     assert run([*base, "--out", str(tmp_path / "fill"), "--probs", str(tmp_path / "fill.csv")]) == 0
     assert run([*base, "--out", str(tmp_path / "raw"), "--probs", str(tmp_path / "raw.csv"), "--no-face", "raw"]) == 0
-    fill = json.loads((tmp_path / "fill" / "predict.json").read_text())
-    raw = json.loads((tmp_path / "raw" / "predict.json").read_text())
+    fill = json.loads((tmp_path / "fill" / "manifest.json").read_text())["settings"]
+    raw = json.loads((tmp_path / "raw" / "manifest.json").read_text())["settings"]
     assert (fill["no_face"], fill["filled_frames"]) == ("fill", expected_filled)
     assert (raw["no_face"], raw["filled_frames"]) == ("raw", 0)
     p_fill, p_raw = read_probabilities(tmp_path / "fill.csv"), read_probabilities(tmp_path / "raw.csv")

@@ -119,7 +119,10 @@ def test_report_from_a_real_evaluated_run(run_dir, tmp_path):
     ev = json.loads((run_dir / f"eval_{SPLIT}.json").read_text())
     path = report_from_run(run_dir, SPLIT, tmp_path / "report.html")
     page = _Page(path.read_text(encoding="utf-8"))
-    assert page.ids == ["overview", "metrics", "per-class", "confusion", "training", "timelines", "config"]
+    # warnings: expr train's data warnings (this tiny set has fewer windows than one batch)
+    assert page.ids == ["overview", "provenance", "metrics", "per-class", "confusion", "training", "timelines",
+                        "warnings", "config"]
+    assert "training: only " in page.visible and "fewer than one batch" in page.visible
     for key in ("per_frame", "window"):
         assert f"{ev['protocols'][key]['macro_f1']:.4f}" in page.visible
         assert f"{ev['protocols'][key]['accuracy']:.4f}" in page.visible
@@ -159,7 +162,7 @@ def test_report_from_an_ablation_folder(tmp_path):
                for c, f in zip(cells, f1s)]
     write_tables(tmp_path, results, title="Ablation: window=30,60 audio=on,off")
     page = _Page(report_from_ablation(tmp_path, tmp_path / "report.html").read_text(encoding="utf-8"))
-    assert page.ids == ["overview", "ablation", "config"]
+    assert page.ids == ["overview", "provenance", "ablation", "config"]
     text = page.visible
     order = [text.index(label) for label in ("window=60 audio=off", "window=30 audio=on ★",
                                              "window=30 audio=off", "window=60 audio=on")]

@@ -86,3 +86,56 @@ def test_an_ablation_report_written_by_expr_ablate_renders(tmp_path_factory, tmp
     assert "<title>Ablation: window=8,12</title>" in dom
     assert "window=8</td>" in dom and "window=12</td>" in dom and "per-frame macro-F1" in dom
     assert 'id="ablation"' in dom and dom.count('src="data:image/png;base64,') == 1  # the chart
+
+
+# Run inside Chromium on a copy of the report (the report itself has no JavaScript): where the
+# random-weights banner and the provenance block are laid out, and whether they are shown.
+_PROBE = """<script>
+window.addEventListener("load", () => {
+  const out = {};
+  for (const [key, sel] of [["banner", ".banner"], ["provenance", "#provenance"]]) {
+    const el = document.querySelector(sel);
+    if (!el) { out[key] = null; continue; }
+    const r = el.getBoundingClientRect(), s = getComputedStyle(el);
+    out[key] = {top: r.top, height: r.height, width: r.width, display: s.display, visibility: s.visibility,
+                opacity: s.opacity, color: s.color, background: s.backgroundColor, text: el.innerText};
+  }
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def test_random_weights_banner_and_provenance_are_visible(report, tmp_path):
+    """Issue 21: the banner and the provenance block are laid out, shown, and on the first
+    screen of a 1280x1000 window (the banner) or the page (provenance), in the pixels too."""
+    import re
+
+    from PIL import Image
+
+    path, _ = report
+    probe = tmp_path / "probe.html"
+    probe.write_text(path.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    dom = _chromium(tmp_path, "--window-size=1280,1000", "--virtual-time-budget=5000", "--dump-dom",
+                    probe.resolve().as_uri()).stdout
+    found = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
+    banner, prov = found["banner"], found["provenance"]
+    assert banner is not None and prov is not None, found
+    for box in (banner, prov):
+        assert box["display"] != "none" and box["visibility"] == "visible" and float(box["opacity"]) == 1
+        assert box["width"] > 600 and box["height"] > 20
+    assert 0 <= banner["top"] < 200  # right under the title
+    assert banner["color"] == "rgb(255, 255, 255)" and banner["background"] == "rgb(179, 38, 30)"
+    assert "RANDOM BACKBONE WEIGHTS" in banner["text"]
+    for label in ("report written", "written by", "device", "training time", "cache", "visual backbone",
+                  "audio backbone", "window rule"):
+        assert label in prov["text"]
+    assert "weights RANDOM (none)" in prov["text"]
+    # and in the pixels of the first screen: a wide band of the banner's red
+    shot = tmp_path / "top.png"
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1000", path.resolve().as_uri())
+    rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    red = (np.abs(rgb - np.array([179, 38, 30])).sum(axis=2) < 30)
+    assert red[:200].sum() > 600 * 20

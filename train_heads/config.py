@@ -161,6 +161,7 @@ class TrainConfig:
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     overwrite: bool = False             # replace a non-empty run directory
     resume: bool = False                # continue from last.safetensors in --out
+    strict_labels: bool = False         # label files longer/shorter than the video (beyond a few frames): error
 
     def validate(self) -> None:
         """Raise ConfigError for options that cannot work; call once, at the edge."""

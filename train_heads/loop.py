@@ -27,6 +27,7 @@ from expr.devices import Dist, resolve_device, setup_dist, use_device
 from expr.errors import ConfigError
 from expr.train_heads import checkpoint as ckpt
 from expr.train_heads.config import Preload, TrainConfig
+from expr.train_heads.data_warnings import training_warnings
 from expr.train_heads.data import FeatureBank
 from expr.train_heads.feed import BatchFeeder
 from expr.train_heads.inference import predict_logits
@@ -185,6 +186,16 @@ def _resume(run: RunDir, learner: Learner, cfg: TrainConfig, say: Callable[[str]
     return start, best_f1, best_epoch, run.read_metrics(say)[:start]
 
 
+def _provenance(device: torch.device) -> dict:
+    """What config.json records about the training itself, for the run's report."""
+    import datetime
+
+    from expr import version_text
+
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return {"started": started, "expr": version_text(), "device": str(device)}
+
+
 def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: FeatureBank | None = None,
           on_epoch: Callable[[dict], None] | None = None, on_step: StepCallback | None = None,
           on_message: Callable[[str], None] | None = None) -> TrainResult:
@@ -210,6 +221,9 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist, device: torch.device, say:
     try:
         splits, data_meta = read_splits(cfg, cache, {"train": bank, "val": val_bank}, device, say)
         fingerprints = data_fingerprints(cache, splits)  # what the run trains on (provenance.py)
+        warnings = training_warnings(cfg, splits, lambda vid: cache.info(vid).n_frames)
+        for line in warnings:
+            say(f"warning: {line}")
         cache_meta = {"path": str(Path(cfg.cache).resolve()), "fingerprint": ckpt.cache_fingerprint(cache),
                       **fingerprints, "backbones": cache.backbones}
         learner = _build_learner(cfg, cache, splits["train"], dist, device, say)
@@ -218,7 +232,8 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist, device: torch.device, say:
 
         # -- resume or start ---------------------------------------------------------------
         start, best_f1, best_epoch, history = 0, -1.0, 0, []
-        config = {"train": cfg.to_dict(), "head": vars(head_cfg).copy(), "cache": cache_meta, "data": data_meta}
+        config = {"train": cfg.to_dict(), "head": vars(head_cfg).copy(), "cache": cache_meta, "data": data_meta,
+                  "provenance": _provenance(device), "warnings": warnings}
         if cfg.resume:
             now = {**fingerprints, LEGACY_KEY: cache_meta["fingerprint"], "class_weights": data_meta["class_weights"]}
             start, best_f1, best_epoch, history = _resume(run, learner, cfg, say, now)

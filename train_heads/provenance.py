@@ -88,4 +88,7 @@ def resumed_config(saved: dict, now: dict) -> dict:
     out = {"train": now["train"]}
     for block in ("head", "cache", "data"):
         out[block] = {**now.get(block, {}), **(saved.get(block) or {})}
+    # the run's provenance (when and with which expr it started) stays; warnings are this data's
+    for key in now.keys() - out.keys():
+        out[key] = saved.get(key, now[key]) if key == "provenance" else now[key]
     return out

@@ -11,6 +11,7 @@ from expr.commands import esc
 
 from expr.commands.evaluate import CacheOpt, DeviceOpt, LabelsOpt, SmoothModeOpt, SmoothOpt
 from expr.evaluate import AblateConfig
+from expr.evaluate.config import Keep
 from expr.evaluate.grid import KEYS
 from expr.commands.train import WINDOWS_HELP
 from expr.train_heads import Preload, SmoothMode, WindowRule
@@ -45,6 +46,9 @@ def ablate(
     preload: Annotated[Preload, typer.Option(help="Where the features loaded once for every cell live "
                                                   "(cpu or gpu).")] = Preload(DEFAULT.preload),
     device: DeviceOpt = DEFAULT.device,
+    keep: Annotated[Keep, typer.Option(help="Checkpoints kept per finished cell (the tables need none): best, "
+                                            "last (without optimiser state) or all (with it).")
+                    ] = Keep(DEFAULT.keep),
 ) -> None:
     """Train and score every combination of --grid from ONE load of the cache; write
     ablation.csv, ablation.md (sorted by per-frame macro-F1) and ablation.png. Re-running
@@ -58,7 +62,7 @@ def ablate(
                        batch_size=batch_size, channels=channels, tcn_levels=tcn_levels, heads=heads,
                        windows=windows.value,
                        train_list=train_list, val_list=val_list, smooth=smooth, smooth_mode=smooth_mode.value,
-                       preload=preload.value, device=device)
+                       preload=preload.value, device=device, keep=keep.value)
 
     def on_cell(i, n, cell, seed_, status):
         verb = "[dim]skip (done)[/]" if status == "skip" else "[bold]train[/]"
@@ -73,6 +77,8 @@ def ablate(
     console.print(report.paths["md"].read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
     console.print(f"[green]✓[/] {report.trained} trained, {report.skipped} already done; "
                   f"{esc(report.paths['csv'])}, {esc(report.paths['md'])}, {esc(report.paths['png'])}", highlight=False)
+    if report.freed_bytes:
+        console.print(f"--keep {cfg.keep}: {report.freed_bytes / 1e6:,.1f} MB of checkpoints deleted", highlight=False)
     console.print(f"report: {esc(report.report)}", highlight=False)
 
 

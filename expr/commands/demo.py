@@ -66,6 +66,9 @@ def demo(
     console.print(table)
     console.print(f"backbone weights: {'[bold red]RANDOM[/]' if result.random_weights else 'pretrained'}; "
                   f"run: {escape(str(result.run_dir))}", highlight=False)
+    from expr.evaluate.provenance import DEMO_CAVEAT
+
+    console.print(f"[yellow]{escape(DEMO_CAVEAT)}[/]", highlight=False, soft_wrap=True)
     console.print(f"[green]✓[/] report (scores, confusion matrices, training curves, a timeline per clip): "
                   f"[bold]{escape(str(result.report))}[/]", highlight=False)
 
@@ -83,6 +86,9 @@ def _show(console, event) -> None:
         title = f"[bold red]{escape(event.title)}" if event.alarm else escape(event.title)
         console.print(Panel(escape(event.text), title=title, border_style="red" if event.alarm else "none",
                             expand=False))
+    elif event.kind == "note" and event.text.startswith("warning: "):  # degenerate data: not dimmed
+        console.print(f"[bold yellow]warning:[/] {escape(event.text[len('warning: '):])}", highlight=False,
+                      soft_wrap=True)
     elif event.kind == "note":
         console.print(f"[dim]{escape(event.text)}[/]", highlight=False)
     elif event.kind == "extract":

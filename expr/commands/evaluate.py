@@ -39,7 +39,8 @@ def metrics_table(metrics):
     for name in ("class", "precision", "recall", "F1", "support"):
         table.add_column(name, justify="left" if name == "class" else "right")
     for i, name in enumerate(CLASS_NAMES):
-        table.add_row(name, f"{metrics.precision[i]:.3f}", f"{metrics.recall[i]:.3f}", f"{metrics.f1[i]:.3f}",
+        mark = " †" if metrics.support[i] == 0 else ""  # explained under the table (print_protocol)
+        table.add_row(name + mark, f"{metrics.precision[i]:.3f}", f"{metrics.recall[i]:.3f}", f"{metrics.f1[i]:.3f}",
                       f"{metrics.support[i]:,}")
     table.add_section()
     table.add_row("[bold]macro-F1[/]", "", "", f"[bold]{metrics.macro_f1:.4f}[/]", f"{metrics.n:,}")
@@ -61,9 +62,23 @@ def confusion_table(confusion):
     return table
 
 
+def print_random_banner(console, backbones) -> None:
+    """The random-weights banner (evaluate, predict, demo): in bold red, never only in a JSON file."""
+    from expr.evaluate.provenance import random_weights_banner
+
+    banner = random_weights_banner(backbones)
+    if banner:
+        console.print(f"[bold white on red] {esc(banner)} [/]", highlight=False, soft_wrap=True)
+
+
 def print_protocol(console, heading: str, metrics) -> None:
     console.print(f"\n[bold underline]{heading}[/]", highlight=False)
     console.print(metrics_table(metrics))
+    absent = sum(1 for n in metrics.support if n == 0)
+    if absent:
+        console.print(f"† {absent} class(es) with 0 support: F1 0, counted as 0 in the 8-class macro-F1 "
+                      f"(at most {(len(CLASS_NAMES) - absent) / len(CLASS_NAMES):.3f} here)", highlight=False,
+                      soft_wrap=True)
     console.print("confusion (rows: true class, columns: predicted)")
     console.print(confusion_table(metrics.confusion))
 
@@ -86,7 +101,7 @@ def evaluate(
     preload: PreloadOpt = Preload(DEFAULT.preload),
     device: DeviceOpt = DEFAULT.device,
     timelines: Annotated[int, typer.Option(min=0, help="Draw timeline PNGs of the N videos with the lowest "
-                                                       "per-frame macro-F1 (into timelines_<split>/).")
+                                                       "per-frame accuracy (into timelines_<split>/).")
                          ] = DEFAULT.timelines,
 ) -> None:
     """Score a run on a labelled split: window-level (the paper's numbers) AND per-frame
@@ -113,6 +128,7 @@ def evaluate(
         console.print(f"[yellow]warning[/] {esc(warning)}", highlight=False)
     if len(report.warnings) > 10:
         console.print(f"[yellow]... and {len(report.warnings) - 10} more warnings in {esc(report.json_path)}[/]")
+    print_random_banner(console, report.data.get("backbones"))
     console.print(
         f"[bold]{esc(cfg.split)}[/]: window-level macro-F1 [bold]{report.scores.window.macro_f1:.4f}[/], "
         f"per-frame macro-F1 [bold]{report.scores.per_frame.macro_f1:.4f}[/]  -> {esc(report.json_path)}",

@@ -70,6 +70,10 @@ def extract(
     view = _ProgressView(console, live)
     try:
         summary = run_extract(config, progress=view)
+    except KeyboardInterrupt:
+        view.stop()
+        console.print(view.interrupted_line(out), highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     finally:
         view.stop()
     _print_summary(console, summary)
@@ -96,13 +100,19 @@ class _ProgressView:
         )
         self.task: TaskID | None = None  # made on the "start" event
         self.failed = 0
+        self.committed = 0      # videos written (each is committed as it is written)
+        self.skipped = 0        # already complete at the start
+        self.total = 0          # videos this run had to do
         # Loading the backbones takes seconds to minutes (hub downloads): say so meanwhile.
         self.status = console.status("finding videos, loading backbones ...") if live else None
         if self.status:
             self.status.start()
 
     def __call__(self, event) -> None:
+        if event.kind == "video" and not event.error:
+            self.committed += 1
         if event.kind == "start":
+            self.skipped, self.total = event.skipped, event.videos_total
             self._stop_status()
             if self.live:  # other torchrun ranks print only their final summary
                 for line in event.random_weights:
@@ -126,6 +136,15 @@ class _ProgressView:
         elapsed = max(event.elapsed, 1e-6)
         self.progress.update(self.task, completed=event.videos_done, fps=event.frames / elapsed,
                              aps=event.audio_seconds / elapsed, failed=self.failed)
+
+    def interrupted_line(self, out: Path) -> str:
+        """The one line Ctrl-C prints: what is in the cache, and the command that continues."""
+        from expr.commands import command_line
+
+        before = f" ({self.skipped} were complete before)" if self.skipped else ""
+        return (f"interrupted: {self.committed} of {self.total} video(s) committed to {esc(out)} by this run"
+                f"{before}; continue with the same command, complete videos are skipped: "
+                f"{esc(command_line(drop=('--overwrite',)))}")
 
     def _stop_status(self) -> None:
         if self.status:

@@ -9,6 +9,7 @@ import typer
 
 from expr.commands.evaluate import (
     BatchOpt,
+    print_random_banner,
     CheckpointOpt,
     DeviceOpt,
     NoFaceOpt,
@@ -50,6 +51,9 @@ def predict(
     batch_size: BatchOpt = DEFAULT.batch_size,
     preload: PreloadOpt = Preload(DEFAULT.preload),
     device: DeviceOpt = DEFAULT.device,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace predictions another run made in --out "
+                                                               "(its manifest.json names the run).")
+                         ] = DEFAULT.overwrite,
 ) -> None:
     """Predict every frame (causal window ending at it): raw videos in (extracted with the
     run's backbones, complete ones reused), the ABAW submission, one CSV and one timeline
@@ -64,10 +68,11 @@ def predict(
     cfg = PredictConfig(run=run, out=out, cache=cache, videos=videos, frames=frames, ids=ids, face_crop=face_crop,
                         timelines=timelines, probs=probs, checkpoint=checkpoint.value, smooth=smooth,
                         smooth_mode=smooth_mode.value, no_face=no_face.value, batch_size=batch_size,
-                        preload=preload.value, device=device)
+                        preload=preload.value, device=device, overwrite=overwrite)
 
     report = predict_videos(cfg, on_stage=lambda msg: console.print(f"[dim]{escape(msg)}[/]"),
                             on_extract=lambda event: print_extract_event(console, event))
+    print_random_banner(console, report.backbones)
     shares = ", ".join(f"{name} {n / max(report.n_rows, 1):.1%}" for name, n in zip(CLASS_NAMES, report.class_counts))
     console.print(f"predicted classes: {shares}", highlight=False)
     console.print(f"no-face frames: {report.no_face}" + (f" ({report.filled_frames:,} shown the last face frame's "
@@ -75,6 +80,9 @@ def predict(
     console.print(f"[green]✓[/] {escape(str(report.out))}: {report.n_rows:,} frames of {report.n_videos} videos, "
                   "validated" + (f"; probabilities in {escape(str(report.probs))}" if report.probs else ""),
                   highlight=False)
+    if report.manifest:
+        console.print(f"made by {escape(str(cfg.run))} ({cfg.checkpoint}): {escape(str(report.manifest))}",
+                      highlight=False, soft_wrap=True)
     if report.frame_csvs:
         console.print(f"per-video CSVs: {escape(str(report.frame_csvs[0].parent))}"
                       + (f"; timelines: {escape(str(report.timelines[0].parent))}" if report.timelines else ""),

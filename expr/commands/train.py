@@ -46,6 +46,9 @@ def train(
                                                DATA)] = TrainConfig.train_list,
     val_list: Annotated[Optional[Path], _opt("Text file of validation video ids, one per line.",
                                              DATA)] = TrainConfig.val_list,
+    strict_labels: Annotated[bool, _flag("--strict-labels", "Stop when label files are longer or shorter than "
+                                         "their videos by more than 5 frames or 2% (default: a warning).",
+                                         DATA)] = TrainConfig.strict_labels,
     epochs: Annotated[int, _opt("Epochs.", OPT)] = TrainConfig.epochs,
     lr: Annotated[float, _opt("AdamW peak learning rate.", OPT)] = TrainConfig.lr,
     weight_decay: Annotated[float, _opt("AdamW weight decay.", OPT)] = TrainConfig.weight_decay,
@@ -105,6 +108,10 @@ def _run(cfg: TrainConfig) -> None:
                         console=console, transient=False, disable=not main)
 
     def on_message(msg: str) -> None:
+        if msg.startswith("warning: "):  # degenerate data (train_heads/data_warnings.py): not a mere note
+            progress.console.print(f"[bold yellow]warning:[/] {esc(msg[len('warning: '):])}", highlight=False,
+                                   soft_wrap=True)
+            return
         progress.console.print(f"[yellow]note:[/] {esc(msg)}", highlight=False, soft_wrap=True)
 
     def on_step(step: int, loss: float) -> None:
@@ -118,9 +125,13 @@ def _run(cfg: TrainConfig) -> None:
             highlight=False, soft_wrap=True)
         progress.update(task, completed=r["epoch"], status=f"val F1 {r['val_f1']:.4f}")
 
-    with progress:
-        task = progress.add_task("train", total=cfg.epochs, status="loading features")
-        result = run_training(cfg, on_epoch=on_epoch, on_step=on_step, on_message=on_message)
+    try:
+        with progress:
+            task = progress.add_task("train", total=cfg.epochs, status="loading features")
+            result = run_training(cfg, on_epoch=on_epoch, on_step=on_step, on_message=on_message)
+    except KeyboardInterrupt:
+        console.print(interrupted_line(cfg), highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
     table = Table(title=f"expr train -> {esc(result.run_dir)}")
     for col in ("epoch", "lr", "loss", "ce", "contrastive", "val macro-F1", "val acc", "seconds"):
@@ -134,6 +145,33 @@ def _run(cfg: TrainConfig) -> None:
     best = RunDir(result.run_dir).checkpoint(Checkpoint.best.value).weights
     console.print(f"best epoch {result.best_epoch}: val macro-F1 {result.best_val_f1:.4f} (window level) "
                   f"-> {esc(best)}", highlight=False, soft_wrap=True)
+
+
+def committed_epochs(out: Path) -> int:
+    """Epochs whose checkpoints were committed in the run folder ``out`` (0: none)."""
+    import json
+
+    from expr.train_heads import Checkpoint, RunDir
+
+    try:
+        state = json.loads(RunDir(out).checkpoint(Checkpoint.last.value).state.read_text(encoding="utf-8"))
+        return int(state["meta"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def interrupted_line(cfg: TrainConfig) -> str:
+    """The one line Ctrl-C prints: what is committed, and the command that continues."""
+    from expr.commands import command_line
+    from expr.train_heads import Checkpoint, RunDir
+
+    done = committed_epochs(cfg.out)
+    last = RunDir(cfg.out).checkpoint(Checkpoint.last.value).weights.name
+    if done == 0:
+        return (f"interrupted: no epoch committed in {esc(cfg.out)}; start again with: "
+                f"{esc(command_line(add=('--overwrite',), drop=('--resume',)))}")
+    return (f"interrupted: {done} of {cfg.epochs} epochs committed in {esc(cfg.out)} ({last}); "
+            f"continue with: {esc(command_line(add=('--resume',), drop=('--overwrite',)))}")
 
 
 def register(app: typer.Typer) -> None:

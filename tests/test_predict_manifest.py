@@ -1,0 +1,89 @@
+"""Issue 21 item 3: `expr predict --out` records which run, checkpoint and cache made the
+predictions, and refuses to replace another run's predictions without --overwrite."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from report_helpers import trained_run
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    from expr.train_heads import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("manifest")
+    ds, run_a = trained_run(root, window=8, stride=4, epochs=1)
+    run_b = root / "run_b"
+    train(TrainConfig(cache=ds.cache, labels=ds.labels, out=run_b, window=8, stride=4, epochs=1, channels=16,
+                      tcn_levels=1, heads=2, device="cpu", seed=7))
+    return ds, run_a, run_b
+
+
+def _predict(run_dir, cache, out, *extra) -> int:
+    from expr.cli import run
+
+    return run(["predict", "--run", str(run_dir), "--cache", str(cache), "--out", str(out), "--no-timelines",
+                "--device", "cpu", *extra])
+
+
+def test_manifest_names_the_run_checkpoint_and_cache(two_runs, tmp_path, capsys):
+    from expr import __version__
+
+    ds, run_a, _ = two_runs
+    out = tmp_path / "pred"
+    assert _predict(run_a, ds.cache, out, "--checkpoint", "last") == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["run"]["path"] == str(run_a.resolve()) and manifest["run"]["checkpoint"] == "last"
+    assert manifest["run"]["epoch"] == 1
+    config = json.loads((run_a / "config.json").read_text())
+    assert manifest["run"]["trained_on_fingerprint"] == config["cache"]["fingerprint"]
+    assert manifest["cache"]["path"] == str(ds.cache.resolve())
+    assert manifest["cache"]["backbones"]["visual"]["weights"] is None
+    assert manifest["expr"].startswith(f"expr {__version__}") and manifest["written"].endswith("UTC")
+    assert manifest["videos"] == len(ds.train_ids) + len(ds.val_ids) and manifest["frames"] > 0
+    assert manifest["submission"] == str(out / "submission.csv") and manifest["device"] == "cpu"
+    assert f"made by {run_a} (last): {out / 'manifest.json'}" in printed
+    assert "RANDOM BACKBONE WEIGHTS" in printed  # the synthetic cache records weights null
+
+
+def test_another_runs_predictions_need_overwrite(two_runs, tmp_path, capsys):
+    ds, run_a, run_b = two_runs
+    out = tmp_path / "pred"
+    assert _predict(run_a, ds.cache, out) == 0
+    assert _predict(run_a, ds.cache, out) == 0  # the same run again: fine
+    before = (out / "submission.csv").read_bytes()
+    (out / "frames" / "stale.csv").write_text("x")
+    capsys.readouterr()
+    assert _predict(run_b, ds.cache, out) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"holds the predictions of another run, {run_a.resolve()} (best checkpoint" in err
+    assert "pass --overwrite to replace them, or choose another --out" in err
+    assert (out / "submission.csv").read_bytes() == before
+    assert json.loads((out / "manifest.json").read_text())["run"]["path"] == str(run_a.resolve())
+    assert _predict(run_b, ds.cache, out, "--overwrite") == 0
+    assert json.loads((out / "manifest.json").read_text())["run"]["path"] == str(run_b.resolve())
+    assert not (out / "frames" / "stale.csv").exists()  # run A's per-video files went with it
+
+
+def test_a_csv_out_gets_its_manifest_beside_it(two_runs, tmp_path, capsys):
+    ds, run_a, run_b = two_runs
+    out = tmp_path / "sub.csv"
+    assert _predict(run_a, ds.cache, out) == 0
+    assert json.loads((tmp_path / "sub.manifest.json").read_text())["run"]["path"] == str(run_a.resolve())
+    assert _predict(run_b, ds.cache, out) == 1
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_predictions_of_unknown_origin_are_not_replaced_silently(two_runs, tmp_path, capsys):
+    ds, run_a, _ = two_runs
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "submission.csv").write_text("made by v0.2\n")
+    assert _predict(run_a, ds.cache, out) == 1
+    assert "no manifest.json to say which run made them" in " ".join(capsys.readouterr().err.split())
+    assert (out / "submission.csv").read_text() == "made by v0.2\n"
+    assert _predict(run_a, ds.cache, out, "--overwrite") == 0
