@@ -168,7 +168,7 @@ def bench_steps(bank, windows, args, device, setting: str) -> dict:
     module = ExprHeadModel(head, torch.randn(8, 512), 100.0).to(device)
     weights = class_weights(windows.target).to(device)
     step = LossStep(module, module, weights, cfg.contrastive_weight, device,
-                    compile_mode(setting, device, 1), print)
+                    compile_mode(setting, device, 1), print, check=setting == "auto")
     learner = Learner(module, module, make_optimizer(module, cfg, cfg.lr, device), weights, Dist(), device, step)
     pick = torch.randperm(len(windows), generator=torch.Generator().manual_seed(0))[:args.train_batches * cfg.batch_size]
     pick = pick.to(windows.video_idx.device)
