@@ -136,8 +136,10 @@ def _build_learner(cfg: TrainConfig, cache: CacheReader, train_split: Split, dis
     weights = class_weights(train_split.all_targets).to(device)
     opt = make_optimizer(module, cfg, lr_at(0, cfg), device)
     model = dist.wrap(module, device)
-    step = LossStep(model, module, weights, cfg.contrastive_weight, device,
-                    compile_mode(cfg.compile, device, dist.world), say, check=cfg.compile == Compile.auto.value)
+    mode = compile_mode(cfg.compile, device, dist.world)
+    # auto on one GPU: a fixed-shape step over the whole group, proven by the self-check
+    step = LossStep(model, module, weights, cfg.contrastive_weight, device, mode, say,
+                    check=cfg.compile == Compile.auto.value, grouped=mode == "reduce-overhead")
     return Learner(model, module, opt, weights, dist, device, step)
 
 
