@@ -183,7 +183,8 @@ def eager_run(ds, tmp_path_factory):
 
 
 @pytest.mark.parametrize("setting,kind,at,expected", [
-    # auto: the self-check (calls 1-2 with dropout off) sees the failure or the disagreement
+    # auto: the self-check (calls 1-6 with dropout off: 3 rounds of 2 micro-batches) sees the
+    # failure or the disagreement, also when only the third round (a CUDA-graph replay) differs
     ("auto", "forward", 1, "--compile auto: the compiled training step failed (RuntimeError: injected forward "
                            "failure) in its start-up check against the eager step; training eagerly "
                            "(--compile on skips the check)"),
@@ -193,13 +194,16 @@ def eager_run(ds, tmp_path_factory):
     ("auto", "disagree", 1, "--compile auto: the compiled training step disagreed (relative difference: losses "
                             "5.0e-01, tolerance 1e-02; gradients 5.0e-01, tolerance 5e-02) in its start-up "
                             "check against the eager step; training eagerly (--compile on skips the check)"),
+    ("auto", "disagree", 5, "--compile auto: the compiled training step disagreed (relative difference: losses "
+                            "5.0e-01, tolerance 1e-02; gradients 5.0e-01, tolerance 5e-02) in its start-up "
+                            "check against the eager step; training eagerly (--compile on skips the check)"),
     # on (no check) and auto after a passing check: the guard catches a later failure in the
     # backward of a group's SECOND micro-batch (its first one already accumulated gradients)
     ("on", "backward", 4, "torch.compile of the training step failed (RuntimeError: injected backward failure); "
                           "continuing without it (--compile off skips the attempt)"),
-    ("auto", "backward", 6, "torch.compile of the training step failed (RuntimeError: injected backward failure); "
+    ("auto", "backward", 10, "torch.compile of the training step failed (RuntimeError: injected backward failure); "
                             "continuing without it (--compile off skips the attempt)"),
-    ("auto", "forward", 5, "torch.compile of the training step failed (RuntimeError: injected forward failure); "
+    ("auto", "forward", 9, "torch.compile of the training step failed (RuntimeError: injected forward failure); "
                            "continuing without it (--compile off skips the attempt)"),
     ("auto", "none", 0, None),  # an exact fast path passes the check and keeps running
 ])
