@@ -24,7 +24,7 @@ from expr.devices import Dist, resolve_device, setup_dist, use_device
 from expr.errors import ConfigError
 from expr.train_heads import checkpoint as ckpt
 from expr.train_heads.config import Compile, Preload, TrainConfig
-from expr.train_heads.data import FeatureBank
+from expr.train_heads.data import FeatureBank, select_rows, window_rows
 from expr.train_heads.feed import BatchFeeder
 from expr.train_heads.inference import predict_logits
 from expr.train_heads.loss import class_weights
@@ -91,11 +91,14 @@ def run_epoch(learner: Learner, cfg: TrainConfig, split: Split, epoch: int, *,
         per_rank = len(perm) // dist.world  # equal step counts on every rank (DDP needs it)
         # indices where the windows are (the GPU with --preload gpu): no transfer per batch
         micro = perm[dist.rank * per_rank:(dist.rank + 1) * per_rank].to(win.video_idx.device).split(cfg.batch_size)
+        t = time.perf_counter()
+        rows = window_rows(bank, win.video_idx, win.end_frame, cfg.window)  # every window's rows, once
+        data_s += time.perf_counter() - t
         for g in range(0, len(micro), cfg.accum):  # one optimiser step per group of micro-batches
             batches = []
             for idx in micro[g:g + cfg.accum]:
                 t = time.perf_counter()
-                b = feed(win.video_idx[idx], win.end_frame[idx])
+                b = feed.take(select_rows(rows, idx))
                 batches.append((b.visual, b.audio, b.audio_mask, win.target[idx].to(device, non_blocking=True)))
                 data_s += time.perf_counter() - t
             losses = learner.step.accumulate(batches)  # (n, 3); forward + backward, guarded (step.py)
@@ -137,6 +140,8 @@ def _build_learner(cfg: TrainConfig, cache: CacheReader, train_split: Split, dis
     opt = make_optimizer(module, cfg, lr_at(0, cfg), device)
     model = dist.wrap(module, device)
     mode = compile_mode(cfg.compile, device, dist.world)
+    if mode is not None and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the step's shapes are fixed: pick conv algorithms once
     # auto on one GPU: a fixed-shape step over the whole group, proven by the self-check
     step = LossStep(model, module, weights, cfg.contrastive_weight, device, mode, say,
                     check=cfg.compile == Compile.auto.value, grouped=mode == "reduce-overhead")
