@@ -29,3 +29,20 @@ def test_gpu_check_runs_end_to_end_on_cpu_tiny(tmp_path):
     assert measures == ["train steps, --compile off (bank in host RAM)", "train steps, --compile auto (bank in host RAM)",
                         "per-frame scoring, window 16"], measures
     assert "expr GPU check: CPU" in proc.stdout and "windows/s" in proc.stdout and "frames/s" in proc.stdout
+
+
+def test_a_failing_training_setting_is_reported_not_fatal(monkeypatch):
+    # The H200 run lost every training row of gpu_suite.sh when `auto` crashed in warm-up:
+    # now the failing setting becomes {"error": ...} (a FAILED row) and the others report.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_train
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def crash(*args):
+        raise RuntimeError("Error: accessing tensor output of CUDAGraphs\nStack trace: ...")
+
+    monkeypatch.setattr(bench_train, "_bench_steps", crash)
+    assert bench_train.bench_steps(None, None, None, None, "auto") == {
+        "error": "RuntimeError: Error: accessing tensor output of CUDAGraphs"}
