@@ -160,15 +160,28 @@ def write_affwild2(root: Path, fraction: float, val_share: float):
 
 
 def bench_steps(bank, windows, args, device, setting: str) -> dict:
-    """Windows/s of the product's epoch loop over ``args.train_batches`` micro-batches."""
+    """Windows/s of the product's epoch loop over ``args.train_batches`` micro-batches; a
+    setting that fails gives {"error": ...} (the other settings still report), one whose fast
+    path fell back carries its message in "note"."""
+    try:
+        return _bench_steps(bank, windows, args, device, setting)
+    except Exception as exc:  # report and go on: the suite prints every setting's row
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        print(f"train steps, --compile {setting}: {type(exc).__name__}: {first}")
+        return {"error": f"{type(exc).__name__}: {first}"}
+
+
+def _bench_steps(bank, windows, args, device, setting: str) -> dict:
     cfg = TrainConfig(cache=Path("-"), labels=Path("-"), out=Path("-"), window=args.window, compile=setting,
                       device=str(device), **HEADS[args.head])
     torch.manual_seed(0)
     head = cfg.head_config(bank.visual.shape[1], bank.audio.shape[1], 512)
     module = ExprHeadModel(head, torch.randn(8, 512), 100.0).to(device)
     weights = class_weights(windows.target).to(device)
-    step = LossStep(module, module, weights, cfg.contrastive_weight, device,
-                    compile_mode(setting, device, 1), print)
+    notes: list[str] = []
+    mode = compile_mode(setting, device, 1)
+    step = LossStep(module, module, weights, cfg.contrastive_weight, device, mode, notes.append,
+                    check=setting == "auto", grouped=mode == "reduce-overhead")  # as loop._build_learner
     learner = Learner(module, module, make_optimizer(module, cfg, cfg.lr, device), weights, Dist(), device, step)
     pick = torch.randperm(len(windows), generator=torch.Generator().manual_seed(0))[:args.train_batches * cfg.batch_size]
     pick = pick.to(windows.video_idx.device)
@@ -180,7 +193,10 @@ def bench_steps(bank, windows, args, device, setting: str) -> dict:
     record = run_epoch(learner, cfg, split, 1)
     sync(device)
     seconds = time.perf_counter() - t
-    return {"windows_per_s": len(sub) / seconds, "batch_building_share": record["data_seconds"] / seconds}
+    for note in notes:
+        print(f"note: --compile {setting}: {note}")
+    return {"windows_per_s": len(sub) / seconds, "batch_building_share": record["data_seconds"] / seconds,
+            "fast_path": step.fast} | ({"note": notes[0]} if notes else {})
 
 
 def bench_epoch(ds, args, device, window: int, out: Path) -> dict:
@@ -226,7 +242,8 @@ def run_scale(args, device) -> dict:
     ds = write_affwild2(root, args.scale_fraction, args.val_share) if args.cache is None else _reuse(root)
     write_s = time.perf_counter() - t
     labels = load_split(ds.labels, "Train_Set")
-    bank = load_bank(ds.cache, ds.train_ids, labels, preload="gpu" if device.type == "cuda" else "cpu", device=device)
+    preload = args.preload or ("gpu" if device.type == "cuda" else "cpu")
+    bank = load_bank(ds.cache, ds.train_ids, labels, preload=preload, device=device)
     val_frames = sum(len(v) for v in load_split(ds.labels, "Validation_Set").values())
     frames = int(bank.n_frames.sum()) + val_frames
     scale = AFFWILD2_FRAMES / frames
@@ -234,9 +251,13 @@ def run_scale(args, device) -> dict:
           f"(1/{scale:.0f} of Aff-Wild2; written in {write_s:.0f} s)")
     windows = make_windows(bank, args.window, args.stride)
     bank = with_sources(bank, windows)  # reference windows: filled frames read their source rows
-    settings = ("off", "on", "auto") if device.type == "cuda" else ("off", "auto")  # CPU: `on` compiles for minutes
-    steps = {s: bench_steps(bank, windows, args, device, s) for s in settings}
+    settings = args.settings or (("off", "on", "auto") if device.type == "cuda" else ("off", "auto"))
+    steps = {s: bench_steps(bank, windows, args, device, s) for s in settings}  # CPU: `on` compiles for minutes
     del bank, windows
+    if args.json:  # the step rows now: a failure further on still leaves them to report
+        args.json.write_text(json.dumps({"device": str(device), "frames": frames, "scale": scale, "steps": steps}))
+    if args.steps_only:
+        return {"frames": frames, "scale": scale, "steps": steps, "epochs": {}, "per_frame": {}}
     epochs, per_frame = {}, {}
     for w in TABLE1_WINDOWS:
         epochs[w] = bench_epoch(ds, args, device, w, root / f"run_w{w}")
@@ -256,6 +277,9 @@ def _reuse(root: Path):
 def print_scale(r: dict, args) -> None:
     print(f"\n{'measure (Aff-Wild2 scale)':<44}{'value':>14}  notes")
     for setting, st in r["steps"].items():
+        if "error" in st:
+            print(f"{'train steps, --compile ' + setting:<44}{'FAILED':>14}  {st['error']}")
+            continue
         print(f"{'train steps, --compile ' + setting:<44}{st['windows_per_s']:>10,.0f} w/s  batch 32 x 2, window "
               f"{args.window}; building batches {100 * st['batch_building_share']:.1f}% of wall time")
     for w, e in r["epochs"].items():
@@ -264,6 +288,8 @@ def print_scale(r: dict, args) -> None:
               f"{e['train_windows']:,} + {e['val_windows']:,} windows x {r['scale']:.0f}")
     for w, fps in r["per_frame"].items():
         print(f"{f'per-frame scoring, window {w}':<44}{fps:>10,.0f} f/s  batch {args.eval_batch_size}")
+    if "table1" not in r:
+        return
     t1 = r["table1"]
     print(f"{'Table 1 projected (2 x 30 epochs + scoring)':<44}{t1['total_s'] / 60:>10,.1f} min  "
           + ", ".join(f"window {w}: {s / 60:.1f} min" for w, s in t1["per_window_s"].items()))
@@ -290,6 +316,11 @@ def parse_args() -> argparse.Namespace:
     scale.add_argument("--score-frames", type=int, default=100_000, help="frames scored per-frame at most")
     scale.add_argument("--head", choices=sorted(HEADS), default="reference", help="tiny: a smoke-test head")
     scale.add_argument("--json", type=Path, help="also write the results here")
+    scale.add_argument("--settings", type=lambda v: tuple(v.split(",")),
+                       help="--compile settings of the step measurement, comma-separated (default off,on,auto; "
+                            "off,auto on CPU)")
+    scale.add_argument("--steps-only", action="store_true", help="only the training-step measurement")
+    scale.add_argument("--preload", choices=["cpu", "gpu"], help="where the bank lives (default gpu on CUDA)")
     return p.parse_args()
 
 

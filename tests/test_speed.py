@@ -129,6 +129,21 @@ def test_staged_batches_equal_gathered_ones(bank):
         feed(video_idx[:9], end_frame[:9])
 
 
+def test_batches_from_precomputed_rows_equal_gathered_ones(bank):
+    # Training computes every window's bank rows once per chunk (data.window_rows) and a batch
+    # only looks them up: the same tensors as gathering each batch from scratch.
+    from expr.train_heads.data import select_rows, window_rows, with_sources
+    windows = make_windows(bank, 16, 4)
+    src = with_sources(bank, windows)  # reference windows: filled frames read their source rows
+    rows = window_rows(src, windows.video_idx, windows.end_frame, 16)
+    idx = torch.randperm(len(windows), generator=torch.Generator().manual_seed(1))[:24]
+    want = gather(src, windows.video_idx[idx], windows.end_frame[idx], 16)
+    for staged in (False, True):
+        got = BatchFeeder(src, 16, torch.device("cpu"), 24, stage=staged).take(select_rows(rows, idx))
+        assert torch.equal(got.visual, want.visual) and torch.equal(got.audio, want.audio)
+        assert torch.equal(got.audio_mask, want.audio_mask)
+
+
 def test_inference_equals_the_plain_forward_exactly_on_cpu(bank, tmp_path, ds):
     result = train(config(ds, tmp_path / "r"))
     model = load_run(result.run_dir, "last").model

@@ -296,13 +296,17 @@ def _take(table: torch.Tensor, rows: torch.Tensor, dtype: torch.dtype, out: torc
     return taken.view(*rows.shape, -1).to(dtype)  # .to is a no-op when the dtype matches
 
 
-def gather(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor, window: int, *,
-           dtype: torch.dtype = torch.float32, out: tuple[torch.Tensor, torch.Tensor] | None = None) -> Batch:
-    """Visual (B, W, Dv) and audio (B, A, Da) of the windows ending at ``end_frame``.
+@dataclass
+class WindowRows:
+    """Bank rows of windows, computed once (``window_rows``) so that a batch is only ``take``s."""
 
-    ``dtype=torch.float16`` keeps the bank's half precision (the caller converts on its
-    device); ``out`` = (visual, audio) flat buffers to fill instead of allocating.
-    """
+    visual: torch.Tensor      # (N, W) int64 rows of ``bank.visual`` (source rows applied)
+    audio: torch.Tensor       # (N, A) int64 rows of ``bank.audio`` (the zero row where masked)
+    audio_mask: torch.Tensor  # (N, A) bool, True = real audio
+
+
+def window_rows(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor, window: int) -> WindowRows:
+    """The rows ``gather`` reads for the windows ending at ``end_frame``, on the bank's device."""
     dev = bank.device
     video_idx = video_idx.to(dev)
     end_frame = end_frame.to(dev)
@@ -313,7 +317,6 @@ def gather(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor, 
     rows = offsets[:, None] + torch.minimum(frames.clamp(min=0), (n - 1)[:, None])
     # Reference windows: a filled frame shows its source frame (audio below stays on own rows).
     vrows = rows if bank.source_rows is None else bank.source_rows[rows]
-    visual = _take(bank.visual, vrows, dtype, out[0] if out else None)  # (B, W, Dv)
 
     # Time span of the window by the video's own clock: frames before 0 extend it backwards.
     fps = bank.fps[video_idx]
@@ -329,6 +332,28 @@ def gather(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor, 
     mask = (steps >= 0) & (steps < bank.audio_steps[video_idx][:, None]) & (k < span[:, None])
     pad_row = bank.audio.shape[0] - 1                               # the zero row
     arows = torch.where(mask, bank.audio_offsets[video_idx][:, None] + steps, pad_row)
-    audio = _take(bank.audio, arows, dtype, out[1] if out else None)  # (B, A, Da)
-    return Batch(visual, audio, mask)
+    return WindowRows(vrows, arows, mask)
 
+
+def take_rows(bank: FeatureBank, rows: WindowRows, *, dtype: torch.dtype = torch.float32,
+              out: tuple[torch.Tensor, torch.Tensor] | None = None) -> Batch:
+    """The Batch of ``rows`` (a ``window_rows`` result, or a selection of one's windows)."""
+    visual = _take(bank.visual, rows.visual, dtype, out[0] if out else None)  # (B, W, Dv)
+    audio = _take(bank.audio, rows.audio, dtype, out[1] if out else None)     # (B, A, Da)
+    return Batch(visual, audio, rows.audio_mask)
+
+
+def select_rows(rows: WindowRows, idx: torch.Tensor) -> WindowRows:
+    """The rows of windows ``idx`` (on the rows' device)."""
+    idx = idx.to(rows.visual.device)
+    return WindowRows(rows.visual[idx], rows.audio[idx], rows.audio_mask[idx])
+
+
+def gather(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor, window: int, *,
+           dtype: torch.dtype = torch.float32, out: tuple[torch.Tensor, torch.Tensor] | None = None) -> Batch:
+    """Visual (B, W, Dv) and audio (B, A, Da) of the windows ending at ``end_frame``.
+
+    ``dtype=torch.float16`` keeps the bank's half precision (the caller converts on its
+    device); ``out`` = (visual, audio) flat buffers to fill instead of allocating.
+    """
+    return take_rows(bank, window_rows(bank, video_idx, end_frame, window), dtype=dtype, out=out)

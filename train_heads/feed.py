@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from expr.train_heads.data import Batch, FeatureBank, gather
+from expr.train_heads.data import Batch, FeatureBank, WindowRows, take_rows, window_rows
 
 SLOTS = 3  # staging buffers in rotation: the one being filled, one in flight, one in use
 
@@ -47,17 +47,21 @@ class BatchFeeder:
         self.stream = torch.cuda.Stream(self.device) if self.staged and cuda else None
 
     def __call__(self, video_idx: torch.Tensor, end_frame: torch.Tensor) -> Batch:
+        return self.take(window_rows(self.bank, video_idx, end_frame, self.window))
+
+    def take(self, rows: WindowRows) -> Batch:
+        """The batch of precomputed ``rows`` (data.window_rows/select_rows): training computes
+        every window's rows once per chunk, so a batch costs only the row lookups."""
         if not self.staged:
-            b = gather(self.bank, video_idx, end_frame, self.window)
+            b = take_rows(self.bank, rows)
             return Batch(*(x.to(self.device, non_blocking=True) for x in (b.visual, b.audio, b.audio_mask)))
-        if len(video_idx) > self.max_batch:
-            raise ValueError(f"a batch of {len(video_idx)} windows exceeds the staging size {self.max_batch}")
+        if len(rows.visual) > self.max_batch:
+            raise ValueError(f"a batch of {len(rows.visual)} windows exceeds the staging size {self.max_batch}")
         slot = self.slots[self.turn]
         self.turn = (self.turn + 1) % len(self.slots)
         if slot.copied is not None:
             slot.copied.synchronize()  # its rows of SLOTS batches ago must have left the host
-        half = gather(self.bank, video_idx, end_frame, self.window, dtype=self.bank.visual.dtype,
-                      out=(slot.visual, slot.audio))
+        half = take_rows(self.bank, rows, dtype=self.bank.visual.dtype, out=(slot.visual, slot.audio))
         visual, audio = self._upload(slot, half.visual, half.audio)
         mask = half.audio_mask.to(self.device, non_blocking=True)
         return Batch(visual.float(), audio.float(), mask)  # float32 made on the device

@@ -10,7 +10,6 @@ validation confusion matrices are summed over ranks; rank 0 writes the run direc
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -19,16 +18,15 @@ from typing import Callable
 
 import torch
 from safetensors import SafetensorError
-from torch.nn.parallel import DistributedDataParallel
 
 from expr.abaw import NUM_CLASSES
 from expr.cache_format import CacheReader, open_cache
 from expr.devices import Dist, resolve_device, setup_dist, use_device
 from expr.errors import ConfigError
 from expr.train_heads import checkpoint as ckpt
-from expr.train_heads.config import Preload, TrainConfig
+from expr.train_heads.config import Compile, Preload, TrainConfig
+from expr.train_heads.data import FeatureBank, select_rows, window_rows
 from expr.train_heads.data_warnings import training_warnings
-from expr.train_heads.data import FeatureBank
 from expr.train_heads.feed import BatchFeeder
 from expr.train_heads.inference import predict_logits
 from expr.train_heads.loss import class_weights
@@ -60,7 +58,7 @@ class Learner:
     weights: torch.Tensor           # class weights of the cross-entropy, on ``device``
     dist: Dist
     device: torch.device
-    step: LossStep                  # forward + loss of a micro-batch (compiled or eager)
+    step: LossStep                  # forward + loss + backward of a group (fast path or eager)
 
 
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
@@ -96,29 +94,25 @@ def run_epoch(learner: Learner, cfg: TrainConfig, split: Split, epoch: int, *,
         per_rank = len(perm) // dist.world  # equal step counts on every rank (DDP needs it)
         # indices where the windows are (the GPU with --preload gpu): no transfer per batch
         micro = perm[dist.rank * per_rank:(dist.rank + 1) * per_rank].to(win.video_idx.device).split(cfg.batch_size)
-        for i, idx in enumerate(micro):
-            t = time.perf_counter()
-            b = feed(win.video_idx[idx], win.end_frame[idx])
-            target = win.target[idx].to(device, non_blocking=True)
-            data_s += time.perf_counter() - t
-            group_len = min(cfg.accum, len(micro) - (i - i % cfg.accum))
-            step_now = i % cfg.accum == cfg.accum - 1 or i == len(micro) - 1
-            # between optimiser steps DDP need not all-reduce the gradients it accumulates
-            if isinstance(model, DistributedDataParallel) and not step_now:
-                sync = model.no_sync()
-            else:
-                sync = contextlib.nullcontext()
-            with sync:
-                loss, ce, con = learner.step(b.visual, b.audio, b.audio_mask, target)
-                (loss / group_len).backward()
-            if step_now:
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(learner.module.parameters(), cfg.grad_clip)
-                learner.opt.step()
-                learner.opt.zero_grad(set_to_none=learner.step.mode != "reduce-overhead")  # see step.py
-            sums += torch.stack([loss, ce, con]).detach().double()
-            n_micro += 1
-            reporter.add(loss)
+        t = time.perf_counter()
+        rows = window_rows(bank, win.video_idx, win.end_frame, cfg.window)  # every window's rows, once
+        data_s += time.perf_counter() - t
+        for g in range(0, len(micro), cfg.accum):  # one optimiser step per group of micro-batches
+            batches = []
+            for idx in micro[g:g + cfg.accum]:
+                t = time.perf_counter()
+                b = feed.take(select_rows(rows, idx))
+                batches.append((b.visual, b.audio, b.audio_mask, win.target[idx].to(device, non_blocking=True)))
+                data_s += time.perf_counter() - t
+            losses = learner.step.accumulate(batches)  # (n, 3); forward + backward, guarded (step.py)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(learner.module.parameters(), cfg.grad_clip)
+            learner.opt.step()
+            learner.opt.zero_grad(set_to_none=not learner.step.keeps_grads)  # see step.py
+            for row in losses:
+                sums += row.double()
+                n_micro += 1
+                reporter.add(row[0])
     reporter.flush()
     means = (sums / max(n_micro, 1)).tolist()
     return dict(zip(("loss", "ce", "contrastive"), means)) | {"data_seconds": round(data_s, 3)}
@@ -148,8 +142,12 @@ def _build_learner(cfg: TrainConfig, cache: CacheReader, train_split: Split, dis
     weights = class_weights(train_split.all_targets).to(device)
     opt = make_optimizer(module, cfg, lr_at(0, cfg), device)
     model = dist.wrap(module, device)
-    step = LossStep(model, module, weights, cfg.contrastive_weight, device,
-                    compile_mode(cfg.compile, device, dist.world), say)
+    mode = compile_mode(cfg.compile, device, dist.world)
+    if mode is not None and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the step's shapes are fixed: pick conv algorithms once
+    # auto on one GPU: a fixed-shape step over the whole group, proven by the self-check
+    step = LossStep(model, module, weights, cfg.contrastive_weight, device, mode, say,
+                    check=cfg.compile == Compile.auto.value, grouped=mode == "reduce-overhead")
     return Learner(model, module, opt, weights, dist, device, step)
 
 

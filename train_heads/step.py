@@ -1,4 +1,5 @@
-"""The training step's fast path (``--compile auto|on|off``) and sync-free progress.
+"""The training step's fast path (``--compile auto|on|off``), its start-up self-check, and
+sync-free progress.
 
 What the fast path changes, and what it costs in exactness:
 - AdamW: ``fused=True`` on CUDA (a few kernels instead of ~10 per parameter tensor; equal
@@ -7,13 +8,27 @@ What the fast path changes, and what it costs in exactness:
 - torch.compile of forward + loss: ``auto`` on CUDA with CUDA graphs in a single process
   (mode reduce-overhead: the step of this 12.9 M-parameter head at batch 32 is kernel-launch
   bound, so replaying a recorded graph is what removes the overhead); ``on`` without CUDA
-  graphs on any device (the fallback if graphs misbehave on some setup). With graphs the
-  gradients are zeroed in place rather than freed: a backward replay then adds into
-  persistent .grad tensors instead of handing them memory of the graph's pool.
+  graphs on any device. On CPU ``auto`` stays eager: compiling takes minutes on two cores
+  (measured ~140 s for the tests' tiny head).
+- Gradients of a compiled step live in persistent ``.grad`` tensors allocated here, outside
+  any CUDA-graph pool, and zeroed in place. Left to autograd, the first backward would make
+  the graph's own output tensor the ``.grad`` (AccumulateGrad steals a fresh gradient), and
+  the next replay generation marks that memory overwritten: the H200 crash of issue 17
+  ("accessing tensor output of CUDAGraphs that has been overwritten", pytorch#169545).
   Compiled kernels round differently and draw dropout masks from their own RNG: a compiled
-  run equals an eager one statistically, not bit for bit. On CPU ``auto`` stays eager:
-  compiling takes minutes on two cores (measured ~140 s for the tests' tiny head).
-- If compiling or a compiled call fails, the step says so once and continues eagerly.
+  run equals an eager one statistically, not bit for bit.
+
+Correct by default:
+- The fast path guards the whole micro-batch, forward AND backward. If any part of it fails
+  (compiler, backend, a CUDA-graph replay), the step says so once, and the accumulation group
+  in progress is redone eagerly from the state it started from (gradients zero, the same RNG
+  state): the run continues as if it had been eager from that group on.
+- ``auto`` proves itself before the run trusts it (``check=True``): on the first batch, from
+  the same state and with dropout switched off in both, two accumulated micro-batches go
+  through the eager step once and through the fast path CHECK_ROUNDS times (warm-up, graph
+  recording, replay); losses and gradients must agree every time within LOSS_RTOL / GRAD_RTOL. On an exception or a disagreement the step says so in one line and
+  trains eagerly. The check never steps the optimiser: parameters, optimiser state and RNG
+  are as before it. (Two micro-batches, because the crash above came on the second.)
 
 bf16 autocast of the forward on CUDA is the same with or without the fast path (the
 losses are computed in float32 either way).
@@ -21,9 +36,11 @@ losses are computed in float32 either way).
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Sequence
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from expr.train_heads.config import Compile, TrainConfig
 from expr.train_heads.loss import head_loss
@@ -32,6 +49,20 @@ from expr.train_heads.model import ExprHeadModel
 # CUDA: hand per-step losses to the progress callback every this many micro-batches (one
 # host sync each time); the CPU has no queue to stall, so it reports every step.
 REPORT_EVERY_CUDA = 50
+
+# The self-check's tolerances, relative: |loss_fast - loss_eager| <= LOSS_RTOL * |loss_eager|
+# for each of (loss, ce, contrastive), and ||g_fast - g_eager|| <= GRAD_RTOL * ||g_eager|| over
+# all gradients as one vector. Sized for bf16 autocast on CUDA (8-bit mantissa: fused kernels
+# round differently by ~1e-2 relative); float32 on CPU agrees to ~1e-6. A real fault (stale,
+# missing or doubled gradients) is off by O(1).
+LOSS_RTOL = 1e-2
+GRAD_RTOL = 5e-2
+
+# Rounds of the fast path in the self-check: with CUDA graphs the first call warms up, the
+# second records the graph and the third replays it (into the same persistent gradients).
+CHECK_ROUNDS = 3
+
+Batch = Sequence[torch.Tensor]  # (visual, audio, audio_mask, target) of one micro-batch
 
 
 def compile_mode(setting: str, device: torch.device, world: int) -> str | None:
@@ -56,34 +87,192 @@ def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, lr: float, device:
                              **optimizer_flags(cfg.compile, device))
 
 
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+
+
+@contextlib.contextmanager
+def dropout_off(module: torch.nn.Module):
+    """Dropout layers and attention dropout off (eval mode for exactly those modules), so that
+    the eager and the compiled step compute the same function; restored afterwards."""
+    dropping = [m for m in module.modules() if isinstance(m, (torch.nn.Dropout, torch.nn.MultiheadAttention))]
+    modes = [m.training for m in dropping]
+    for m in dropping:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in zip(dropping, modes):
+            m.training = mode
+
+
+class RngState:
+    """The global CPU (and this CUDA device's) RNG state, to replay a group's dropout."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+
 class LossStep:
-    """``step(visual, audio, mask, target)`` -> (loss, ce, contrastive) of one micro-batch:
-    forward (bf16 autocast on CUDA) and the float32 loss, compiled when ``mode`` says so."""
+    """``accumulate(batches)`` -> (n, 3) detached (loss, ce, contrastive) of one accumulation
+    group: forward (bf16 autocast on CUDA), float32 loss and backward of ``loss / n`` per
+    micro-batch, through the fast path when ``mode`` says so, else eagerly."""
 
     def __init__(self, model: torch.nn.Module, module: ExprHeadModel, weights: torch.Tensor,
                  contrastive_weight: float, device: torch.device, mode: str | None,
-                 say: Callable[[str], None]):
+                 say: Callable[[str], None], *, check: bool = False, grouped: bool = False):
         self.model, self.module, self.weights = model, module, weights
         self.contrastive_weight, self.device, self.mode, self.say = contrastive_weight, device, mode, say
         self.fn = torch.compile(self.eager, mode=mode, dynamic=False) if mode else self.eager
+        # One fixed-shape forward + backward per full group instead of one per micro-batch
+        # (fast path only; see grouped_loss): half the launches and graph replays.
+        self.fn_grouped = torch.compile(self.eager_grouped, mode=mode, dynamic=False) if mode and grouped else None
+        self.fast = mode is not None  # the fast path is in use (False from the first fallback on)
+        self.check_pending = check and self.fast
+        if self.fast:
+            self.allocate_grads()
+
+    @property
+    def keeps_grads(self) -> bool:
+        """Zero gradients in place (never free them) between optimiser steps: see above."""
+        return self.fast
+
+    def allocate_grads(self) -> None:
+        """Fresh zero ``.grad`` of every trainable parameter, outside any graph pool. Every
+        parameter of the head receives a gradient each step (tests/test_model.py), so a
+        zero .grad changes no update compared with None."""
+        for p in self.module.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
 
     def eager(self, visual, audio, mask, target):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits, embed = self.model(visual, audio, mask, return_aux=True)
         return head_loss(self.module, logits, embed, target, self.weights, self.contrastive_weight)
 
-    def __call__(self, visual, audio, mask, target):
-        if self.fn is not self.eager:
+    def eager_grouped(self, visual, audio, mask, target, groups: int):
+        """(mean loss over the groups, (groups, 3) losses) of ``groups`` equal micro-batches
+        concatenated along the batch."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits, embed = self.model(visual, audio, mask, return_aux=True)
+        return grouped_loss(self.module, logits, embed, target, self.weights, self.contrastive_weight, groups)
+
+    def _micro(self, fast: bool, batch: Batch, n: int, last: bool) -> torch.Tensor:
+        """Forward, loss and backward of one micro-batch, through the fast path or eagerly; its
+        (3,) losses, detached copies (safe from CUDA-graph memory reuse). DDP all-reduces only
+        on the group's last one."""
+        sync = (self.model.no_sync() if isinstance(self.model, DistributedDataParallel) and not last
+                else contextlib.nullcontext())
+        with sync:
+            if fast and self.mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()  # a new iteration: older outputs may be reused
+            loss, ce, con = (self.fn if fast else self.eager)(*batch)
+            (loss / n).backward()
+        return torch.stack([loss, ce, con]).detach()
+
+    def _group(self, fast: bool, batches: Sequence[Batch]) -> torch.Tensor:
+        n = len(batches)
+        if fast and self.fn_grouped is not None and n > 1 and len({len(b[3]) for b in batches}) == 1:
+            if self.mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
+            joined = [torch.cat(parts) for parts in zip(*batches)]  # (n * B, ...) each
+            loss, losses = self.fn_grouped(*joined, n)
+            loss.backward()
+            return losses.detach().clone()  # a copy: safe from CUDA-graph memory reuse
+        return torch.stack([self._micro(fast, b, n, i == n - 1) for i, b in enumerate(batches)])
+
+    def accumulate(self, batches: Sequence[Batch]) -> torch.Tensor:
+        """Gradients of the group accumulated into ``.grad`` (zero on entry); its losses."""
+        if self.check_pending:
+            self.check_pending = False
+            self.self_check(batches[0])
+        if not self.fast:
+            return self._group(False, batches)
+        start = RngState(self.device)
+        try:
+            return self._group(True, batches)
+        except Exception as exc:  # compiler, backend or graph replay broken: the eager step still works
+            self.fall_back(f"torch.compile of the training step failed ({_first_line(exc)}); "
+                           "continuing without it (--compile off skips the attempt)")
+            start.restore()  # redo the whole group eagerly from where it started
+            return self._group(False, batches)
+
+    def fall_back(self, message: str) -> None:
+        """Eager from now on. Gradients are replaced, not zeroed in place: a failed graph
+        replay may have left them in memory that must not be touched again."""
+        self.say(message)
+        self.fn, self.fn_grouped, self.fast = self.eager, None, False
+        for p in self.module.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+
+    def _grads(self) -> torch.Tensor:
+        return torch.cat([p.grad.detach().float().reshape(-1) for p in self.module.parameters()
+                          if p.requires_grad and p.grad is not None])
+
+    def self_check(self, batch: Batch) -> None:
+        """Eager vs fast path on ``batch`` (twice, accumulated) from the same state; falls
+        back to eager with one message on an exception or a disagreement."""
+        start = RngState(self.device)
+        verdict = None
+        with dropout_off(self.module):
             try:
-                if self.mode == "reduce-overhead":
-                    torch.compiler.cudagraph_mark_step_begin()  # a new iteration: older outputs may be reused
-                return self.fn(visual, audio, mask, target)
-            except Exception as exc:  # compiler or backend missing/broken: the eager step still works
-                first = (str(exc).strip().splitlines() or [""])[0][:200]
-                self.say(f"torch.compile of the training step failed ({type(exc).__name__}: {first}); "
-                         "continuing without it (--compile off skips the attempt)")
-                self.fn = self.eager
-        return self.eager(visual, audio, mask, target)
+                want = self._group(False, [batch, batch])
+                want_g = self._grads()
+                for _ in range(CHECK_ROUNDS):  # each round from zero gradients, as after an optimiser step
+                    self._zero_grads()
+                    start.restore()
+                    got = self._group(True, [batch, batch])
+                    verdict = disagreement(want, got, want_g, self._grads())
+                    if verdict is not None:
+                        break
+            except Exception as exc:
+                verdict = f"failed ({_first_line(exc)})"
+        start.restore()
+        if verdict is None:
+            self._zero_grads()
+            return
+        self.fall_back(f"--compile auto: the compiled training step {verdict} in its start-up check "
+                       "against the eager step; training eagerly (--compile on skips the check)")
+
+    def _zero_grads(self) -> None:
+        for p in self.module.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+
+
+def grouped_loss(module: ExprHeadModel, logits: torch.Tensor, embed: torch.Tensor, target: torch.Tensor,
+                 weights: torch.Tensor, contrastive_weight: float, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean over groups of head_loss, (groups, 3) per-group (loss, ce, contrastive)) of a batch
+    of ``groups`` equal micro-batches in a row. The class-weighted CE and the InfoNCE normalise
+    per micro-batch, so the mean's gradient is that of accumulating ``loss / groups`` over the
+    micro-batches: equal up to float rounding (tests/test_compile_guard.py)."""
+    per = [torch.stack(head_loss(module, lg, em, tg, weights, contrastive_weight))
+           for lg, em, tg in zip(logits.chunk(groups), embed.chunk(groups), target.chunk(groups))]
+    losses = torch.stack(per)                                          # (groups, 3)
+    return losses[:, 0].mean(), losses
+
+
+def disagreement(want: torch.Tensor, got: torch.Tensor, want_g: torch.Tensor, got_g: torch.Tensor) -> str | None:
+    """None when the fast path's losses (n, 3) and gradients match the eager ones within
+    LOSS_RTOL / GRAD_RTOL, else what differs (non-finite values never match)."""
+    if got.shape != want.shape or got_g.shape != want_g.shape:
+        return "gave differently shaped results"
+    if not (torch.isfinite(got).all() and torch.isfinite(got_g).all()):
+        return "gave non-finite values"
+    loss_rel = float(((got - want).abs() / want.abs().clamp(min=1e-12)).max())
+    grad_rel = float((got_g - want_g).norm() / want_g.norm().clamp(min=1e-12))
+    if loss_rel > LOSS_RTOL or grad_rel > GRAD_RTOL:
+        return (f"disagreed (relative difference: losses {loss_rel:.1e}, tolerance {LOSS_RTOL:.0e}; "
+                f"gradients {grad_rel:.1e}, tolerance {GRAD_RTOL:.0e})")
+    return None
 
 
 class StepReporter:
