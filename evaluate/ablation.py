@@ -105,7 +105,7 @@ def _load_data(cfg: AblateConfig, device: torch.device, stage: Callable[[str], N
         check_in_cache(list(train_labels), cache.video_ids, f"{cfg.labels} (Train_Set)")
         check_in_cache(list(val_labels), cache.video_ids, f"{cfg.labels} (Validation_Set)")
         stage(f"loading {len(train_labels)} training and {len(val_labels)} validation videos once")
-        bank_device = device if cfg.preload == Preload.gpu.value else "cpu"
+        bank_device = device if cfg.preload in (Preload.gpu.value, Preload.auto.value) else "cpu"
         bank = load_bank(cache, list(train_labels), train_labels, preload=cfg.preload, device=bank_device)
         val_bank = load_bank(cache, list(val_labels), val_labels, preload=cfg.preload, device=bank_device)
     return _Data(bank, val_bank, val_labels)

@@ -48,6 +48,7 @@ class WindowRule(str, Enum):
 class Preload(str, Enum):
     """Where the features live while training or scoring (the CLI's --preload choices)."""
 
+    auto = "auto"  # gpu on a CUDA device when the bank takes at most half its free memory, else cpu
     cpu = "cpu"    # pinned host memory
     gpu = "gpu"    # the whole bank on the GPU
     none = "none"  # streamed from the cache in chunks (caches larger than memory)
@@ -154,7 +155,7 @@ class TrainConfig:
     no_tcn: bool = not HeadConfig.use_tcn       # ablation: no temporal convolution
     fusion: str = HeadConfig.fusion             # ablation: bica | v2a | a2v | concat
     weight_norm: bool = HeadConfig.weight_norm  # weight_norm on the TCN convs (off in the paper's code)
-    preload: str = Preload.cpu.value    # cpu (pinned RAM), gpu (whole cache on the GPU), none (stream)
+    preload: str = Preload.auto.value   # auto (gpu when it fits, else cpu), cpu (pinned RAM), gpu, none (stream)
     chunk_frames: int = 1_000_000       # --preload none: frames loaded at a time
     eval_batch_size: int = 256
     compile: str = Compile.auto.value   # training step fast path: auto | on | off (see Compile)

@@ -37,7 +37,7 @@ import torch
 from expr.abaw import HOP, NUM_CLASSES, SAMPLE_RATE
 from expr.cache_format import CacheReader, open_cache
 from expr.errors import check_choice
-from expr.train_heads.config import Target, WindowRule
+from expr.train_heads.config import Preload, Target, WindowRule
 from expr.train_heads.windows import build_windows
 
 DEFAULT_AUDIO_RATE = SAMPLE_RATE / HOP  # Wav2Vec2: 16 kHz / hop 320 = 50 steps per second
@@ -113,6 +113,30 @@ def _audio_rate(backbones: dict) -> float:
     return DEFAULT_AUDIO_RATE
 
 
+# --preload auto puts the bank on the GPU only when it takes at most this share of the free
+# memory: the step's activations, the optimiser and cuDNN's workspaces need the rest.
+GPU_SHARE = 0.5
+
+
+def resolve_preload(setting: str, device: str | torch.device, nbytes: int,
+                    free_bytes: int | None = None) -> str:
+    """``--preload auto`` made concrete: ``gpu`` on a CUDA device when ``nbytes`` of features
+    fit in ``GPU_SHARE`` of its free memory (``free_bytes``, measured when None), else ``cpu``.
+    Gathering a batch from a GPU-resident bank costs no host work and no copy per step."""
+    if setting != Preload.auto.value:
+        return setting
+    device = torch.device(device)
+    if device.type != "cuda":
+        return Preload.cpu.value
+    free = free_bytes if free_bytes is not None else torch.cuda.mem_get_info(device)[0]
+    return Preload.gpu.value if nbytes <= GPU_SHARE * free else Preload.cpu.value
+
+
+def bank_nbytes(n_frames: int, audio_steps: int, visual_dim: int, audio_dim: int) -> int:
+    """Bytes of a bank's float16 features (the visual rows and the audio rows + one zero row)."""
+    return 2 * (n_frames * visual_dim + (audio_steps + 1) * audio_dim)
+
+
 def load_bank(
     cache: CacheReader | str | Path,
     video_ids: list[str],
@@ -128,7 +152,8 @@ def load_bank(
     ``labels`` maps video id -> (T,) labels; a length that differs from the cache is
     truncated to the shorter (frames past it are dropped) with one line in ``bank.warnings``.
     ``preload``: "gpu" puts the tensors on ``device``; "cpu" keeps them in (pinned, when
-    CUDA is there) host memory; "none" is plain host memory (the caller streams chunks).
+    CUDA is there) host memory; "none" is plain host memory (the caller streams chunks);
+    "auto" is "gpu" when ``device`` is CUDA and the features fit (``resolve_preload``), else "cpu".
     ``on_video(i, n, video_id)`` reports progress. ``features=False`` reads only labels,
     masks and times (zero-row feature tensors): enough for ``make_windows``.
     """
@@ -150,6 +175,7 @@ def load_bank(
     steps = [info.audio_steps for info in infos]
     total_t, total_s = sum(lengths), sum(steps)
     rows_t, rows_s = (total_t, total_s) if features else (0, 0)
+    preload = resolve_preload(preload, device, bank_nbytes(rows_t, rows_s, cache.visual_dim, cache.audio_dim))
     pin = preload == "cpu" and torch.cuda.is_available()
     visual = torch.empty((rows_t, cache.visual_dim), dtype=torch.float16, pin_memory=pin)
     audio = torch.zeros((rows_s + 1, cache.audio_dim), dtype=torch.float16, pin_memory=pin)

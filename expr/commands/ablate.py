@@ -44,7 +44,7 @@ def ablate(
     smooth_mode: SmoothModeOpt = SmoothMode(DEFAULT.smooth_mode),
     # cpu or gpu: "none" (streaming) would re-read the cache for every cell; AblateConfig refuses it
     preload: Annotated[Preload, typer.Option(help="Where the features loaded once for every cell live "
-                                                  "(cpu or gpu).")] = Preload(DEFAULT.preload),
+                                                  "(auto: gpu on CUDA when it fits, else cpu; cpu; gpu).")] = Preload(DEFAULT.preload),
     device: DeviceOpt = DEFAULT.device,
     keep: Annotated[Keep, typer.Option(help="Checkpoints kept per finished cell (the tables need none): best, "
                                             "last (without optimiser state) or all (with it).")
