@@ -234,6 +234,29 @@ def _load_failed(spec: VisualSpec | AudioSpec, source: WeightSource, online: boo
     )
 
 
+def build_all(builders: dict[str, Any]) -> dict[str, Any]:
+    """Call every builder (stream -> no-argument function) and return their models.
+
+    A WeightsNotFoundError of one does not stop the others: when several streams lack their
+    weights (offline, nothing cached) the ONE error raised names all of them, so the user
+    fixes both in one round trip instead of discovering the second after fixing the first.
+    """
+    built, missing = {}, []
+    for stream, build in builders.items():
+        try:
+            built[stream] = build()
+        except WeightsNotFoundError as exc:
+            missing.append(exc)
+    if len(missing) == 1:
+        raise missing[0]
+    if missing:
+        raise WeightsNotFoundError(
+            f"the weights of {len(missing)} backbones are missing: "
+            + " AND ".join(f"({i}) {e}" for i, e in enumerate(missing, 1))
+        ) from missing[0]
+    return built
+
+
 # -- visual (open_clip) ---------------------------------------------------------------------
 @contextlib.contextmanager
 def _seeded(source: WeightSource):

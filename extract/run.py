@@ -24,6 +24,7 @@ from expr.extract.audio_features import AudioEncoder
 from expr.extract.backbones import (
     VisualEncoder,
     backbone_attrs,
+    build_all,
     build_clip,
     build_wav2vec2,
     clip_text_embeddings,
@@ -68,6 +69,10 @@ class Backbones:
     def audio(self) -> AudioEncoder:
         return AudioEncoder(build_wav2vec2(self.audio_spec, self.audio_source), self.audio_spec, self.device,
                             self.config.audio_chunk_seconds, self.config.audio_context_seconds)
+
+    def build(self) -> None:
+        """Build both models now; when both lack their weights, one error names both."""
+        build_all({"visual": lambda: self.visual, "audio": lambda: self.audio})
 
     def text(self, out: Path, reset: bool) -> tuple[np.ndarray, float]:
         """The classes' CLIP text embeddings and logit scale: the cache's own when it exists
@@ -144,7 +149,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         if jobs and (reset or not is_cache(config.out)):
             # A new cache records these backbones: build them first, so that a checkpoint that
             # cannot be loaded leaves no empty cache behind that refuses a rerun with other weights.
-            _ = bb.visual, bb.audio
+            bb.build()
         writer = _open_cache(config, bb, dist, reset)
         summary = ExtractSummary(out=config.out, random_weights=bb.random_streams, device=str(device),
                                  rank=dist.rank, world_size=dist.world)
@@ -158,7 +163,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         feed = EncoderFeed(config, writer, bb, todo, summary, emit)
         try:
             if todo:
-                _ = bb.visual, bb.audio  # build both now: a missing checkpoint fails before any decoding
+                bb.build()  # build both now: a missing checkpoint fails before any decoding
                 # two frame slots per worker: one being filled while the parent reads the other
                 slots = max(8, 2 * config.workers)
                 with DecodePool(todo, workers=config.workers, max_pending=slots, borrow_frames=True) as pool:
