@@ -87,6 +87,14 @@ class Backbones:
         return clip_text_embeddings(self.clip, self.visual_spec.arch, abaw.prompts())
 
 
+def feature_options(config: ExtractConfig) -> dict:
+    """The options of this run that change features besides the backbones (cache_format.options):
+    the cache records them, and refuses a run that would add videos made otherwise."""
+    return {"face_crop": config.face_crop, "visual_source": "frames" if config.frames is not None else "video",
+            "audio_chunk_seconds": float(config.audio_chunk_seconds),
+            "audio_context_seconds": float(config.audio_context_seconds)}
+
+
 def select_jobs(jobs: list, shard: str | None, rank: int, world_size: int) -> list:
     """This process's share: every N-th video of --shard K/N, then every WORLD_SIZE-th."""
     if shard:
@@ -98,7 +106,8 @@ def select_jobs(jobs: list, shard: str | None, rank: int, world_size: int) -> li
 def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist, reset: bool):
     text, scale = bb.text(config.out, reset)
     open_ = partial(open_writer, config.out, backbones=bb.attrs, text_embeddings=text, logit_scale=scale,
-                    protect=(config.videos, config.frames))  # --out may not overlap the inputs
+                    protect=(config.videos, config.frames),  # --out may not overlap the inputs
+                    options=feature_options(config))
     writer = open_(reset=reset) if dist.is_main else None
     dist.barrier()  # others open once rank 0 created (or wiped) the store
     return writer if writer is not None else open_(reset=False)

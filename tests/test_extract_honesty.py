@@ -3,12 +3,14 @@ backbone mismatch, the options that change features recorded and never mixed (is
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 import media_fixtures as F
-from expr.errors import WeightsNotFoundError
+from expr.cache_format import open_cache, validate_cache
+from expr.errors import CacheSchemaError, WeightsNotFoundError
 from expr.extract.config import ExtractConfig
 from expr.extract.run import run_extract
 
@@ -39,3 +41,89 @@ def test_both_backbones_without_weights_are_named_in_one_message(videos, tmp_pat
     assert "\n" not in msg and "clip-empty" in msg and "w2v-empty" in msg
     assert "test-tiny-clip" in msg and "test-tiny-wav2vec2" in msg
     assert not (tmp_path / "f.zarr").exists()
+
+
+# -- 21.4: options that change features are recorded and never mixed --------------------------
+def _root_attrs(cache: Path) -> dict:
+    return json.loads((cache / "zarr.json").read_text())["attributes"]
+
+
+def _edit_attrs(node: Path, **changes) -> None:
+    meta = json.loads((node / "zarr.json").read_text())
+    for key, value in changes.items():
+        if value is DROP:
+            meta["attributes"].pop(key, None)
+        else:
+            meta["attributes"][key] = value
+    meta.pop("consolidated_metadata", None)
+    (node / "zarr.json").write_text(json.dumps(meta))
+
+
+DROP = object()
+
+
+def test_the_cache_records_its_options_on_the_root_and_on_every_video(videos, tmp_path):
+    out = tmp_path / "f.zarr"
+    run_extract(tiny_config(videos, out, face_crop="haar"))
+    assert _root_attrs(out)["options"] == {"face_crop": "haar", "visual_source": "video",
+                                           "audio_chunk_seconds": 30.0, "audio_context_seconds": 3.0}
+    with open_cache(out) as cache:
+        assert {cache.info(v).extra["face_crop"] for v in cache.video_ids} == {"haar"}
+        assert cache.info("a").extra["audio_chunk_seconds"] == 30.0
+
+
+def test_extending_with_another_face_crop_is_refused_in_one_line(videos, tmp_path):
+    """Issue 21.4: a run without --face-crop haar silently re-extracted a video of a haar cache."""
+    out = tmp_path / "f.zarr"
+    run_extract(tiny_config(videos, out, face_crop="haar"))
+    before = sorted(p.name for p in (out / "videos").iterdir())
+    with pytest.raises(CacheSchemaError) as err:
+        run_extract(tiny_config(videos, out, overwrite=True, shard="0/1"))  # would redo every video
+    msg = str(err.value)
+    assert 'face_crop="haar" but this run uses "none"' in msg and "new --out" in msg
+    assert "\n" not in msg and "--overwrite" not in msg
+    with pytest.raises(CacheSchemaError, match='audio_chunk_seconds=30.0 but this run uses 10.0'):
+        run_extract(tiny_config(videos, out, face_crop="haar", audio_chunk_seconds=10.0))
+    assert sorted(p.name for p in (out / "videos").iterdir()) == before
+    with open_cache(out) as cache:
+        assert {cache.info(v).extra["face_crop"] for v in cache.video_ids} == {"haar"}
+
+
+def test_an_expr_02_cache_is_checked_by_its_per_video_records(videos, tmp_path):
+    """A cache written before the root record existed still opens; its videos' face_crop decides."""
+    out = tmp_path / "f.zarr"
+    run_extract(tiny_config(videos, out, face_crop="haar", limit=1))
+    for node in (out / "videos" / "a", out):
+        _edit_attrs(node, options=DROP, audio_chunk_seconds=DROP, audio_context_seconds=DROP)
+    assert validate_cache(out) == []
+    with pytest.raises(CacheSchemaError, match='face_crop="haar" but this run uses "none"'):
+        run_extract(tiny_config(videos, out))
+    summary = run_extract(tiny_config(videos, out, face_crop="haar"))  # same options: extended
+    assert summary.ok == ["b"] and summary.skipped == ["a"]
+    assert _root_attrs(out)["options"]["face_crop"] == "haar"  # recorded from now on
+
+
+def test_validate_flags_a_cache_that_already_mixes_options(videos, tmp_path):
+    out = tmp_path / "f.zarr"
+    run_extract(tiny_config(videos, out))
+    assert validate_cache(out) == []
+    _edit_attrs(out / "videos" / "b", face_crop="haar")  # what the bug let through
+    _edit_attrs(out)  # drop the consolidated snapshot, which still has the old value
+    problems = validate_cache(out)
+    assert any("mix face_crop" in p and '"none" in 1 (a)' in p and '"haar" in 1 (b)' in p for p in problems), problems
+    assert any("b" in p and "records face_crop='none'" in p for p in problems), problems
+    # ... and the cache refuses to grow further until it is sorted out
+    _edit_attrs(out, options=DROP)
+    with pytest.raises(CacheSchemaError, match="mix face_crop"):
+        run_extract(tiny_config(videos, out))
+
+
+def test_cache_info_shows_the_options(videos, tmp_path):
+    from typer.testing import CliRunner
+
+    from expr.cli import app
+
+    out = tmp_path / "f.zarr"
+    run_extract(tiny_config(videos, out, face_crop="haar"))
+    result = CliRunner().invoke(app, ["cache", "info", str(out)])
+    assert result.exit_code == 0 and "face_crop=haar" in result.output, result.output
