@@ -7,6 +7,7 @@ back silently short.
 
 from __future__ import annotations
 
+import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,10 @@ def probe(path: Path) -> Probe:
             frames = int(video.frames or 0) if video is not None else 0
             return Probe(video is not None, bool(container.streams.audio), start, declared, frames)
     except FFmpegError as e:
+        if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM):  # not a damaged file: say so
+            raise MediaDecodeError(
+                f"{path}: cannot read the file (permission denied): make it readable (chmod a+r) or leave it out"
+            ) from e
         raise MediaDecodeError(
             f"{path}: not a video ffmpeg can read ({short_error(e)}); check that it is a complete video file or {FIX_HINT}"
         ) from e

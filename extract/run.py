@@ -147,7 +147,8 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     notes: list[str] = []
     image_size = get_spec(config.visual_model, "visual").image_size
     jobs = discover_videos(config.videos, config.frames, limit=config.limit, face_crop=config.face_crop,
-                           image_size=image_size, jpg_resize=config.jpg_resize, on_warning=notes.append)
+                           image_size=image_size, jpg_resize=config.jpg_resize, on_warning=notes.append,
+                           exclude=(config.out,))  # a cache inside --videos is output, not input
     jobs = select_jobs(jobs, config.shard, rank, world_size)
     bb = Backbones(config, device)
 
