@@ -127,3 +127,34 @@ def test_cache_info_shows_the_options(videos, tmp_path):
     run_extract(tiny_config(videos, out, face_crop="haar"))
     result = CliRunner().invoke(app, ["cache", "info", str(out)])
     assert result.exit_code == 0 and "face_crop=haar" in result.output, result.output
+
+
+# -- 21.9: a truncated video is failed, never "ok" with a fraction of its frames ------------------
+def _cut_flv_at_packet(src: Path, dst: Path, packet: int) -> Path:
+    """The FLV cut where a video packet starts: every tag before it is whole, so the decoders
+    read the first frames without any error (an interrupted copy that stopped there)."""
+    import av
+
+    with av.open(str(src)) as container:
+        starts = [p.pos for p in container.demux(container.streams.video[0]) if p.pos]
+    dst.write_bytes(src.read_bytes()[: starts[packet]])
+    return dst
+
+
+@pytest.mark.parametrize("packet", [1, 20])
+def test_an_flv_cut_at_a_tag_boundary_fails_naming_how_much_is_there(tmp_path, packet):
+    """FLV declares only the file's duration; a clean cut decoded 1 frame of 60 and was stored as ok."""
+    full = F.make_video(tmp_path / "full.flv", n_frames=60, size=(64, 48))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _cut_flv_at_packet(full, videos / "cut.flv", packet)
+    summary = run_extract(tiny_config(videos, tmp_path / "f.zarr"))
+    assert summary.ok == [] and list(summary.failed) == ["cut"]
+    assert f"truncated: {packet} of ~6" in summary.failed["cut"]
+
+
+def test_an_flv_whose_audio_outlasts_its_video_a_little_is_fine(tmp_path):
+    videos = tmp_path / "videos"
+    F.make_video(videos / "long_audio.flv", n_frames=50, fps=25.0, size=(64, 48), audio_seconds=2.6)
+    summary = run_extract(tiny_config(videos, tmp_path / "f.zarr"))
+    assert summary.ok == ["long_audio"], summary.failed
