@@ -32,7 +32,7 @@ from expr.cache_format import schema as S
 from expr.cache_format.options import cache_options, differences, mixed_options
 from expr.cache_format.safety import check_output_path, is_cache, remove_cache, storage_error
 from expr.cache_format.schema import read_node_attrs
-from expr.errors import CacheSchemaError, ConfigError
+from expr.errors import CacheSchemaError, ConfigError, ExprError
 
 # Measured on float16 features: Blosc-zstd with byte shuffle beats zarr's default Zstd
 # (0.85x vs 0.92x of raw) at the same read speed.
@@ -55,6 +55,17 @@ def store_lock(path: str | os.PathLike):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def storage_errors_of(path: Path, what: str):
+    """Any OSError of the block as one line naming ``path`` (a hint for full or read-only disks)."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, ExprError):  # already one line
+            raise
+        raise storage_error(exc, path, what) from exc
 
 
 @contextlib.contextmanager
@@ -190,6 +201,8 @@ class CacheWriter:
             group.attrs.update(attrs)
             group.attrs["complete"] = True  # last: marks the group as whole
             self._commit(tmp, video_id)
+        except OSError as exc:  # a full or read-only disk: one line with what to do
+            raise storage_error(exc, self.path, f"write video {video_id!r} into the cache") from exc
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -229,7 +242,7 @@ class CacheWriter:
 
     def record_failures(self, failed: dict[str, str], succeeded: Iterable[str] = ()) -> None:
         """Merge per-video failure reasons into the root attribute ``failures``."""
-        with store_lock(self.path), quiet_zarr():
+        with storage_errors_of(self.path, "record the failed videos"), store_lock(self.path), quiet_zarr():
             root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
             # zarr types an attribute as any JSON value; this one is only written here, as {id: reason}
             failures = dict(cast("dict[str, str]", root.attrs.get("failures", {})))
@@ -403,7 +416,7 @@ def consolidate(path: str | os.PathLike) -> None:
     Call once, after every writer has finished: writers never update the snapshot.
     """
     path = Path(path)
-    with store_lock(path), quiet_zarr():
+    with storage_errors_of(path, "consolidate the cache metadata"), store_lock(path), quiet_zarr():
         zarr.consolidate_metadata(str(path))
     staging = path / S.STAGING_DIR
     if staging.exists() and all(p.name == ".lock" for p in staging.iterdir()):

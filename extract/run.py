@@ -129,6 +129,18 @@ def _skip_complete(jobs: list, writer, overwrite: bool, summary: ExtractSummary)
     return todo
 
 
+def _finish_step(summary: ExtractSummary, then: str, step, *args) -> bool:
+    """Run a bookkeeping step after the videos (record failures, consolidate); its one-line
+    failure (a disk that filled up meanwhile) becomes a note of the summary, not a traceback
+    that hides it: the videos written are complete and readable without either step."""
+    try:
+        step(*args)
+        return True
+    except ExprError as exc:
+        summary.warnings.setdefault("cache", []).append(f"{exc}; the videos written are complete: {then}")
+        return False
+
+
 # -- the run ----------------------------------------------------------------------------------
 def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSummary:
     """Extract features of every video of ``config.videos`` into ``config.out``."""
@@ -183,13 +195,13 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         finally:
             feed.close()
         summary.elapsed = feed.elapsed()
-        writer.record_failures(summary.failed, summary.ok)
+        _finish_step(summary, "the next run retries them", writer.record_failures, summary.failed, summary.ok)
         dist.barrier()
         # Consolidate once, after every writer finished; separate --shard jobs cannot know
         # when the others are done, so they leave it to `expr cache consolidate`.
         if dist.is_main and config.shard is None:
-            consolidate(config.out)
-            summary.consolidated = True
+            summary.consolidated = _finish_step(summary, f"afterwards run expr cache consolidate {config.out}",
+                                                consolidate, config.out)
         return summary
     finally:
         dist.close()
