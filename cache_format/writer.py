@@ -48,13 +48,24 @@ CHECKSUM = (Crc32cCodec(),)
 def store_lock(path: str | os.PathLike):
     """Exclusive lock on the store, for root metadata changes (not for video writes)."""
     staging = Path(path) / S.STAGING_DIR
-    staging.mkdir(parents=True, exist_ok=True)
-    with open(staging / ".lock", "a+") as fh:
+    while True:
+        staging.mkdir(parents=True, exist_ok=True)
+        fh = open(staging / ".lock", "a+")
         fcntl.flock(fh, fcntl.LOCK_EX)
+        # consolidate() removes an idle _staging; a process that waited on the removed lock
+        # file must not think it holds the lock that a newcomer takes on a new file.
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            same = os.fstat(fh.fileno()).st_ino == os.stat(staging / ".lock").st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 @contextlib.contextmanager
@@ -209,13 +220,17 @@ class CacheWriter:
 
     def _commit(self, tmp: Path, video_id: str) -> None:
         final = self.videos_dir / video_id
-        if final.exists():
-            trash = tmp.with_name(tmp.name + "__old")
-            os.rename(final, trash)
+        trash = tmp.with_name(tmp.name + "__old")
+        # Under the store lock: two processes replacing the same id at once interleaved their
+        # two renames, and one failed with "Directory not empty". Locked, the last commit wins
+        # whole (its features and source record together); the lock covers renames only.
+        with store_lock(self.path):
+            replaced = final.exists()
+            if replaced:
+                os.rename(final, trash)
             os.rename(tmp, final)
+        if replaced:
             shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
 
     def remove_video(self, video_id: str) -> None:
         """Take ``video_id`` out of the cache with one rename (readers see it or nothing)."""
@@ -418,6 +433,7 @@ def consolidate(path: str | os.PathLike) -> None:
     path = Path(path)
     with storage_errors_of(path, "consolidate the cache metadata"), store_lock(path), quiet_zarr():
         zarr.consolidate_metadata(str(path))
-    staging = path / S.STAGING_DIR
-    if staging.exists() and all(p.name == ".lock" for p in staging.iterdir()):
-        shutil.rmtree(staging, ignore_errors=True)
+        # Tidy an idle _staging while holding its lock (store_lock copes with its removal).
+        staging = path / S.STAGING_DIR
+        if all(p.name == ".lock" for p in staging.iterdir()):
+            shutil.rmtree(staging, ignore_errors=True)
