@@ -434,6 +434,10 @@ def consolidate(path: str | os.PathLike) -> None:
     with storage_errors_of(path, "consolidate the cache metadata"), store_lock(path), quiet_zarr():
         zarr.consolidate_metadata(str(path))
         # Tidy an idle _staging while holding its lock (store_lock copes with its removal).
+        # rmdir, not rmtree: a writer of another process may start a video in it right now
+        # (video writes do not take the lock), and rmdir then fails instead of deleting it.
         staging = path / S.STAGING_DIR
         if all(p.name == ".lock" for p in staging.iterdir()):
-            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (staging / ".lock").unlink()
+                staging.rmdir()
