@@ -158,3 +158,16 @@ def test_an_flv_whose_audio_outlasts_its_video_a_little_is_fine(tmp_path):
     F.make_video(videos / "long_audio.flv", n_frames=50, fps=25.0, size=(64, 48), audio_seconds=2.6)
     summary = run_extract(tiny_config(videos, tmp_path / "f.zarr"))
     assert summary.ok == ["long_audio"], summary.failed
+
+
+def test_export_and_import_keep_the_options(videos, tmp_path):
+    from expr.cache_format import export_hdf5, import_hdf5
+
+    out = tmp_path / "f.zarr"
+    run_extract(tiny_config(videos, out, face_crop="haar"))
+    export_hdf5(out, tmp_path / "f.h5")
+    import_hdf5(tmp_path / "f.h5", tmp_path / "g.zarr")
+    assert _root_attrs(tmp_path / "g.zarr")["options"] == _root_attrs(out)["options"]
+    assert validate_cache(tmp_path / "g.zarr") == []
+    with pytest.raises(CacheSchemaError, match='face_crop="haar" but this run uses "none"'):
+        run_extract(tiny_config(videos, tmp_path / "g.zarr"))
