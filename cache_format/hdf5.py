@@ -80,6 +80,7 @@ def import_hdf5(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bo
             dst, backbones=cache.backbones, text_embeddings=cache.text_embeddings(),
             logit_scale=cache.logit_scale, class_names=tuple(cache.class_names),
             prompt_template=cache.attrs["prompt_template"], reset=overwrite, protect=(src,),
+            options=cache.attrs.get("options"),
         )
         for vid in cache.video_ids:
             info = cache.info(vid)

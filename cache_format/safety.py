@@ -57,6 +57,11 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool, protect: Iter
                 f"--out {path} overlaps the input folder {other}: the cache must be a separate folder, "
                 "neither the inputs nor a folder around them"
             )
+    if path.is_symlink() and not path.exists():  # mkdir would fail with a bare "File exists"
+        raise ConfigError(
+            f"--out {path} is a symlink to {os.readlink(path)}, which does not exist: create that folder "
+            "or choose another --out"
+        )
     if not path.exists():
         return
     if not path.is_dir():

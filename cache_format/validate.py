@@ -8,6 +8,7 @@ import numpy as np
 
 from expr.cache_format import integrity as I
 from expr.cache_format import schema as S
+from expr.cache_format.options import FEATURE_OPTIONS, mixed_options
 from expr.cache_format.reader import open_cache
 from expr.errors import CacheSchemaError
 
@@ -38,6 +39,21 @@ def validate_cache(path: str | os.PathLike, *, check_values: bool = True, deep: 
             problems.append(f"videos/{vid}: incomplete (no complete marker); it is removed on the next write")
         for vid in cache.video_ids:
             problems.extend(f"videos/{vid}: {p}" for p in _check_video(cache, vid, check_values, deep))
+        problems.extend(_mixed(cache))
+    return problems
+
+
+def _mixed(cache) -> list[str]:
+    """A cache whose videos were made with different feature options (per-video records)."""
+    per_video = {vid: cache.info(vid).extra for vid in cache.video_ids}
+    problems = mixed_options(per_video)
+    root = cache.attrs.get("options")
+    if isinstance(root, dict):
+        for key in FEATURE_OPTIONS:
+            odd = [v for v, a in per_video.items() if key in a and key in root and a[key] != root[key]]
+            if odd:
+                problems.append(f"{len(odd)} video(s) (first: {odd[0]}) have {key}={odd and per_video[odd[0]][key]!r} "
+                                f"but the cache records {key}={root[key]!r}; re-extract them into a new --out")
     return problems
 
 

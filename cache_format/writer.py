@@ -29,9 +29,10 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from expr import __version__
 from expr.atomic import write_text
 from expr.cache_format import schema as S
+from expr.cache_format.options import cache_options, differences, mixed_options
 from expr.cache_format.safety import check_output_path, is_cache, remove_cache, storage_error
 from expr.cache_format.schema import read_node_attrs
-from expr.errors import CacheSchemaError, ConfigError
+from expr.errors import CacheSchemaError, ConfigError, ExprError
 
 # Measured on float16 features: Blosc-zstd with byte shuffle beats zarr's default Zstd
 # (0.85x vs 0.92x of raw) at the same read speed.
@@ -47,13 +48,35 @@ CHECKSUM = (Crc32cCodec(),)
 def store_lock(path: str | os.PathLike):
     """Exclusive lock on the store, for root metadata changes (not for video writes)."""
     staging = Path(path) / S.STAGING_DIR
-    staging.mkdir(parents=True, exist_ok=True)
-    with open(staging / ".lock", "a+") as fh:
+    while True:
+        staging.mkdir(parents=True, exist_ok=True)
+        fh = open(staging / ".lock", "a+")
         fcntl.flock(fh, fcntl.LOCK_EX)
+        # consolidate() removes an idle _staging; a process that waited on the removed lock
+        # file must not think it holds the lock that a newcomer takes on a new file.
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            same = os.fstat(fh.fileno()).st_ino == os.stat(staging / ".lock").st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+@contextlib.contextmanager
+def storage_errors_of(path: Path, what: str):
+    """Any OSError of the block as one line naming ``path`` (a hint for full or read-only disks)."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, ExprError):  # already one line
+            raise
+        raise storage_error(exc, path, what) from exc
 
 
 @contextlib.contextmanager
@@ -86,8 +109,9 @@ def _pid_alive(pid: int) -> bool:
 class CacheWriter:
     """Writes videos into an existing (or new) cache; see ``open_writer``."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, options: dict | None = None):
         self.path = path
+        self.options = dict(options or {})  # recorded on every video: see options.py
         self.videos_dir = path / S.VIDEOS_GROUP
         self.staging_dir = path / S.STAGING_DIR
         self._host = socket.gethostname().replace("__", "_")
@@ -174,7 +198,7 @@ class CacheWriter:
                 put(S.AUDIO, audio.astype(S.FEATURE_DTYPE), compress=True)
             put(S.FRAME_MASK, frame_mask, compress=False)
             put(S.TIMESTAMPS, timestamps, compress=False)
-            attrs = dict(extra_attrs or {})
+            attrs = {**self.options, **(extra_attrs or {})}
             attrs.update(
                 fps=float(fps),
                 n_frames=int(n_frames),
@@ -188,19 +212,25 @@ class CacheWriter:
             group.attrs.update(attrs)
             group.attrs["complete"] = True  # last: marks the group as whole
             self._commit(tmp, video_id)
+        except OSError as exc:  # a full or read-only disk: one line with what to do
+            raise storage_error(exc, self.path, f"write video {video_id!r} into the cache") from exc
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def _commit(self, tmp: Path, video_id: str) -> None:
         final = self.videos_dir / video_id
-        if final.exists():
-            trash = tmp.with_name(tmp.name + "__old")
-            os.rename(final, trash)
+        trash = tmp.with_name(tmp.name + "__old")
+        # Under the store lock: two processes replacing the same id at once interleaved their
+        # two renames, and one failed with "Directory not empty". Locked, the last commit wins
+        # whole (its features and source record together); the lock covers renames only.
+        with store_lock(self.path):
+            replaced = final.exists()
+            if replaced:
+                os.rename(final, trash)
             os.rename(tmp, final)
+        if replaced:
             shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
 
     def remove_video(self, video_id: str) -> None:
         """Take ``video_id`` out of the cache with one rename (readers see it or nothing)."""
@@ -227,7 +257,7 @@ class CacheWriter:
 
     def record_failures(self, failed: dict[str, str], succeeded: Iterable[str] = ()) -> None:
         """Merge per-video failure reasons into the root attribute ``failures``."""
-        with store_lock(self.path), quiet_zarr():
+        with storage_errors_of(self.path, "record the failed videos"), store_lock(self.path), quiet_zarr():
             root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
             # zarr types an attribute as any JSON value; this one is only written here, as {id: reason}
             failures = dict(cast("dict[str, str]", root.attrs.get("failures", {})))
@@ -262,11 +292,13 @@ def open_writer(
     prompt_template: str = S.PROMPT_TEMPLATE,
     reset: bool = False,
     protect: tuple = (),
+    options: dict | None = None,
 ) -> CacheWriter:
     """Create the cache at ``path`` or open an existing one for adding videos.
 
-    An existing cache must have been made with the same backbones and classes (else
-    ``CacheSchemaError`` naming both). Stale consolidated metadata is dropped and the
+    An existing cache must have been made with the same backbones, classes and feature
+    ``options`` (see options.py; else one ``CacheSchemaError`` line naming each differing
+    key and its two values). Stale consolidated metadata is dropped and the
     leftovers of crashed writers are removed. ``reset`` wipes the cache first, and only a
     cache: ``path`` and the ``protect`` folders (the inputs) are checked before anything is
     touched (see ``safety.check_output_path``). A failed write (disk full, read-only) is a
@@ -289,6 +321,8 @@ def open_writer(
         created_by=f"expr {__version__}",
         failures={},
     )
+    if options is not None:
+        attrs["options"] = dict(options)
     existed = path.exists()
     new = not existed or not is_cache(path)  # absent, empty, or being created
     try:
@@ -296,7 +330,7 @@ def open_writer(
             remove_cache(path)
             new = True
         path.mkdir(parents=True, exist_ok=True)
-        return _open_root(path, attrs, text_embeddings)
+        return _open_root(path, attrs, text_embeddings, options)
     except OSError as exc:
         if new:  # half a cache would be refused as "not a cache" by the rerun: undo it
             _empty(path, remove_dir=not existed)
@@ -314,7 +348,7 @@ def _empty(path: Path, remove_dir: bool) -> None:
                 entry.unlink(missing_ok=True)
 
 
-def _open_root(path: Path, attrs: dict, text_embeddings: np.ndarray) -> CacheWriter:
+def _open_root(path: Path, attrs: dict, text_embeddings: np.ndarray, options: dict | None) -> CacheWriter:
     with store_lock(path), quiet_zarr():
         existing = read_node_attrs(path)
         if existing is None:
@@ -329,18 +363,46 @@ def _open_root(path: Path, attrs: dict, text_embeddings: np.ndarray) -> CacheWri
             # Without the snapshot, readers list the videos afresh until the next consolidate().
             drop_consolidated(path)
             (path / S.VIDEOS_GROUP).mkdir(exist_ok=True)
-        writer = CacheWriter(path)
+            if options is not None:
+                _check_options(path, existing, options)
+        writer = CacheWriter(path, options)
         remove_leftovers(writer)
     return writer
 
 
+def _refuse(path: Path, diffs: list[str]) -> CacheSchemaError:
+    # Not --overwrite: that would delete every video of the cache to add a few.
+    return CacheSchemaError(
+        f"{path}: the cache was made with {'; '.join(diffs)}: one cache holds features made one way "
+        "only, so extract these videos into a new --out"
+    )
+
+
 def _check_same(existing: dict, wanted: dict, path: Path) -> None:
-    for key in ("backbones", "class_names", "prompt_template"):
-        if existing.get(key) != wanted[key]:
-            raise CacheSchemaError(
-                f"{path}: the cache was made with {key}={json.dumps(existing.get(key))} but this run "
-                f"uses {json.dumps(wanted[key])}; write to another --out or pass --overwrite"
-            )
+    keys = ("backbones", "class_names", "prompt_template")
+    diffs = differences({k: existing.get(k) for k in keys}, {k: wanted[k] for k in keys})
+    if diffs:
+        raise _refuse(path, diffs)
+
+
+def _check_options(path: Path, existing: dict, options: dict) -> None:
+    """Refuse a run whose feature options differ from the cache's; record them on an expr 0.2
+    cache, which has them per video only."""
+    videos = path / S.VIDEOS_GROUP
+    per_video = {} if isinstance(existing.get("options"), dict) else {
+        e.name: read_node_attrs(e) or {} for e in sorted(videos.iterdir()) if e.is_dir()}
+    mixed = mixed_options(per_video)
+    if mixed:
+        raise CacheSchemaError(f"{path}: {mixed[0]}; 'expr cache validate {path}' lists every problem")
+    # An option an older cache never recorded cannot disagree with this run.
+    recorded = cache_options(existing, per_video)
+    diffs = differences({"options": recorded}, {"options": options},
+                        skip_unrecorded=() if "options" in existing else ("options.",))
+    if diffs:
+        raise _refuse(path, diffs)
+    if existing.get("options") != options:
+        root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        root.attrs["options"] = dict(options)
 
 
 def remove_leftovers(writer: CacheWriter) -> list[str]:
@@ -369,8 +431,13 @@ def consolidate(path: str | os.PathLike) -> None:
     Call once, after every writer has finished: writers never update the snapshot.
     """
     path = Path(path)
-    with store_lock(path), quiet_zarr():
+    with storage_errors_of(path, "consolidate the cache metadata"), store_lock(path), quiet_zarr():
         zarr.consolidate_metadata(str(path))
-    staging = path / S.STAGING_DIR
-    if staging.exists() and all(p.name == ".lock" for p in staging.iterdir()):
-        shutil.rmtree(staging, ignore_errors=True)
+        # Tidy an idle _staging while holding its lock (store_lock copes with its removal).
+        # rmdir, not rmtree: a writer of another process may start a video in it right now
+        # (video writes do not take the lock), and rmdir then fails instead of deleting it.
+        staging = path / S.STAGING_DIR
+        if all(p.name == ".lock" for p in staging.iterdir()):
+            with contextlib.suppress(OSError):
+                (staging / ".lock").unlink()
+                staging.rmdir()

@@ -234,6 +234,29 @@ def _load_failed(spec: VisualSpec | AudioSpec, source: WeightSource, online: boo
     )
 
 
+def build_all(builders: dict[str, Any]) -> dict[str, Any]:
+    """Call every builder (stream -> no-argument function) and return their models.
+
+    A WeightsNotFoundError of one does not stop the others: when several streams lack their
+    weights (offline, nothing cached) the ONE error raised names all of them, so the user
+    fixes both in one round trip instead of discovering the second after fixing the first.
+    """
+    built, missing = {}, []
+    for stream, build in builders.items():
+        try:
+            built[stream] = build()
+        except WeightsNotFoundError as exc:
+            missing.append(exc)
+    if len(missing) == 1:
+        raise missing[0]
+    if missing:
+        raise WeightsNotFoundError(
+            f"the weights of {len(missing)} backbones are missing: "
+            + " AND ".join(f"({i}) {e}" for i, e in enumerate(missing, 1))
+        ) from missing[0]
+    return built
+
+
 # -- visual (open_clip) ---------------------------------------------------------------------
 @contextlib.contextmanager
 def _seeded(source: WeightSource):
@@ -256,14 +279,55 @@ def _register_arch(spec: VisualSpec) -> None:
         open_clip.add_model_config(SPECS_FILE.with_name(spec.arch_file))
 
 
+def checkpoint_kind(path: Path) -> str | None:
+    """"safetensors", "torch zip", "torch pickle" from the first bytes of ``path``, else None.
+
+    Loaders fed anything else fail with whatever their parser trips on: a text file read as a
+    pickle gave "KeyError: 101", or "a pickle that imports code" when it starts with 'c' (the
+    GLOBAL opcode), and /etc/passwd "list index out of range".
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head.startswith(b"PK\x03\x04"):
+        return "torch zip"  # torch.save since 1.6 (open_clip's .bin files)
+    if len(head) == 2 + 7 and head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        return "torch pickle"  # legacy torch.save: a pickle, protocol 2-5
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"  # 8-byte header length, then the JSON header
+    return None
+
+
+def _describe(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head:
+        return "an empty file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:  # (a multi-byte character cut at byte 512 is rare enough)
+        return "a binary file of another format"
+    printable = all(c.isprintable() or c in "\t\r\n" for c in text)
+    return "a text file" if printable else "a binary file of another format"
+
+
 def _local_checkpoint(path: Path, spec: BackboneSpec) -> str:
     if path.is_file():
+        try:
+            kind = checkpoint_kind(path)
+            what = _describe(path) if kind is None else ""
+        except OSError as exc:
+            raise WeightsNotFoundError(f"{spec.name}: cannot read the weights file {path} ({exc.strerror})") from exc
+        if kind is None:
+            raise WeightsNotFoundError(
+                f"{spec.name}: {path} is not a checkpoint ({what}, neither .safetensors nor a torch.save "
+                "file); pass the checkpoint file of this architecture"
+            )
         return str(path)
     for pattern in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
                     *(f"*{s}" for s in _LOCAL_SUFFIXES)):
         found = sorted(path.glob(pattern))
         if found:
-            return str(found[0])
+            return _local_checkpoint(found[0], spec)
     raise WeightsNotFoundError(
         f"{spec.name}: no checkpoint (*.safetensors, *.bin, *.pt) in {path}; pass the file itself"
     )

@@ -14,8 +14,10 @@ One ``FaceCropper`` per video, fed consecutive frames in order::
 
 Per frame: detect on a grey copy whose longer side is ``detect_size`` pixels, keep the
 largest face, smooth its box over time (EMA), reuse the last box when the detector misses
-(the face is assumed still there: ``found`` True), and centre-crop frames before the first
-detection (``found`` False: the caller masks them). The box logic (``BoxTracker``,
+for at most ``max_reuse`` frames in a row (the face is assumed still there: ``found`` True),
+and mark the frames after that, and those before the first detection, ``found`` False (the
+caller masks them). Without the limit, one false detection on a faceless video marked every
+later frame as a face (134 of 150 frames of a test pattern). The box logic (``BoxTracker``,
 ``square_box``, ``crop_square``) is plain numpy so it can be tested without OpenCV's detector.
 """
 
@@ -71,20 +73,28 @@ class BoxTracker:
     that is a cut or another person, and gliding there over ten frames would crop background.
     """
 
-    def __init__(self, smoothing: float = 0.6, jump: float = 0.5):
+    def __init__(self, smoothing: float = 0.6, jump: float = 0.5, max_reuse: int = 5):
         if not 0.0 <= smoothing < 1.0:
             raise ConfigError(f"face-crop smoothing must be in [0, 1), got {smoothing}")
+        if max_reuse < 0:
+            raise ConfigError(f"face-crop max_reuse must be >= 0, got {max_reuse}")
         self.smoothing = smoothing
         self.jump = jump
+        # 5: the window rule (DESIGN.md) bridges at most 5 invalid frames; a longer run of
+        # misses is "no face", not a blink or a turned head.
+        self.max_reuse = max_reuse
         self.box: Box | None = None
+        self.misses = 0  # detector misses in a row since the last detection
 
     def update(self, detected: Box | None) -> tuple[Box | None, bool]:
         """Feed this frame's detection (or None); return the box to crop and whether a face
-        has been seen so far (False only before the first detection)."""
+        is taken to be there: True on a detection and on up to ``max_reuse`` misses after one."""
         if detected is None:
-            return self.box, self.box is not None
-        prev = self.box
-        if prev is None or self._jumped(prev, detected):
+            self.misses += 1
+            return self.box, self.box is not None and self.misses <= self.max_reuse
+        prev, expired = self.box, self.misses > self.max_reuse
+        self.misses = 0
+        if prev is None or expired or self._jumped(prev, detected):
             self.box = detected
         else:
             a = self.smoothing
@@ -195,6 +205,7 @@ class FaceCropper:
         output_size: int = 224,
         margin: float = 0.25,
         smoothing: float = 0.6,
+        max_reuse: int = 5,
         min_face: float = 0.1,
         detect_size: int = 320,
         cascade: str | Path | None = None,
@@ -208,7 +219,7 @@ class FaceCropper:
             raise ConfigError(f"face-crop min_face is a fraction of the frame's shorter side, got {min_face}")
         self.output_size = output_size
         self.margin = margin
-        self.tracker = BoxTracker(smoothing)
+        self.tracker = BoxTracker(smoothing, max_reuse=max_reuse)
         # Injectable so that another detector (or a test's fake) can stand in for Haar.
         self.detect = detector or haar_detector(cascade, detect_size, min_face)
 

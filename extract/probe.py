@@ -7,6 +7,7 @@ back silently short.
 
 from __future__ import annotations
 
+import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ class Probe:
     video_start: float  # seconds: presentation time of the first video frame
     video_declared: float | None  # what the container says the video stream lasts, seconds
     video_frames: int  # frames the container header announces (0: unknown)
+    container_declared: float | None = None  # the whole file's duration (all streams), seconds
 
 
 def declared_duration(stream) -> float | None:
@@ -54,8 +56,14 @@ def probe(path: Path) -> Probe:
                 start = float(video.start_time * video.time_base)
             declared = declared_duration(video) if video is not None else None
             frames = int(video.frames or 0) if video is not None else 0
-            return Probe(video is not None, bool(container.streams.audio), start, declared, frames)
+            # FLV declares no per-stream duration, only the file's (onMetaData, at its start)
+            whole = container.duration / 1_000_000 if container.duration else None  # AV_TIME_BASE units
+            return Probe(video is not None, bool(container.streams.audio), start, declared, frames, whole)
     except FFmpegError as e:
+        if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM):  # not a damaged file: say so
+            raise MediaDecodeError(
+                f"{path}: cannot read the file (permission denied): make it readable (chmod a+r) or leave it out"
+            ) from e
         raise MediaDecodeError(
             f"{path}: not a video ffmpeg can read ({short_error(e)}); check that it is a complete video file or {FIX_HINT}"
         ) from e
@@ -75,10 +83,19 @@ def check_complete(path: Path, info: Probe, n: int, duration: float) -> None:
     """Fail a video with fewer frames than its container announces.
 
     Matroska/WebM (index at the end) and AVI (idx1 at the end) cut short just have fewer
-    frames, silently; their headers still carry the full duration / frame count.
+    frames, silently; their headers still carry the full duration / frame count. FLV
+    declares only the whole file's duration, which includes audio that may outlast the
+    video a little, so that check allows more (a quarter, at least 1 s): an FLV cut at a
+    tag boundary decoded 1 frame of 60 with no error and was stored as ok.
     """
-    declared, frames = info.video_declared, info.video_frames
+    declared, frames, whole = info.video_declared, info.video_frames, info.container_declared
     short = declared is not None and duration < declared - max(0.5, 0.05 * declared)
+    if declared is None and not frames and whole is not None and duration < whole - max(1.0, 0.25 * whole):
+        raise MediaDecodeError(
+            f"{path}: truncated: {n} of ~{round(whole * n / duration) if duration > 0 else '?'} frames "
+            f"(the video stream holds {duration:.2f} s, the file announces {whole:.2f} s); interrupted "
+            "download or copy? fetch it again or " + FIX_HINT
+        )
     if short or (frames and n < frames - max(2, 0.05 * frames)):
         expected = f"{frames} frames" if frames else f"{declared:.2f} s"
         raise MediaDecodeError(

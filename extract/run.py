@@ -24,6 +24,7 @@ from expr.extract.audio_features import AudioEncoder
 from expr.extract.backbones import (
     VisualEncoder,
     backbone_attrs,
+    build_all,
     build_clip,
     build_wav2vec2,
     clip_text_embeddings,
@@ -69,6 +70,10 @@ class Backbones:
         return AudioEncoder(build_wav2vec2(self.audio_spec, self.audio_source), self.audio_spec, self.device,
                             self.config.audio_chunk_seconds, self.config.audio_context_seconds)
 
+    def build(self) -> None:
+        """Build both models now; when both lack their weights, one error names both."""
+        build_all({"visual": lambda: self.visual, "audio": lambda: self.audio})
+
     def text(self, out: Path, reset: bool) -> tuple[np.ndarray, float]:
         """The classes' CLIP text embeddings and logit scale: the cache's own when it exists
         with these backbones (open_writer only checks their shape then), else from CLIP."""
@@ -82,6 +87,14 @@ class Backbones:
         return clip_text_embeddings(self.clip, self.visual_spec.arch, abaw.prompts())
 
 
+def feature_options(config: ExtractConfig) -> dict:
+    """The options of this run that change features besides the backbones (cache_format.options):
+    the cache records them, and refuses a run that would add videos made otherwise."""
+    return {"face_crop": config.face_crop, "visual_source": "frames" if config.frames is not None else "video",
+            "audio_chunk_seconds": float(config.audio_chunk_seconds),
+            "audio_context_seconds": float(config.audio_context_seconds)}
+
+
 def select_jobs(jobs: list, shard: str | None, rank: int, world_size: int) -> list:
     """This process's share: every N-th video of --shard K/N, then every WORLD_SIZE-th."""
     if shard:
@@ -93,7 +106,8 @@ def select_jobs(jobs: list, shard: str | None, rank: int, world_size: int) -> li
 def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist, reset: bool):
     text, scale = bb.text(config.out, reset)
     open_ = partial(open_writer, config.out, backbones=bb.attrs, text_embeddings=text, logit_scale=scale,
-                    protect=(config.videos, config.frames))  # --out may not overlap the inputs
+                    protect=(config.videos, config.frames),  # --out may not overlap the inputs
+                    options=feature_options(config))
     writer = open_(reset=reset) if dist.is_main else None
     dist.barrier()  # others open once rank 0 created (or wiped) the store
     return writer if writer is not None else open_(reset=False)
@@ -115,6 +129,18 @@ def _skip_complete(jobs: list, writer, overwrite: bool, summary: ExtractSummary)
     return todo
 
 
+def _finish_step(summary: ExtractSummary, then: str, step, *args) -> bool:
+    """Run a bookkeeping step after the videos (record failures, consolidate); its one-line
+    failure (a disk that filled up meanwhile) becomes a note of the summary, not a traceback
+    that hides it: the videos written are complete and readable without either step."""
+    try:
+        step(*args)
+        return True
+    except ExprError as exc:
+        summary.warnings.setdefault("cache", []).append(f"{exc}; the videos written are complete: {then}")
+        return False
+
+
 # -- the run ----------------------------------------------------------------------------------
 def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSummary:
     """Extract features of every video of ``config.videos`` into ``config.out``."""
@@ -133,7 +159,8 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     notes: list[str] = []
     image_size = get_spec(config.visual_model, "visual").image_size
     jobs = discover_videos(config.videos, config.frames, limit=config.limit, face_crop=config.face_crop,
-                           image_size=image_size, jpg_resize=config.jpg_resize, on_warning=notes.append)
+                           image_size=image_size, jpg_resize=config.jpg_resize, on_warning=notes.append,
+                           exclude=(config.out,))  # a cache inside --videos is output, not input
     jobs = select_jobs(jobs, config.shard, rank, world_size)
     bb = Backbones(config, device)
 
@@ -144,7 +171,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         if jobs and (reset or not is_cache(config.out)):
             # A new cache records these backbones: build them first, so that a checkpoint that
             # cannot be loaded leaves no empty cache behind that refuses a rerun with other weights.
-            _ = bb.visual, bb.audio
+            bb.build()
         writer = _open_cache(config, bb, dist, reset)
         summary = ExtractSummary(out=config.out, random_weights=bb.random_streams, device=str(device),
                                  rank=dist.rank, world_size=dist.world)
@@ -158,7 +185,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         feed = EncoderFeed(config, writer, bb, todo, summary, emit)
         try:
             if todo:
-                _ = bb.visual, bb.audio  # build both now: a missing checkpoint fails before any decoding
+                bb.build()  # build both now: a missing checkpoint fails before any decoding
                 # two frame slots per worker: one being filled while the parent reads the other
                 slots = max(8, 2 * config.workers)
                 with DecodePool(todo, workers=config.workers, max_pending=slots, borrow_frames=True) as pool:
@@ -168,13 +195,13 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         finally:
             feed.close()
         summary.elapsed = feed.elapsed()
-        writer.record_failures(summary.failed, summary.ok)
+        _finish_step(summary, "the next run retries them", writer.record_failures, summary.failed, summary.ok)
         dist.barrier()
         # Consolidate once, after every writer finished; separate --shard jobs cannot know
         # when the others are done, so they leave it to `expr cache consolidate`.
         if dist.is_main and config.shard is None:
-            consolidate(config.out)
-            summary.consolidated = True
+            summary.consolidated = _finish_step(summary, f"afterwards run expr cache consolidate {config.out}",
+                                                consolidate, config.out)
         return summary
     finally:
         dist.close()

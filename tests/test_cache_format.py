@@ -188,8 +188,13 @@ def test_reopen_with_other_backbones_names_both(tmp_path):
     new_writer(path)
     other = json.loads(json.dumps(BACKBONES))
     other["visual"]["weights"] = "openai"
-    with pytest.raises(CacheSchemaError, match='backbones=.*"weights": null.*"weights": "openai"'):
+    with pytest.raises(CacheSchemaError) as err:
         new_writer(path, backbones=other)
+    # One line naming the differing key and its two values, not two JSON blobs (issue 21.11),
+    # and a new --out rather than the cache-wiping --overwrite (issue 21.4).
+    msg = str(err.value)
+    assert 'backbones.visual.weights=null (random weights) but this run uses "openai"' in msg
+    assert "{" not in msg and "\n" not in msg and "--overwrite" not in msg and "new --out" in msg
     new_writer(path, backbones=other, reset=True)  # explicit reset starts over
     with open_cache(path) as cache:
         assert cache.backbones["visual"]["weights"] == "openai"

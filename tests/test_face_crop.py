@@ -45,6 +45,30 @@ def test_tracker_before_first_detection_then_ema_then_reuse():
     assert tracker.update(None) == (box, True)
 
 
+def test_reused_box_expires_so_no_face_is_recorded():
+    """Issue 21.10: one false detection marked every later frame of a faceless video as a face."""
+    tracker = BoxTracker(smoothing=0.5, max_reuse=3)
+    first = Box(100.0, 100.0, 80.0)
+    tracker.update(first)
+    found = [tracker.update(None)[1] for _ in range(6)]
+    assert found == [True, True, True, False, False, False]
+    # A detection after the expiry starts afresh: no average with the stale box.
+    later = Box(110.0, 100.0, 80.0)
+    assert tracker.update(later) == (later, True)
+    with pytest.raises(ConfigError, match="max_reuse"):
+        BoxTracker(max_reuse=-1)
+
+
+def test_one_spurious_detection_in_150_faceless_frames_marks_few_frames():
+    frames = np.zeros((150, 60, 80, 3), dtype=np.uint8)
+    calls = iter(range(150))
+    # The detector "sees" a face in frame 3 only, as Haar does now and then on a test pattern.
+    fake = lambda frame: np.array([[20.0, 10.0, 20.0, 20.0]]) if next(calls) == 3 else np.zeros((0, 4))  # noqa: E731
+    _, found = FaceCropper(output_size=16, detector=fake)(frames)
+    assert found.sum() == 1 + 5  # the detection and the default 5 reused frames, not 147
+    assert found[3:9].all() and not found[9:].any()
+
+
 def test_tracker_restarts_on_jump_or_resize():
     tracker = BoxTracker(smoothing=0.9)
     tracker.update(Box(100.0, 100.0, 80.0))
@@ -157,3 +181,26 @@ def test_haar_finds_face_in_cached_cremad_clip(request):
 @pytest.mark.slow
 def test_haar_finds_face_in_most_cremad_frames(request):
     _check_faces_in_clips(cremad_clips(request.config, fetch=True))
+
+
+@pytest.mark.slow
+def test_real_haar_on_ffmpegs_testsrc2_marks_few_frames_as_face():
+    """ffmpeg's testsrc2 pattern has no face, but Haar fires on 13 of its first 150 frames;
+    with unbounded reuse of the last box 89 frames were marked as face."""
+    import av
+
+    graph = av.filter.Graph()
+    src, fmt, sink = graph.add("testsrc2", "size=480x360:rate=25"), graph.add("format", "rgb24"), graph.add("buffersink")
+    src.link_to(fmt)
+    fmt.link_to(sink)
+    graph.configure()
+    frames = np.stack([sink.pull().to_ndarray() for _ in range(150)])
+    haar, hits = haar_detector(), []
+
+    def counting(frame):
+        boxes = haar(frame)
+        hits.append(len(boxes) > 0)
+        return boxes
+
+    _, found = FaceCropper(detector=counting)(frames)
+    assert found.sum() <= sum(hits) * 6 and found.sum() < 40, (sum(hits), found.sum())

@@ -60,6 +60,9 @@ def info(path: CachePath) -> None:
             shown = escape(str(weights)) if weights else "[bold red]RANDOM WEIGHTS (features are not meaningful)[/]"
             resize = f" resize={escape(str(bb['resize']))}" if "resize" in bb else ""  # caches before it lack it
             table.add_row(f"{stream} backbone", f"{escape(str(bb.get('name')))} dim={bb.get('dim')} weights={shown}{resize}")
+        options = cache.attrs.get("options")  # expr 0.2 caches record them per video only
+        if isinstance(options, dict):
+            table.add_row("options", escape(" ".join(f"{k}={v}" for k, v in options.items())))
         table.add_row("classes", ", ".join(cache.class_names))
         failures = cache.failures
         table.add_row("failed videos", str(len(failures)) if failures else "0")

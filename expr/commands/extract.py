@@ -179,7 +179,7 @@ def _print_summary(console: Console, summary) -> None:
     if summary.random_weights:
         console.print(f"[bold red]RANDOM WEIGHTS[/] for {esc(', '.join(summary.random_weights))}: "
                       "the cache records weights=null", highlight=False)
-    if not summary.consolidated and summary.rank == 0:
+    if not summary.consolidated and summary.rank == 0 and "cache" not in summary.warnings:  # else a note says why
         console.print(f"after every shard finished: expr cache consolidate {esc(summary.out)}", highlight=False)
 
 

@@ -1,0 +1,173 @@
+"""Extract says what it did: missing weights of both backbones in one message, one-line
+backbone mismatch, the options that change features recorded and never mixed (issue 21)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import media_fixtures as F
+from expr.cache_format import open_cache, validate_cache
+from expr.errors import CacheSchemaError, WeightsNotFoundError
+from expr.extract.config import ExtractConfig
+from expr.extract.run import run_extract
+
+TINY = dict(visual_model="test-tiny-clip", audio_model="test-tiny-wav2vec2")
+
+
+def tiny_config(videos: Path, out: Path, **kw) -> ExtractConfig:
+    return ExtractConfig(videos=videos, out=out, **{"batch_size": 8, "workers": 0, **TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("videos")
+    F.make_video(root / "a.mp4", n_frames=12, size=(96, 64))
+    F.make_video(root / "b.mp4", n_frames=9, size=(96, 64), audio_rate=None)
+    return root
+
+
+def test_both_backbones_without_weights_are_named_in_one_message(videos, tmp_path):
+    """Issue 21.7: offline, extract named only CLIP's missing weights; the user fixed that and
+    only then learnt that Wav2Vec2's were missing too."""
+    clip_dir, w2v_dir = tmp_path / "clip-empty", tmp_path / "w2v-empty"
+    clip_dir.mkdir(), w2v_dir.mkdir()
+    with pytest.raises(WeightsNotFoundError) as err:
+        run_extract(tiny_config(videos, tmp_path / "f.zarr", visual_weights=str(clip_dir),
+                                audio_weights=str(w2v_dir)))
+    msg = str(err.value)
+    assert "\n" not in msg and "clip-empty" in msg and "w2v-empty" in msg
+    assert "test-tiny-clip" in msg and "test-tiny-wav2vec2" in msg
+    assert not (tmp_path / "f.zarr").exists()
+
+
+# -- 21.4: options that change features are recorded and never mixed --------------------------
+def _root_attrs(cache: Path) -> dict:
+    return json.loads((cache / "zarr.json").read_text())["attributes"]
+
+
+def _edit_attrs(node: Path, **changes) -> None:
+    meta = json.loads((node / "zarr.json").read_text())
+    for key, value in changes.items():
+        if value is DROP:
+            meta["attributes"].pop(key, None)
+        else:
+            meta["attributes"][key] = value
+    meta.pop("consolidated_metadata", None)
+    (node / "zarr.json").write_text(json.dumps(meta))
+
+
+DROP = object()
+
+
+def test_the_cache_records_its_options_on_the_root_and_on_every_video(videos, tmp_path):
+    out = tmp_path / "f.zarr"
+    run_extract(tiny_config(videos, out, face_crop="haar"))
+    assert _root_attrs(out)["options"] == {"face_crop": "haar", "visual_source": "video",
+                                           "audio_chunk_seconds": 30.0, "audio_context_seconds": 3.0}
+    with open_cache(out) as cache:
+        assert {cache.info(v).extra["face_crop"] for v in cache.video_ids} == {"haar"}
+        assert cache.info("a").extra["audio_chunk_seconds"] == 30.0
+
+
+def test_extending_with_another_face_crop_is_refused_in_one_line(videos, tmp_path):
+    """Issue 21.4: a run without --face-crop haar silently re-extracted a video of a haar cache."""
+    out = tmp_path / "f.zarr"
+    run_extract(tiny_config(videos, out, face_crop="haar"))
+    before = sorted(p.name for p in (out / "videos").iterdir())
+    with pytest.raises(CacheSchemaError) as err:
+        run_extract(tiny_config(videos, out, overwrite=True, shard="0/1"))  # would redo every video
+    msg = str(err.value)
+    assert 'face_crop="haar" but this run uses "none"' in msg and "new --out" in msg
+    assert "\n" not in msg and "--overwrite" not in msg
+    with pytest.raises(CacheSchemaError, match='audio_chunk_seconds=30.0 but this run uses 10.0'):
+        run_extract(tiny_config(videos, out, face_crop="haar", audio_chunk_seconds=10.0))
+    assert sorted(p.name for p in (out / "videos").iterdir()) == before
+    with open_cache(out) as cache:
+        assert {cache.info(v).extra["face_crop"] for v in cache.video_ids} == {"haar"}
+
+
+def test_an_expr_02_cache_is_checked_by_its_per_video_records(videos, tmp_path):
+    """A cache written before the root record existed still opens; its videos' face_crop decides."""
+    out = tmp_path / "f.zarr"
+    run_extract(tiny_config(videos, out, face_crop="haar", limit=1))
+    for node in (out / "videos" / "a", out):
+        _edit_attrs(node, options=DROP, audio_chunk_seconds=DROP, audio_context_seconds=DROP)
+    assert validate_cache(out) == []
+    with pytest.raises(CacheSchemaError, match='face_crop="haar" but this run uses "none"'):
+        run_extract(tiny_config(videos, out))
+    summary = run_extract(tiny_config(videos, out, face_crop="haar"))  # same options: extended
+    assert summary.ok == ["b"] and summary.skipped == ["a"]
+    assert _root_attrs(out)["options"]["face_crop"] == "haar"  # recorded from now on
+
+
+def test_validate_flags_a_cache_that_already_mixes_options(videos, tmp_path):
+    out = tmp_path / "f.zarr"
+    run_extract(tiny_config(videos, out))
+    assert validate_cache(out) == []
+    _edit_attrs(out / "videos" / "b", face_crop="haar")  # what the bug let through
+    _edit_attrs(out)  # drop the consolidated snapshot, which still has the old value
+    problems = validate_cache(out)
+    assert any("mix face_crop" in p and '"none" in 1 (a)' in p and '"haar" in 1 (b)' in p for p in problems), problems
+    assert any("b" in p and "records face_crop='none'" in p for p in problems), problems
+    # ... and the cache refuses to grow further until it is sorted out
+    _edit_attrs(out, options=DROP)
+    with pytest.raises(CacheSchemaError, match="mix face_crop"):
+        run_extract(tiny_config(videos, out))
+
+
+def test_cache_info_shows_the_options(videos, tmp_path):
+    from typer.testing import CliRunner
+
+    from expr.cli import app
+
+    out = tmp_path / "f.zarr"
+    run_extract(tiny_config(videos, out, face_crop="haar"))
+    result = CliRunner().invoke(app, ["cache", "info", str(out)])
+    assert result.exit_code == 0 and "face_crop=haar" in result.output, result.output
+
+
+# -- 21.9: a truncated video is failed, never "ok" with a fraction of its frames ------------------
+def _cut_flv_at_packet(src: Path, dst: Path, packet: int) -> Path:
+    """The FLV cut where a video packet starts: every tag before it is whole, so the decoders
+    read the first frames without any error (an interrupted copy that stopped there)."""
+    import av
+
+    with av.open(str(src)) as container:
+        starts = [p.pos for p in container.demux(container.streams.video[0]) if p.pos]
+    dst.write_bytes(src.read_bytes()[: starts[packet]])
+    return dst
+
+
+@pytest.mark.parametrize("packet", [1, 20])
+def test_an_flv_cut_at_a_tag_boundary_fails_naming_how_much_is_there(tmp_path, packet):
+    """FLV declares only the file's duration; a clean cut decoded 1 frame of 60 and was stored as ok."""
+    full = F.make_video(tmp_path / "full.flv", n_frames=60, size=(64, 48))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _cut_flv_at_packet(full, videos / "cut.flv", packet)
+    summary = run_extract(tiny_config(videos, tmp_path / "f.zarr"))
+    assert summary.ok == [] and list(summary.failed) == ["cut"]
+    assert f"truncated: {packet} of ~6" in summary.failed["cut"]
+
+
+def test_an_flv_whose_audio_outlasts_its_video_a_little_is_fine(tmp_path):
+    videos = tmp_path / "videos"
+    F.make_video(videos / "long_audio.flv", n_frames=50, fps=25.0, size=(64, 48), audio_seconds=2.6)
+    summary = run_extract(tiny_config(videos, tmp_path / "f.zarr"))
+    assert summary.ok == ["long_audio"], summary.failed
+
+
+def test_export_and_import_keep_the_options(videos, tmp_path):
+    from expr.cache_format import export_hdf5, import_hdf5
+
+    out = tmp_path / "f.zarr"
+    run_extract(tiny_config(videos, out, face_crop="haar"))
+    export_hdf5(out, tmp_path / "f.h5")
+    import_hdf5(tmp_path / "f.h5", tmp_path / "g.zarr")
+    assert _root_attrs(tmp_path / "g.zarr")["options"] == _root_attrs(out)["options"]
+    assert validate_cache(tmp_path / "g.zarr") == []
+    with pytest.raises(CacheSchemaError, match='face_crop="haar" but this run uses "none"'):
+        run_extract(tiny_config(videos, tmp_path / "g.zarr"))
