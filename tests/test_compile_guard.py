@@ -214,7 +214,9 @@ def test_fallbacks_say_one_line_and_leave_the_result_unchanged(ds, tmp_path, mon
     monkeypatch.setattr(loop_module, "compile_mode", lambda *a: "default")  # as on CUDA
     messages: list[str] = []
     result = train(config(ds, tmp_path / "r", compile=setting), on_message=messages.append)
-    assert messages == ([expected] if expected else [])
+    # the tiny data set's own warnings (empty validation classes) are not the step's
+    step_messages = [m for m in messages if not m.startswith("warning:")]
+    assert step_messages == ([expected] if expected else [])
     assert len(calls) >= max(at, 1)
     off_dir, off = eager_run
     # Bit for bit the eager run: the check ran from the run's state and restored it (RNG,
