@@ -7,7 +7,7 @@ one first, with the run's backbones, and then calls ``predict_run``.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +22,8 @@ from expr.evaluate.config import PredictConfig
 from expr.evaluate.manifest import SUBMISSION_FILE, manifest_path
 from expr.evaluate.scoring import check_backbones, check_in_cache
 from expr.evaluate.submission import check_ids, write_submission
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -143,8 +145,7 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
     submission = folder.submission if folder else Path(cfg.out)
     submission.parent.mkdir(parents=True, exist_ok=True)
     if folder and cfg.overwrite:  # another run's per-video files must not outlive its submission
-        for stale in (folder.path / "frames", folder.path / "timelines"):
-            shutil.rmtree(stale, ignore_errors=True)
+        _remove_per_video_files(folder)
     write_submission(submission, labels, probabilities=per_video if cfg.probs else None, probs_path=cfg.probs)
     all_labels = np.concatenate(list(labels.values()))
     report = PredictReport(submission, cfg.probs, len(labels), int(all_labels.size),
@@ -154,6 +155,29 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
         _write_per_video(folder, bank, probs, cfg.timelines, report, stage)
     report.manifest = _write_manifest(cfg, run, device, backbones, report)
     return report
+
+
+def _remove_per_video_files(folder: PredictOut) -> None:
+    """--overwrite: the per-video files an earlier `expr predict` wrote, and nothing else.
+    frames/ and timelines/ are common names (ABAW's cropped_aligned frames, the --frames
+    input, may well sit in OUT/frames/): only plain files that start as predict's frame
+    tables and timeline PNGs do are removed; a linked folder and anything else stay."""
+    from expr.evaluate.video_outputs import FRAME_CSV_HEADER
+
+    table = (",".join(FRAME_CSV_HEADER) + "\n").encode()
+    for sub, suffix, start in ((folder.frame_csv("_").parent, ".csv", table),
+                               (folder.timeline_png("_").parent, ".png", PNG_MAGIC)):
+        if sub.is_symlink() or not sub.is_dir():
+            continue
+        for path in sub.iterdir():
+            if path.suffix != suffix or path.is_symlink() or not path.is_file():
+                continue
+            with open(path, "rb") as fh:
+                ours = fh.read(len(start)) == start
+            if ours:
+                path.unlink()
+        with contextlib.suppress(OSError):  # not empty: someone else's files are in it
+            sub.rmdir()
 
 
 def _write_per_video(folder: PredictOut, bank, probs, timelines: bool, report: PredictReport, stage) -> None:
