@@ -151,9 +151,11 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
     report = PredictReport(submission, cfg.probs, len(labels), int(all_labels.size),
                            np.bincount(all_labels, minlength=NUM_CLASSES).tolist(), cache=Path(cfg.cache),
                            no_face=cfg.no_face, filled_frames=filled, backbones=backbones)
+    # The manifest follows the submission at once: the per-video files take the longest, and a
+    # kill among them must not leave this submission beside a manifest naming another run.
+    report.manifest = _write_manifest(cfg, run, device, backbones, report)
     if folder:
         _write_per_video(folder, bank, probs, cfg.timelines, report, stage)
-    report.manifest = _write_manifest(cfg, run, device, backbones, report)
     return report
 
 

@@ -124,3 +124,24 @@ def test_overwrite_leaves_a_linked_frames_folder_alone(two_runs, tmp_path):
     (out / "timelines").symlink_to(elsewhere)
     assert _predict(run_b, ds.cache, out, "--overwrite") == 0
     assert (elsewhere / "keep.csv").read_text() == "frame,time\n"
+
+
+def test_an_interrupted_overwrite_never_leaves_the_old_runs_manifest(two_runs, tmp_path, monkeypatch):
+    """The per-video CSVs and timelines take the longest; a Ctrl-C among them must not leave
+    run B's submission.csv beside a manifest.json that still names run A."""
+    from expr.evaluate import PredictConfig
+    from expr.evaluate import prediction
+
+    ds, run_a, run_b = two_runs
+    out = tmp_path / "pred"
+    assert _predict(run_a, ds.cache, out) == 0
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prediction, "_write_per_video", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prediction.predict_run(PredictConfig(run=run_b, out=out, cache=ds.cache, timelines=False, device="cpu",
+                                             overwrite=True))
+    made_by = json.loads((out / "manifest.json").read_text())["run"]["path"]
+    assert made_by == str(run_b.resolve())  # the submission now there is run B's
