@@ -7,7 +7,7 @@ one first, with the run's backbones, and then calls ``predict_run``.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +22,8 @@ from expr.evaluate.config import PredictConfig
 from expr.evaluate.manifest import SUBMISSION_FILE, manifest_path
 from expr.evaluate.scoring import check_backbones, check_in_cache
 from expr.evaluate.submission import check_ids, write_submission
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def _write_manifest(cfg: PredictConfig, run, device, backbones: dict, report: "P
         "expr": version_text(),
         "run": {"path": str(Path(cfg.run).resolve()), "checkpoint": cfg.checkpoint, "epoch": run.meta.get("epoch"),
                 "trained_on_cache": run_cache.get("path"), "trained_on_fingerprint": run_cache.get("fingerprint")},
-        "cache": {"path": str(Path(cfg.cache).resolve()), "backbones": backbones},
+        "cache": {"path": str(Path(cfg.cache).resolve()) if cfg.cache is not None else None, "backbones": backbones},
         "device": str(device),
         "settings": {"window": run.train_config.window, "smooth": cfg.smooth,
                      "smooth_mode": cfg.smooth_mode if cfg.smooth > 1 else None,
@@ -143,17 +145,41 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
     submission = folder.submission if folder else Path(cfg.out)
     submission.parent.mkdir(parents=True, exist_ok=True)
     if folder and cfg.overwrite:  # another run's per-video files must not outlive its submission
-        for stale in (folder.path / "frames", folder.path / "timelines"):
-            shutil.rmtree(stale, ignore_errors=True)
+        _remove_per_video_files(folder)
     write_submission(submission, labels, probabilities=per_video if cfg.probs else None, probs_path=cfg.probs)
     all_labels = np.concatenate(list(labels.values()))
     report = PredictReport(submission, cfg.probs, len(labels), int(all_labels.size),
                            np.bincount(all_labels, minlength=NUM_CLASSES).tolist(), cache=Path(cfg.cache),
                            no_face=cfg.no_face, filled_frames=filled, backbones=backbones)
+    # The manifest follows the submission at once: the per-video files take the longest, and a
+    # kill among them must not leave this submission beside a manifest naming another run.
+    report.manifest = _write_manifest(cfg, run, device, backbones, report)
     if folder:
         _write_per_video(folder, bank, probs, cfg.timelines, report, stage)
-    report.manifest = _write_manifest(cfg, run, device, backbones, report)
     return report
+
+
+def _remove_per_video_files(folder: PredictOut) -> None:
+    """--overwrite: the per-video files an earlier `expr predict` wrote, and nothing else.
+    frames/ and timelines/ are common names (ABAW's cropped_aligned frames, the --frames
+    input, may well sit in OUT/frames/): only plain files that start as predict's frame
+    tables and timeline PNGs do are removed; a linked folder and anything else stay."""
+    from expr.evaluate.video_outputs import FRAME_CSV_HEADER
+
+    table = (",".join(FRAME_CSV_HEADER) + "\n").encode()
+    for sub, suffix, start in ((folder.frame_csv("_").parent, ".csv", table),
+                               (folder.timeline_png("_").parent, ".png", PNG_MAGIC)):
+        if sub.is_symlink() or not sub.is_dir():
+            continue
+        for path in sub.iterdir():
+            if path.suffix != suffix or path.is_symlink() or not path.is_file():
+                continue
+            with open(path, "rb") as fh:
+                ours = fh.read(len(start)) == start
+            if ours:
+                path.unlink()
+        with contextlib.suppress(OSError):  # not empty: someone else's files are in it
+            sub.rmdir()
 
 
 def _write_per_video(folder: PredictOut, bank, probs, timelines: bool, report: PredictReport, stage) -> None:

@@ -16,15 +16,18 @@ def git_commit() -> str | None:
 
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=10", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        if sha.returncode != 0 or not sha.stdout.strip():
+        found = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel", "--short=10", "HEAD"],
+                               capture_output=True, text=True, timeout=5)
+        lines = found.stdout.split("\n")
+        # expr's own checkout has this package at its root; anything else (a wheel in a
+        # virtualenv inside the user's project) would report the user's commit as expr's
+        if found.returncode != 0 or len(lines) < 2 or Path(lines[0]).resolve() != here.parent or not lines[1]:
             return None
         dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return sha.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+    return lines[1].strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def version_text() -> str:

@@ -95,3 +95,29 @@ def test_command_summaries_are_not_broken_where_the_source_breaks(capsys, monkey
     (evaluate,) = [r for r in rows if r.startswith("│ evaluate")]
     assert "per-frame (the official ABAW metric)" in evaluate
     assert "report.html" in evaluate or "timelines" in evaluate
+
+
+def test_an_installed_copy_inside_another_git_repo_claims_no_commit(tmp_path):
+    """A wheel installed into a virtualenv inside the user's own git project (.venv/ is in
+    their work tree) must not report the user's project commit as expr's."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    project = tmp_path / "project"
+    project.mkdir()
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(tmp_path), "PATH": __import__("os").environ["PATH"]}
+    for cmd in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "theirs"]):
+        subprocess.run(["git", *cmd], cwd=project, env=env, check=True, capture_output=True)
+    (project / ".gitignore").write_text(".venv/\n")
+    package = project / ".venv" / "lib" / "python3" / "site-packages" / "expr"
+    package.mkdir(parents=True)
+    shutil.copy(Path(expr.__file__), package / "__init__.py")
+    spec = importlib.util.spec_from_file_location("installed_expr", package / "__init__.py")
+    installed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(installed)
+    assert installed.git_commit() is None
+    assert installed.version_text() == f"expr {expr.__version__}"

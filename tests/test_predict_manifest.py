@@ -56,7 +56,7 @@ def test_another_runs_predictions_need_overwrite(two_runs, tmp_path, capsys):
     assert _predict(run_a, ds.cache, out) == 0
     assert _predict(run_a, ds.cache, out) == 0  # the same run again: fine
     before = (out / "submission.csv").read_bytes()
-    (out / "frames" / "stale.csv").write_text("x")
+    (out / "frames" / "stale.csv").write_text((out / "frames" / f"{ds.val_ids[0]}.csv").read_text())
     capsys.readouterr()
     assert _predict(run_b, ds.cache, out) == 1
     err = " ".join(capsys.readouterr().err.split())
@@ -87,3 +87,61 @@ def test_predictions_of_unknown_origin_are_not_replaced_silently(two_runs, tmp_p
     assert "no manifest.json to say which run made them" in " ".join(capsys.readouterr().err.split())
     assert (out / "submission.csv").read_text() == "made by v0.2\n"
     assert _predict(run_a, ds.cache, out, "--overwrite") == 0
+
+
+def test_overwrite_keeps_what_predict_did_not_write(two_runs, tmp_path, capsys):
+    """--overwrite replaces the earlier predictions' per-video files, and only those: a
+    frames/ folder of the user's own (ABAW cropped_aligned jpgs, say, the --frames input)
+    and other files in timelines/ stay."""
+    ds, run_a, run_b = two_runs
+    out = tmp_path / "data"
+    assert _predict(run_a, ds.cache, out) == 0
+    theirs = out / "frames" / "video_1" / "00001.jpg"   # the user's frames, beside predict's CSVs
+    theirs.parent.mkdir()
+    theirs.write_bytes(b"\xff\xd8\xff jpg")
+    notes = out / "frames" / "notes.csv"                 # a CSV that is not a frame table
+    notes.write_text("id,comment\nv1,blurry\n")
+    drawing = out / "timelines" / "sketch.svg"
+    drawing.parent.mkdir(exist_ok=True)
+    drawing.write_text("<svg/>")
+    stale = out / "frames" / "gone_video.csv"            # a frame table of a video run B does not predict
+    stale.write_text((out / "frames" / f"{ds.val_ids[0]}.csv").read_text())
+    assert _predict(run_b, ds.cache, out, "--overwrite") == 0
+    assert theirs.read_bytes() == b"\xff\xd8\xff jpg"
+    assert notes.read_text() == "id,comment\nv1,blurry\n" and drawing.read_text() == "<svg/>"
+    assert not stale.exists()  # run A's per-video files went with its submission
+    assert (out / "frames" / f"{ds.val_ids[0]}.csv").is_file()
+
+
+def test_overwrite_leaves_a_linked_frames_folder_alone(two_runs, tmp_path):
+    ds, run_a, run_b = two_runs
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.csv").write_text("frame,time\n")
+    out = tmp_path / "linked"
+    out.mkdir()
+    (out / "submission.csv").write_text("made by v0.2\n")
+    (out / "timelines").symlink_to(elsewhere)
+    assert _predict(run_b, ds.cache, out, "--overwrite") == 0
+    assert (elsewhere / "keep.csv").read_text() == "frame,time\n"
+
+
+def test_an_interrupted_overwrite_never_leaves_the_old_runs_manifest(two_runs, tmp_path, monkeypatch):
+    """The per-video CSVs and timelines take the longest; a Ctrl-C among them must not leave
+    run B's submission.csv beside a manifest.json that still names run A."""
+    from expr.evaluate import PredictConfig
+    from expr.evaluate import prediction
+
+    ds, run_a, run_b = two_runs
+    out = tmp_path / "pred"
+    assert _predict(run_a, ds.cache, out) == 0
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prediction, "_write_per_video", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prediction.predict_run(PredictConfig(run=run_b, out=out, cache=ds.cache, timelines=False, device="cpu",
+                                             overwrite=True))
+    made_by = json.loads((out / "manifest.json").read_text())["run"]["path"]
+    assert made_by == str(run_b.resolve())  # the submission now there is run B's

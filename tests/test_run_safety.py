@@ -282,6 +282,27 @@ def test_overwrite_replaces_a_run_with_its_reports_and_timelines(ds, half, tmp_p
     assert [r["epoch"] for r in result.history] == [1]
 
 
+def test_an_overwrite_killed_while_deleting_can_be_overwritten_again(ds, half, tmp_path, monkeypatch):
+    """The run record (config.json) is what lets --overwrite delete a folder: it goes last, so
+    a kill among the deletions leaves a folder that --overwrite still recognises."""
+    run = _copy_run(half, tmp_path)
+    real_unlink, deleted = Path.unlink, []
+
+    def unlink(self, *args, **kwargs):
+        if self.parent == run and len(deleted) == 2:
+            raise Killed
+        real_unlink(self, *args, **kwargs)
+        deleted.append(self.name)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(Killed):
+        train(config(ds, run, overwrite=True))
+    monkeypatch.undo()
+    assert len(deleted) == 2 and (run / "config.json").is_file()
+    result = train(config(ds, run, epochs=1, overwrite=True))
+    assert [r["epoch"] for r in result.history] == [1]
+
+
 # -- 9. array shapes that disagree with the attributes -----------------------------------
 
 def _edit_attrs(cache: Path, vid: str, **attrs) -> None:

@@ -334,7 +334,9 @@ def prepare_run_dir(cfg: TrainConfig, dist: Dist, on_message: Callable[[str], No
     if dist.is_main:
         with storage_errors(out, "create the run directory"):
             out.mkdir(parents=True, exist_ok=True)
-            for name in present:
+            # config.json last: it is what lets --overwrite delete the folder, so a kill among
+            # the deletions leaves a folder that --overwrite still recognises as a run
+            for name in sorted(present, key=lambda n: n == CONFIG_FILE):
                 if (out / name).is_dir():  # timelines_<split>/ of PNGs only (_is_ours checked)
                     shutil.rmtree(out / name)
                 else:
