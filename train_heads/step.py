@@ -182,8 +182,8 @@ class LossStep:
         if fast and self.fn_grouped is not None and n > 1 and len({len(b[3]) for b in batches}) == 1:
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
-            joined = [torch.cat(parts) for parts in zip(*batches)]  # (n * B, ...) each
-            loss, losses = self.fn_grouped(*joined, n)
+            visual, audio, mask, target = (torch.cat(parts) for parts in zip(*batches))  # (n * B, ...) each
+            loss, losses = self.fn_grouped(visual, audio, mask, target, n)
             loss.backward()
             return losses.detach().clone()  # a copy: safe from CUDA-graph memory reuse
         return torch.stack([self._micro(fast, b, n, i == n - 1) for i, b in enumerate(batches)])
