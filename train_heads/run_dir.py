@@ -44,14 +44,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from expr.atomic import TEMP_NAME, check_writable, commit_folder, recover_folder, write_json, write_text
-from expr.errors import ConfigError, check_choice, storage_errors
-from expr.train_heads.config import RECORDED_SINCE_V01, HeadConfig, TrainConfig
+from expr.errors import ConfigError, storage_errors
+from expr.train_heads.config import RECORDED_SINCE_V01, TrainConfig
 
 if TYPE_CHECKING:
-    import torch
-
     from expr.devices import Dist
-    from expr.train_heads.model import ExprHeadModel
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -432,33 +429,3 @@ def _check_resume_options(run: RunDir, cfg: TrainConfig) -> None:
     if diff:
         shown = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {mine[k]})" for k in diff)
         raise ConfigError(f"{run.path}: --resume with other options than the run: {shown}; use the run's options")
-
-
-@dataclass
-class LoadedRun:
-    model: ExprHeadModel          # in eval mode
-    train_config: TrainConfig
-    head_config: HeadConfig
-    meta: dict                    # checkpoint meta + config.json's "cache" and "data" blocks
-
-
-def load_run(run_dir: str | Path, which: str = Checkpoint.best.value,
-             device: str | torch.device = "cpu") -> LoadedRun:
-    """The model of ``run_dir``'s ``which`` checkpoint with the run's configs and meta; the
-    failures a user meets (no folder, no such checkpoint) are named with what to do."""
-    from expr.train_heads.checkpoint import load_weights
-
-    check_choice("checkpoint", which, Checkpoint)
-    run = RunDir(Path(run_dir))
-    if not run.path.is_dir():
-        raise ConfigError(f"{run.path}: no such run directory; train one with 'expr train --out {run.path}'")
-    weights = run.checkpoint(which).weights
-    if not weights.is_file():
-        found = sorted(p.name for p in run.path.glob(f"*{WEIGHTS_SUFFIX}"))
-        hint = f"found {', '.join(found)}; try --checkpoint {found[0].split('.')[0]}" if found else (
-            "the run has no checkpoint at all: did training finish its first epoch?")
-        raise ConfigError(f"{run.path}: no {weights.name} checkpoint ({hint})")
-    config = run.read_config()
-    model, meta = load_weights(weights, device)
-    meta = {**meta, "cache": config.get("cache", {}), "data": config.get("data", {})}
-    return LoadedRun(model, TrainConfig.from_dict(config["train"]), model.cfg, meta)
