@@ -2,13 +2,15 @@
 
 The public interface (what the CLI and the README's Python API use) is ``__all__``: one
 config and one runner per command, the metric function and the submission file helpers.
-Importing this package stays light (no torch): the configs load now, the rest on first use.
+Importing this package stays light (no torch): the configs and the folder layouts
+(``ReportDir``, ``AblationDir``) load now, the rest on first use.
 It reaches ``expr.train_heads`` only through that package's public interface.
 """
 
 from typing import TYPE_CHECKING
 
 from expr.evaluate.config import AblateConfig, EvaluateConfig, PredictConfig
+from expr.evaluate.report_dir import AblationDir, ReportDir
 from expr.lazy import lazy_getattr
 
 _LAZY = {
@@ -28,7 +30,7 @@ if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both 
     from expr.evaluate.submission import read_probabilities, read_submission, validate_submission, write_submission
 
 __all__ = [
-    "AblateConfig", "EvaluateConfig", "PredictConfig", "EvalReport", "evaluate_run", "PredictReport",
+    "AblateConfig", "EvaluateConfig", "PredictConfig", "ReportDir", "AblationDir", "EvalReport", "evaluate_run", "PredictReport",
     "predict_run", "AblationReport", "run_ablation", "ClassificationMetrics", "compute_metrics",
     "write_submission", "read_submission", "validate_submission", "read_probabilities",
 ]

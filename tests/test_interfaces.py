@@ -1,5 +1,6 @@
 """The stage packages' public interfaces and the facts they own (issue 11): evaluate uses
-train_heads only through its __init__, the run folder's names live in run_dir.py, and
+train_heads only through its __init__, the run folder's training files are named in
+run_dir.py and evaluate's reports (and the ablation folder) in evaluate/report_dir.py, and
 every command's defaults are its config's."""
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import typer
 from expr.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-# Written in the run folder: only train_heads/run_dir.py may spell these.
-RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "result.json", ".safetensors", "state.json", "report.html")
+# Written in the run folder by training: only train_heads/run_dir.py may spell these.
+RUN_FILE_NAMES = ("config.json", "metrics.jsonl", ".safetensors", "state.json")
+# Evaluate's reports in a run folder and the ablation folder's files: only evaluate/report_dir.py.
+REPORT_FILE_NAMES = ("result.json", "report.html", "ablation.csv", "ablation.md", "ablation.png")
 RUN_REPORT_PREFIXES = ("eval_", "confusion_", "timelines_")
+OWNERS = {"run_dir.py": ("train_heads", RUN_FILE_NAMES, ()),
+          "report_dir.py": ("evaluate", REPORT_FILE_NAMES, RUN_REPORT_PREFIXES)}
 
 
 def _code_strings(path: Path) -> list[str]:
@@ -74,16 +79,22 @@ def test_importing_the_stage_interfaces_and_configs_imports_no_torch():
     assert proc.stdout.strip() == "False"
 
 
-def test_only_run_dir_spells_the_run_folder_file_names():
+@pytest.mark.parametrize("owner", sorted(OWNERS))
+def test_only_the_owner_spells_its_file_names(owner):
+    from expr.train_heads.run_dir import REPORT_PATTERNS
+
+    folder, names, prefixes = OWNERS[owner]
     files = [*(REPO / "train_heads").glob("*.py"), *(REPO / "evaluate").glob("*.py"),
-             *(REPO / "expr" / "commands" / n for n in ("train.py", "evaluate.py", "predict.py", "ablate.py"))]
+             *(REPO / "expr" / "commands" / n for n in ("train.py", "evaluate.py", "predict.py", "ablate.py")),
+             REPO / "expr" / "demo.py"]
     offenders = []
     for path in files:
-        if path.name == "run_dir.py" and path.parent.name == "train_heads":
+        if path.name == owner and path.parent.name == folder:
             continue
         for text in _code_strings(path):
-            if any(name in text for name in RUN_FILE_NAMES) or any(
-                    text.startswith(prefix + "{}") for prefix in RUN_REPORT_PREFIXES):
+            if path.name == "run_dir.py" and text in REPORT_PATTERNS:
+                continue  # what --overwrite may delete (the next test checks report_dir's names fit)
+            if any(name in text for name in names) or any(text.startswith(prefix + "{}") for prefix in prefixes):
                 offenders.append(f"{path.relative_to(REPO)}: {text!r}")
     assert offenders == []
 
@@ -94,16 +105,34 @@ def test_run_dir_names_its_files():
 
     run = RunDir(Path("r"))
     last = run.checkpoint("last")
-    assert (run.config.name, run.metrics.name, run.result.name) == ("config.json", "metrics.jsonl", "result.json")
+    assert (run.config.name, run.metrics.name) == ("config.json", "metrics.jsonl")
     assert (last.weights.name, last.optimizer.name, last.state.name) == (
         "last.safetensors", "last.optim.safetensors", "last.state.json")
-    assert run.eval_report("Validation_Set").name == "eval_Validation_Set.json"
-    assert run.confusion_png("Validation_Set", "window").name == "confusion_Validation_Set_window.png"
-    assert run.timeline_png("Validation_Set", "v1").as_posix() == "r/timelines_Validation_Set/v1.png"
-    assert run.report.name == "report.html"
     assert is_run_file("best.safetensors") and is_run_file("confusion_x_per_frame.png")
     assert is_run_file("report.html") and is_run_file("timelines_Validation_Set")
     assert not is_run_file("result.json") and not is_run_file("notes.txt")
+
+
+def test_report_dir_names_evaluates_files_and_train_overwrite_knows_them():
+    from expr.evaluate import AblationDir, ReportDir
+    from expr.train_heads.run_dir import is_run_file
+
+    reports = ReportDir(Path("r"))
+    assert reports.eval_report("Validation_Set").name == "eval_Validation_Set.json"
+    assert reports.confusion_png("Validation_Set", "window").name == "confusion_Validation_Set_window.png"
+    assert reports.timeline_png("Validation_Set", "v1").as_posix() == "r/timelines_Validation_Set/v1.png"
+    assert reports.report.name == "report.html"
+    # every report is part of the run: `expr train --overwrite` may replace it
+    for path in (reports.eval_report("S"), reports.confusion_png("S", "per_frame"), reports.timelines("S"),
+                 reports.report):
+        assert is_run_file(path.name), path
+    ablation = AblationDir(Path("a"))
+    cell = ablation.cell("window=30", 43)
+    assert cell.as_posix() == "a/cells/window=30/seed43"
+    assert AblationDir.cell_result(cell).as_posix() == "a/cells/window=30/seed43/result.json"
+    assert (ablation.csv.name, ablation.markdown.name, ablation.chart.name, ablation.report.name) == (
+        "ablation.csv", "ablation.md", "ablation.png", "report.html")
+    assert not is_run_file(AblationDir.cell_result(cell).name)  # the ablation's record, not the run's
 
 
 def _cli_defaults(command: str) -> dict:
