@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both 
     from expr.evaluate.submission import read_probabilities, read_submission, validate_submission, write_submission
 
 __all__ = [
-    "AblateConfig", "EvaluateConfig", "PredictConfig", "ReportDir", "AblationDir", "EvalReport", "evaluate_run", "PredictReport",
-    "predict_run", "AblationReport", "run_ablation", "ClassificationMetrics", "compute_metrics",
+    "AblateConfig", "EvaluateConfig", "PredictConfig", "ReportDir", "AblationDir", "EvalReport", "evaluate_run",
+    "PredictReport", "predict_run", "AblationReport", "run_ablation", "ClassificationMetrics", "compute_metrics",
     "write_submission", "read_submission", "validate_submission", "read_probabilities",
 ]

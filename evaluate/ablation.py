@@ -27,8 +27,9 @@ from expr.evaluate.report_sources import report_from_ablation
 from expr.evaluate.scoring import check_in_cache, score_both
 from expr.train_heads import Checkpoint, FeatureBank, Preload, RunDir, TrainConfig
 
-# Options that do not change what a cell learns: a resumed ablation may differ in them.
-_NOT_IDENTITY = ("out", "device", "preload", "overwrite", "resume", "eval_batch_size", "chunk_frames")
+# Options that do not change what a cell learns (TrainConfig's metadata): a resumed ablation
+# may differ in them.
+_NOT_IDENTITY = TrainConfig.not_learned()
 
 
 @dataclass
@@ -80,7 +81,9 @@ def _finished(path: Path, identity: dict) -> CellResult | None:
     """The stored result of a (cell, seed) if it exists, parses and was trained the same way."""
     try:
         data = json.loads(AblationDir.cell_result(path).read_text(encoding="utf-8"))
-        if data.get("train") != identity:
+        # (records of older versions also hold options since marked as not learned: --compile)
+        train = data.get("train")
+        if not isinstance(train, dict) or {k: v for k, v in train.items() if k not in _NOT_IDENTITY} != identity:
             return None
         return CellResult.from_dict(data["result"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -164,3 +164,33 @@ def test_architecture_defaults_are_declared_once():
     off = dataclasses.replace(train, no_audio=True, no_tcn=True, fusion="concat", dropout_head=0.1)
     built = off.head_config(1, 1, 1)
     assert (built.use_audio, built.use_tcn, built.fusion, built.dropout_head) == (False, False, "concat", 0.1)
+
+
+def test_options_that_do_not_change_what_is_learned_are_declared_once_as_config_metadata():
+    from expr.evaluate import ablation
+    from expr.train_heads import TrainConfig
+    from expr.train_heads.run_dir import RESUME_FREE
+
+    free = TrainConfig.not_learned()
+    assert free == {"out", "resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size", "compile"}
+    assert RESUME_FREE == free and ablation._NOT_IDENTITY == free  # --resume and ablate read the same list
+
+
+def test_an_ablation_record_that_still_holds_compile_is_reused(tmp_path):
+    import json
+
+    from expr.evaluate import AblationDir
+    from expr.evaluate.ablation import _finished, _identity
+    from expr.train_heads import TrainConfig
+
+    tcfg = TrainConfig(cache=Path("c"), labels=Path("l"), out=tmp_path)
+    identity = _identity(tcfg)
+    assert "compile" not in identity and "device" not in identity and "window" in identity
+    result = {"cell": [["window", "60"]], "seed": 42, "frame_macro_f1": 0.5, "frame_accuracy": 0.6,
+              "window_macro_f1": 0.4, "window_accuracy": 0.7, "best_epoch": 1, "seconds": 2.0, "run_dir": "x"}
+    # written by an expr before --compile was marked as not learned: the record held it
+    AblationDir.cell_result(tmp_path).write_text(json.dumps({"train": identity | {"compile": "auto"},
+                                                             "result": result}))
+    found = _finished(tmp_path, identity)
+    assert found is not None and found.frame_macro_f1 == 0.5
+    assert _finished(tmp_path, identity | {"window": 30}) is None  # a learned option differs: retrain

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from expr.atomic import atomic_path, write_json
 from expr.errors import ConfigError, check_choice
-from expr.train_heads.config import HeadConfig, TrainConfig
+from expr.train_heads.config import RECORDED_SINCE_V01, HeadConfig, TrainConfig
 from expr.train_heads.model import ExprHeadModel
 from expr.train_heads.run_dir import WEIGHTS_SUFFIX, Checkpoint, CheckpointFiles, RunDir
 
@@ -208,8 +208,9 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
         raise ConfigError(f"{path}: cannot read the checkpoint ({exc}); the file is damaged") from exc
     if "head_config" not in metadata:
         raise ConfigError(f"{path}: not an expr head checkpoint (no head_config in its metadata)")
-    # v0.1 checkpoints predate the weight_norm switch and were all weight-normed.
-    cfg = HeadConfig.from_dict({"weight_norm": True, **json.loads(metadata["head_config"])})
+    # v0.1 checkpoints predate the weight_norm switch and were all weight-normed (the table's
+    # other entries are not head options: from_dict ignores them).
+    cfg = HeadConfig.from_dict(RECORDED_SINCE_V01 | json.loads(metadata["head_config"]))
     model = ExprHeadModel(cfg, torch.zeros(cfg.num_classes, cfg.text_dim), 1.0)
     try:
         model.load_state_dict(tensors, strict=True)

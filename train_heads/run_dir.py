@@ -59,10 +59,11 @@ STATE_SUFFIX = ".state.json"
 REPORT_HTML = "report.html"
 TIMELINES_GLOB = "timelines_*"   # folders of PNGs
 REPORT_PATTERNS = ("eval_*.json", "confusion_*.png", REPORT_HTML, TIMELINES_GLOB)
-# Options that may change between a run and its --resume without changing the result
-# (--out: the run being resumed, wherever it now lies or however its path is spelled).
-# Not --epochs: it is the cosine schedule's T_max, so every epoch's learning rate depends on it.
-RESUME_FREE = {"out", "resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size", "compile"}
+# Options that may change between a run and its --resume without changing the result: those
+# TrainConfig marks as not learned (--out: the run being resumed, wherever it now lies or however
+# its path is spelled). Not --epochs: it is the cosine schedule's T_max, so every epoch's
+# learning rate depends on it.
+RESUME_FREE = TrainConfig.not_learned()
 
 
 class Checkpoint(str, Enum):
