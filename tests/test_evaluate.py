@@ -10,7 +10,8 @@ import torch
 import typer
 
 from expr.cli import app, run
-from expr.evaluate import AblateConfig, EvaluateConfig, PredictConfig
+from expr.evaluate import AblateConfig, EvaluateConfig
+from expr.pipeline import PredictVideosConfig
 from expr.evaluate.protocols import causal_window
 
 WINDOW = 16
@@ -36,7 +37,7 @@ def _params(command: str) -> set[str]:
     return {p.name for p in click_app.commands[command].params}
 
 
-@pytest.mark.parametrize("command, config", [("evaluate", EvaluateConfig), ("predict", PredictConfig),
+@pytest.mark.parametrize("command, config", [("evaluate", EvaluateConfig), ("predict", PredictVideosConfig),
                                              ("ablate", AblateConfig)])
 def test_cli_options_mirror_config_fields(command, config):
     assert _params(command) - {"help"} == {f.name for f in dataclasses.fields(config)}

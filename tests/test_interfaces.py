@@ -140,13 +140,13 @@ def _cli_defaults(command: str) -> dict:
     return {p.name: getattr(p.default, "value", p.default) for p in params}
 
 
-@pytest.mark.parametrize("command, config", [("evaluate", "EvaluateConfig"), ("predict", "PredictConfig"),
-                                             ("ablate", "AblateConfig")])
+@pytest.mark.parametrize("command, config", [("evaluate", "evaluate.EvaluateConfig"),
+                                             ("predict", "pipeline.PredictVideosConfig"),
+                                             ("ablate", "evaluate.AblateConfig")])
 def test_cli_defaults_are_the_config_defaults(command, config):
-    import expr.evaluate
-
+    module, name = config.split(".")
     defaults = _cli_defaults(command)
-    for f in dataclasses.fields(getattr(expr.evaluate, config)):
+    for f in dataclasses.fields(getattr(importlib.import_module(f"expr.{module}"), name)):
         if f.default is not dataclasses.MISSING:
             assert defaults[f.name] == f.default, f.name
 

@@ -114,12 +114,11 @@ def _rgba(colour: str) -> tuple:
 
 
 def test_videos_already_in_the_cache_are_not_extracted_again(tiny_run, new_videos, tmp_path):
-    from expr.evaluate import PredictConfig
-    from expr.pipeline import predict_videos
+    from expr.pipeline import PredictVideosConfig, predict_videos
 
     cache = tmp_path / "shared.zarr"
-    cfg = PredictConfig(run=tiny_run, out=tmp_path / "out", videos=new_videos, cache=cache, device="cpu",
-                        timelines=False)
+    cfg = PredictVideosConfig(run=tiny_run, out=tmp_path / "out", videos=new_videos, cache=cache, device="cpu",
+                              timelines=False)
     first = predict_videos(cfg)
     assert sorted(first.extracted) == sorted(FRAMES) and first.reused == []
     groups = {v: (cache / "videos" / v / "zarr.json").stat().st_mtime_ns for v in FRAMES}
