@@ -13,16 +13,9 @@ from expr.evaluate.config import AblateConfig, EvaluateConfig, PredictConfig
 from expr.evaluate.report_dir import AblationDir, ReportDir
 from expr.lazy import lazy_getattr
 
-_LAZY = {
-    "evaluation": ("EvalReport", "evaluate_run"),
-    "prediction": ("PredictReport", "predict_run"),
-    "ablation": ("AblationReport", "run_ablation"),
-    "metrics": ("ClassificationMetrics", "compute_metrics"),
-    "submission": ("write_submission", "read_submission", "validate_submission", "read_probabilities"),
-}
-__getattr__ = lazy_getattr(__name__, {name: module for module, names in _LAZY.items() for name in names})
+__getattr__ = lazy_getattr(__name__)  # the names of the TYPE_CHECKING block below, on first use
 
-if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both lists equal)
+if TYPE_CHECKING:  # THE list of lazy names: pyright and editors see them, lazy_getattr reads it
     from expr.evaluate.ablation import AblationReport, run_ablation
     from expr.evaluate.evaluation import EvalReport, evaluate_run
     from expr.evaluate.metrics import ClassificationMetrics, compute_metrics

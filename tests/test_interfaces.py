@@ -67,8 +67,12 @@ def test_public_interface_resolves_and_matches_the_type_checking_imports(package
     seen = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
             and node.module and node.module.startswith(package) for alias in node.names}
     assert seen == set(module.__all__)
-    lazy = {name for names in module._LAZY.values() for name in names}
-    assert lazy <= set(module.__all__) and len(module.__all__) == len(set(module.__all__))
+    from expr.lazy import type_checking_imports
+
+    lazy = set(type_checking_imports(package))  # what __getattr__ imports on first use
+    assert lazy and lazy <= set(module.__all__) and len(module.__all__) == len(set(module.__all__))
+    eager = {n for n in module.__all__ if n in vars(module)}  # the configs, imported at once
+    assert lazy | eager >= set(module.__all__)
 
 
 def test_importing_the_stage_interfaces_and_configs_imports_no_torch():
