@@ -11,9 +11,13 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from expr.errors import CacheSchemaError, ConfigError, ExprError, WeightsNotFoundError
-from expr.evaluate import PredictConfig, PredictReport
+from expr.evaluate import PredictConfig
+
+if TYPE_CHECKING:  # (a lazy name: importing it loads torch; the CLI imports this module at start-up)
+    from expr.evaluate import PredictReport
 
 STREAMS = ("visual", "audio")
 
