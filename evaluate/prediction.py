@@ -62,7 +62,7 @@ def _write_manifest(cfg: PredictConfig, run, device, backbones: dict, report: "P
         "expr": version_text(),
         "run": {"path": str(Path(cfg.run).resolve()), "checkpoint": cfg.checkpoint, "epoch": run.meta.get("epoch"),
                 "trained_on_cache": run_cache.get("path"), "trained_on_fingerprint": run_cache.get("fingerprint")},
-        "cache": {"path": str(Path(cfg.cache).resolve()), "backbones": backbones},
+        "cache": {"path": str(Path(cfg.cache or "").resolve()), "backbones": backbones},  # (predict_run checked it)
         "device": str(device),
         "settings": {"window": run.train_config.window, "smooth": cfg.smooth,
                      "smooth_mode": cfg.smooth_mode if cfg.smooth > 1 else None,

@@ -11,8 +11,8 @@ import typer
 
 from expr.cli import app, run
 from expr.evaluate import AblateConfig, EvaluateConfig
-from expr.pipeline import PredictVideosConfig
 from expr.evaluate.protocols import causal_window
+from expr.pipeline import PredictVideosConfig
 
 WINDOW = 16
 
@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
 
 
 def _params(command: str) -> set[str]:
-    click_app = typer.main.get_command(app)
+    click_app = typer.main.get_group(app)
     return {p.name for p in click_app.commands[command].params}
 
 

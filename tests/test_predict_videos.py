@@ -7,6 +7,7 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from expr.abaw import CLASS_NAMES, LABEL_HEADER
 from expr.evaluate.palette import CLASS_COLOURS
 from expr.evaluate.submission import read_submission
 
-TINY = dict(visual_model="test-tiny-clip", audio_model="test-tiny-wav2vec2", visual_weights="none",
+TINY: dict[str, Any] = dict(visual_model="test-tiny-clip", audio_model="test-tiny-wav2vec2", visual_weights="none",
             audio_weights="none")
 FRAMES = {"clip_a": 20, "clip_b": 14}
 
