@@ -2,25 +2,20 @@
 
 The public interface (what the CLI and the README's Python API use) is ``__all__``: one
 config and one runner per command, the metric function and the submission file helpers.
-Importing this package stays light (no torch): the configs load now, the rest on first use.
+Importing this package stays light (no torch): the configs and the folder layouts
+(``ReportDir``, ``AblationDir``) load now, the rest on first use.
 It reaches ``expr.train_heads`` only through that package's public interface.
 """
 
 from typing import TYPE_CHECKING
 
 from expr.evaluate.config import AblateConfig, EvaluateConfig, PredictConfig
+from expr.evaluate.report_dir import AblationDir, ReportDir
 from expr.lazy import lazy_getattr
 
-_LAZY = {
-    "evaluation": ("EvalReport", "evaluate_run"),
-    "prediction": ("PredictReport", "predict_run"),
-    "ablation": ("AblationReport", "run_ablation"),
-    "metrics": ("ClassificationMetrics", "compute_metrics"),
-    "submission": ("write_submission", "read_submission", "validate_submission", "read_probabilities"),
-}
-__getattr__ = lazy_getattr(__name__, {name: module for module, names in _LAZY.items() for name in names})
+__getattr__ = lazy_getattr(__name__)  # the names of the TYPE_CHECKING block below, on first use
 
-if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both lists equal)
+if TYPE_CHECKING:  # THE list of lazy names: pyright and editors see them, lazy_getattr reads it
     from expr.evaluate.ablation import AblationReport, run_ablation
     from expr.evaluate.evaluation import EvalReport, evaluate_run
     from expr.evaluate.metrics import ClassificationMetrics, compute_metrics
@@ -28,7 +23,7 @@ if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both 
     from expr.evaluate.submission import read_probabilities, read_submission, validate_submission, write_submission
 
 __all__ = [
-    "AblateConfig", "EvaluateConfig", "PredictConfig", "EvalReport", "evaluate_run", "PredictReport",
-    "predict_run", "AblationReport", "run_ablation", "ClassificationMetrics", "compute_metrics",
+    "AblateConfig", "EvaluateConfig", "PredictConfig", "ReportDir", "AblationDir", "EvalReport", "evaluate_run",
+    "PredictReport", "predict_run", "AblationReport", "run_ablation", "ClassificationMetrics", "compute_metrics",
     "write_submission", "read_submission", "validate_submission", "read_probabilities",
 ]

@@ -21,13 +21,15 @@ from expr.atomic import write_json
 from expr.devices import resolve_device
 from expr.evaluate.ablation_table import CellResult, write_tables
 from expr.evaluate.config import AblateConfig, Keep
+from expr.evaluate.report_dir import AblationDir
 from expr.evaluate.grid import Cell, grid_cells, parse_grid
 from expr.evaluate.report_sources import report_from_ablation
 from expr.evaluate.scoring import check_in_cache, score_both
 from expr.train_heads import Checkpoint, FeatureBank, Preload, RunDir, TrainConfig
 
-# Options that do not change what a cell learns: a resumed ablation may differ in them.
-_NOT_IDENTITY = ("out", "device", "preload", "overwrite", "resume", "eval_batch_size", "chunk_frames")
+# Options that do not change what a cell learns (TrainConfig's metadata): a resumed ablation
+# may differ in them.
+_NOT_IDENTITY = TrainConfig.not_learned()
 
 
 @dataclass
@@ -42,7 +44,7 @@ class AblationReport:
 
 
 def cell_dir(out: Path, cell: Cell, seed: int) -> Path:
-    return out / "cells" / cell.name / f"seed{seed}"
+    return AblationDir(out).cell(cell.name, seed)
 
 
 def _identity(train_cfg: TrainConfig) -> dict:
@@ -78,8 +80,10 @@ def prune_checkpoints(run_dir: Path, keep: str) -> int:
 def _finished(path: Path, identity: dict) -> CellResult | None:
     """The stored result of a (cell, seed) if it exists, parses and was trained the same way."""
     try:
-        data = json.loads(RunDir(path).result.read_text(encoding="utf-8"))
-        if data.get("train") != identity:
+        data = json.loads(AblationDir.cell_result(path).read_text(encoding="utf-8"))
+        # (records of older versions also hold options since marked as not learned: --compile)
+        train = data.get("train")
+        if not isinstance(train, dict) or {k: v for k, v in train.items() if k not in _NOT_IDENTITY} != identity:
             return None
         return CellResult.from_dict(data["result"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -116,9 +120,9 @@ def _train_cell(cfg: AblateConfig, cell: Cell, seed: int, tcfg: TrainConfig, dat
     """Train one (cell, seed), score its best checkpoint, record it in the run's result file."""
     from expr.train_heads import Checkpoint, load_run, train
 
-    run_dir = RunDir(tcfg.out)
+    result_file = AblationDir.cell_result(tcfg.out)
     # A stale result (other options) is not part of a run dir: `train --overwrite` refuses it.
-    run_dir.result.unlink(missing_ok=True)
+    result_file.unlink(missing_ok=True)
     t0 = time.perf_counter()
     trained = train(tcfg, bank=data.bank, val_bank=data.val_bank, on_epoch=on_epoch)
     seconds = time.perf_counter() - t0
@@ -130,7 +134,7 @@ def _train_cell(cfg: AblateConfig, cell: Cell, seed: int, tcfg: TrainConfig, dat
         window_macro_f1=scores.window.macro_f1, window_accuracy=scores.window.accuracy,
         best_epoch=trained.best_epoch, seconds=seconds, run_dir=str(tcfg.out.relative_to(Path(cfg.out))),
     )
-    write_json(run_dir.result, {"train": _identity(tcfg), "result": result.to_dict(),
+    write_json(result_file, {"train": _identity(tcfg), "result": result.to_dict(),
                                 "scores": {"window": scores.window.to_dict(), "per_frame": scores.per_frame.to_dict()}})
     return result
 
@@ -170,7 +174,6 @@ def run_ablation(cfg: AblateConfig, *, on_cell: Callable[[int, int, Cell, int, s
 
     paths = write_tables(out, [r for r in results if r is not None], title=f"Ablation: {cfg.grid}")
     stage("writing the report")
-    # The ablation folder names its report as a run folder does.
-    report = report_from_ablation(out, RunDir(out).report)
+    report = report_from_ablation(out, AblationDir(out).report)
     return AblationReport(out, paths, [r for r in results if r is not None], trained=len(todo),
                           skipped=len(jobs) - len(todo), report=report, freed_bytes=freed)

@@ -14,6 +14,7 @@ import numpy as np
 from expr.atomic import atomic_path, write_text
 from expr.evaluate.grid import Cell
 from expr.evaluate.plots import save_ablation_png
+from expr.evaluate.report_dir import AblationDir
 
 SCORES = ("frame_macro_f1", "frame_accuracy", "window_macro_f1", "window_accuracy")
 PAPER_MARK = "★"
@@ -111,10 +112,9 @@ def markdown_table(summaries: Sequence[CellSummary], *, title: str = "Ablation")
 def write_tables(out_dir: str | os.PathLike, results: Sequence[CellResult], *, title: str = "Ablation"
                  ) -> dict[str, Path]:
     """ablation.csv, ablation.md and ablation.png in ``out_dir``; returns their paths."""
-    out_dir = Path(out_dir)
+    folder = AblationDir(Path(out_dir))
     summaries = summarise(results)
-    paths = {"csv": write_csv(out_dir / "ablation.csv", results), "md": out_dir / "ablation.md",
-             "png": out_dir / "ablation.png"}
+    paths = {"csv": write_csv(folder.csv, results), "md": folder.markdown, "png": folder.chart}
     write_text(paths["md"], markdown_table(summaries, title=title))
     labels = [s.cell.label + (f" {PAPER_MARK}" if s.cell.is_paper() else "") for s in summaries]
     save_ablation_png(

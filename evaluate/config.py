@@ -67,18 +67,17 @@ class EvaluateConfig:
 
 @dataclass
 class PredictConfig:
-    """`expr predict`: per-frame predictions of videos (raw, or already in a cache)."""
+    """`expr predict` from a feature cache: per-frame predictions of its videos. The options
+    that extract raw videos first (--videos, --frames, --face-crop) are the pipeline's
+    (``expr.pipeline.PredictVideosConfig``, which the CLI builds)."""
 
     run: Path                         # run directory written by `expr train`
     out: Path                         # folder: submission.csv, one CSV + timeline per video, the cache
                                       # of --videos; a .csv name: the submission file only
     cache: Path | None = None         # feature cache to predict from, or to extract --videos into
                                       # (default with --videos: OUT/feats.zarr)
-    videos: Path | None = None        # folder of videos, as for `expr extract`: extracted with the run's backbones
-    frames: Path | None = None        # ABAW cropped_aligned folder for --videos: faces from its jpgs
     ids: Path | None = None           # text file of video ids (one per line); default: all of --videos,
                                       # else every cached video
-    face_crop: str | None = None      # raw --videos: none | haar; default: what the run's cache recorded
     timelines: bool = True            # a timeline PNG per video (folder --out only)
     probs: Path | None = None         # also write per-frame class probabilities to this CSV
     checkpoint: str = EvaluateConfig.checkpoint        # best | last
@@ -97,20 +96,16 @@ class PredictConfig:
         check_choice("--no-face", self.no_face, NoFace)
         if self.probs is not None and Path(self.probs).resolve() == Path(self.out).resolve():
             raise ConfigError("--probs must name another file than --out")
-        if self.cache is None and self.videos is None:
-            raise ConfigError("nothing to predict: pass --videos DIR (raw videos) or --cache PATH (extracted ones)")
-        if self.videos is not None and Path(self.videos).is_file():
-            raise ConfigError(f"--videos {self.videos} is a file: --videos now takes a folder of videos (as for "
-                              "'expr extract'); pass a text file of video ids as --ids")
-        if self.frames is not None and self.videos is None:
-            raise ConfigError("--frames needs --videos (the raw videos give the audio)")
-        if self.videos is not None and self.cache is None and not self.out_is_folder:
-            raise ConfigError(f"--out {self.out}: --videos keeps its features in a cache inside --out; "
-                              "give --out a folder, or --cache PATH")
+        self.check_source()
         for dest in (self.out, self.probs):  # a read-only --out fails now, not after the predictions
             if dest is not None:
                 check_writable(dest, "write the submission")
         check_out_free(self.out, self.run, self.overwrite)
+
+    def check_source(self) -> None:
+        """What the predictions are made from: here a cache (the pipeline's config adds videos)."""
+        if self.cache is None:
+            raise ConfigError("nothing to predict: pass --videos DIR (raw videos) or --cache PATH (extracted ones)")
 
     @property
     def out_is_folder(self) -> bool:

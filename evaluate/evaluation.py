@@ -19,11 +19,12 @@ from expr.evaluate.config import EvaluateConfig
 from expr.evaluate.metrics import ClassificationMetrics
 from expr.evaluate.plots import save_confusion_png
 from expr.evaluate.provenance import now_utc
+from expr.evaluate.report_dir import ReportDir
 from expr.evaluate.report_sources import report_from_run
 from expr.evaluate.scoring import Scores, check_backbones, check_in_cache, score_both
 
 if TYPE_CHECKING:
-    from expr.train_heads import FeatureBank, LoadedRun, RunDir
+    from expr.train_heads import FeatureBank, LoadedRun
 
 WINDOW_PROTOCOL = ("window-level (reference code, the paper's Table 1): one prediction per window of the "
                    "window rule at the training stride, scored on the window's target")
@@ -53,13 +54,13 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
     ``<run>/eval_<split>.json``, one confusion-matrix PNG per protocol, the timelines of the
     ``cfg.timelines`` worst videos and the run's report.html."""
     from expr.cache_format import open_cache
-    from expr.train_heads import RunDir, load_bank, load_run, load_split
+    from expr.train_heads import load_bank, load_run, load_split
 
     stage = on_stage or (lambda _msg: None)
     cfg.validate()
     device = resolve_device(cfg.device)
     run = load_run(cfg.run, cfg.checkpoint, device)
-    run_dir = RunDir(Path(cfg.run))
+    run_dir = ReportDir(Path(cfg.run))
     check_writable(run_dir.eval_report(cfg.split), "write the evaluation")  # read-only: now, not after scoring
     labels = load_split(cfg.labels, cfg.split, cfg.videos)
     with open_cache(cfg.cache) as cache:
@@ -121,7 +122,7 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
 
 
 def draw_worst_timelines(run: LoadedRun, bank: FeatureBank, labels: Mapping[str, np.ndarray],
-                         cfg: EvaluateConfig, run_dir: RunDir) -> list[Path]:
+                         cfg: EvaluateConfig, run_dir: ReportDir) -> list[Path]:
     """Replace ``timelines_<split>/`` with the PNGs of the ``cfg.timelines`` videos of lowest
     per-frame accuracy (every frame inferred once more, smoothed as scored); worst first."""
     from expr.evaluate.video_outputs import draw_timeline, video_predictions, worst_videos

@@ -126,7 +126,7 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
         check_backbones(run, cache.backbones, cfg.run, cfg.cache)
         backbones = dict(cache.backbones)
         if ids is not None:
-            check_in_cache(ids, cache.video_ids, str(cfg.ids or cfg.videos or cfg.cache))
+            check_in_cache(ids, cache.video_ids, str(cfg.ids or cfg.cache))
         else:
             ids = cache.video_ids
             check_ids(ids)

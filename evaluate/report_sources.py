@@ -18,15 +18,16 @@ from expr.errors import ConfigError
 from expr.evaluate.ablation_table import PAPER_MARK, CellResult, _pm, summarise
 from expr.evaluate.provenance import random_weights_banner, run_provenance
 from expr.evaluate.report import PROTOCOLS, AblationTable, ReportParts, write_report
+from expr.evaluate.report_dir import AblationDir, ReportDir
 from expr.train_heads import RunDir
 
 # A cell's record in an ablation folder: cells/<cell>/seed<k>/ is a run folder.
-_CELL_RESULTS = f"cells/*/seed*/{RunDir(Path('.')).result.name}"
+_CELL_RESULTS = AblationDir.CELL_RESULTS
 
 
 def timeline_dir(run_dir: str | os.PathLike, split: str) -> Path:
     """Where the timelines of a run's split go (``expr evaluate --timelines N`` writes here)."""
-    return RunDir(Path(run_dir)).timelines(split)
+    return ReportDir(Path(run_dir)).timelines(split)
 
 
 def _read_json(path: Path, what: str, hint: str) -> dict:
@@ -53,14 +54,14 @@ def run_parts(run_dir: str | os.PathLike, split: str, timelines: Sequence[Path] 
               caveats: Sequence[str] = ()) -> ReportParts:
     """The report of one evaluated split of a run, read from the run folder; ``caveats`` are
     banners of the caller's (the demo's "not a benchmark")."""
-    run = RunDir(Path(run_dir))
+    run, reports = RunDir(Path(run_dir)), ReportDir(Path(run_dir))
     run_dir = run.path
-    ev = _read_json(run.eval_report(split), f"evaluation of {split}",
+    ev = _read_json(reports.eval_report(split), f"evaluation of {split}",
                     f"run 'expr evaluate --run {run_dir} --split {split}' first")
     config = _read_json(run.config, "run config", "") if run.config.is_file() else {}
     if timelines is None:
-        timelines = sorted(run.timelines(split).glob("*.png"))
-    confusions = {k: p for k in PROTOCOLS if (p := run.confusion_png(split, k)).is_file()}
+        timelines = sorted(reports.timelines(split).glob("*.png"))
+    confusions = {k: p for k in PROTOCOLS if (p := reports.confusion_png(split, k)).is_file()}
     facts = {"run": str(run_dir), "split": split, "checkpoint": ev.get("checkpoint"), "epoch": ev.get("epoch"),
              "videos": ev.get("videos"), "cache": ev.get("cache"), "labels": ev.get("labels")}
     backbones = (config.get("cache") or {}).get("backbones") or ev.get("backbones")
@@ -98,7 +99,7 @@ def _grid_order(out_dir: Path):
     import csv
 
     try:
-        with open(out_dir / "ablation.csv", encoding="utf-8", newline="") as fh:
+        with open(AblationDir(out_dir).csv, encoding="utf-8", newline="") as fh:
             order = {row["run_dir"]: i for i, row in enumerate(csv.DictReader(fh))}
     except (OSError, KeyError):
         order = {}
@@ -109,7 +110,7 @@ def ablation_parts(out_dir: str | os.PathLike) -> ReportParts:
     """The report of an ablation folder: the grid table (mean ± std over seeds, best first),
     the chart, and the options all cells share."""
     out_dir = Path(out_dir)
-    paths = sorted(out_dir.glob(_CELL_RESULTS), key=_grid_order(out_dir))
+    paths = sorted(AblationDir(out_dir).cell_results(), key=_grid_order(out_dir))
     if not paths:
         raise ConfigError(f"{out_dir}: no finished ablation cell ({_CELL_RESULTS}); run 'expr ablate' first")
     records = [_read_json(p, "cell result", "") for p in paths]
@@ -122,11 +123,11 @@ def ablation_parts(out_dir: str | os.PathLike) -> ReportParts:
              _pm(s, "frame_macro_f1"), _pm(s, "frame_accuracy"), _pm(s, "window_macro_f1"),
              _pm(s, "window_accuracy"), str(s.n_seeds)]
             for rank, s in enumerate(summarise(results), start=1)]
-    md = out_dir / "ablation.md"
+    md = AblationDir(out_dir).markdown
     heading = md.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip() if md.is_file() else ""
     table = AblationTable(
         columns=["#", "setting", "per-frame macro-F1", "per-frame acc.", "window macro-F1", "window acc.", "seeds"],
-        rows=rows, chart=out_dir / "ablation.png", numeric=[True, False, True, True, True, True, True],
+        rows=rows, chart=AblationDir(out_dir).chart, numeric=[True, False, True, True, True, True, True],
         note=("Sorted by per-frame macro-F1 (the official ABAW metric); window-level is the reference code's "
               f"protocol (the paper's Table 1). Mean ± sample std over seeds. {PAPER_MARK} = the paper's settings."),
     )

@@ -11,11 +11,11 @@ import os
 import subprocess
 import sys
 
-# Kept in sync with the commands registered in expr/cli.py (a test checks it), so that
-# deciding "ours or coreutils'" never has to import typer or torch.
-OUR_COMMANDS = frozenset(
-    {"extract", "train", "evaluate", "predict", "ablate", "demo", "cache"}
-)
+# THE list of our commands, in help order: expr/cli.py registers the module
+# ``expr.commands.<name>`` of each. It lives here so that deciding "ours or coreutils'"
+# never has to import typer or torch.
+COMMANDS = ("extract", "train", "evaluate", "predict", "ablate", "demo", "cache")
+OUR_COMMANDS = frozenset(COMMANDS)
 OUR_FLAGS = frozenset(
     {"--help", "-h", "--version", "--debug", "--install-completion", "--show-completion"}
 )

@@ -13,14 +13,13 @@ from typing import Annotated, Optional
 import typer
 
 from expr import version_text
+from expr.__main__ import COMMANDS
 from expr.errors import ExprError
 
 try:  # recent typer vendors its own click
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException
-
-COMMAND_MODULES = ("extract", "train", "evaluate", "predict", "ablate", "demo", "cache")
 
 app = typer.Typer(
     name="expr",
@@ -51,7 +50,7 @@ def _root(
     _state["debug"] = debug
 
 
-for _name in COMMAND_MODULES:
+for _name in COMMANDS:  # (the import-light entry point's list: one list of commands)
     importlib.import_module(f"expr.commands.{_name}").register(app)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from expr.errors import ConfigError, MediaDecodeError, WeightsNotFoundError
-from expr.evaluate import EvaluateConfig
+from expr.evaluate import EvaluateConfig, ReportDir
 from expr.train_heads import RunDir, TrainConfig
 
 WEIGHTS = ("auto", "pretrained", "random")
@@ -57,6 +57,10 @@ class DemoConfig:
     @property
     def run_dir(self) -> RunDir:
         return RunDir(self.out / "run")
+
+    @property
+    def reports(self) -> ReportDir:
+        return ReportDir(self.run_dir.path)
 
 
 def extract_options(cfg: DemoConfig, videos_dir: Path, *, random_weights: bool) -> dict:
@@ -166,9 +170,9 @@ def run_demo(cfg: DemoConfig, on_event: Callable[[DemoEvent], None] | None = Non
     evaluation = evaluate_run(evaluate_config(cfg, split.labels_dir, timelines=len(split.val_ids)),
                               on_stage=lambda m: emit(DemoEvent("note", m)))
     # The demo's report says what the demo is (and, from the run, whether weights were random).
-    report_from_run(cfg.run_dir.path, SPLIT, cfg.run_dir.report, timelines=evaluation.timelines,
+    report_from_run(cfg.run_dir.path, SPLIT, cfg.reports.report, timelines=evaluation.timelines,
                     caveats=[DEMO_CAVEAT])
     end = time.perf_counter()
     durations = [(name, (timings[i + 1][1] if i + 1 < len(timings) else end) - start)
                  for i, (name, start) in enumerate(timings)]
-    return DemoResult(cfg.run_dir.path, cfg.run_dir.report, evaluation, random_weights, durations)
+    return DemoResult(cfg.run_dir.path, cfg.reports.report, evaluation, random_weights, durations)

@@ -9,12 +9,39 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from expr.errors import CacheSchemaError, ConfigError, ExprError, WeightsNotFoundError
-from expr.evaluate import PredictConfig, PredictReport
+from expr.evaluate import PredictConfig
+
+if TYPE_CHECKING:  # (a lazy name: importing it loads torch; the CLI imports this module at start-up)
+    from expr.evaluate import PredictReport
 
 STREAMS = ("visual", "audio")
+
+
+@dataclass
+class PredictVideosConfig(PredictConfig):
+    """`expr predict`: evaluate's ``PredictConfig`` plus the options that extract raw videos
+    first (the CLI's options, 1:1)."""
+
+    videos: Path | None = None        # folder of videos, as for `expr extract`: extracted with the run's backbones
+    frames: Path | None = None        # ABAW cropped_aligned folder for --videos: faces from its jpgs
+    face_crop: str | None = None      # raw --videos: none | haar; default: what the run's cache recorded
+
+    def check_source(self) -> None:
+        if self.cache is None and self.videos is None:
+            raise ConfigError("nothing to predict: pass --videos DIR (raw videos) or --cache PATH (extracted ones)")
+        if self.videos is not None and Path(self.videos).is_file():
+            raise ConfigError(f"--videos {self.videos} is a file: --videos now takes a folder of videos (as for "
+                              "'expr extract'); pass a text file of video ids as --ids")
+        if self.frames is not None and self.videos is None:
+            raise ConfigError("--frames needs --videos (the raw videos give the audio)")
+        if self.videos is not None and self.cache is None and not self.out_is_folder:
+            raise ConfigError(f"--out {self.out}: --videos keeps its features in a cache inside --out; "
+                              "give --out a folder, or --cache PATH")
 
 
 def extract_features(on_event: Callable | None = None, **options):
@@ -55,7 +82,7 @@ def recorded_face_crop(run_dir: Path) -> str | None:
     return crops.pop() if len(crops) == 1 and None not in crops else None
 
 
-def extraction_options(cfg: PredictConfig) -> dict:
+def extraction_options(cfg: PredictVideosConfig) -> dict:
     """``ExtractConfig`` fields that reproduce the run's features: its backbones and weights
     (random ones included: their seed is fixed), and the face crop of its raw videos."""
     backbones = run_backbones(cfg.run)
@@ -79,7 +106,7 @@ def _input_names(videos: Path, frames: Path | None) -> list[str]:
     return [p.stem for p in Path(videos).rglob("*") if p.is_file() and not p.name.startswith(".")]
 
 
-def predict_videos(cfg: PredictConfig, *, on_stage: Callable[[str], None] | None = None,
+def predict_videos(cfg: PredictVideosConfig | PredictConfig, *, on_stage: Callable[[str], None] | None = None,
                    on_extract: Callable | None = None) -> PredictReport:
     """`expr predict`: with ``cfg.videos``, extract them into ``cfg.cache`` (default
     OUT/feats.zarr; complete videos are not redone) with the run's backbones, then predict
@@ -89,7 +116,7 @@ def predict_videos(cfg: PredictConfig, *, on_stage: Callable[[str], None] | None
 
     stage = on_stage or (lambda _msg: None)
     cfg.validate()
-    if cfg.videos is None:
+    if not isinstance(cfg, PredictVideosConfig) or cfg.videos is None:
         return predict_run(cfg, on_stage=stage)
     # Everything a user can get wrong is checked before the (long) extraction.
     wanted = listed_ids(cfg)

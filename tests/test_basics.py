@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def test_dist_env_without_torchrun_is_one_process(monkeypatch):
 
 @pytest.mark.skipif(shutil.which("pyright") is None, reason="pyright not installed (npm install -g pyright; .ci/run does)")
 def test_pyright_resolves_every_expr_import_and_finds_no_error_in_the_package():
-    proc = subprocess.run(["pyright", "--outputjson", "--pythonpath", str(Path(os.sys.executable))],
+    proc = subprocess.run(["pyright", "--outputjson", "--pythonpath", str(Path(sys.executable))],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     report = json.loads(proc.stdout)
     unresolved = [f"{d['file']}:{d['range']['start']['line'] + 1}: {d['message']}"

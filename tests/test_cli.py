@@ -42,7 +42,7 @@ def test_stage_folders_install_only_under_expr(tmp_path):
 def test_registered_commands_match_the_passthrough_list():
     import typer.main
 
-    group = typer.main.get_command(app)
+    group = typer.main.get_group(app)
     assert set(group.commands) == OUR_COMMANDS
 
 

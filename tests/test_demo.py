@@ -44,19 +44,20 @@ def test_demo_config_refuses_what_cannot_work(field, value):
 def test_demo_end_to_end(tmp_path, capsys):
     from expr.cli import run
 
+    from expr.evaluate import ReportDir
     from expr.train_heads import RunDir
 
     assert run(["demo", "--out", str(tmp_path / "demo"), "--weights", "random", "--epochs", "3"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "CREMA-D" in out and "per-frame" in out and "demo stage timings" in out
-    run_dir = RunDir(tmp_path / "demo" / "run")
-    report = json.loads(run_dir.eval_report("Validation_Set").read_text())
+    run_dir, reports = RunDir(tmp_path / "demo" / "run"), ReportDir(tmp_path / "demo" / "run")
+    report = json.loads(reports.eval_report("Validation_Set").read_text())
     assert report["protocols"]["per_frame"]["n"] > 100
-    assert run_dir.confusion_png("Validation_Set", "per_frame").is_file()
+    assert reports.confusion_png("Validation_Set", "per_frame").is_file()
     # a timeline per clip, all in report.html, whose path is printed
-    assert len(list(run_dir.timelines("Validation_Set").glob("*.png"))) == 6
-    assert str(run_dir.report) in out
-    html = run_dir.report.read_text(encoding="utf-8")
+    assert len(list(reports.timelines("Validation_Set").glob("*.png"))) == 6
+    assert str(reports.report) in out
+    html = reports.report.read_text(encoding="utf-8")
     assert html.count('src="data:image/png;base64,') == 2 + 1 + 6
     # issue 21: random weights and the demo caveat are banners of the report, and said in the terminal
     assert "RANDOM BACKBONE WEIGHTS" in html and "Demo, not a benchmark" in html and 'id="provenance"' in html

@@ -10,8 +10,9 @@ import torch
 import typer
 
 from expr.cli import app, run
-from expr.evaluate import AblateConfig, EvaluateConfig, PredictConfig
+from expr.evaluate import AblateConfig, EvaluateConfig
 from expr.evaluate.protocols import causal_window
+from expr.pipeline import PredictVideosConfig
 
 WINDOW = 16
 
@@ -32,11 +33,11 @@ def trained(tmp_path_factory):
 
 
 def _params(command: str) -> set[str]:
-    click_app = typer.main.get_command(app)
+    click_app = typer.main.get_group(app)
     return {p.name for p in click_app.commands[command].params}
 
 
-@pytest.mark.parametrize("command, config", [("evaluate", EvaluateConfig), ("predict", PredictConfig),
+@pytest.mark.parametrize("command, config", [("evaluate", EvaluateConfig), ("predict", PredictVideosConfig),
                                              ("ablate", AblateConfig)])
 def test_cli_options_mirror_config_fields(command, config):
     assert _params(command) - {"help"} == {f.name for f in dataclasses.fields(config)}

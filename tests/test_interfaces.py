@@ -1,5 +1,6 @@
 """The stage packages' public interfaces and the facts they own (issue 11): evaluate uses
-train_heads only through its __init__, the run folder's names live in run_dir.py, and
+train_heads only through its __init__, the run folder's training files are named in
+run_dir.py and evaluate's reports (and the ablation folder) in evaluate/report_dir.py, and
 every command's defaults are its config's."""
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import typer
 from expr.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-# Written in the run folder: only train_heads/run_dir.py may spell these.
-RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "result.json", ".safetensors", "state.json", "report.html")
+# Written in the run folder by training: only train_heads/run_dir.py may spell these.
+RUN_FILE_NAMES = ("config.json", "metrics.jsonl", ".safetensors", "state.json")
+# Evaluate's reports in a run folder and the ablation folder's files: only evaluate/report_dir.py.
+REPORT_FILE_NAMES = ("result.json", "report.html", "ablation.csv", "ablation.md", "ablation.png")
 RUN_REPORT_PREFIXES = ("eval_", "confusion_", "timelines_")
+OWNERS = {"run_dir.py": ("train_heads", RUN_FILE_NAMES, ()),
+          "report_dir.py": ("evaluate", REPORT_FILE_NAMES, RUN_REPORT_PREFIXES)}
 
 
 def _code_strings(path: Path) -> list[str]:
@@ -62,8 +67,12 @@ def test_public_interface_resolves_and_matches_the_type_checking_imports(package
     seen = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
             and node.module and node.module.startswith(package) for alias in node.names}
     assert seen == set(module.__all__)
-    lazy = {name for names in module._LAZY.values() for name in names}
-    assert lazy <= set(module.__all__) and len(module.__all__) == len(set(module.__all__))
+    from expr.lazy import type_checking_imports
+
+    lazy = set(type_checking_imports(package))  # what __getattr__ imports on first use
+    assert lazy and lazy <= set(module.__all__) and len(module.__all__) == len(set(module.__all__))
+    eager = {n for n in module.__all__ if n in vars(module)}  # the configs, imported at once
+    assert lazy | eager >= set(module.__all__)
 
 
 def test_importing_the_stage_interfaces_and_configs_imports_no_torch():
@@ -74,16 +83,22 @@ def test_importing_the_stage_interfaces_and_configs_imports_no_torch():
     assert proc.stdout.strip() == "False"
 
 
-def test_only_run_dir_spells_the_run_folder_file_names():
+@pytest.mark.parametrize("owner", sorted(OWNERS))
+def test_only_the_owner_spells_its_file_names(owner):
+    from expr.train_heads.run_dir import REPORT_PATTERNS
+
+    folder, names, prefixes = OWNERS[owner]
     files = [*(REPO / "train_heads").glob("*.py"), *(REPO / "evaluate").glob("*.py"),
-             *(REPO / "expr" / "commands" / n for n in ("train.py", "evaluate.py", "predict.py", "ablate.py"))]
+             *(REPO / "expr" / "commands" / n for n in ("train.py", "evaluate.py", "predict.py", "ablate.py")),
+             REPO / "expr" / "demo.py"]
     offenders = []
     for path in files:
-        if path.name == "run_dir.py" and path.parent.name == "train_heads":
+        if path.name == owner and path.parent.name == folder:
             continue
         for text in _code_strings(path):
-            if any(name in text for name in RUN_FILE_NAMES) or any(
-                    text.startswith(prefix + "{}") for prefix in RUN_REPORT_PREFIXES):
+            if path.name == "run_dir.py" and text in REPORT_PATTERNS:
+                continue  # what --overwrite may delete (the next test checks report_dir's names fit)
+            if any(name in text for name in names) or any(text.startswith(prefix + "{}") for prefix in prefixes):
                 offenders.append(f"{path.relative_to(REPO)}: {text!r}")
     assert offenders == []
 
@@ -94,16 +109,34 @@ def test_run_dir_names_its_files():
 
     run = RunDir(Path("r"))
     last = run.checkpoint("last")
-    assert (run.config.name, run.metrics.name, run.result.name) == ("config.json", "metrics.jsonl", "result.json")
+    assert (run.config.name, run.metrics.name) == ("config.json", "metrics.jsonl")
     assert (last.weights.name, last.optimizer.name, last.state.name) == (
         "last.safetensors", "last.optim.safetensors", "last.state.json")
-    assert run.eval_report("Validation_Set").name == "eval_Validation_Set.json"
-    assert run.confusion_png("Validation_Set", "window").name == "confusion_Validation_Set_window.png"
-    assert run.timeline_png("Validation_Set", "v1").as_posix() == "r/timelines_Validation_Set/v1.png"
-    assert run.report.name == "report.html"
     assert is_run_file("best.safetensors") and is_run_file("confusion_x_per_frame.png")
     assert is_run_file("report.html") and is_run_file("timelines_Validation_Set")
     assert not is_run_file("result.json") and not is_run_file("notes.txt")
+
+
+def test_report_dir_names_evaluates_files_and_train_overwrite_knows_them():
+    from expr.evaluate import AblationDir, ReportDir
+    from expr.train_heads.run_dir import is_run_file
+
+    reports = ReportDir(Path("r"))
+    assert reports.eval_report("Validation_Set").name == "eval_Validation_Set.json"
+    assert reports.confusion_png("Validation_Set", "window").name == "confusion_Validation_Set_window.png"
+    assert reports.timeline_png("Validation_Set", "v1").as_posix() == "r/timelines_Validation_Set/v1.png"
+    assert reports.report.name == "report.html"
+    # every report is part of the run: `expr train --overwrite` may replace it
+    for path in (reports.eval_report("S"), reports.confusion_png("S", "per_frame"), reports.timelines("S"),
+                 reports.report):
+        assert is_run_file(path.name), path
+    ablation = AblationDir(Path("a"))
+    cell = ablation.cell("window=30", 43)
+    assert cell.as_posix() == "a/cells/window=30/seed43"
+    assert AblationDir.cell_result(cell).as_posix() == "a/cells/window=30/seed43/result.json"
+    assert (ablation.csv.name, ablation.markdown.name, ablation.chart.name, ablation.report.name) == (
+        "ablation.csv", "ablation.md", "ablation.png", "report.html")
+    assert not is_run_file(AblationDir.cell_result(cell).name)  # the ablation's record, not the run's
 
 
 def _cli_defaults(command: str) -> dict:
@@ -111,13 +144,13 @@ def _cli_defaults(command: str) -> dict:
     return {p.name: getattr(p.default, "value", p.default) for p in params}
 
 
-@pytest.mark.parametrize("command, config", [("evaluate", "EvaluateConfig"), ("predict", "PredictConfig"),
-                                             ("ablate", "AblateConfig")])
+@pytest.mark.parametrize("command, config", [("evaluate", "evaluate.EvaluateConfig"),
+                                             ("predict", "pipeline.PredictVideosConfig"),
+                                             ("ablate", "evaluate.AblateConfig")])
 def test_cli_defaults_are_the_config_defaults(command, config):
-    import expr.evaluate
-
+    module, name = config.split(".")
     defaults = _cli_defaults(command)
-    for f in dataclasses.fields(getattr(expr.evaluate, config)):
+    for f in dataclasses.fields(getattr(importlib.import_module(f"expr.{module}"), name)):
         if f.default is not dataclasses.MISSING:
             assert defaults[f.name] == f.default, f.name
 
@@ -135,3 +168,33 @@ def test_architecture_defaults_are_declared_once():
     off = dataclasses.replace(train, no_audio=True, no_tcn=True, fusion="concat", dropout_head=0.1)
     built = off.head_config(1, 1, 1)
     assert (built.use_audio, built.use_tcn, built.fusion, built.dropout_head) == (False, False, "concat", 0.1)
+
+
+def test_options_that_do_not_change_what_is_learned_are_declared_once_as_config_metadata():
+    from expr.evaluate import ablation
+    from expr.train_heads import TrainConfig
+    from expr.train_heads.run_dir import RESUME_FREE
+
+    free = TrainConfig.not_learned()
+    assert free == {"out", "resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size", "compile"}
+    assert RESUME_FREE == free and ablation._NOT_IDENTITY == free  # --resume and ablate read the same list
+
+
+def test_an_ablation_record_that_still_holds_compile_is_reused(tmp_path):
+    import json
+
+    from expr.evaluate import AblationDir
+    from expr.evaluate.ablation import _finished, _identity
+    from expr.train_heads import TrainConfig
+
+    tcfg = TrainConfig(cache=Path("c"), labels=Path("l"), out=tmp_path)
+    identity = _identity(tcfg)
+    assert "compile" not in identity and "device" not in identity and "window" in identity
+    result = {"cell": [["window", "60"]], "seed": 42, "frame_macro_f1": 0.5, "frame_accuracy": 0.6,
+              "window_macro_f1": 0.4, "window_accuracy": 0.7, "best_epoch": 1, "seconds": 2.0, "run_dir": "x"}
+    # written by an expr before --compile was marked as not learned: the record held it
+    AblationDir.cell_result(tmp_path).write_text(json.dumps({"train": identity | {"compile": "auto"},
+                                                             "result": result}))
+    found = _finished(tmp_path, identity)
+    assert found is not None and found.frame_macro_f1 == 0.5
+    assert _finished(tmp_path, identity | {"window": 30}) is None  # a learned option differs: retrain

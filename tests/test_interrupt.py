@@ -28,6 +28,8 @@ def test_ctrl_c_in_train_says_what_is_committed_and_how_to_resume(dataset, tmp_p
     real_train = heads.train
 
     def train_until_ctrl_c(cfg, on_epoch=None, **kw):
+        assert on_epoch is not None  # the CLI passes one
+
         def epoch_then_interrupt(record):
             on_epoch(record)
             if record["epoch"] == 2:  # after epoch 2 was committed

@@ -17,9 +17,13 @@ Y_PRED = [0, 1, 0, 1, 1, 2, 0, 6, 4, 4, 2, 5, 0, 0, 6]
 def test_metrics_equal_sklearn_on_hand_made_predictions():
     m = compute_metrics(Y_TRUE, Y_PRED)
     labels = list(range(8))
-    assert m.macro_f1 == pytest.approx(f1_score(Y_TRUE, Y_PRED, labels=labels, average="macro", zero_division=0))
+    assert m.macro_f1 == pytest.approx(f1_score(Y_TRUE, Y_PRED, labels=labels, average="macro",
+                                                       zero_division=0))  # pyright: ignore[reportArgumentType]
     assert m.accuracy == pytest.approx(accuracy_score(Y_TRUE, Y_PRED))
-    p, r, f, s = precision_recall_fscore_support(Y_TRUE, Y_PRED, labels=labels, zero_division=0)
+    # (sklearn annotates zero_division as str; 0 is documented and what we compare against)
+    p, r, f, s = precision_recall_fscore_support(Y_TRUE, Y_PRED, labels=labels,
+                                                 zero_division=0)  # pyright: ignore[reportArgumentType]
+    assert s is not None  # (None only with average=...)
     np.testing.assert_allclose(m.precision, p)
     np.testing.assert_allclose(m.recall, r)
     np.testing.assert_allclose(m.f1, f)

@@ -7,6 +7,7 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from expr.abaw import CLASS_NAMES, LABEL_HEADER
 from expr.evaluate.palette import CLASS_COLOURS
 from expr.evaluate.submission import read_submission
 
-TINY = dict(visual_model="test-tiny-clip", audio_model="test-tiny-wav2vec2", visual_weights="none",
+TINY: dict[str, Any] = dict(visual_model="test-tiny-clip", audio_model="test-tiny-wav2vec2", visual_weights="none",
             audio_weights="none")
 FRAMES = {"clip_a": 20, "clip_b": 14}
 
@@ -114,12 +115,11 @@ def _rgba(colour: str) -> tuple:
 
 
 def test_videos_already_in_the_cache_are_not_extracted_again(tiny_run, new_videos, tmp_path):
-    from expr.evaluate import PredictConfig
-    from expr.pipeline import predict_videos
+    from expr.pipeline import PredictVideosConfig, predict_videos
 
     cache = tmp_path / "shared.zarr"
-    cfg = PredictConfig(run=tiny_run, out=tmp_path / "out", videos=new_videos, cache=cache, device="cpu",
-                        timelines=False)
+    cfg = PredictVideosConfig(run=tiny_run, out=tmp_path / "out", videos=new_videos, cache=cache, device="cpu",
+                              timelines=False)
     first = predict_videos(cfg)
     assert sorted(first.extracted) == sorted(FRAMES) and first.reused == []
     groups = {v: (cache / "videos" / v / "zarr.json").stat().st_mtime_ns for v in FRAMES}

@@ -120,7 +120,9 @@ def test_random_weights_banner_and_provenance_are_visible(report, tmp_path):
     probe.write_text(path.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"), encoding="utf-8")
     dom = _chromium(tmp_path, "--window-size=1280,1000", "--virtual-time-budget=5000", "--dump-dom",
                     probe.resolve().as_uri()).stdout
-    found = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
+    probed = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert probed is not None, dom[-500:]
+    found = json.loads(probed.group(1).replace("&quot;", '"'))
     banner, prov = found["banner"], found["provenance"]
     assert banner is not None and prov is not None, found
     for box in (banner, prov):

@@ -93,6 +93,7 @@ def test_no_banner_with_pretrained_weights():
 
 def test_one_random_stream_is_named():
     banner = random_weights_banner(RANDOM)
+    assert banner is not None
     assert banner.startswith("RANDOM BACKBONE WEIGHTS: the visual (clip-vit-b-32) features")
     assert "audio" not in banner
 

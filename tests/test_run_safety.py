@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ from expr.train_heads import TrainConfig, train, write_synthetic_dataset
 
 TINY = dict(window=8, stride=4, channels=8, tcn_levels=1, heads=2, batch_size=32, accum=1,
             lr=1e-3, min_lr=1e-4, device="cpu", epochs=2)
-DIMS = dict(visual_dim=16, audio_dim=12, text_dim=8, n_train=3, n_val=2)
+DIMS: dict[str, Any] = dict(visual_dim=16, audio_dim=12, text_dim=8, n_train=3, n_val=2)
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
@@ -202,7 +203,8 @@ def test_a_second_train_on_the_same_out_is_refused_and_a_killed_holder_releases_
     holder = subprocess.Popen([sys.executable, "-c", HOLDER.format(cfg=cfg)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=ENV)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "EPOCH 1", holder.stderr.read()
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "EPOCH 1", (
+            holder.stderr and holder.stderr.read())
         files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
         for kw in ({}, {"overwrite": True}, {"resume": True}):
             with pytest.raises(ConfigError) as exc:

@@ -11,6 +11,7 @@ import sys
 import tarfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,7 +106,7 @@ def test_pip_checks_the_pinned_hash_before_it_runs_the_build_backend(tmp_path, m
         tar.add(src, arcname=src.name)
     marker = tmp_path / "marker"
     monkeypatch.setenv("BUILD_MARKER", str(marker))
-    pin = dict(requirement="demo-clips==1.0", file_name=archive.name,
+    pin: dict[str, Any] = dict(requirement="demo-clips==1.0", file_name=archive.name,
                pip_args=("--no-index", "--find-links", str(index), "--no-cache-dir"))
     (tmp_path / "bad").mkdir()
     with pytest.raises(DemoDataError, match=r"pip refused the demo_clips-1.0.tar.gz it was given: SHA-256 "

@@ -35,6 +35,7 @@ def test_plotted_data_equals_the_inputs(tmp_path, style):
     np.testing.assert_allclose(d.probs, probs, atol=1e-12)
     np.testing.assert_allclose(d.predicted_rgba, _colours(predicted))
     labelled = truth != -1
+    assert d.truth_rgba is not None  # labels given: a truth band
     np.testing.assert_allclose(d.truth_rgba[labelled], _colours(truth[labelled]))
     assert (d.truth_rgba[~labelled] == to_rgba(UNLABELLED_COLOUR)).all()
     np.testing.assert_array_equal(d.shaded_no_face, ~face)

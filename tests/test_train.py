@@ -268,7 +268,7 @@ def test_each_ddp_rank_takes_and_selects_its_own_gpu(monkeypatch, ds, tmp_path):
 
 
 def test_cli_options_mirror_train_config():
-    command = typer.main.get_command(app).commands["train"]
+    command = typer.main.get_group(app).commands["train"]
     assert {p.name for p in command.params} == {f.name for f in dataclasses.fields(TrainConfig)}
     defaults = {p.name: p.default for p in command.params}
     for f in dataclasses.fields(TrainConfig):

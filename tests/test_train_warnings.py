@@ -36,6 +36,7 @@ def test_length_mismatch_tolerance_and_summary():
     # a (+3) and e (+30 of 1000 = 3% > 2%: beyond), c (-6 > 5 frames) count; d matches
     assert [m.video_id for m in found] == ["b", "e", "c"]
     text = length_summary(found, 5)
+    assert text is not None
     assert text.startswith("3 of 5 videos have a label file whose length differs")
     assert "b 400 labels for 100 frames, 4.0x" in text
     assert length_summary(length_mismatches({"t": {"a": np.zeros(103)}}, frames.__getitem__), 1) is None

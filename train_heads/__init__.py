@@ -5,7 +5,7 @@ The public interface (what the CLI, ``expr.evaluate`` and the README's Python AP
 annotation files), data (FeatureBank, windows, vectorised batch gathering), feed (batches on the
 device: pinned staging to a GPU), step (the training step's fast path), model
 (ExprHeadModel), loop (train), inference (logits and probabilities of windows and frames),
-run_dir (the run folder and every file name in it), checkpoint (safetensors + JSON),
+run_dir (the run folder and every file name in it), checkpoint (safetensors + JSON, and load_run: a run's model with its configs),
 metrics (macro-F1), synthetic (a learnable test cache).
 
 Importing this package is cheap: the config names are plain dataclasses and enums; the
@@ -18,22 +18,10 @@ from expr.lazy import lazy_getattr
 from expr.train_heads.config import (Compile, Fusion, HeadConfig, NoFace, Preload, SmoothMode, Target, TrainConfig,
                                      WindowRule)
 
-_LAZY = {
-    "labels": ("load_split", "read_id_list", "read_label_file"),
-    "data": ("FeatureBank", "Windows", "load_bank", "make_windows", "with_sources", "gather", "to_device"),
-    "feed": ("BatchFeeder",),
-    "model": ("ExprHeadModel",),
-    "loop": ("TrainResult", "train", "lr_at"),
-    "loss": ("class_weights",),
-    "inference": ("predict_logits", "window_probabilities", "frame_probabilities", "with_face_fill",
-                  "frame_queries", "smooth_probabilities", "split_by_video"),
-    "run_dir": ("Checkpoint", "RunDir", "LoadedRun", "load_run", "read_metrics"),
-    "metrics": ("macro_f1_accuracy", "confusion_from_pairs"),
-    "synthetic": ("SyntheticDataset", "write_synthetic_dataset"),
-}
-__getattr__ = lazy_getattr(__name__, {name: module for module, names in _LAZY.items() for name in names})
+__getattr__ = lazy_getattr(__name__)  # the names of the TYPE_CHECKING block below, on first use
 
-if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both lists equal)
+if TYPE_CHECKING:  # THE list of lazy names: pyright and editors see them, lazy_getattr reads it
+    from expr.train_heads.checkpoint import LoadedRun, load_run
     from expr.train_heads.data import FeatureBank, Windows, gather, load_bank, make_windows, to_device, with_sources
     from expr.train_heads.feed import BatchFeeder
     from expr.train_heads.inference import (frame_probabilities, frame_queries, predict_logits,
@@ -44,7 +32,7 @@ if TYPE_CHECKING:  # the same names, for pyright and editors (a test keeps both 
     from expr.train_heads.loss import class_weights
     from expr.train_heads.metrics import confusion_from_pairs, macro_f1_accuracy
     from expr.train_heads.model import ExprHeadModel
-    from expr.train_heads.run_dir import Checkpoint, LoadedRun, RunDir, load_run, read_metrics
+    from expr.train_heads.run_dir import Checkpoint, RunDir, read_metrics
     from expr.train_heads.synthetic import SyntheticDataset, write_synthetic_dataset
 
 __all__ = [

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 
@@ -25,10 +26,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from expr.atomic import atomic_path, write_json
-from expr.errors import ConfigError
-from expr.train_heads.config import HeadConfig
+from expr.errors import ConfigError, check_choice
+from expr.train_heads.config import RECORDED_SINCE_V01, HeadConfig, TrainConfig
 from expr.train_heads.model import ExprHeadModel
-from expr.train_heads.run_dir import CheckpointFiles
+from expr.train_heads.run_dir import WEIGHTS_SUFFIX, Checkpoint, CheckpointFiles, RunDir
 
 # AdamW implementation choices (not hyper-parameters): the resuming run's own, not the saved ones.
 IMPLEMENTATION_SWITCHES = ("foreach", "fused", "capturable")
@@ -207,11 +208,40 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
         raise ConfigError(f"{path}: cannot read the checkpoint ({exc}); the file is damaged") from exc
     if "head_config" not in metadata:
         raise ConfigError(f"{path}: not an expr head checkpoint (no head_config in its metadata)")
-    # v0.1 checkpoints predate the weight_norm switch and were all weight-normed.
-    cfg = HeadConfig.from_dict({"weight_norm": True, **json.loads(metadata["head_config"])})
+    # v0.1 checkpoints predate the weight_norm switch and were all weight-normed (the table's
+    # other entries are not head options: from_dict ignores them).
+    cfg = HeadConfig.from_dict(RECORDED_SINCE_V01 | json.loads(metadata["head_config"]))
     model = ExprHeadModel(cfg, torch.zeros(cfg.num_classes, cfg.text_dim), 1.0)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise ConfigError(f"{path}: weights do not fit the recorded head config ({exc})") from exc
     return model.to(device).eval(), json.loads(metadata.get("meta", "{}"))
+
+
+@dataclass
+class LoadedRun:
+    model: ExprHeadModel          # in eval mode
+    train_config: TrainConfig
+    head_config: HeadConfig
+    meta: dict                    # checkpoint meta + config.json's "cache" and "data" blocks
+
+
+def load_run(run_dir: str | Path, which: str = Checkpoint.best.value,
+             device: str | torch.device = "cpu") -> LoadedRun:
+    """The model of ``run_dir``'s ``which`` checkpoint with the run's configs and meta; the
+    failures a user meets (no folder, no such checkpoint) are named with what to do."""
+    check_choice("checkpoint", which, Checkpoint)
+    run = RunDir(Path(run_dir))
+    if not run.path.is_dir():
+        raise ConfigError(f"{run.path}: no such run directory; train one with 'expr train --out {run.path}'")
+    weights = run.checkpoint(which).weights
+    if not weights.is_file():
+        found = sorted(p.name for p in run.path.glob(f"*{WEIGHTS_SUFFIX}"))
+        hint = f"found {', '.join(found)}; try --checkpoint {found[0].split('.')[0]}" if found else (
+            "the run has no checkpoint at all: did training finish its first epoch?")
+        raise ConfigError(f"{run.path}: no {weights.name} checkpoint ({hint})")
+    config = run.read_config()
+    model, meta = load_weights(weights, device)
+    meta = {**meta, "cache": config.get("cache", {}), "data": config.get("data", {})}
+    return LoadedRun(model, TrainConfig.from_dict(config["train"]), model.cfg, meta)

@@ -11,7 +11,7 @@ run can be rebuilt and resumed from its folder alone.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -111,9 +111,17 @@ class HeadConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-# Options that v0.1 run folders did not record, with the value those runs used: a config.json
-# without them was trained weight-normed on grid windows.
+# THE v0.1-defaults table: options that v0.1 run folders (config.json) and checkpoints (their
+# head config) did not record, with the value those runs used: weight-normed, on grid windows.
+# Readers merge it under what a file recorded (``RECORDED_SINCE_V01 | recorded``).
 RECORDED_SINCE_V01 = {"weight_norm": True, "windows": WindowRule.grid.value}
+
+# Field metadata of the TrainConfig options that do not change what is learned: where the run
+# lies, how the data reaches the device, evaluation's batch size, the training step's fast path
+# (--compile: compiled or eager, the same objective and updates; it rounds differently, see
+# docs/train.md). --resume accepts other values of them (run_dir.py), and `expr ablate` reuses a
+# cell trained with other values (evaluate/ablation.py).
+NOT_LEARNED = {"learned": False}
 
 # TrainConfig's architecture options with the same names as HeadConfig's fields; the two
 # ablation switches are spelled as off-switches (--no-audio / --no-tcn read better).
@@ -127,7 +135,7 @@ class TrainConfig:
 
     cache: Path                         # feature cache made by `expr extract` (.zarr or .h5)
     labels: Path                        # ABAW annotation dir (Train_Set/, Validation_Set/) or a flat dir
-    out: Path                           # run directory: config.json, metrics.jsonl, *.safetensors
+    out: Path = field(metadata=NOT_LEARNED)  # run directory: config.json, metrics.jsonl, *.safetensors
     window: int = 60                    # frames per window
     stride: int = 15                    # frames between training/validation windows
     target: str = Target.last.value     # window label: last frame (reference), majority, center
@@ -155,13 +163,15 @@ class TrainConfig:
     no_tcn: bool = not HeadConfig.use_tcn       # ablation: no temporal convolution
     fusion: str = HeadConfig.fusion             # ablation: bica | v2a | a2v | concat
     weight_norm: bool = HeadConfig.weight_norm  # weight_norm on the TCN convs (off in the paper's code)
-    preload: str = Preload.auto.value   # auto (gpu when it fits, else cpu), cpu (pinned RAM), gpu, none (stream)
-    chunk_frames: int = 1_000_000       # --preload none: frames loaded at a time
-    eval_batch_size: int = 256
-    compile: str = Compile.auto.value   # training step fast path: auto | on | off (see Compile)
-    device: str = "auto"                # auto | cpu | cuda | cuda:N
-    overwrite: bool = False             # replace a non-empty run directory
-    resume: bool = False                # continue from last.safetensors in --out
+    # auto (gpu when it fits, else cpu), cpu (pinned RAM), gpu (whole cache on the GPU), none (stream)
+    preload: str = field(default=Preload.auto.value, metadata=NOT_LEARNED)
+    chunk_frames: int = field(default=1_000_000, metadata=NOT_LEARNED)     # --preload none: frames loaded at a time
+    eval_batch_size: int = field(default=256, metadata=NOT_LEARNED)
+    # the training step's fast path: auto | on | off (see Compile)
+    compile: str = field(default=Compile.auto.value, metadata=NOT_LEARNED)
+    device: str = field(default="auto", metadata=NOT_LEARNED)  # auto | cpu | cuda | cuda:N
+    overwrite: bool = field(default=False, metadata=NOT_LEARNED)  # replace a non-empty run directory
+    resume: bool = field(default=False, metadata=NOT_LEARNED)  # continue from last.safetensors in --out
     strict_labels: bool = False         # label files longer/shorter than the video (beyond a few frames): error
 
     def validate(self) -> None:
@@ -195,6 +205,11 @@ class TrainConfig:
         arch = {name: getattr(self, name) for name in ARCH_OPTIONS}
         return HeadConfig(visual_dim=visual_dim, audio_dim=audio_dim, text_dim=text_dim,
                           use_audio=not self.no_audio, use_tcn=not self.no_tcn, **arch)
+
+    @classmethod
+    def not_learned(cls) -> frozenset[str]:
+        """The options marked ``NOT_LEARNED``: a run with other values of them learns the same."""
+        return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("learned") is False)
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}

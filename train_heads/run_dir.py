@@ -1,4 +1,4 @@
-"""The run folder: the one module that knows every file name in it.
+"""The run folder: the one module that spells the names of the files training writes.
 
     runs/NAME/
       config.json               {"train": TrainConfig, "head": HeadConfig, "cache": {path,
@@ -8,12 +8,9 @@
       last.safetensors          weights after the last finished epoch
       last.optim.safetensors    AdamW moments of ``last`` (for --resume)
       last.state.json           epoch, best so far, optimiser hyper-parameters (for --resume)
-      eval_<split>.json         `expr evaluate`'s scores            } reports: part of the run,
-      confusion_<split>_<protocol>.png  its confusion matrices      } stale once it is retrained
-      timelines_<split>/<video>.png  --timelines N: the N worst videos }
-      report.html               the run's report (also the name in an `expr ablate` folder)
-      result.json               `expr ablate`'s record of a cell run (not part of the run: an
-                                ablation removes it before it retrains the cell)
+      eval_*.json, confusion_*.png, timelines_*/, report.html
+                                `expr evaluate`'s reports (named by evaluate/report_dir.py):
+                                part of the run, stale once it is retrained (REPORT_PATTERNS)
       .saving/                  an epoch's checkpoints while they are written (see below)
       .lock                     while `expr train` runs: its flock and pid (one writer per run)
 
@@ -44,30 +41,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from expr.atomic import TEMP_NAME, check_writable, commit_folder, recover_folder, write_json, write_text
-from expr.errors import ConfigError, check_choice, storage_errors
-from expr.train_heads.config import RECORDED_SINCE_V01, HeadConfig, TrainConfig
+from expr.errors import ConfigError, storage_errors
+from expr.train_heads.config import RECORDED_SINCE_V01, TrainConfig
 
 if TYPE_CHECKING:
-    import torch
-
     from expr.devices import Dist
-    from expr.train_heads.model import ExprHeadModel
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
-RESULT_FILE = "result.json"
-REPORT_FILE = "report.html"
-TIMELINES_PREFIX = "timelines_"
 STAGING_DIR = ".saving"
 WEIGHTS_SUFFIX = ".safetensors"
 OPTIMIZER_SUFFIX = ".optim.safetensors"
 STATE_SUFFIX = ".state.json"
-# What `expr evaluate` writes into a run: part of the run, and stale once it is retrained.
-REPORT_PATTERNS = ("eval_*.json", "confusion_*.png", REPORT_FILE, TIMELINES_PREFIX + "*")
-# Options that may change between a run and its --resume without changing the result
-# (--out: the run being resumed, wherever it now lies or however its path is spelled).
-# Not --epochs: it is the cosine schedule's T_max, so every epoch's learning rate depends on it.
-RESUME_FREE = {"out", "resume", "overwrite", "device", "preload", "chunk_frames", "eval_batch_size", "compile"}
+# What `expr evaluate` writes into a run, as the patterns --overwrite may delete: part of the
+# run, and stale once it is retrained. Their names are evaluate/report_dir.py's (a test keeps
+# every name it makes inside these patterns); this module checks only their content (_is_ours).
+REPORT_HTML = "report.html"
+TIMELINES_GLOB = "timelines_*"   # folders of PNGs
+REPORT_PATTERNS = ("eval_*.json", "confusion_*.png", REPORT_HTML, TIMELINES_GLOB)
+# Options that may change between a run and its --resume without changing the result: those
+# TrainConfig marks as not learned (--out: the run being resumed, wherever it now lies or however
+# its path is spelled). Not --epochs: it is the cosine schedule's T_max, so every epoch's
+# learning rate depends on it.
+RESUME_FREE = TrainConfig.not_learned()
 
 
 class Checkpoint(str, Enum):
@@ -89,7 +85,7 @@ class CheckpointFiles:
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths of one run folder; nothing outside this module spells its file names."""
+    """Paths of one run folder's training files; nothing outside this module spells their names."""
 
     path: Path
 
@@ -104,31 +100,10 @@ class RunDir:
     def metrics(self) -> Path:
         return self.path / METRICS_FILE
 
-    @property
-    def result(self) -> Path:
-        return self.path / RESULT_FILE
-
     def checkpoint(self, which: str) -> CheckpointFiles:
         base = self.path / which
         return CheckpointFiles(base.with_suffix(WEIGHTS_SUFFIX), base.with_suffix(OPTIMIZER_SUFFIX),
                                base.with_suffix(STATE_SUFFIX))
-
-    def eval_report(self, split: str) -> Path:
-        return self.path / f"eval_{split}.json"
-
-    def confusion_png(self, split: str, protocol: str) -> Path:
-        return self.path / f"confusion_{split}_{protocol}.png"
-
-    def timelines(self, split: str) -> Path:
-        """Folder of the timeline PNGs of ``split`` (``<video>.png``)."""
-        return self.path / f"{TIMELINES_PREFIX}{split}"
-
-    def timeline_png(self, split: str, video_id: str) -> Path:
-        return self.timelines(split) / f"{video_id}.png"
-
-    @property
-    def report(self) -> Path:
-        return self.path / REPORT_FILE
 
     def read_config(self) -> dict:
         if not self.config.is_file():
@@ -368,7 +343,7 @@ def _is_ours(path: Path) -> bool:
         if path.is_symlink():
             return False
         if path.is_dir():  # timelines_<split>/
-            return name.startswith(TIMELINES_PREFIX) and all(
+            return fnmatch.fnmatch(name, TIMELINES_GLOB) and all(
                 p.is_file() and not p.is_symlink() and p.suffix == ".png" and _has_magic(p, PNG_MAGIC)
                 for p in path.iterdir())
         if not path.is_file():
@@ -377,7 +352,7 @@ def _is_ours(path: Path) -> bool:
             return _is_safetensors(path)
         if name.endswith(".png"):
             return _has_magic(path, PNG_MAGIC)
-        if name == REPORT_FILE:
+        if name == REPORT_HTML:
             return REPORT_MARKER in path.read_text(encoding="utf-8", errors="replace")
         if name == METRICS_FILE:
             first = next((ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()), None)
@@ -434,33 +409,3 @@ def _check_resume_options(run: RunDir, cfg: TrainConfig) -> None:
     if diff:
         shown = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {mine[k]})" for k in diff)
         raise ConfigError(f"{run.path}: --resume with other options than the run: {shown}; use the run's options")
-
-
-@dataclass
-class LoadedRun:
-    model: ExprHeadModel          # in eval mode
-    train_config: TrainConfig
-    head_config: HeadConfig
-    meta: dict                    # checkpoint meta + config.json's "cache" and "data" blocks
-
-
-def load_run(run_dir: str | Path, which: str = Checkpoint.best.value,
-             device: str | torch.device = "cpu") -> LoadedRun:
-    """The model of ``run_dir``'s ``which`` checkpoint with the run's configs and meta; the
-    failures a user meets (no folder, no such checkpoint) are named with what to do."""
-    from expr.train_heads.checkpoint import load_weights
-
-    check_choice("checkpoint", which, Checkpoint)
-    run = RunDir(Path(run_dir))
-    if not run.path.is_dir():
-        raise ConfigError(f"{run.path}: no such run directory; train one with 'expr train --out {run.path}'")
-    weights = run.checkpoint(which).weights
-    if not weights.is_file():
-        found = sorted(p.name for p in run.path.glob(f"*{WEIGHTS_SUFFIX}"))
-        hint = f"found {', '.join(found)}; try --checkpoint {found[0].split('.')[0]}" if found else (
-            "the run has no checkpoint at all: did training finish its first epoch?")
-        raise ConfigError(f"{run.path}: no {weights.name} checkpoint ({hint})")
-    config = run.read_config()
-    model, meta = load_weights(weights, device)
-    meta = {**meta, "cache": config.get("cache", {}), "data": config.get("data", {})}
-    return LoadedRun(model, TrainConfig.from_dict(config["train"]), model.cfg, meta)

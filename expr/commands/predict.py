@@ -18,10 +18,10 @@ from expr.commands.evaluate import (
     SmoothModeOpt,
     SmoothOpt,
 )
-from expr.evaluate import PredictConfig
+from expr.pipeline import PredictVideosConfig
 from expr.train_heads import Checkpoint, NoFace, Preload, SmoothMode
 
-DEFAULT = PredictConfig
+DEFAULT = PredictVideosConfig
 
 
 def predict(
@@ -65,7 +65,7 @@ def predict(
     from expr.pipeline import predict_videos
 
     console = Console(emoji=False)
-    cfg = PredictConfig(run=run, out=out, cache=cache, videos=videos, frames=frames, ids=ids, face_crop=face_crop,
+    cfg = PredictVideosConfig(run=run, out=out, cache=cache, videos=videos, frames=frames, ids=ids, face_crop=face_crop,
                         timelines=timelines, probs=probs, checkpoint=checkpoint.value, smooth=smooth,
                         smooth_mode=smooth_mode.value, no_face=no_face.value, batch_size=batch_size,
                         preload=preload.value, device=device, overwrite=overwrite)
