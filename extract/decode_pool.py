@@ -177,6 +177,8 @@ def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) 
         shm = SharedMemory(name=shm_name)
     except FileNotFoundError:  # a spare that started after the pool had finished and closed
         return
+    if not conn.poll():  # a spare, no job yet: import what every job needs (~2 s) while idle
+        import torch  # noqa: F401
     slots: deque[int] = deque()
     seen = 0  # credit messages read: acknowledged in every _SlotBatch and _Idle
     while True:
@@ -291,6 +293,7 @@ class DecodePool:
         self._free: deque[int] = deque()  # frame slots no worker holds and no consumer reads
         self._shm: SharedMemory | None = None
         self._failed: set[str] = set()
+        self._todo: deque[DecodeJob] = deque()
         self._slot_bytes = max((j.batch_frames * j.image_size ** 2 * 3 for j in self.jobs), default=1)
 
     def __enter__(self) -> "DecodePool":
@@ -402,14 +405,27 @@ class DecodePool:
         name = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         return SharedMemory(name=name, create=True, size=self.max_pending * self._slot_bytes)
 
-    def _iter_workers(self) -> Iterator[Message]:
-        todo = deque(self.jobs)
-        self._shm = shm = self._open_shm()
+    def start(self) -> None:
+        """Start the workers now (they import and begin decoding while the caller builds its
+        models); iterating does it otherwise. Nothing for ``workers=0``."""
+        if self.workers == 0 or self._shm is not None:
+            return
+        self._todo = deque(self.jobs)
+        self._shm = self._open_shm()
         self._free = deque(range(self.max_pending))
         try:
-            self._staff(todo, shm)
+            self._staff(self._todo, self._shm)
             for _ in range(self._spares()):
-                self._start_worker(shm)  # idle, waiting for a segment
+                self._start_worker(self._shm)  # idle, waiting for a segment
+        except BaseException:
+            self.close()
+            raise
+
+    def _iter_workers(self) -> Iterator[Message]:
+        self.start()
+        todo, shm = self._todo, self._shm
+        assert shm is not None
+        try:
             while True:
                 self._staff(todo, shm)
                 busy = [w for w in self._pool if w.job is not None]

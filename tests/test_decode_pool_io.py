@@ -133,24 +133,26 @@ def test_a_16_mb_dev_shm_works_and_a_4_mb_one_is_refused_in_one_line(tmp_path):
 
 
 def wait_for_commit_hook(cache: str, job: DecodeJob, msg) -> None:
-    """Test-only: at the last frames of `b`, `a` (the longer video, first in line) must be committed."""
-    if job.video_id == "b" and isinstance(msg, FrameBatch) and msg.start + len(msg.pixels) == 130:
+    """Test-only: at the last frames of `c`, `a` (the longest video, first in line) must be committed."""
+    if job.video_id == "c" and isinstance(msg, FrameBatch) and msg.start + len(msg.pixels) == 40:
         deadline = time.monotonic() + 60
         while not (Path(cache) / "videos" / "a" / "zarr.json").exists():
             if time.monotonic() > deadline:
-                raise RuntimeError("video a was not committed before b ended")
+                raise RuntimeError("video a was not committed before c ended")
             time.sleep(0.02)
 
 
 def test_each_video_is_committed_as_soon_as_it_is_encoded(tmp_path, monkeypatch):
     """Issue: after 75 s of a 12-video run none was committed: 12 workers decoded 12 videos
-    side by side, and every one finished at the end. Now the workers share the first video's
-    segments, it is written (by the writer thread) while the second is still decoding."""
+    side by side, and every one finished near the end. Here, before: one worker decoded a
+    (200 frames) while the other did b (130) and c (40), so c ended before a. Now both workers
+    share a's segments first, and a is written (by the writer thread) while b and c decode."""
     videos, out = tmp_path / "v", tmp_path / "f.zarr"
-    F.make_video(videos / "a.mp4", n_frames=200, size=(96, 64), keyint=20)  # larger: first in line
+    F.make_video(videos / "a.mp4", n_frames=200, size=(96, 64), keyint=20)  # the largest: first in line
     F.make_video(videos / "b.mp4", n_frames=130, size=(96, 64), keyint=20)
+    F.make_video(videos / "c.mp4", n_frames=40, size=(96, 64), keyint=20)  # too short to split
     monkeypatch.setattr(messages, "SEGMENT_FRAMES", 30)
     hook = functools.partial(wait_for_commit_hook, str(out))
     monkeypatch.setattr(decode_pool, "DecodePool", functools.partial(DecodePool, worker_hook=hook))
     summary = run_extract(tiny_config(videos, out, workers=2))
-    assert summary.failed == {} and summary.ok == ["a", "b"]
+    assert summary.failed == {} and summary.ok[0] == "a" and sorted(summary.ok) == ["a", "b", "c"]
