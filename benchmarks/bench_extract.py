@@ -126,7 +126,8 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
 
     def progress(event):
         if event.kind != "start" and (marks or event.kind == "batch"):
-            marks.append((time.perf_counter(), event.frames, _cpu_seconds()))
+            # progress events come from the main thread: thread_time() is its CPU alone
+            marks.append((time.perf_counter(), event.frames, _cpu_seconds(), time.thread_time()))
 
     with null_encoders():
         config = ExtractConfig(videos=videos, out=out, frames=frames, device=device, batch_size=batch_size,
@@ -134,8 +135,9 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
         summary = run_extract(config, progress=progress)
     if summary.failed:
         raise SystemExit(f"pipeline failed on {summary.failed}")
-    (t0, f0, c0), (t1, f1, c1) = marks[0], marks[-1]
+    (t0, f0, c0, m0), (t1, f1, c1, m1) = marks[0], marks[-1]
     return dict(frames=summary.frames, fps=(f1 - f0) / (t1 - t0), parent_us=(c1 - c0) / (f1 - f0) * 1e6,
+                main_us=(m1 - m0) / (f1 - f0) * 1e6,
                 total_fps=summary.frames / summary.elapsed, first_batch=t0 - started, workers=workers)
 
 
@@ -225,11 +227,14 @@ def main_null(args) -> None:
                 results.append((n_videos, max(runs, key=lambda r: r["fps"]), runs))
     print(f"\nexpr extract feed rate (null encoders): {args.frames} frames of {_what(args)}, batch "
           f"{args.batch_size}, device {args.device}, {os.cpu_count()} CPUs, best of {args.repeat}")
+    print("(parent us/f: CPU of the whole main process, its writer and audio threads included, per frame;"
+          " main thread: the feeding thread alone)")
     print(f"{'videos':>6} {'workers':>7} {'steady f/s':>11} {'per worker':>10} {'parent us/f':>11} "
-          f"{'1st batch s':>11} {'end to end f/s':>14}  all runs f/s")
+          f"{'main thread':>11} {'1st batch s':>11} {'end to end f/s':>14}  all runs f/s")
     for n_videos, best, runs in results:
         print(f"{n_videos:>6} {best['workers']:>7} {best['fps']:>11,.0f} {best['fps'] / best['workers']:>10,.0f} "
-              f"{best['parent_us']:>11.1f} {best['first_batch']:>11.2f} {best['total_fps']:>14,.0f}  "
+              f"{best['parent_us']:>11.1f} {best['main_us']:>11.1f} {best['first_batch']:>11.2f} "
+              f"{best['total_fps']:>14,.0f}  "
               + ", ".join(f"{r['fps']:,.0f}" for r in runs))
     base = {n: r for n, r, _ in results if r["workers"] == args.workers[0]}
     for n_videos, best, _ in results:
