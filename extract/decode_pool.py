@@ -257,6 +257,9 @@ class DecodePool:
     shared-memory slot, valid only until the next message is asked for (the consumer copies
     what it keeps, once); otherwise they are copied out and can be kept. ``max_pending`` is
     cut to what /dev/shm can hold. ``pipe_buffer``: test-only socket buffer size.
+    ``on_idle`` is called (in the iterating thread) once whenever no worker has sent anything
+    for ``idle_after`` seconds: the consumer encodes the frames it holds instead of waiting
+    for more (a video's last frames would otherwise wait for later videos' frames).
     """
 
     def __init__(
@@ -269,6 +272,8 @@ class DecodePool:
         worker_hook: WorkerHook | None = None,
         borrow_frames: bool = False,
         pipe_buffer: int | None = None,
+        on_idle: Callable[[], None] | None = None,
+        idle_after: float = 0.5,
     ):
         if workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {workers}")
@@ -284,6 +289,7 @@ class DecodePool:
         self.worker_hook = worker_hook
         self.borrow_frames = borrow_frames
         self.pipe_buffer = pipe_buffer
+        self.on_idle, self.idle_after = on_idle, idle_after
         self.peak_pending = 0
         self.peak_workers = 0  # the most worker processes alive at once
         self.restarts = 0  # workers that died while decoding (each replaced)
@@ -425,6 +431,7 @@ class DecodePool:
         self.start()
         todo, shm = self._todo, self._shm
         assert shm is not None
+        idle_called = False
         try:
             while True:
                 self._staff(todo, shm)
@@ -436,9 +443,16 @@ class DecodePool:
                 full = not self._free
                 working = [w for w in busy if w.slots or not full]
                 timeout = min((self.stall_timeout - w.silent for w in working), default=None)
+                if self.on_idle is not None and not idle_called:
+                    timeout = self.idle_after if timeout is None else min(timeout, self.idle_after)
                 handles = [w.conn for w in busy] + [w.proc.sentinel for w in busy]
                 t0 = time.monotonic()
                 ready = set(wait(handles, timeout=None if timeout is None else max(0.01, timeout)))
+                if ready:
+                    idle_called = False
+                elif self.on_idle is not None and not idle_called and time.monotonic() - t0 >= self.idle_after:
+                    idle_called = True
+                    self.on_idle()
                 for worker in working:
                     worker.silent += time.monotonic() - t0
                     if worker.silent >= self.stall_timeout and worker.proc.is_alive():

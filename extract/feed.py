@@ -267,6 +267,16 @@ class EncoderFeed:
         self.summary.failed[vid] = reason
         self.emit(self.event("video", vid, reason))
 
+    def flush(self) -> None:
+        """The decoders are quiet: encode the frames held (padded, as always) and collect every
+        batch, so that a video whose last frames wait in a buffer is written now."""
+        if self.fill:
+            self.encode()
+        if self.inflight is not None:
+            previous, self.inflight = self.inflight, None
+            self.collect(*previous)
+        self.write_ready()
+
     def finish(self) -> None:
         """After the decoders ended: encode what is left, fail what never completed."""
         if self.fill:

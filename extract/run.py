@@ -122,6 +122,8 @@ def _probe_retries(todo: list, out: Path, summary: ExtractSummary) -> list:
     from expr.errors import MediaDecodeError
     from expr.extract.probe import probe
 
+    if not todo:
+        return todo
     try:
         with open_cache(out) as cache:
             failed_before = set(cache.failures)
@@ -187,7 +189,8 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
             if todo:
                 # two frame slots per worker: one being filled while the parent reads the other
                 slots = max(8, 2 * config.workers)
-                with DecodePool(todo, workers=config.workers, max_pending=slots, borrow_frames=True) as pool:
+                with DecodePool(todo, workers=config.workers, max_pending=slots, borrow_frames=True,
+                                on_idle=feed.flush) as pool:
                     pool.start()  # the workers start (imports, first frames) while the models are built
                     _ = bb.visual, bb.audio  # build both now: a missing checkpoint fails before any frame is encoded
                     for message in pool:

@@ -124,3 +124,19 @@ def test_rerun_with_only_broken_files_left_builds_no_model(tmp_path, monkeypatch
     assert again.skipped == ["good"] and list(again.failed) == ["bad"]
     assert "not a video" in again.failed["bad"] and str(videos / "bad.mp4") in again.failed["bad"]
 
+
+
+def test_flush_encodes_the_frames_held_and_writes_the_complete_video():
+    """The pool calls flush when the decoders are quiet: a's last frames must not wait for
+    frames that are not coming."""
+    writer = _SlowWriter(delay=0.0)
+    feed, summary = _feed(writer, ["a"], batch_size=4)
+    for msg in [VideoHeader("a", 25.0, 6, 0.24, False, 1, 0.0), _frames("a", 0, 4), _frames("a", 4, 2),
+                AudioTrack("a", None), VideoDone("a")]:
+        feed.handle(msg)
+    assert feed.fill == 2 and not summary.ok  # frames 4, 5 wait for a full batch
+    feed.flush()
+    feed.write_ready(wait=True)
+    assert summary.ok == ["a"]
+    np.testing.assert_array_equal(writer.written["a"]["visual"][:, 0], np.arange(6))
+    feed.finish()
