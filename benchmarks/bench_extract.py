@@ -14,11 +14,14 @@ ones). Writes its own synthetic 640x360 H.264 + AAC videos with PyAV, then measu
 ``--null-encoder`` replaces both encoders by zero-cost stubs (zeros of the right shape):
 what is left is the feed rate of the pipeline (decode, geometry, transport, batching,
 writes) and the parent process's CPU time per frame, both from the first encoded batch on
-(start-up excluded). ``--source jpg`` feeds ABAW-style 112x112 jpg folders instead of
-640x360 H.264 videos.
+(start-up excluded), and the time until that first batch. It runs the frames as ONE video
+and as ``--videos`` videos (a benchmark that cannot hide the long tail: with whole-video jobs
+one video decodes on one core), for each ``--workers`` count (a comma list, e.g. 1,2), and
+reports the rate per worker too. ``--source jpg`` feeds ABAW-style 112x112 jpg folders
+instead of 640x360 H.264 videos; ``--size 1280x720`` other videos.
 
     python benchmarks/bench_extract.py --device cpu --frames 384 --batch-size 64
-    python benchmarks/bench_extract.py --null-encoder --frames 12000 --batch-size 128 --repeat 1
+    python benchmarks/bench_extract.py --null-encoder --frames 12000 --batch-size 128 --workers 1,2 --repeat 1
     python benchmarks/bench_extract.py --null-encoder --source jpg --frames 12000 --repeat 1
     python benchmarks/bench_extract.py --device cuda --frames 20000 --batch-size 512
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import resource
 import tempfile
 import time
@@ -118,10 +122,12 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
     from expr.extract.run import run_extract
 
     marks = []  # (wall, frames, parent cpu) at the first batch and at every later event
+    started = time.perf_counter()
 
     def progress(event):
         if event.kind != "start" and (marks or event.kind == "batch"):
-            marks.append((time.perf_counter(), event.frames, _cpu_seconds()))
+            # progress events come from the main thread: thread_time() is its CPU alone
+            marks.append((time.perf_counter(), event.frames, _cpu_seconds(), time.thread_time()))
 
     with null_encoders():
         config = ExtractConfig(videos=videos, out=out, frames=frames, device=device, batch_size=batch_size,
@@ -129,9 +135,10 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
         summary = run_extract(config, progress=progress)
     if summary.failed:
         raise SystemExit(f"pipeline failed on {summary.failed}")
-    (t0, f0, c0), (t1, f1, c1) = marks[0], marks[-1]
+    (t0, f0, c0, m0), (t1, f1, c1, m1) = marks[0], marks[-1]
     return dict(frames=summary.frames, fps=(f1 - f0) / (t1 - t0), parent_us=(c1 - c0) / (f1 - f0) * 1e6,
-                total_fps=summary.frames / summary.elapsed)
+                main_us=(m1 - m0) / (f1 - f0) * 1e6,
+                total_fps=summary.frames / summary.elapsed, first_batch=t0 - started, workers=workers)
 
 
 def bench_bare_encoder(device: str, frames: int, batch_size: int) -> float:
@@ -190,31 +197,63 @@ def bench_pipeline(device: str, videos: Path, frames: Path | None, out: Path, ba
                 audio_rtf=summary.audio_seconds / spent["audio"], audio_seconds=summary.audio_seconds)
 
 
-def make_inputs(tmp: Path, args) -> Path | None:
+def make_inputs(tmp: Path, args, n_videos: int | None = None) -> Path | None:
     """``tmp/videos`` (+ ``tmp/cropped_aligned`` for --source jpg); returns the frames folder or None."""
-    (tmp / "videos").mkdir()
+    n_videos = args.videos if n_videos is None else n_videos
+    (tmp / "videos").mkdir(parents=True)
     if args.source == "jpg":  # as ABAW: faces from the jpgs, timing and audio from small raw videos
-        make_jpg_folders(tmp / "cropped_aligned", args.frames, args.videos)
-        make_videos(tmp / "videos", args.frames, args.videos, size=(64, 36))
+        make_jpg_folders(tmp / "cropped_aligned", args.frames, n_videos)
+        make_videos(tmp / "videos", args.frames, n_videos, size=(64, 36))
         return tmp / "cropped_aligned"
-    make_videos(tmp / "videos", args.frames, args.videos)
+    make_videos(tmp / "videos", args.frames, n_videos, size=args.size)
     return None
 
 
+def _what(args) -> str:
+    return "112x112 jpg folders" if args.source == "jpg" else f"{args.size[0]}x{args.size[1]} H.264"
+
+
 def main_null(args) -> None:
-    """--null-encoder: the pipeline's feed rate and the parent's CPU per frame."""
+    """--null-encoder: the feed rate, per worker, with 1 video and with --videos; parent CPU per frame."""
+    results = []  # (videos, best run of each worker count)
+    layouts = [1, args.videos] if args.videos != 1 else [1]
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        frames = make_inputs(tmp, args)
-        runs = [bench_feed(args.device, tmp / "videos", frames, tmp / "feats.zarr", args.batch_size, args.workers)
-                for _ in range(args.repeat)]
-    best = max(runs, key=lambda r: r["fps"])
-    what = "112x112 jpg folders" if args.source == "jpg" else "640x360 H.264"
-    print(f"\nexpr extract feed rate (null encoders): {args.frames} frames of {what} in {args.videos} "
-          f"video(s), batch {args.batch_size}, {args.workers} decode workers, device {args.device}, best of {args.repeat}")
-    print("all runs: " + ", ".join(f"{r['fps']:,.0f} frames/s ({r['parent_us']:.0f} us parent CPU/frame)" for r in runs))
-    print(f"steady feed rate {best['fps']:,.0f} frames/s; parent CPU {best['parent_us']:.1f} us/frame; "
-          f"end to end incl. start-up {best['total_fps']:,.0f} frames/s")
+        for n_videos in layouts:
+            root = Path(tmp) / f"n{n_videos}"
+            frames = make_inputs(root, args, n_videos)
+            for workers in args.workers:
+                runs = [bench_feed(args.device, root / "videos", frames, root / "feats.zarr", args.batch_size, workers)
+                        for _ in range(args.repeat)]
+                results.append((n_videos, max(runs, key=lambda r: r["fps"]), runs))
+    print(f"\nexpr extract feed rate (null encoders): {args.frames} frames of {_what(args)}, batch "
+          f"{args.batch_size}, device {args.device}, {os.cpu_count()} CPUs, best of {args.repeat}")
+    print("(parent us/f: CPU of the whole main process, its writer and audio threads included, per frame;"
+          " main thread: the feeding thread alone)")
+    print(f"{'videos':>6} {'workers':>7} {'steady f/s':>11} {'per worker':>10} {'parent us/f':>11} "
+          f"{'main thread':>11} {'1st batch s':>11} {'end to end f/s':>14}  all runs f/s")
+    for n_videos, best, runs in results:
+        print(f"{n_videos:>6} {best['workers']:>7} {best['fps']:>11,.0f} {best['fps'] / best['workers']:>10,.0f} "
+              f"{best['parent_us']:>11.1f} {best['main_us']:>11.1f} {best['first_batch']:>11.2f} "
+              f"{best['total_fps']:>14,.0f}  "
+              + ", ".join(f"{r['fps']:,.0f}" for r in runs))
+    base = {n: r for n, r, _ in results if r["workers"] == args.workers[0]}
+    for n_videos, best, _ in results:
+        if best["workers"] != args.workers[0]:
+            print(f"speed-up, {n_videos} video(s), {best['workers']} vs {args.workers[0]} workers: "
+                  f"{best['fps'] / base[n_videos]['fps']:.2f}x")
+    # the suite's and earlier scripts' line: the many-video run with the last worker count
+    last = results[-1][1]
+    print(f"steady feed rate {last['fps']:,.0f} frames/s; parent CPU {last['parent_us']:.1f} us/frame; "
+          f"end to end incl. start-up {last['total_fps']:,.0f} frames/s")
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, h = text.lower().split("x")
+    return int(w), int(h)
 
 
 def main() -> None:
@@ -226,7 +265,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=384, help="frames in total (pipeline and bare encoder)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--videos", type=int, default=4, help="split the frames over this many videos")
-    parser.add_argument("--workers", type=int, default=2, help="decode worker processes")
+    parser.add_argument("--workers", type=_int_list, default=[2],
+                        help="decode worker processes; with --null-encoder a comma list (1,2) runs each")
+    parser.add_argument("--size", type=_size, default=(640, 360), help="video size WxH (default 640x360)")
     parser.add_argument("--repeat", type=int, default=2, help="alternate bare/pipeline runs this often, keep the best")
     args = parser.parse_args()
     if args.null_encoder:
@@ -246,15 +287,15 @@ def main() -> None:
         for _ in range(args.repeat):
             bare.append(bench_bare_encoder(args.device, args.frames, args.batch_size))
             pipes.append(bench_pipeline(args.device, tmp / "videos", frames, tmp / "feats.zarr", args.batch_size,
-                                        args.workers))
+                                        args.workers[-1]))
         bare_all = bare
         bare = max(bare)
         pipe = max(pipes, key=lambda p: p["visual_fps"])
 
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
-    what = "112x112 jpg folders" if args.source == "jpg" else "640x360 H.264"
+    what = _what(args)
     print(f"\nexpr extract benchmark: {name}; {args.frames} frames of {what} in {args.videos} videos "
-          f"(made in {made:.1f} s), batch {args.batch_size}, {args.workers} decode workers, random weights, "
+          f"(made in {made:.1f} s), batch {args.batch_size}, {args.workers[-1]} decode workers, random weights, "
           f"best of {args.repeat}")
     print("all runs: bare " + ", ".join(f"{b:.1f}" for b in bare_all) + " frames/s; pipeline visual "
           + ", ".join(f"{p['visual_fps']:.1f}" for p in pipes) + " frames/s")

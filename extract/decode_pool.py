@@ -1,23 +1,42 @@
 """Decode videos in worker processes, streaming messages back with bounded memory.
 
 Why processes: decord can crash the whole process on a corrupt file (segfault). Each worker
-decodes whole videos and talks to the parent through its OWN pipe, so a worker that dies
-mid-message corrupts only a channel that is thrown away with it; the parent turns the death
-into ``VideoFailed`` for that worker's current video and starts a fresh worker.
+decodes jobs and talks to the parent through its OWN pipe, so a worker that dies mid-message
+corrupts only a channel that is thrown away with it; the parent turns the death into
+``VideoFailed`` for that worker's current video and starts a fresh worker.
+
+Jobs: one per video, longest (largest file) first; a long video's job answers with a
+``VideoSplit`` and its keyframe-aligned segments (segments.py) join the queue in the place
+of their video, before any later video, so that every worker shares the longest work first
+and videos finish (and are written) in about the order they started, not all at the end. Workers start only for jobs there are (``--workers 500`` with
+two short videos starts two), plus idle spares up to the core count when a video may split.
 
 Why shared memory: pickling a batch of 224x224 frames through a pipe costs the parent more
 CPU per frame than everything else it does (measured: ~140 us/frame). Frames travel in
 ``max_pending`` slots of one shared-memory block instead; the pipe carries only the small
 rest of a ``FrameBatch`` (start, mask, timestamps) and the slot number, as a ``_SlotBatch``.
+The block is named ``expr-<pid>-<random>`` in /dev/shm: a run killed with its whole process
+group (OOM killer, Slurm, ssh hang-up) leaves it behind, and the next run removes the blocks
+whose owner is dead. The slots are sized to /dev/shm's free space (Docker's default is 64 MB):
+a block larger than the free space is created without error, and then kills the workers
+with SIGBUS when they write to it.
 
 Why credits: a credit is a free slot. A worker spends one per ``FrameBatch`` it sends and
 blocks when it has none. The parent hands credits out ahead of time (shared among the busy
 workers, fewest-held first) and gets a slot back when the consumer has taken its batch. So at
 most ``max_pending`` frame batches are in flight (plus one decoded batch per worker waiting
-for a credit), however long the video and however slow the consumer, and workers keep
-decoding while the consumer computes.
+for a credit), however long the video and however slow the consumer.
 
-Messages of different videos interleave; within a video they are in order. A ``VideoFailed``
+Why the parent never blocks on a pipe: a worker blocks sending a batch while the parent does
+not read; had the parent then blocked sending credits into the worker's full pipe, both would
+wait forever (measured: ``--workers 500`` hung 4 times in 5, each credit a message of its own,
+each message costing ~1 kB of socket buffer). Credits now travel as one list per message and
+a worker never has more than one credit message it has not acknowledged (every ``_SlotBatch``
+and ``_Idle`` says how many it has read); a job or STOP goes only to a worker that waits for
+one. So at most two small messages are ever in a parent-to-worker pipe, which fits any
+socket buffer (tested with the smallest the kernel allows).
+
+Messages of different videos interleave; within a job they are in order. A ``VideoFailed``
 can follow a video's header and some batches: the consumer drops what it had for that video.
 """
 
@@ -25,24 +44,32 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
+import secrets
 import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
 
 import numpy as np
 
 from expr.errors import ConfigError, MediaDecodeError
 from expr.extract.media import decode_video
-from expr.extract.messages import DecodeJob, FrameBatch, Message, VideoFailed
+from expr.extract.messages import DecodeJob, FrameBatch, Message, VideoFailed, VideoSplit
+from expr.extract.segments import may_split
 
-_IDLE = "idle"  # worker -> parent: finished its video, send the next job
 _STOP = None  # parent -> worker: exit
-# parent -> worker: an int, a credit: the number of a free frame slot
+# parent -> worker: a DecodeJob, or a list of ints: credits, the numbers of free frame slots
+
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "expr-"  # + <pid of the run>-<random>
+SHM_SHARE = 0.5  # at most this share of /dev/shm's free space for the frame slots
 
 
 @dataclass(frozen=True)
@@ -55,6 +82,14 @@ class _SlotBatch:
     shape: tuple[int, ...]  # of the pixels
     mask: np.ndarray
     timestamps: np.ndarray
+    seen: int  # credit messages the worker has read so far
+
+
+@dataclass(frozen=True)
+class _Idle:
+    """Worker -> parent: finished its job, send the next one."""
+
+    seen: int  # credit messages the worker has read so far
 
 
 def _slot_view(shm: SharedMemory, slot: int, slot_bytes: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -71,6 +106,64 @@ def failure_reason(job: DecodeJob, error: BaseException) -> str:
     return f"{job.source}: {type(error).__name__}: {error}"
 
 
+def segment_jobs(job: DecodeJob, split: VideoSplit) -> list[DecodeJob]:
+    return [replace(job, segment=(a, b)) for a, b in split.segments]
+
+
+# ------------------------------------------------------------------ /dev/shm housekeeping
+
+def shm_free_bytes(shm_dir: Path = SHM_DIR) -> int | None:
+    """Free bytes in the shared-memory filesystem, None where there is none to ask (not Linux)."""
+    try:
+        st = os.statvfs(shm_dir)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_dead_segments(shm_dir: Path = SHM_DIR) -> list[str]:
+    """Unlink this user's ``expr-<pid>-*`` blocks whose run is dead; return their names."""
+    removed = []
+    try:
+        entries = list(os.scandir(shm_dir))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = re.fullmatch(SHM_PREFIX + r"(\d+)-[0-9a-f]+", entry.name)
+        try:
+            if match is None or entry.stat().st_uid != os.getuid() or _pid_alive(int(match[1])):
+                continue
+            os.unlink(entry.path)
+            removed.append(entry.name)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    return removed
+
+
+def fit_slots(wanted: int, slot_bytes: int, free: int | None) -> int:
+    """How many frame slots to make: ``wanted``, fewer when /dev/shm cannot hold them."""
+    if free is None:
+        return wanted
+    fits = int(free * SHM_SHARE) // slot_bytes
+    if fits < 1:
+        raise ConfigError(
+            f"/dev/shm has {free / 2**20:.0f} MB free; the decoders need at least {2 * slot_bytes / 2**20:.0f} MB "
+            "of shared memory for their frames: free some, or give the container more (docker run --shm-size 1g), "
+            "or use --workers 0"
+        )
+    return max(1, min(wanted, fits))
+
+
 def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) -> None:
     # why: N workers each running multi-threaded torch ops (geometry, resample) would
     # oversubscribe the cores; set before torch is imported, which reads it once
@@ -80,14 +173,21 @@ def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) 
     # would bury that line.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Attached, not owned: the parent unlinks it (the resource tracker is shared with the parent).
-    shm = SharedMemory(name=shm_name)
+    try:
+        shm = SharedMemory(name=shm_name)
+    except FileNotFoundError:  # a spare that started after the pool had finished and closed
+        return
+    if not conn.poll():  # a spare, no job yet: import what every job needs (~2 s) while idle
+        import torch  # noqa: F401
     slots: deque[int] = deque()
+    seen = 0  # credit messages read: acknowledged in every _SlotBatch and _Idle
     while True:
         job = conn.recv()
         if job is _STOP:
             return
-        if isinstance(job, int):  # a credit that came while idle
-            slots.append(job)
+        if isinstance(job, list):  # credits that came while idle
+            slots.extend(job)
+            seen += 1
             continue
         try:
             for msg in decode_video(job):
@@ -97,18 +197,19 @@ def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) 
                         control = conn.recv()
                         if control is _STOP:
                             return
-                        slots.append(control)
+                        slots.extend(control)
+                        seen += 1
                     slot, pixels = slots.popleft(), np.ascontiguousarray(msg.pixels, dtype=np.uint8)
                     if pixels.nbytes > slot_bytes:
                         raise MediaDecodeError(f"{job.source}: a frame batch {pixels.shape} does not fit a frame slot")
                     _slot_view(shm, slot, slot_bytes, pixels.shape)[...] = pixels
-                    wire = _SlotBatch(msg.video_id, msg.start, slot, pixels.shape, msg.mask, msg.timestamps)
+                    wire = _SlotBatch(msg.video_id, msg.start, slot, pixels.shape, msg.mask, msg.timestamps, seen)
                 if hook is not None:
                     hook(job, msg)
                 conn.send(wire)
         except Exception as e:  # one bad video must not end the worker
             conn.send(VideoFailed(job.video_id, failure_reason(job, e)))
-        conn.send(_IDLE)
+        conn.send(_Idle(seen))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -120,6 +221,21 @@ def _describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+def _job_weight(job: DecodeJob) -> int:
+    """Bytes of the job's video: the longest work goes first."""
+    try:
+        return job.video_path.stat().st_size if job.video_path is not None else 0
+    except OSError:
+        return 0
+
+
+def _shrink_pipe(conn: Connection, size: int) -> None:
+    """Test-only: the smallest socket buffers, to prove the protocol cannot deadlock."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 @dataclass(eq=False)
 class _Worker:
     proc: BaseProcess
@@ -127,6 +243,8 @@ class _Worker:
     job: DecodeJob | None = None
     slots: deque = field(default_factory=deque)  # credits granted, not yet back in a FrameBatch
     silent: float = 0.0  # seconds the parent waited without hearing from it while it worked
+    sent: int = 0  # credit messages sent to it
+    seen: int = 0  # ... of which it said it has read
 
 
 class DecodePool:
@@ -137,7 +255,11 @@ class DecodePool:
     stuck in a loop must not hang the run). ``peak_pending`` records the most frame batches
     that were ever in flight. ``borrow_frames``: a FrameBatch's pixels are a view of its
     shared-memory slot, valid only until the next message is asked for (the consumer copies
-    what it keeps, once); otherwise they are copied out and can be kept.
+    what it keeps, once); otherwise they are copied out and can be kept. ``max_pending`` is
+    cut to what /dev/shm can hold. ``pipe_buffer``: test-only socket buffer size.
+    ``on_idle`` is called (in the iterating thread) once whenever no worker has sent anything
+    for ``idle_after`` seconds: the consumer encodes the frames it holds instead of waiting
+    for more (a video's last frames would otherwise wait for later videos' frames).
     """
 
     def __init__(
@@ -149,22 +271,35 @@ class DecodePool:
         stall_timeout: float = 600.0,
         worker_hook: WorkerHook | None = None,
         borrow_frames: bool = False,
+        pipe_buffer: int | None = None,
+        on_idle: Callable[[], None] | None = None,
+        idle_after: float = 0.5,
     ):
         if workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {workers}")
         if max_pending < 1:
             raise ConfigError(f"max pending batches must be at least 1, got {max_pending}")
-        self.jobs = list(jobs)
+        # longest first (a stable sort: ties keep their order)
+        self.jobs = sorted(jobs, key=_job_weight, reverse=True)
+        self._rank = {j.video_id: i for i, j in enumerate(self.jobs)}
+        self._by_id = {j.video_id: j for j in self.jobs}
         self.workers = workers
         self.max_pending = max_pending
         self.stall_timeout = stall_timeout
         self.worker_hook = worker_hook
         self.borrow_frames = borrow_frames
+        self.pipe_buffer = pipe_buffer
+        self.on_idle, self.idle_after = on_idle, idle_after
         self.peak_pending = 0
+        self.peak_workers = 0  # the most worker processes alive at once
         self.restarts = 0  # workers that died while decoding (each replaced)
-        self._pool: list[_Worker] = []
+        self.removed_segments: list[str] = []  # dead runs' shared-memory blocks removed at start
+        self._pool: list[_Worker] = []  # busy workers, idle spares, and dead ones not yet buried
+        self._stopped: list[_Worker] = []  # told to stop: joined in close()
         self._free: deque[int] = deque()  # frame slots no worker holds and no consumer reads
         self._shm: SharedMemory | None = None
+        self._failed: set[str] = set()
+        self._todo: deque[DecodeJob] = deque()
         self._slot_bytes = max((j.batch_frames * j.image_size ** 2 * 3 for j in self.jobs), default=1)
 
     def __enter__(self) -> "DecodePool":
@@ -178,15 +313,34 @@ class DecodePool:
             return self._iter_inline()
         return self._iter_workers()
 
+    def _note(self, msg: Message, todo: deque) -> None:
+        """Queue a split video's segments (first in line); forget the queued ones of a failed video."""
+        if isinstance(msg, VideoSplit) and msg.video_id not in self._failed:
+            # in the order of the videos (longest first), so that videos finish in that order
+            rank = self._rank[msg.video_id]
+            at = next((i for i, j in enumerate(todo) if self._rank[j.video_id] > rank), len(todo))
+            for k, job in enumerate(segment_jobs(self._by_id[msg.video_id], msg)):
+                todo.insert(at + k, job)
+        elif isinstance(msg, VideoFailed):
+            self._failed.add(msg.video_id)
+            kept = [j for j in todo if j.video_id != msg.video_id]
+            todo.clear()
+            todo.extend(kept)
+
     def _iter_inline(self) -> Iterator[Message]:
-        for job in self.jobs:
+        todo = deque(self.jobs)
+        while todo:
+            job = todo.popleft()
             try:
                 for msg in decode_video(job):
                     if self.worker_hook is not None:
                         self.worker_hook(job, msg)
+                    self._note(msg, todo)
                     yield msg
             except Exception as e:
-                yield VideoFailed(job.video_id, failure_reason(job, e))
+                failed = VideoFailed(job.video_id, failure_reason(job, e))
+                self._note(failed, todo)
+                yield failed
 
     # ------------------------------------------------------------ worker processes
 
@@ -198,38 +352,89 @@ class DecodePool:
     def _start_worker(self, shm: SharedMemory) -> _Worker:
         ctx = mp.get_context("spawn")  # fork after torch/decord threads exist can deadlock
         parent, child = ctx.Pipe(duplex=True)
+        if self.pipe_buffer is not None:
+            _shrink_pipe(parent, self.pipe_buffer)
+            _shrink_pipe(child, self.pipe_buffer)
         proc = ctx.Process(target=_worker_main, args=(child, self.worker_hook, shm.name, self._slot_bytes),
                            daemon=True, name="expr-decode")
         proc.start()
         child.close()  # so the parent sees EOF when the worker dies
         worker = _Worker(proc, parent)
         self._pool.append(worker)
+        self.peak_workers = max(self.peak_workers, len(self._pool))
         return worker
 
     def _return_slots(self, worker: _Worker) -> None:
         self._free.extend(worker.slots)
         worker.slots.clear()
 
-    def _assign(self, worker: _Worker, todo: deque) -> None:
+    def _assign(self, worker: _Worker, todo: deque, stop_if_none: bool = True) -> None:
+        """Send ``worker`` (waiting for a job) the next job; with none left, STOP it (its
+        credits come back) unless ``stop_if_none`` is False (a spare that holds none)."""
         worker.job = todo.popleft() if todo else None
         worker.silent = 0.0
+        if worker.job is None and not stop_if_none:
+            return
         try:
             worker.conn.send(worker.job if worker.job is not None else _STOP)
-        except OSError:  # it died between two videos: put the job back for a fresh worker
+        except OSError:  # it died between two jobs: put the job back for a fresh worker
             if worker.job is not None:
                 todo.appendleft(worker.job)
             worker.job = None
         if worker.job is None:  # no more work, or dead: its unused credits go back
             self._return_slots(worker)
+            if worker.proc.is_alive():  # told to stop: out of the pool (close() joins it)
+                self._pool.remove(worker)
+                self._stopped.append(worker)
 
-    def _iter_workers(self) -> Iterator[Message]:
-        todo = deque(self.jobs)
-        self._shm = shm = SharedMemory(create=True, size=self.max_pending * self._slot_bytes)
+    def _spares(self) -> int:
+        """Idle workers to start beside one per job: a video that splits can use them at once."""
+        if not any(may_split(j) for j in self.jobs):
+            return 0
+        return max(0, min(self.workers, os.cpu_count() or 1) - len(self.jobs))
+
+    def _staff(self, todo: deque, shm: SharedMemory) -> None:
+        """Give queued jobs to idle spares, then to new workers while fewer than ``workers`` live."""
+        for worker in [w for w in self._pool if w.job is None]:
+            if not todo:
+                return
+            if worker.proc.is_alive():
+                self._assign(worker, todo)
+            else:
+                self._bury(worker, restart=False)
+        while todo and len(self._pool) < self.workers:
+            self._assign(self._start_worker(shm), todo)
+
+    def _open_shm(self) -> SharedMemory:
+        self.removed_segments = remove_dead_segments()
+        self.max_pending = fit_slots(self.max_pending, self._slot_bytes, shm_free_bytes())
+        name = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        return SharedMemory(name=name, create=True, size=self.max_pending * self._slot_bytes)
+
+    def start(self) -> None:
+        """Start the workers now (they import and begin decoding while the caller builds its
+        models); iterating does it otherwise. Nothing for ``workers=0``."""
+        if self.workers == 0 or self._shm is not None:
+            return
+        self._todo = deque(self.jobs)
+        self._shm = self._open_shm()
         self._free = deque(range(self.max_pending))
         try:
+            self._staff(self._todo, self._shm)
+            for _ in range(self._spares()):
+                self._start_worker(self._shm)  # idle, waiting for a segment
+        except BaseException:
+            self.close()
+            raise
+
+    def _iter_workers(self) -> Iterator[Message]:
+        self.start()
+        todo, shm = self._todo, self._shm
+        assert shm is not None
+        idle_called = False
+        try:
             while True:
-                while todo and sum(w.job is not None or w.proc.is_alive() for w in self._pool) < self.workers:
-                    self._assign(self._start_worker(shm), todo)
+                self._staff(todo, shm)
                 busy = [w for w in self._pool if w.job is not None]
                 if not busy:
                     break
@@ -238,9 +443,16 @@ class DecodePool:
                 full = not self._free
                 working = [w for w in busy if w.slots or not full]
                 timeout = min((self.stall_timeout - w.silent for w in working), default=None)
+                if self.on_idle is not None and not idle_called:
+                    timeout = self.idle_after if timeout is None else min(timeout, self.idle_after)
                 handles = [w.conn for w in busy] + [w.proc.sentinel for w in busy]
                 t0 = time.monotonic()
                 ready = set(wait(handles, timeout=None if timeout is None else max(0.01, timeout)))
+                if ready:
+                    idle_called = False
+                elif self.on_idle is not None and not idle_called and time.monotonic() - t0 >= self.idle_after:
+                    idle_called = True
+                    self.on_idle()
                 for worker in working:
                     worker.silent += time.monotonic() - t0
                     if worker.silent >= self.stall_timeout and worker.proc.is_alive():
@@ -258,6 +470,7 @@ class DecodePool:
                 broken = True
                 break
             if not isinstance(msg, _SlotBatch):
+                self._note(msg, todo)
                 yield msg
                 continue
             view = _slot_view(shm, msg.slot, self._slot_bytes, msg.shape)
@@ -269,23 +482,29 @@ class DecodePool:
         job = worker.job
         if job is not None and not worker.proc.is_alive() and (broken or not worker.conn.poll()):
             self._return_slots(worker)
-            yield VideoFailed(job.video_id, self._death_reason(worker, job))
+            failed = VideoFailed(job.video_id, self._death_reason(worker, job))
+            self._note(failed, todo)
+            yield failed
             self._bury(worker)
 
     def _grant(self, busy: list[_Worker]) -> None:
-        """Hand out free slots as credits, fewest-held first, at most a fair share each."""
-        if not busy:
+        """Hand out free slots as credits, fewest-held first, at most a fair share each, as
+        one message, and only to a worker that has read the previous one (never blocks)."""
+        if not busy or not self._free:
             return
         share = -(-self.max_pending // len(busy))
-        while self._free:
-            worker = min(busy, key=lambda w: len(w.slots))
-            if len(worker.slots) >= share:
-                break
+        for worker in sorted(busy, key=lambda w: len(w.slots)):
+            k = min(share - len(worker.slots), len(self._free))
+            if k <= 0 or worker.sent != worker.seen:
+                continue
+            credits = [self._free.popleft() for _ in range(k)]
             try:
-                worker.conn.send(self._free[0])
+                worker.conn.send(credits)
             except OSError:  # dead: its sentinel tells
-                break
-            worker.slots.append(self._free.popleft())
+                self._free.extendleft(reversed(credits))
+                continue
+            worker.sent += 1
+            worker.slots.extend(credits)
             self.peak_pending = max(self.peak_pending, self._pending)
 
     def _drain(self, worker: _Worker, todo: deque) -> Iterator[Message | _SlotBatch | None]:
@@ -297,18 +516,20 @@ class DecodePool:
                 yield None  # died mid-message: the pipe holds half a message
                 return
             worker.silent = 0.0
-            if isinstance(msg, str):  # _IDLE, the only string a worker sends
+            if isinstance(msg, _Idle):
+                worker.seen = msg.seen
                 self._assign(worker, todo)
             else:
                 if isinstance(msg, _SlotBatch):
+                    worker.seen = msg.seen
                     worker.slots.remove(msg.slot)  # in flight now: the consumer gives it back
                 yield msg
 
-    def _bury(self, worker: _Worker) -> None:
+    def _bury(self, worker: _Worker, restart: bool = True) -> None:
         worker.proc.join(timeout=5)
         worker.conn.close()
         self._pool.remove(worker)
-        self.restarts += 1
+        self.restarts += restart
 
     def _death_reason(self, worker: _Worker, job: DecodeJob) -> str:
         how = _describe_exit(worker.proc.exitcode)
@@ -326,6 +547,8 @@ class DecodePool:
                 worker.conn.send(_STOP)
             except (OSError, ValueError):
                 pass
+        self._pool += self._stopped
+        self._stopped = []
         deadline = time.monotonic() + 2.0
         for worker in self._pool:
             worker.proc.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from expr.cache_format import validate_video_id
 from expr.errors import CacheSchemaError, ConfigError
+from expr.extract import messages
 from expr.extract.messages import DecodeJob
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".m4v", ".mpg", ".mpeg", ".wmv"})
@@ -147,8 +148,9 @@ def discover_videos(
     if not videos:
         exts = " ".join(sorted(VIDEO_EXTENSIONS))
         raise ConfigError(f"--videos {videos_dir}: no video files found (searched recursively for {exts}); check the path")
+    # segments: read at call time, so that tests can make short videos split
     new_job = partial(DecodeJob, face_crop=face_crop, image_size=image_size, batch_frames=batch_frames,
-                      jpg_resize=jpg_resize)
+                      jpg_resize=jpg_resize, segment_frames=messages.SEGMENT_FRAMES)
     if frames_dir is None:
         jobs = [new_job(vid, path, path, None) for vid, path in videos.items()]
     else:

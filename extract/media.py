@@ -18,8 +18,9 @@ import numpy as np
 from expr.errors import MediaDecodeError
 from expr.extract.audio_decode import decode_audio
 from expr.extract.frames_dir import frames_dir_batches, index_jpgs
-from expr.extract.messages import AudioTrack, DecodeJob, Message, VideoDone, VideoHeader
+from expr.extract.messages import AudioTrack, DecodeJob, Message, VideoDone, VideoHeader, VideoSplit
 from expr.extract.probe import FIX_HINT, check_complete, probe
+from expr.extract.segments import decode_segment, video_segments
 from expr.extract.video_decode import frame_timestamps, open_reader, video_batches
 
 FRAMES_ONLY_FPS = 30.0  # assumed for a frames folder with no raw video (ABAW's usual rate)
@@ -37,7 +38,13 @@ def source_stat(job: DecodeJob, jpgs: dict[int, Path] | None = None) -> tuple[in
 
 
 def decode_video(job: DecodeJob) -> Iterator[Message]:
-    """Decode one job in this process; raises MediaDecodeError (with cause) on bad input."""
+    """Decode one job in this process; raises MediaDecodeError (with cause) on bad input.
+
+    A long video's job sends a ``VideoSplit`` instead of its frames: its segments are jobs of
+    their own (``decode_segment``), run by whoever runs the jobs (the decode pool)."""
+    if job.segment is not None:
+        yield from decode_segment(job)
+        return
     if job.video_path is None:
         yield from _decode_frames_only(job)
         return
@@ -64,6 +71,9 @@ def decode_video(job: DecodeJob) -> Iterator[Message]:
         jpgs = index_jpgs(job.frames_dir)
         del reader  # only its frame count and timestamps were needed
         yield from frames_dir_batches(job, n, timestamps, jpgs, warnings)
+    elif (segments := video_segments(job, reader, n)) is not None:
+        del reader
+        yield VideoSplit(job.video_id, segments)
     else:
         yield from video_batches(job, reader, n, timestamps)
         del reader

@@ -3,6 +3,12 @@
 Per video, in this order: ``VideoHeader``, ``FrameBatch`` ..., ``AudioTrack``, ``VideoDone``;
 ``VideoFailed`` can come at any point and ends the video. Messages of different videos
 interleave in a decode pool; within a video they are in order.
+
+A long video is split (segments.py): its job sends ``VideoHeader``, ``VideoSplit`` (the
+keyframe-aligned frame ranges), ``AudioTrack``, ``VideoDone`` and no frames; each range is a
+segment job of its own (``DecodeJob.segment``) that sends ``FrameBatch`` ... ``SegmentDone``,
+possibly on another worker, interleaved with the rest. The video is complete when its job is
+done and every segment is; a ``VideoFailed`` from any of its jobs fails the whole video.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import numpy as np
 from expr.errors import ConfigError
 
 FACE_CROPS = ("none", "haar")
+SEGMENT_FRAMES = 1024  # videos longer than twice this are split into keyframe-aligned segments
 JPG_RESIZES = ("bilinear", "bicubic")  # first: the default (the authors' Resize((224, 224)) on PIL)
 
 
@@ -30,6 +37,8 @@ class DecodeJob:
     image_size: int = 224  # S: frames come out S x S
     batch_frames: int = 32  # frames per FrameBatch message (one shared-memory slot)
     jpg_resize: str = JPG_RESIZES[0]  # how frames-folder jpgs are resized to S x S (antialiased)
+    segment_frames: int = SEGMENT_FRAMES  # split videos longer than 2x this into keyframe-aligned segments (0: never)
+    segment: tuple[int, int] | None = None  # a segment job: decode only frames [a, b) of video_path
 
     def __post_init__(self) -> None:
         if self.face_crop not in FACE_CROPS:
@@ -40,6 +49,8 @@ class DecodeJob:
             raise ConfigError(f"jpg resize must be one of {', '.join(JPG_RESIZES)}, got {self.jpg_resize!r}")
         if self.video_path is None and self.frames_dir is None:
             raise ConfigError(f"video {self.video_id!r}: a job needs a video file or a frames folder")
+        if self.segment is not None and (self.video_path is None or not 0 <= self.segment[0] < self.segment[1]):
+            raise ConfigError(f"video {self.video_id!r}: bad segment {self.segment} (needs a video and 0 <= a < b)")
         if self.image_size < 1 or self.batch_frames < 1:
             raise ConfigError(f"image size and batch frames must be positive, got {self.image_size}, {self.batch_frames}")
 
@@ -84,9 +95,21 @@ class VideoDone:
 
 
 @dataclass
+class VideoSplit:
+    video_id: str
+    segments: tuple[tuple[int, int], ...]  # frame ranges [a, b), in order, covering 0..n_frames
+
+
+@dataclass
+class SegmentDone:
+    video_id: str
+    start: int  # the segment's first frame: every frame of [start, end) was sent
+
+
+@dataclass
 class VideoFailed:
     video_id: str
     reason: str  # one line: names the file, says what is wrong and what to do
 
 
-Message = VideoHeader | FrameBatch | AudioTrack | VideoDone | VideoFailed
+Message = VideoHeader | FrameBatch | AudioTrack | VideoDone | VideoFailed | VideoSplit | SegmentDone

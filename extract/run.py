@@ -141,6 +141,34 @@ def _finish_step(summary: ExtractSummary, then: str, step, *args) -> bool:
         return False
 
 
+def _probe_retries(todo: list, out: Path, summary: ExtractSummary) -> list:
+    """Probe (PyAV, in this process: it fails cleanly) the videos that failed last time, before
+    any model is built: a re-run where only broken files are left then fails them in a second,
+    not after building both backbones (~9 s). Videos never tried are left to the workers."""
+    from expr.errors import MediaDecodeError
+    from expr.extract.probe import probe
+
+    if not todo:
+        return todo
+    try:
+        with open_cache(out) as cache:
+            failed_before = set(cache.failures)
+    except ExprError:  # no cache yet
+        return todo
+    keep = []
+    for job in todo:
+        if job.video_id in failed_before and job.video_path is not None:
+            try:
+                info = probe(job.video_path)
+                if not info.has_video:
+                    raise MediaDecodeError(f"{job.video_path}: the file has no video stream (audio only?); leave it out")
+            except MediaDecodeError as exc:
+                summary.failed[job.video_id] = str(exc)
+                continue
+        keep.append(job)
+    return keep
+
+
 # -- the run ----------------------------------------------------------------------------------
 def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSummary:
     """Extract features of every video of ``config.videos`` into ``config.out``."""
@@ -176,6 +204,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         summary = ExtractSummary(out=config.out, random_weights=bb.random_streams, device=str(device),
                                  rank=dist.rank, world_size=dist.world)
         todo = _skip_complete(jobs, writer, config.overwrite, summary)
+        todo = _probe_retries(todo, config.out, summary)
         random = tuple(
             f"{s} backbone {bb.attrs[s]['name']} has RANDOM WEIGHTS (--{s}-weights none): "
             "its features are not meaningful" for s in bb.random_streams
@@ -185,10 +214,12 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         feed = EncoderFeed(config, writer, bb, todo, summary, emit)
         try:
             if todo:
-                bb.build()  # build both now: a missing checkpoint fails before any decoding
                 # two frame slots per worker: one being filled while the parent reads the other
                 slots = max(8, 2 * config.workers)
-                with DecodePool(todo, workers=config.workers, max_pending=slots, borrow_frames=True) as pool:
+                with DecodePool(todo, workers=config.workers, max_pending=slots, borrow_frames=True,
+                                on_idle=feed.flush) as pool:
+                    pool.start()  # the workers start (imports, first frames) while the models are built
+                    bb.build()  # both now: missing checkpoints fail (named together) before any frame is encoded
                     for message in pool:
                         feed.handle(message)
                 feed.finish()

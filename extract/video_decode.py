@@ -123,13 +123,16 @@ def _read_frames(reader, path: Path, a: int, b: int, n: int, shape: tuple | None
     return out
 
 
-def video_batches(job: DecodeJob, reader, n: int, timestamps: np.ndarray) -> Iterator[FrameBatch]:
-    """The job's frames as FrameBatches of S x S pixels (CLIP geometry or face crop)."""
+def video_batches(job: DecodeJob, reader, n: int, timestamps: np.ndarray, start: int = 0,
+                  stop: int | None = None) -> Iterator[FrameBatch]:
+    """Frames start..stop-1 (default: all ``n``; ``reader`` positioned at ``start``) as
+    FrameBatches of S x S pixels (CLIP geometry or face crop)."""
     size = job.image_size
     cropper = _new_cropper(size) if job.face_crop == "haar" else None
     shape = None
-    for a in range(0, n, job.batch_frames):
-        b = min(a + job.batch_frames, n)
+    stop = n if stop is None else stop
+    for a in range(start, stop, job.batch_frames):
+        b = min(a + job.batch_frames, stop)
         raw = _read_frames(reader, job.source, a, b, n, shape)  # (N, H, W, 3)
         shape = raw.shape[1:]
         if cropper is not None:

@@ -87,6 +87,7 @@ def make_video(
     codec: str | None = None,
     timestamps: Sequence[float] | None = None,
     faststart: bool = False,
+    keyint: int | None = None,
 ) -> Path:
     """Write a small video (+ audio unless ``audio_rate`` is None); the container follows the suffix.
 
@@ -94,6 +95,7 @@ def make_video(
     ``audio_seconds`` defaults to the video length (shorter or longer is allowed).
     ``timestamps`` (seconds, one per frame) makes a variable-frame-rate video instead of ``fps``.
     ``codec`` overrides the container's default video codec.
+    ``keyint``: H.264 with a keyframe every ``keyint`` frames and B-frames (segments' tests).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +110,9 @@ def make_video(
         vstream.pix_fmt = "yuv444p" if odd and vcodec == "h264" else "yuv420p"
         if vcodec == "h264":
             vstream.options = {"crf": "12", "preset": "ultrafast"}
+            if keyint is not None:
+                vstream.options = {**vstream.options,
+                                   "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=2"}
         else:
             vstream.bit_rate = 4_000_000
             vstream.codec_context.qmax = 4

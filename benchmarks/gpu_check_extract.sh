@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Extraction check for one GPU machine (issue 18), ~2 min on an H100/H200 with 16 cores:
+# 12,000 frames in 16 videos at 640x360 and at 1280x720 through the whole `expr extract`
+# pipeline vs the bare ViT-B/32, and the feed alone (null encoders) with 1 video and with 16.
+# Called from benchmarks/gpu_check.sh; alone: bash benchmarks/gpu_check_extract.sh [OUT_DIR]
+# GPU_CHECK_TINY=1 runs the same steps in seconds on a CPU (proves they run; measures nothing).
+set -u
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+out=${1:-$(mktemp -d -t gpu_check_extract.XXXXXX)}
+mkdir -p "$out"
+if [[ ${GPU_CHECK_TINY:-0} == 1 ]]; then
+    device=cpu; common=(--frames 48 --videos 2 --batch-size 8 --repeat 1); workers=2 limit=300
+else
+    device=cuda; common=(--frames 12000 --videos 16 --batch-size 512 --repeat 1); workers=16 limit=150
+fi
+status=0
+run() {  # run NAME ARGS...: one bench_extract.py step, its log in $out/NAME.log
+    local name=$1; shift
+    echo "== extract $name" >&2
+    if timeout "$limit" "$PY" benchmarks/bench_extract.py "$@" > "$out/$name.log" 2>&1; then
+        tail -n 12 "$out/$name.log"
+    else
+        echo "extract $name: FAILED or TIMEOUT (exit $?), see $out/$name.log"; status=1
+    fi
+}
+run pipeline_360p --device "$device" "${common[@]}" --workers "$workers"
+run pipeline_720p --device "$device" "${common[@]}" --workers "$workers" --size 1280x720
+run feed_360p --device "$device" --null-encoder "${common[@]}" --workers "$workers"
+exit $status

@@ -1,0 +1,158 @@
+"""The decode pool's pipes and shared memory: no deadlock, /dev/shm owned, videos committed early.
+
+Real processes, real pipes (with the smallest socket buffers the kernel allows), real /dev/shm
+and a real small tmpfs mounted over /dev/shm in a private namespace.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import media_fixtures as F
+from expr.errors import ConfigError
+from expr.extract import decode_pool, messages
+from expr.extract.decode_pool import DecodePool, fit_slots, remove_dead_segments
+from expr.extract.messages import DecodeJob, FrameBatch, VideoFailed
+from expr.extract.run import run_extract
+from test_extract_run import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def job_for(path: Path, **kwargs) -> DecodeJob:
+    kwargs.setdefault("image_size", 32)
+    kwargs.setdefault("batch_frames", 4)
+    return DecodeJob(path.stem, path, path, None, **kwargs)
+
+
+def run_in_thread(pool: DecodePool, timeout: float) -> list:
+    got: list = []
+    thread = threading.Thread(target=lambda: got.extend(pool), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    try:
+        assert not thread.is_alive(), "the pool hung"
+    finally:
+        pool.close()
+    return got
+
+
+def test_500_workers_with_two_videos_and_tiny_pipes_neither_hang_nor_start_500(tmp_path):
+    """Issue: the parent blocked granting 500 credits, one message each, while the worker
+    blocked sending a batch. Smallest socket buffers: any blocking send shows as a hang."""
+    paths = [F.make_video(tmp_path / f"v{i}.mp4", n_frames=60, audio_rate=None) for i in range(2)]
+    pool = DecodePool([job_for(p) for p in paths], workers=500, max_pending=1000, pipe_buffer=1)
+    got = run_in_thread(pool, timeout=120)
+    assert pool.peak_workers == 2  # capped at the number of jobs (these do not split)
+    for path in paths:
+        batches = [m for m in got if isinstance(m, FrameBatch) and m.video_id == path.stem]
+        pixels = np.concatenate([b.pixels for b in sorted(batches, key=lambda b: b.start)])
+        np.testing.assert_array_equal(F.frame_indices(pixels), np.arange(60))
+    assert not any(isinstance(m, VideoFailed) for m in got)
+
+
+def test_shared_memory_is_named_after_the_run(tmp_path):
+    path = F.make_video(tmp_path / "v.mp4", n_frames=8, audio_rate=None)
+    names = []
+    with DecodePool([job_for(path)], workers=1) as pool:
+        for _ in pool:
+            names.append(pool._shm.name)
+    assert names and all(n.lstrip("/").startswith(f"expr-{os.getpid()}-") for n in names)
+    assert not list(Path("/dev/shm").glob(f"expr-{os.getpid()}-*"))  # unlinked at the end
+
+
+def test_dead_runs_segments_are_removed_live_ones_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that has just exited: no process has it
+    (tmp_path / f"expr-{dead.pid}-0a1b2c3d").write_bytes(b"x")
+    (tmp_path / f"expr-{os.getpid()}-0a1b2c3d").write_bytes(b"x")  # this live process's
+    (tmp_path / "psm_12345").write_bytes(b"x")  # not ours: another program's
+    assert remove_dead_segments(tmp_path) == [f"expr-{dead.pid}-0a1b2c3d"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"expr-{os.getpid()}-0a1b2c3d", "psm_12345"])
+
+
+def test_slots_are_sized_to_the_free_shared_memory():
+    slot = 32 * 224 * 224 * 3  # 4.8 MB
+    assert fit_slots(8, slot, None) == 8 and fit_slots(8, slot, 24 * 2**30) == 8
+    assert fit_slots(8, slot, 16 * 2**20) == 1  # half of 16 MB: one slot, not 8 (38 MB, SIGBUS)
+    with pytest.raises(ConfigError, match=r"/dev/shm has 4 MB free.*--shm-size"):
+        fit_slots(8, slot, 4 * 2**20)
+
+
+_IN_NAMESPACE = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import numpy as np
+    from expr.errors import ConfigError
+    from expr.extract.decode_pool import DecodePool
+    from expr.extract.messages import DecodeJob, FrameBatch, VideoFailed
+    path = Path(sys.argv[1])
+    job = DecodeJob("v", path, path, None, image_size=224, batch_frames=32)
+    try:
+        with DecodePool([job], workers=2, max_pending=8) as pool:
+            msgs = list(pool)
+    except ConfigError as e:
+        print("refused:", e)
+        sys.exit(0)
+    failed = [m.reason for m in msgs if isinstance(m, VideoFailed)]
+    frames = sum(len(m.pixels) for m in msgs if isinstance(m, FrameBatch))
+    print("slots", pool.max_pending, "frames", frames, "failed", failed)
+""")
+
+
+def _in_small_shm(size: str, video: Path) -> str:
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("needs unprivileged mount namespaces (unshare -rm)")
+    shell = f'mount -t tmpfs -o size={size} tmpfs /dev/shm && exec "$0" -c "$1" "$2"'
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", shell, sys.executable, _IN_NAMESPACE, str(video)],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_a_16_mb_dev_shm_works_and_a_4_mb_one_is_refused_in_one_line(tmp_path):
+    """Before: 8 slots of 4.8 MB in a 16 MB /dev/shm, and every video failed with SIGBUS,
+    blaming a good file."""
+    video = F.make_video(tmp_path / "v.mp4", n_frames=70, size=(96, 64), audio_rate=None)
+    out = _in_small_shm("16m", video)
+    assert "slots 1 frames 70 failed []" in out
+    out = _in_small_shm("4m", video)
+    assert out.startswith("refused: /dev/shm has 4 MB free") and len(out.strip().splitlines()) == 1
+
+
+def wait_for_commit_hook(cache: str, job: DecodeJob, msg) -> None:
+    """Test-only: at the last frames of `c`, `a` (the longest video, first in line) must be committed."""
+    if job.video_id == "c" and isinstance(msg, FrameBatch) and msg.start + len(msg.pixels) == 40:
+        deadline = time.monotonic() + 60
+        while not (Path(cache) / "videos" / "a" / "zarr.json").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("video a was not committed before c ended")
+            time.sleep(0.02)
+
+
+def test_each_video_is_committed_as_soon_as_it_is_encoded(tmp_path, monkeypatch):
+    """Issue: after 75 s of a 12-video run none was committed: 12 workers decoded 12 videos
+    side by side, and every one finished near the end. Here, before: one worker decoded a
+    (200 frames) while the other did b (130) and c (40), so c ended before a. Now both workers
+    share a's segments first, and a is written (by the writer thread) while b and c decode."""
+    videos, out = tmp_path / "v", tmp_path / "f.zarr"
+    F.make_video(videos / "a.mp4", n_frames=200, size=(96, 64), keyint=20)  # the largest: first in line
+    F.make_video(videos / "b.mp4", n_frames=130, size=(96, 64), keyint=20)
+    F.make_video(videos / "c.mp4", n_frames=40, size=(96, 64), keyint=20)  # too short to split
+    monkeypatch.setattr(messages, "SEGMENT_FRAMES", 30)
+    hook = functools.partial(wait_for_commit_hook, str(out))
+    monkeypatch.setattr(decode_pool, "DecodePool", functools.partial(DecodePool, worker_hook=hook))
+    summary = run_extract(tiny_config(videos, out, workers=2))
+    assert summary.failed == {} and sorted(summary.ok) == ["a", "b", "c"]

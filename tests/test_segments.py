@@ -1,0 +1,150 @@
+"""Segments as the unit of work: keyframe-aligned ranges of one video on several workers.
+
+Checks that segment decoding gives the frames of sequential decoding bit for bit, that the
+run reassembles them by frame index into the cache a whole-video run writes, and that one
+bad segment (an error or a dead worker) fails its video only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import media_fixtures as F
+from expr.cache_format import open_cache
+from expr.extract import messages
+from expr.extract.decode_pool import DecodePool
+from expr.extract.media import decode_video
+from expr.extract.messages import DecodeJob, FrameBatch, SegmentDone, VideoDone, VideoFailed, VideoSplit
+from expr.extract.run import run_extract
+from expr.extract.segments import may_split, plan_segments
+from test_extract_run import assert_same_cache, cache_arrays, tiny_config
+
+S = 32
+
+
+def job_for(path: Path, **kwargs) -> DecodeJob:
+    kwargs.setdefault("image_size", S)
+    kwargs.setdefault("batch_frames", 8)
+    return DecodeJob(path.stem, path, path, None, **kwargs)
+
+
+def frames_by_index(messages_) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels, masks and timestamps of one video's FrameBatches, placed by frame index."""
+    batches = sorted((m for m in messages_ if isinstance(m, FrameBatch)), key=lambda m: m.start)
+    at = 0
+    for b in batches:
+        assert b.start == at, "the batches do not tile the video"
+        at += len(b.pixels)
+    return (np.concatenate([b.pixels for b in batches]), np.concatenate([b.mask for b in batches]),
+            np.concatenate([b.timestamps for b in batches]))
+
+
+def test_plan_segments_cuts_at_keyframes_only():
+    keys = [0, 20, 40, 60, 80, 100, 120]
+    assert plan_segments(keys, 130, 30) == ((0, 40), (40, 80), (80, 130))  # tail 120..130 too short: merged
+    assert plan_segments(keys, 130, 50) == ((0, 60), (60, 130))
+    assert plan_segments(keys, 130, 70) is None  # shorter than two segments
+    assert plan_segments([0], 1000, 100) is None  # no keyframe to cut at
+    assert plan_segments([0, 999], 1000, 100) is None  # the only cut would leave 1 frame
+    assert plan_segments(keys, 130, 0) is None
+
+
+def test_only_seekable_containers_without_face_crop_split(tmp_path):
+    mp4, avi = tmp_path / "a.mp4", tmp_path / "a.avi"
+    assert may_split(job_for(mp4)) and may_split(job_for(tmp_path / "a.MKV"))
+    assert not may_split(job_for(avi)) and not may_split(job_for(tmp_path / "a.wmv"))
+    assert not may_split(job_for(mp4, face_crop="haar"))
+    assert not may_split(job_for(mp4, segment_frames=0))
+    assert not may_split(job_for(mp4, segment=(0, 10)))
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_segment_decoding_equals_sequential_decoding(tmp_path, suffix):
+    """B-frames and a keyframe every 20 frames: every segment starts at a keyframe."""
+    path = F.make_video(tmp_path / f"long{suffix}", n_frames=130, size=(96, 64), keyint=20)
+    whole = list(decode_video(job_for(path, segment_frames=0)))
+    with DecodePool([job_for(path, segment_frames=30)], workers=0) as pool:
+        split = list(pool)
+    (plan,) = [m for m in split if isinstance(m, VideoSplit)]
+    assert plan.segments == ((0, 40), (40, 80), (80, 130))
+    assert sorted(m.start for m in split if isinstance(m, SegmentDone)) == [0, 40, 80]
+    pixels, mask, times = frames_by_index(split)
+    want_pixels, want_mask, want_times = frames_by_index(whole)
+    assert np.array_equal(pixels, want_pixels)  # bit for bit, not within a tolerance
+    assert np.array_equal(mask, want_mask) and np.array_equal(times, want_times)
+    np.testing.assert_array_equal(F.frame_indices(pixels), np.arange(130))
+    assert isinstance(split[-1], (VideoDone, SegmentDone))
+
+
+def test_two_workers_share_one_long_video(tmp_path):
+    path = F.make_video(tmp_path / "long.mp4", n_frames=130, size=(96, 64), keyint=20, audio_rate=None)
+    with DecodePool([job_for(path, segment_frames=30)], workers=2) as pool:
+        got = list(pool)
+        workers = pool.peak_workers
+    pixels, _, _ = frames_by_index(got)
+    np.testing.assert_array_equal(F.frame_indices(pixels), np.arange(130))
+    assert workers == 2  # one video, yet two decoders (with whole-video jobs: one)
+    assert not any(isinstance(m, VideoFailed) for m in got)
+
+
+def fail_segment_hook(job: DecodeJob, msg) -> None:
+    """Test-only: the segment that starts at frame 40 of `bad` fails mid-way."""
+    if job.video_id == "bad" and job.segment == (40, 80) and isinstance(msg, FrameBatch) and msg.start >= 48:
+        raise RuntimeError("injected segment failure")
+
+
+def die_in_segment_hook(job: DecodeJob, msg) -> None:
+    """Test-only: the worker decoding the segment that starts at frame 80 of `bad` dies."""
+    if job.video_id == "bad" and job.segment == (80, 130) and isinstance(msg, FrameBatch):
+        os._exit(7)
+
+
+@pytest.mark.parametrize("hook, why", [(fail_segment_hook, "injected segment failure"),
+                                       (die_in_segment_hook, "exit code 7")])
+def test_one_bad_segment_fails_only_its_video(tmp_path, hook, why):
+    bad = F.make_video(tmp_path / "bad.mp4", n_frames=130, size=(96, 64), keyint=20, audio_rate=None)
+    good = F.make_video(tmp_path / "good.mp4", n_frames=130, size=(96, 64), keyint=20, audio_rate=None)
+    jobs = [job_for(bad, segment_frames=30), job_for(good, segment_frames=30)]
+    with DecodePool(jobs, workers=2, worker_hook=hook) as pool:
+        got = list(pool)
+    failed = [m for m in got if isinstance(m, VideoFailed)]
+    assert [m.video_id for m in failed] == ["bad"] and why in failed[0].reason and str(bad) in failed[0].reason
+    pixels, _, _ = frames_by_index([m for m in got if m.video_id == "good"])
+    np.testing.assert_array_equal(F.frame_indices(pixels), np.arange(130))
+
+
+def test_split_run_writes_the_cache_a_whole_video_run_writes(tmp_path, monkeypatch):
+    videos = tmp_path / "v"
+    F.make_video(videos / "long.mp4", n_frames=130, size=(96, 64), keyint=20)
+    F.make_video(videos / "short.mp4", n_frames=25, size=(96, 64))
+    monkeypatch.setattr(messages, "SEGMENT_FRAMES", 0)
+    whole = run_extract(tiny_config(videos, tmp_path / "whole.zarr"))
+    monkeypatch.setattr(messages, "SEGMENT_FRAMES", 30)
+    split = run_extract(tiny_config(videos, tmp_path / "split.zarr"))
+    assert sorted(split.ok) == sorted(whole.ok) == ["long", "short"] and not split.failed
+    assert_same_cache(cache_arrays(tmp_path / "split.zarr"), cache_arrays(tmp_path / "whole.zarr"))
+
+
+def test_a_failed_segment_fails_its_video_in_the_run(tmp_path, monkeypatch):
+    from expr.extract import decode_pool
+
+    videos = tmp_path / "v"
+    F.make_video(videos / "bad.mp4", n_frames=130, size=(96, 64), keyint=20)
+    F.make_video(videos / "good.mp4", n_frames=130, size=(96, 64), keyint=20)
+    monkeypatch.setattr(messages, "SEGMENT_FRAMES", 30)
+
+    def decode(job):
+        for msg in decode_video(job):
+            fail_segment_hook(job, msg)
+            yield msg
+
+    monkeypatch.setattr(decode_pool, "decode_video", decode)
+    summary = run_extract(tiny_config(videos, tmp_path / "f.zarr"))
+    assert summary.ok == ["good"] and list(summary.failed) == ["bad"]
+    assert "injected segment failure" in summary.failed["bad"]
+    with open_cache(tmp_path / "f.zarr") as c:
+        assert c.video_ids == ["good"] and c.info("good").n_frames == 130
