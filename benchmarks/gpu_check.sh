@@ -6,7 +6,9 @@
 #     both exit 0, auto keeps its fast path (no fallback note), loss and val F1 drift;
 #   - --resume across --compile (cut after epoch 1 under off, resumed under auto);
 #   - --preload gpu (CUDA only);
-#   - training windows/s and batch-building share per path; per-frame scoring frames/s.
+#   - training windows/s and batch-building share per path; per-frame scoring frames/s;
+#   - extraction (issue 18, benchmarks/gpu_check_extract.sh): 12,000 frames in 16 videos at
+#     360p and 720p end to end, and the feed alone; skipped with --no-extract.
 #
 #   bash benchmarks/gpu_check.sh                       # on the GPU machine, from the repo root
 #   bash benchmarks/gpu_check.sh --device cpu --tiny   # end-to-end smoke run on a CPU (CI)
@@ -15,13 +17,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-device=cuda tiny=0
+device=cuda tiny=0 extract=1
 while (($#)); do
     case $1 in
         --device) device=$2; shift 2 ;;
         --tiny) tiny=1; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-        *) echo "unknown option $1 (use --device cpu|cuda, --tiny)" >&2; exit 2 ;;
+        --no-extract) extract=0; shift ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) echo "unknown option $1 (use --device cpu|cuda, --tiny, --no-extract)" >&2; exit 2 ;;
     esac
 done
 
@@ -189,6 +192,14 @@ PY
 fi
 
 # --- extraction (issue 18) ---
+if ((extract)); then
+    echo "== extraction: benchmarks/gpu_check_extract.sh" >&2
+    if GPU_CHECK_TINY=$tiny PYTHON="$PY" bash benchmarks/gpu_check_extract.sh "$out/extract" > "$out/extract.txt" 2>&1; then
+        row "extraction (rows below the table)" "ran" "$out/extract.txt"
+    else
+        row "extraction" "FAILED" "see $out/extract.txt"
+    fi
+fi
 
 # -- the result -------------------------------------------------------------------------------
 name=$("$PY" -c "import torch; print(torch.cuda.get_device_name() if '$device'.startswith('cuda') else 'CPU')" 2>/dev/null)
@@ -196,5 +207,6 @@ echo
 echo "expr GPU check: $name, $(date +%Y-%m-%d), torch $("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null)$( ((tiny)) && echo ', --tiny')"
 cat "$checks"
 awk -F'\t' '{ printf "%-52s %-20s %s\n", $1, $2, $3 }' "$table"
+[[ -s $out/extract.txt ]] && { echo; echo "extraction:"; cat "$out/extract.txt"; }
 echo "logs: $out"
 ! grep -q '^FAIL' "$checks" && ! grep -qP '\tFAILED' "$table"
