@@ -29,12 +29,7 @@ OVERWRITTEN = "accessing tensor output of CUDAGraphs that has been overwritten b
 REAL_COMPILE = torch.compile
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-identical runs need the same reduction order every time
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
