@@ -42,6 +42,7 @@ can follow a video's header and some batches: the consumer drops what it had for
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing as mp
 import os
 import re
@@ -131,8 +132,39 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def hold_block(path: Path) -> int | None:
+    """A shared lock on the block at ``path`` for as long as the returned fd stays open (None
+    where it cannot be taken): it marks the block live across pid namespaces."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _held(path: str) -> bool:
+    """Whether some process holds the block's lock (its run is alive, whatever its pid namespace)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's lock, if it got one
+    return False
+
+
 def remove_dead_segments(shm_dir: Path = SHM_DIR) -> list[str]:
-    """Unlink this user's ``expr-<pid>-*`` blocks whose run is dead; return their names."""
+    """Unlink this user's ``expr-<pid>-*`` blocks whose run is dead; return their names.
+
+    Dead: no process holds the block's lock (``hold_block``) and its pid is not alive here.
+    The pid alone is not enough: containers that share /dev/shm (a Kubernetes pod, docker
+    --ipc=host) each have their own pids, so a live run's pid can be absent from this one's."""
     removed = []
     try:
         entries = list(os.scandir(shm_dir))
@@ -141,7 +173,8 @@ def remove_dead_segments(shm_dir: Path = SHM_DIR) -> list[str]:
     for entry in entries:
         match = re.fullmatch(SHM_PREFIX + r"(\d+)-[0-9a-f]+", entry.name)
         try:
-            if match is None or entry.stat().st_uid != os.getuid() or _pid_alive(int(match[1])):
+            if (match is None or entry.stat().st_uid != os.getuid() or _pid_alive(int(match[1]))
+                    or _held(entry.path)):
                 continue
             os.unlink(entry.path)
             removed.append(entry.name)
@@ -298,6 +331,7 @@ class DecodePool:
         self._stopped: list[_Worker] = []  # told to stop: joined in close()
         self._free: deque[int] = deque()  # frame slots no worker holds and no consumer reads
         self._shm: SharedMemory | None = None
+        self._shm_lock: int | None = None  # fd holding the block's lock (hold_block)
         self._failed: set[str] = set()
         self._todo: deque[DecodeJob] = deque()
         self._slot_bytes = max((j.batch_frames * j.image_size ** 2 * 3 for j in self.jobs), default=1)
@@ -409,7 +443,9 @@ class DecodePool:
         self.removed_segments = remove_dead_segments()
         self.max_pending = fit_slots(self.max_pending, self._slot_bytes, shm_free_bytes())
         name = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        return SharedMemory(name=name, create=True, size=self.max_pending * self._slot_bytes)
+        shm = SharedMemory(name=name, create=True, size=self.max_pending * self._slot_bytes)
+        self._shm_lock = hold_block(SHM_DIR / name)  # live while held (remove_dead_segments)
+        return shm
 
     def start(self) -> None:
         """Start the workers now (they import and begin decoding while the caller builds its
@@ -564,3 +600,6 @@ class DecodePool:
                 pass
             self._shm.unlink()
             self._shm = None
+        if self._shm_lock is not None:
+            os.close(self._shm_lock)
+            self._shm_lock = None
