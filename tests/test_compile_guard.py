@@ -245,6 +245,28 @@ def test_the_self_check_leaves_parameters_optimiser_and_rng_alone(ds, tmp_path, 
     assert all(p.grad is not None and not p.grad.any() for p in learner.module.parameters())
 
 
+@pytest.mark.parametrize("accum", [1, 2])
+def test_the_self_check_covers_the_per_micro_batch_path_beside_the_grouped_one(ds, tmp_path, monkeypatch, accum):
+    # On one GPU (reduce-overhead) training calls the grouped step for full groups and the
+    # per-micro-batch step for the rest: every group with --accum 1, the tail group otherwise.
+    # A check of the grouped step alone passed a per-micro-batch step that was wrong.
+    def compile_(fn, **kwargs):
+        if fn.__name__ == "eager_grouped":
+            return fn  # exact
+        def wrong(*args):
+            loss, ce, con = fn(*args)
+            return loss * 1.5, ce, con
+        return wrong
+    monkeypatch.setattr(step_module.torch, "compile", compile_)
+    monkeypatch.setattr(loop_module, "compile_mode", lambda *a: "reduce-overhead")
+    messages: list[str] = []
+    cfg = config(ds, tmp_path / "r", accum=accum)
+    learner, split = build(cfg, messages)
+    loop_module.run_epoch(learner, cfg, split, 0)
+    assert len(messages) == 1 and "disagreed" in messages[0] and "start-up check" in messages[0], messages
+    assert not learner.step.fast
+
+
 def test_disagreement_tolerances():
     want, grads = torch.tensor([[2.0, 1.5, 5.0]]), torch.ones(100)
     assert step_module.disagreement(want, want * (1 + 5e-3), grads, grads * 1.03) is None

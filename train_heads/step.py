@@ -26,7 +26,7 @@ Correct by default:
 - ``auto`` proves itself before the run trusts it (``check=True``): on the first batch, from
   the same state and with dropout switched off in both, two accumulated micro-batches go
   through the eager step once and through the fast path CHECK_ROUNDS times (warm-up, graph
-  recording, replay); losses and gradients must agree every time within LOSS_RTOL / GRAD_RTOL. On an exception or a disagreement the step says so in one line and
+  recording, replay), each fast path training uses (grouped and per micro-batch); losses and gradients must agree every time within LOSS_RTOL / GRAD_RTOL. On an exception or a disagreement the step says so in one line and
   trains eagerly. The check never steps the optimiser: parameters, optimiser state and RNG
   are as before it. (Two micro-batches, because the crash above came on the second.)
 
@@ -177,9 +177,10 @@ class LossStep:
             (loss / n).backward()
         return torch.stack([loss, ce, con]).detach()
 
-    def _group(self, fast: bool, batches: Sequence[Batch]) -> torch.Tensor:
+    def _group(self, fast: bool, batches: Sequence[Batch], grouped: bool = True) -> torch.Tensor:
         n = len(batches)
-        if fast and self.fn_grouped is not None and n > 1 and len({len(b[3]) for b in batches}) == 1:
+        if (fast and grouped and self.fn_grouped is not None and n > 1
+                and len({len(b[3]) for b in batches}) == 1):
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
             visual, audio, mask, target = (torch.cat(parts) for parts in zip(*batches))  # (n * B, ...) each
@@ -226,11 +227,17 @@ class LossStep:
             try:
                 want = self._group(False, [batch, batch])
                 want_g = self._grads()
-                for _ in range(CHECK_ROUNDS):  # each round from zero gradients, as after an optimiser step
-                    self._zero_grads()
-                    start.restore()
-                    got = self._group(True, [batch, batch])
-                    verdict = disagreement(want, got, want_g, self._grads())
+                # both fast paths training takes: the grouped step (full groups) and the
+                # per-micro-batch one (--accum 1, and a group with a short last micro-batch)
+                paths = (True, False) if self.fn_grouped is not None else (False,)
+                for grouped in paths:
+                    for _ in range(CHECK_ROUNDS):  # each round from zero gradients, as after an optimiser step
+                        self._zero_grads()
+                        start.restore()
+                        got = self._group(True, [batch, batch], grouped)
+                        verdict = disagreement(want, got, want_g, self._grads())
+                        if verdict is not None:
+                            break
                     if verdict is not None:
                         break
             except Exception as exc:
