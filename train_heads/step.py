@@ -26,7 +26,8 @@ Correct by default:
 - ``auto`` proves itself before the run trusts it (``check=True``): on the first batch, from
   the same state and with dropout switched off in both, two accumulated micro-batches go
   through the eager step once and through the fast path CHECK_ROUNDS times (warm-up, graph
-  recording, replay), each fast path training uses (grouped and per micro-batch); losses and gradients must agree every time within LOSS_RTOL / GRAD_RTOL. On an exception or a disagreement the step says so in one line and
+  recording, replay), each fast path training uses (grouped and per micro-batch); under DDP
+  without all-reducing (each rank checks its own batch), and all ranks fall back if any fails; losses and gradients must agree every time within LOSS_RTOL / GRAD_RTOL. On an exception or a disagreement the step says so in one line and
   trains eagerly. The check never steps the optimiser: parameters, optimiser state and RNG
   are as before it. (Two micro-batches, because the crash above came on the second.)
 
@@ -223,7 +224,10 @@ class LossStep:
         back to eager with one message on an exception or a disagreement."""
         start = RngState(self.device)
         verdict = None
-        with dropout_off(self.module):
+        # Under DDP no gradient is all-reduced in the check: a rank that stops early (a failure,
+        # a disagreement) would otherwise leave the ranks' collectives unpaired (a hang).
+        ddp = isinstance(self.model, DistributedDataParallel)
+        with dropout_off(self.module), (self.model.no_sync() if ddp else contextlib.nullcontext()):
             try:
                 want = self._group(False, [batch, batch])
                 want_g = self._grads()
@@ -243,6 +247,8 @@ class LossStep:
             except Exception as exc:
                 verdict = f"failed ({_first_line(exc)})"
         start.restore()
+        if ddp:
+            verdict = _agree(verdict, self.device)
         if verdict is None:
             self._zero_grads()
             return
@@ -253,6 +259,18 @@ class LossStep:
         for p in self.module.parameters():
             if p.grad is not None:
                 p.grad.zero_()
+
+
+def _agree(verdict: str | None, device: torch.device) -> str | None:
+    """Every rank's verdict made one (one collective, on every rank): all ranks fall back when
+    any rank's check failed, so that none trains fast while another trains eagerly."""
+    import torch.distributed as td
+
+    failed = torch.tensor([0.0 if verdict is None else 1.0], device=device)
+    td.all_reduce(failed, op=td.ReduceOp.MAX)
+    if verdict is None and failed.item() > 0:
+        return "failed on another rank"
+    return verdict
 
 
 def grouped_loss(module: ExprHeadModel, logits: torch.Tensor, embed: torch.Tensor, target: torch.Tensor,
