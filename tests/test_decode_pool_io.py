@@ -103,6 +103,7 @@ def test_the_pools_block_is_locked_while_it_runs(tmp_path):
     path = F.make_video(tmp_path / "v.mp4", n_frames=8, audio_rate=None)
     with DecodePool([job_for(path)], workers=1) as pool:
         for _ in pool:
+            assert pool._shm is not None
             name = pool._shm.name.lstrip("/")
             # seen from another run that cannot see this pid: kept all the same
             with pytest.MonkeyPatch.context() as mp:

@@ -89,6 +89,7 @@ def _open_gop_video(path: Path, codec: str, params: str, n: int = 200, size=(64,
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=25)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         stream.options = {"preset": "ultrafast", params.split("=")[0]: params.split("=", 1)[1]}
         packets = []

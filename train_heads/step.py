@@ -227,7 +227,9 @@ class LossStep:
         # Under DDP no gradient is all-reduced in the check: a rank that stops early (a failure,
         # a disagreement) would otherwise leave the ranks' collectives unpaired (a hang).
         ddp = isinstance(self.model, DistributedDataParallel)
-        with dropout_off(self.module), (self.model.no_sync() if ddp else contextlib.nullcontext()):
+        sync = (self.model.no_sync() if isinstance(self.model, DistributedDataParallel)
+                else contextlib.nullcontext())
+        with dropout_off(self.module), sync:
             try:
                 want = self._group(False, [batch, batch])
                 want_g = self._grads()
