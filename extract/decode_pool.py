@@ -62,7 +62,7 @@ import numpy as np
 
 from expr.errors import ConfigError, MediaDecodeError
 from expr.extract.media import decode_video
-from expr.extract.messages import DecodeJob, FrameBatch, Message, VideoFailed, VideoSplit
+from expr.extract.messages import DecodeJob, FrameBatch, Message, SegmentDone, VideoDone, VideoFailed, VideoSplit
 from expr.extract.segments import may_split
 
 _STOP = None  # parent -> worker: exit
@@ -278,6 +278,7 @@ class _Worker:
     silent: float = 0.0  # seconds the parent waited without hearing from it while it worked
     sent: int = 0  # credit messages sent to it
     seen: int = 0  # ... of which it said it has read
+    ended: bool = False  # its job's last message came (VideoDone, SegmentDone, VideoFailed)
 
 
 class DecodePool:
@@ -406,7 +407,7 @@ class DecodePool:
         """Send ``worker`` (waiting for a job) the next job; with none left, STOP it (its
         credits come back) unless ``stop_if_none`` is False (a spare that holds none)."""
         worker.job = todo.popleft() if todo else None
-        worker.silent = 0.0
+        worker.silent, worker.ended = 0.0, False
         if worker.job is None and not stop_if_none:
             return
         try:
@@ -518,6 +519,9 @@ class DecodePool:
         job = worker.job
         if job is not None and not worker.proc.is_alive() and (broken or not worker.conn.poll()):
             self._return_slots(worker)
+            if worker.ended:  # died after its job's last message (freeing the reader): nothing lost
+                self._bury(worker)
+                return
             failed = VideoFailed(job.video_id, self._death_reason(worker, job))
             self._note(failed, todo)
             yield failed
@@ -559,6 +563,8 @@ class DecodePool:
                 if isinstance(msg, _SlotBatch):
                     worker.seen = msg.seen
                     worker.slots.remove(msg.slot)  # in flight now: the consumer gives it back
+                elif isinstance(msg, (VideoDone, SegmentDone, VideoFailed)):
+                    worker.ended = True
                 yield msg
 
     def _bury(self, worker: _Worker, restart: bool = True) -> None:

@@ -159,6 +159,36 @@ def test_one_bad_segment_fails_only_its_video(tmp_path, hook, why):
     np.testing.assert_array_equal(F.frame_indices(pixels), np.arange(130))
 
 
+def die_after_segment_hook(job: DecodeJob, msg) -> None:
+    """Test-only: the worker of segment (40, 80) of `late` dies right after sending its
+    SegmentDone, before it says it is idle (where decord frees the segment's reader)."""
+    import sys
+
+    if job.video_id == "late" and job.segment == (40, 80) and isinstance(msg, SegmentDone):
+        conn = sys._getframe(1).f_locals["conn"]  # the worker loop's pipe: it sends ``msg`` next
+        send = conn.send
+
+        def send_then_die(obj):
+            send(obj)
+            os._exit(7)
+
+        conn.send = send_then_die
+
+
+def test_a_worker_that_dies_after_its_segments_last_message_fails_nothing(tmp_path):
+    # Every frame of the segment came, and its SegmentDone: the video is whole. The pool failed
+    # it all the same ("the decoding process died ... re-encode it"), blaming a good file.
+    path = F.make_video(tmp_path / "late.mp4", n_frames=130, size=(96, 64), keyint=20, audio_rate=None)
+    with DecodePool([job_for(path, segment_frames=30)], workers=2, worker_hook=die_after_segment_hook) as pool:
+        got = list(pool)
+        restarts = pool.restarts
+    assert not [m for m in got if isinstance(m, VideoFailed)]
+    pixels, _, _ = frames_by_index(got)
+    np.testing.assert_array_equal(F.frame_indices(pixels), np.arange(130))
+    assert sorted(m.start for m in got if isinstance(m, SegmentDone)) == [0, 40, 80]
+    assert restarts == 1  # the dead worker was replaced all the same
+
+
 def test_split_run_writes_the_cache_a_whole_video_run_writes(tmp_path, monkeypatch):
     videos = tmp_path / "v"
     F.make_video(videos / "long.mp4", n_frames=130, size=(96, 64), keyint=20)
