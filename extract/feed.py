@@ -264,6 +264,8 @@ class EncoderFeed:
         self.videos.pop(vid, None)  # frames already in a batch are encoded and dropped
         if vid in self.summary.failed or vid in self.summary.ok:
             return
+        if any(v == vid for v, _, _ in self.writes):  # complete and being written: its write decides
+            return
         self.summary.failed[vid] = reason
         self.emit(self.event("video", vid, reason))
 

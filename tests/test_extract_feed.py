@@ -13,8 +13,8 @@ import numpy as np
 import media_fixtures as F
 
 from expr.extract.feed import EncoderFeed, ExtractSummary
-from expr.extract.messages import (AudioTrack, DecodeJob, FrameBatch, SegmentDone, VideoDone, VideoHeader,
-                                   VideoSplit)
+from expr.extract.messages import (AudioTrack, DecodeJob, FrameBatch, SegmentDone, VideoDone, VideoFailed,
+                                   VideoHeader, VideoSplit)
 from expr.extract.run import run_extract
 from test_extract_run import tiny_config
 
@@ -104,6 +104,22 @@ def test_a_lost_segment_fails_the_video_instead_of_writing_a_gap():
     feed.finish()
     assert summary.ok == [] and "do not cover 0..11" in summary.failed["a"]
     assert writer.written == {}
+
+
+def test_a_worker_death_after_the_videos_last_message_does_not_fail_the_video_being_written():
+    # A worker that dies after its job's last message (VideoDone, or a segment's SegmentDone;
+    # decord freeing a reader can crash) is reported as a VideoFailed of its job's video. With
+    # synchronous writes the video was already ok and the failure ignored; with the writer
+    # thread it was in neither list and became both failed and ok.
+    writer = _SlowWriter(delay=0.5)
+    feed, summary = _feed(writer, ["a"])
+    for msg in [VideoHeader("a", 25.0, 4, 0.16, False, 1, 0.0), _frames("a", 0, 4), AudioTrack("a", None),
+                VideoDone("a")]:
+        feed.handle(msg)
+    feed.flush()  # a's frames encoded: handed to the writer, which is still at it
+    feed.handle(VideoFailed("a", "/v/a.mp4: the decoding process died (signal SIGSEGV)"))
+    feed.finish()
+    assert summary.ok == ["a"] and summary.failed == {} and "a" in writer.written
 
 
 def test_rerun_with_only_broken_files_left_builds_no_model(tmp_path, monkeypatch):

@@ -26,7 +26,8 @@ Correct by default:
 - ``auto`` proves itself before the run trusts it (``check=True``): on the first batch, from
   the same state and with dropout switched off in both, two accumulated micro-batches go
   through the eager step once and through the fast path CHECK_ROUNDS times (warm-up, graph
-  recording, replay); losses and gradients must agree every time within LOSS_RTOL / GRAD_RTOL. On an exception or a disagreement the step says so in one line and
+  recording, replay), each fast path training uses (grouped and per micro-batch); under DDP
+  without all-reducing (each rank checks its own batch), and all ranks fall back if any fails; losses and gradients must agree every time within LOSS_RTOL / GRAD_RTOL. On an exception or a disagreement the step says so in one line and
   trains eagerly. The check never steps the optimiser: parameters, optimiser state and RNG
   are as before it. (Two micro-batches, because the crash above came on the second.)
 
@@ -177,9 +178,10 @@ class LossStep:
             (loss / n).backward()
         return torch.stack([loss, ce, con]).detach()
 
-    def _group(self, fast: bool, batches: Sequence[Batch]) -> torch.Tensor:
+    def _group(self, fast: bool, batches: Sequence[Batch], grouped: bool = True) -> torch.Tensor:
         n = len(batches)
-        if fast and self.fn_grouped is not None and n > 1 and len({len(b[3]) for b in batches}) == 1:
+        if (fast and grouped and self.fn_grouped is not None and n > 1
+                and len({len(b[3]) for b in batches}) == 1):
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
             visual, audio, mask, target = (torch.cat(parts) for parts in zip(*batches))  # (n * B, ...) each
@@ -222,20 +224,33 @@ class LossStep:
         back to eager with one message on an exception or a disagreement."""
         start = RngState(self.device)
         verdict = None
-        with dropout_off(self.module):
+        # Under DDP no gradient is all-reduced in the check: a rank that stops early (a failure,
+        # a disagreement) would otherwise leave the ranks' collectives unpaired (a hang).
+        ddp = isinstance(self.model, DistributedDataParallel)
+        sync = (self.model.no_sync() if isinstance(self.model, DistributedDataParallel)
+                else contextlib.nullcontext())
+        with dropout_off(self.module), sync:
             try:
                 want = self._group(False, [batch, batch])
                 want_g = self._grads()
-                for _ in range(CHECK_ROUNDS):  # each round from zero gradients, as after an optimiser step
-                    self._zero_grads()
-                    start.restore()
-                    got = self._group(True, [batch, batch])
-                    verdict = disagreement(want, got, want_g, self._grads())
+                # both fast paths training takes: the grouped step (full groups) and the
+                # per-micro-batch one (--accum 1, and a group with a short last micro-batch)
+                paths = (True, False) if self.fn_grouped is not None else (False,)
+                for grouped in paths:
+                    for _ in range(CHECK_ROUNDS):  # each round from zero gradients, as after an optimiser step
+                        self._zero_grads()
+                        start.restore()
+                        got = self._group(True, [batch, batch], grouped)
+                        verdict = disagreement(want, got, want_g, self._grads())
+                        if verdict is not None:
+                            break
                     if verdict is not None:
                         break
             except Exception as exc:
                 verdict = f"failed ({_first_line(exc)})"
         start.restore()
+        if ddp:
+            verdict = _agree(verdict, self.device)
         if verdict is None:
             self._zero_grads()
             return
@@ -246,6 +261,18 @@ class LossStep:
         for p in self.module.parameters():
             if p.grad is not None:
                 p.grad.zero_()
+
+
+def _agree(verdict: str | None, device: torch.device) -> str | None:
+    """Every rank's verdict made one (one collective, on every rank): all ranks fall back when
+    any rank's check failed, so that none trains fast while another trains eagerly."""
+    import torch.distributed as td
+
+    failed = torch.tensor([0.0 if verdict is None else 1.0], device=device)
+    td.all_reduce(failed, op=td.ReduceOp.MAX)
+    if verdict is None and failed.item() > 0:
+        return "failed on another rank"
+    return verdict
 
 
 def grouped_loss(module: ExprHeadModel, logits: torch.Tensor, embed: torch.Tensor, target: torch.Tensor,
