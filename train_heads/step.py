@@ -88,6 +88,50 @@ def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, lr: float, device:
                              **optimizer_flags(cfg.compile, device))
 
 
+# fused vs torch's default AdamW on the same parameters and gradients: the updates differ by
+# float rounding only (~1e-7 relative in float32); a broken kernel is off by O(1).
+ADAMW_RTOL = 1e-4
+
+
+def check_fused_adamw(opt: torch.optim.Optimizer, say: Callable[[str], None]) -> None:
+    """``--compile auto``'s start-up check of fused AdamW (a CUDA kernel no CPU test runs):
+    two steps of ``opt``'s implementation and of torch's default one, each on copies of the
+    parameters with the same seeded gradients; on an exception or a disagreement of the
+    updates, one message and the default implementation from the first real step on. The
+    run's parameters, gradients, optimiser state and RNG are not touched."""
+    groups = [g for g in opt.param_groups if g.get("fused")]
+    params = [p for g in groups for p in g["params"] if p.requires_grad]
+    if not params:
+        return
+    gen = torch.Generator(device=params[0].device).manual_seed(0)
+    grads = [torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype) for p in params]
+    group = groups[0]
+
+    def updates(fused: bool | None) -> torch.Tensor:
+        copies = [p.detach().clone().requires_grad_(True) for p in params]
+        for copy, grad in zip(copies, grads):
+            copy.grad = grad.clone()
+        adamw = torch.optim.AdamW(copies, lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                                  weight_decay=group["weight_decay"], fused=fused)
+        for _ in range(2):  # the second step reads the moments the first one wrote
+            adamw.step()
+        return torch.cat([(c.detach() - p.detach()).float().reshape(-1) for c, p in zip(copies, params)])
+
+    try:
+        want, got = updates(None), updates(True)
+        rel = float((got - want).norm() / want.norm().clamp_min(1e-30))
+        verdict = (None if rel <= ADAMW_RTOL else
+                   f"disagreed (relative difference of the updates {rel:.1e}, tolerance {ADAMW_RTOL:.0e})")
+    except Exception as exc:
+        verdict = f"failed ({_first_line(exc)})"
+    if verdict is None:
+        return
+    for g in groups:  # AdamW reads its switches from the group at every step
+        g["fused"] = None
+    say(f"--compile auto: fused AdamW {verdict} in its start-up check against torch's default AdamW; "
+        "using the default (--compile off skips the check)")
+
+
 def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
 
