@@ -156,3 +156,41 @@ def test_flush_encodes_the_frames_held_and_writes_the_complete_video():
     assert summary.ok == ["a"]
     np.testing.assert_array_equal(writer.written["a"]["visual"][:, 0], np.arange(6))
     feed.finish()
+
+
+class _GatedWriter:
+    """Writes wait until the gate opens: a disk far slower than the encoder."""
+
+    def __init__(self):
+        self.gate, self.written = threading.Event(), []
+
+    def write_video(self, vid, **arrays):
+        self.gate.wait(10)
+        self.written.append(vid)
+
+
+def test_a_slow_disk_holds_the_feed_back_instead_of_queueing_every_video(monkeypatch):
+    import expr.extract.feed as feed_module
+
+    monkeypatch.setattr(feed_module, "MAX_PENDING_WRITES", 1)
+    writer = _GatedWriter()
+    ids = ["a", "b", "c", "d"]
+    feed, summary = _feed(writer, ids)
+    messages = [m for vid in ids for m in (VideoHeader(vid, 25.0, 4, 0.16, False, 1, 0.0), _frames(vid, 0, 4),
+                                           AudioTrack(vid, None), VideoDone(vid))]
+    handled = []
+
+    def run():
+        for msg in messages:
+            feed.handle(msg)
+            handled.append(msg)
+        feed.finish()
+
+    feeder = threading.Thread(target=run)
+    feeder.start()
+    feeder.join(0.8)
+    assert feeder.is_alive() and len(handled) < len(messages)  # waiting on the disk, not piling up
+    assert len(feed.writes) <= 2 and writer.written == []
+    writer.gate.set()
+    feeder.join(10)
+    assert not feeder.is_alive() and summary.ok == ids and writer.written == ids
