@@ -83,6 +83,7 @@ class _SlotBatch:
     mask: np.ndarray
     timestamps: np.ndarray
     seen: int  # credit messages the worker has read so far
+    layout: object = None  # FrameBatch.layout: native frames (--geometry device)
 
 
 @dataclass(frozen=True)
@@ -203,13 +204,24 @@ def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) 
                     if pixels.nbytes > slot_bytes:
                         raise MediaDecodeError(f"{job.source}: a frame batch {pixels.shape} does not fit a frame slot")
                     _slot_view(shm, slot, slot_bytes, pixels.shape)[...] = pixels
-                    wire = _SlotBatch(msg.video_id, msg.start, slot, pixels.shape, msg.mask, msg.timestamps, seen)
+                    wire = _SlotBatch(msg.video_id, msg.start, slot, pixels.shape, msg.mask, msg.timestamps, seen,
+                                      msg.layout)
                 if hook is not None:
                     hook(job, msg)
                 conn.send(wire)
         except Exception as e:  # one bad video must not end the worker
             conn.send(VideoFailed(job.video_id, failure_reason(job, e)))
         conn.send(_Idle(seen))
+
+
+def _slot_bytes(job: DecodeJob) -> int:
+    """One frame slot: a FrameBatch of S x S frames, or of native frames (native_decode.py)."""
+    done = job.batch_frames * job.image_size ** 2 * 3
+    if job.geometry == "device" and job.face_crop == "none" and job.frames_dir is None:
+        from expr.extract.native_decode import NATIVE_SLOT_BYTES
+
+        return max(done, NATIVE_SLOT_BYTES)
+    return done
 
 
 def _describe_exit(code: int | None) -> str:
@@ -300,7 +312,7 @@ class DecodePool:
         self._shm: SharedMemory | None = None
         self._failed: set[str] = set()
         self._todo: deque[DecodeJob] = deque()
-        self._slot_bytes = max((j.batch_frames * j.image_size ** 2 * 3 for j in self.jobs), default=1)
+        self._slot_bytes = max((_slot_bytes(j) for j in self.jobs), default=1)
 
     def __enter__(self) -> "DecodePool":
         return self
@@ -475,7 +487,7 @@ class DecodePool:
                 continue
             view = _slot_view(shm, msg.slot, self._slot_bytes, msg.shape)
             pixels = view if self.borrow_frames else view.copy()
-            yield FrameBatch(msg.video_id, msg.start, pixels, msg.mask, msg.timestamps)
+            yield FrameBatch(msg.video_id, msg.start, pixels, msg.mask, msg.timestamps, msg.layout)
             # the consumer is done with it: the slot is free again
             self._free.append(msg.slot)
             self._grant([w for w in self._pool if w.job is not None])  # keep workers busy

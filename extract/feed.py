@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +148,28 @@ class EncoderFeed:
                 self.summary.warnings[vid] = list(msg.warnings)
         self.write_ready()
 
+    def device_geometry(self, batch) -> np.ndarray:
+        """Native frames (--geometry device) -> (N, S, S, 3) uint8 on the encoder's device.
+
+        The slot is borrowed until the next message, so the copy to the device is synchronous;
+        the pixels come back to the host buffer (150 kB a frame), which keeps one encoder
+        input format for both paths."""
+        import torch
+
+        from expr.extract.geometry_device import device_geometry
+
+        x = torch.from_numpy(batch.pixels).to(self.bb.visual.device)
+        return device_geometry(x, batch.layout, self.size).cpu().numpy()
+
     def add_frames(self, vid: str, batch) -> None:
+        if batch.layout is not None:
+            try:
+                if batch.pixels.shape[1:] != batch.layout.frame_shape():
+                    raise ValueError(f"native frames {batch.pixels.shape} do not match {batch.layout}")
+                batch = replace(batch, pixels=self.device_geometry(batch), layout=None)
+            except Exception as exc:  # one video's frames, not the run
+                self.fail(vid, f"{self.jobs[vid].source}: geometry on the device failed: {type(exc).__name__}: {exc}")
+                return
         pixels, n = batch.pixels, len(batch.pixels)
         if pixels.shape[1:] != (self.size, self.size, 3) or pixels.dtype != np.uint8 \
                 or np.shape(batch.mask) != (n,) or np.shape(batch.timestamps) != (n,):
