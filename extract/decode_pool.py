@@ -272,6 +272,8 @@ class DecodePool:
     ``on_idle`` is called (in the iterating thread) once whenever no worker has sent anything
     for ``idle_after`` seconds: the consumer encodes the frames it holds instead of waiting
     for more (a video's last frames would otherwise wait for later videos' frames).
+    ``page_lock``: called once with the shared-memory block (``--geometry device`` on CUDA
+    registers it as page-locked); returns the function that undoes it, called in ``close()``.
     """
 
     def __init__(
@@ -286,6 +288,7 @@ class DecodePool:
         pipe_buffer: int | None = None,
         on_idle: Callable[[], None] | None = None,
         idle_after: float = 0.5,
+        page_lock: Callable[[memoryview], Callable[[], None] | None] | None = None,
     ):
         if workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {workers}")
@@ -302,6 +305,8 @@ class DecodePool:
         self.borrow_frames = borrow_frames
         self.pipe_buffer = pipe_buffer
         self.on_idle, self.idle_after = on_idle, idle_after
+        self.page_lock = page_lock  # called on the new shared-memory block; returns its unlock, or None
+        self._unlock: Callable[[], None] | None = None
         self.peak_pending = 0
         self.peak_workers = 0  # the most worker processes alive at once
         self.restarts = 0  # workers that died while decoding (each replaced)
@@ -430,6 +435,8 @@ class DecodePool:
             return
         self._todo = deque(self.jobs)
         self._shm = self._open_shm()
+        if self.page_lock is not None:
+            self._unlock = self.page_lock(self._shm.buf)
         self._free = deque(range(self.max_pending))
         try:
             self._staff(self._todo, self._shm)
@@ -569,6 +576,9 @@ class DecodePool:
                 worker.proc.join(timeout=2.0)
             worker.conn.close()
         self._pool.clear()
+        if self._unlock is not None:  # page-locked memory must be unregistered before it is unmapped
+            self._unlock()
+            self._unlock = None
         if self._shm is not None:
             try:
                 self._shm.close()

@@ -151,3 +151,34 @@ def choose_geometry(requested: str, device_type: str, recorded: str | None, elig
         raise ConfigError(f"--geometry device: the start-up self-check {problem}; use --geometry worker")
     return "worker", (f"note: geometry on the {device_type} device {problem}; the decode workers do it "
                       "instead (slower, same features)")
+
+
+def page_lock(buffer, cudart=None):
+    """Register ``buffer`` (the decode pool's shared-memory block) as page-locked for CUDA, so
+    that frames go to the device by DMA without a staging copy. Returns (unlock, note): an
+    ``unlock()`` to call before the block is unmapped, or None and one line saying why not
+    (the frames then go from pageable memory: slower, same features). ``cudart``: test stand-in
+    for ``torch.cuda.cudart()``."""
+    try:
+        if cudart is None:
+            import torch
+
+            cudart = torch.cuda.cudart()
+        view = np.frombuffer(buffer, np.uint8)
+        ptr, size = view.ctypes.data, view.nbytes
+        del view  # no export of the block may outlive this call (it must stay closable)
+        code = int(cudart.cudaHostRegister(ptr, size, 1))  # 1: cudaHostRegisterPortable
+        if code != 0:
+            raise RuntimeError(f"cudaHostRegister returned error {code}")
+    except Exception as exc:  # noqa: BLE001 - pinning is an optimisation, never a failure
+        return None, (f"the frame slots could not be page-locked ({type(exc).__name__}: "
+                      f"{' '.join(str(exc).split())[:200]}); frames go to the device from pageable memory "
+                      "(slower, same features)")
+
+    def unlock() -> None:
+        try:
+            cudart.cudaHostUnregister(ptr)
+        except Exception:  # noqa: BLE001 - the block is unmapped next either way
+            pass
+
+    return unlock, None

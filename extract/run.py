@@ -156,6 +156,20 @@ def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist, reset: bool, g
     return writer if writer is not None else open_(reset=False)
 
 
+def _page_lock(summary: ExtractSummary, cudart=None):
+    """The decode pool's ``page_lock`` on CUDA: register its frame slots as page-locked; when that
+    fails, ONE note (in the summary: the start line is printed by then) and pageable copies."""
+    from expr.extract.geometry_device import page_lock
+
+    def lock(buffer):
+        unlock, note = page_lock(buffer, cudart)
+        if note:
+            summary.warnings.setdefault("frame slots", []).append(note)
+        return unlock
+
+    return lock
+
+
 def _skip_complete(jobs: list, writer, overwrite: bool, summary: ExtractSummary) -> list:
     """The jobs to run: all with ``overwrite``, else those not complete with an unchanged source."""
     todo = []
@@ -264,8 +278,9 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
             if todo:
                 # two frame slots per worker: one being filled while the parent reads the other
                 slots = max(8, 2 * config.workers)
+                lock = _page_lock(summary) if geometry == "device" and device.type == "cuda" else None
                 with DecodePool(todo, workers=config.workers, max_pending=slots, borrow_frames=True,
-                                on_idle=feed.flush) as pool:
+                                on_idle=feed.flush, page_lock=lock) as pool:
                     pool.start()  # the workers start (imports, first frames) while the models are built
                     bb.build()  # both now: missing checkpoints fail (named together) before any frame is encoded
                     for message in pool:

@@ -203,3 +203,69 @@ def test_the_self_check_skips_a_broken_first_video(tmp_path):
     assert resolve_geometry(config, torch.device("cpu"), jobs, False) == ("device", None)
     with pytest.raises(ConfigError, match="self-check failed .*MediaDecodeError"):
         resolve_geometry(config, torch.device("cpu"), jobs[:1], False)
+
+
+# -- page-locked frame slots (CUDA only; the decision and its failures tested here) ------------
+class FakeCudart:
+    def __init__(self, code=0, raises=None):
+        self.code, self.raises, self.calls = code, raises, []
+
+    def cudaHostRegister(self, ptr, size, flags):  # noqa: N802 - CUDA's name
+        self.calls.append(("register", ptr, size, flags))
+        if self.raises:
+            raise self.raises
+        return self.code
+
+    def cudaHostUnregister(self, ptr):  # noqa: N802
+        self.calls.append(("unregister", ptr))
+        return 0
+
+
+def test_page_lock_registers_the_whole_block_and_leaves_it_closable():
+    from multiprocessing.shared_memory import SharedMemory
+
+    from expr.extract.geometry_device import page_lock
+
+    shm = SharedMemory(create=True, size=1 << 16)
+    try:
+        cudart = FakeCudart()
+        unlock, note = page_lock(shm.buf, cudart)
+        assert note is None and unlock is not None
+        (_, ptr, size, flags), = cudart.calls
+        assert size == 1 << 16 and flags == 1 and ptr == np.frombuffer(shm.buf, np.uint8).ctypes.data
+        unlock()
+        assert cudart.calls[-1] == ("unregister", ptr)
+    finally:
+        shm.close()  # would raise BufferError if page_lock kept an export of the block
+        shm.unlink()
+
+
+@pytest.mark.parametrize("cudart, says", [
+    (FakeCudart(code=712), "cudaHostRegister returned error 712"),
+    (FakeCudart(raises=RuntimeError("CUDA driver version is insufficient")), "RuntimeError: CUDA driver version"),
+])
+def test_a_failed_page_lock_is_one_note_and_the_run_goes_on(cudart, says):
+    from expr.extract.feed import ExtractSummary
+    from expr.extract.run import _page_lock
+
+    summary = ExtractSummary(out=Path("f.zarr"))
+    assert _page_lock(summary, cudart)(memoryview(bytearray(4096))) is None
+    (note,) = summary.warnings["frame slots"]
+    assert says in note and "pageable memory (slower, same features)" in note and "\n" not in note
+
+
+def test_the_pool_unlocks_its_slots_before_unmapping_them(tmp_path):
+    from expr.extract.decode_pool import DecodePool
+
+    path = F.make_video(tmp_path / "v.mp4", n_frames=10, size=(64, 48), audio_rate=None)
+    events = []
+
+    def lock(buffer):
+        events.append(("lock", len(buffer)))
+        return lambda: events.append(("unlock", pool._shm is not None))
+
+    with DecodePool([DecodeJob("v", path, None, None, batch_frames=4)], workers=1, max_pending=3,
+                    page_lock=lock) as pool:
+        frames = sum(len(m.pixels) for m in pool if isinstance(m, FrameBatch))
+    assert frames == 10
+    assert events == [("lock", 3 * 4 * 224 * 224 * 3), ("unlock", True)]  # once each, while still mapped
