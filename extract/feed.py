@@ -117,6 +117,7 @@ class EncoderFeed:
         self.audio_thread = ThreadPoolExecutor(1, thread_name_prefix="expr-audio")
         self.write_thread = ThreadPoolExecutor(1, thread_name_prefix="expr-write")
         self.writes: list[tuple[str, _Video, Future]] = []  # handed to the writer, in order
+        self.geometry_stream = None  # CUDA stream of --geometry device (made on first use)
         self.started = time.monotonic()
 
     def elapsed(self) -> float:
@@ -153,13 +154,21 @@ class EncoderFeed:
 
         The slot is borrowed until the next message, so the copy to the device is synchronous;
         the pixels come back to the host buffer (150 kB a frame), which keeps one encoder
-        input format for both paths."""
+        input format for both paths. On CUDA this runs on its own stream: waiting for it then
+        does not wait for the image encoder's batch queued before it (the double buffer)."""
+        import contextlib
+
         import torch
 
         from expr.extract.geometry_device import device_geometry
 
-        x = torch.from_numpy(batch.pixels).to(self.bb.visual.device)
-        return device_geometry(x, batch.layout, self.size).cpu().numpy()
+        device = self.bb.visual.device
+        if device.type == "cuda" and self.geometry_stream is None:
+            self.geometry_stream = torch.cuda.Stream(device)
+        on_stream = torch.cuda.stream(self.geometry_stream) if device.type == "cuda" else contextlib.nullcontext()
+        with on_stream, torch.inference_mode():
+            x = torch.from_numpy(batch.pixels).to(device)
+            return device_geometry(x, batch.layout, self.size).cpu().numpy()
 
     def add_frames(self, vid: str, batch) -> None:
         if batch.layout is not None:

@@ -269,3 +269,22 @@ def test_the_pool_unlocks_its_slots_before_unmapping_them(tmp_path):
         frames = sum(len(m.pixels) for m in pool if isinstance(m, FrameBatch))
     assert frames == 10
     assert events == [("lock", 3 * 4 * 224 * 224 * 3), ("unlock", True)]  # once each, while still mapped
+
+
+def test_a_split_video_on_the_device_path_matches_the_worker_path(tmp_path, monkeypatch):
+    """Segments (decord RGB messages) and a whole video (PyAV yuv420p) through 2 workers."""
+    from expr.extract import messages
+
+    videos = tmp_path / "v"
+    F.make_video(videos / "long.mp4", n_frames=130, size=(96, 64), keyint=20)
+    F.make_video(videos / "short.mp4", n_frames=25, size=(96, 64))
+    monkeypatch.setattr(messages, "SEGMENT_FRAMES", 30)
+    for geometry in ("worker", "device"):
+        summary = run_extract(tiny_config(videos, tmp_path / f"{geometry}.zarr", geometry=geometry, workers=2))
+        assert sorted(summary.ok) == ["long", "short"] and not summary.failed
+    (_, w), (opts, d) = _cache(tmp_path / "worker.zarr"), _cache(tmp_path / "device.zarr")
+    assert opts["geometry"] == "device"
+    for vid in w:
+        assert np.array_equal(w[vid][1], d[vid][1]) and np.array_equal(w[vid][2], d[vid][2])
+        a, b = w[vid][0].astype(np.float32), d[vid][0].astype(np.float32)
+        assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min() > 0.99
