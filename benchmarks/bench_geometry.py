@@ -35,7 +35,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    import media_fixtures as F
+    import media_fixtures as F  # pyright: ignore[reportMissingImports] - tests/ is put on sys.path above
     from expr.extract.geometry_device import device_geometry
     from expr.extract.media import decode_video
     from expr.extract.messages import DecodeJob, FrameBatch
@@ -58,7 +58,7 @@ def main() -> None:
             worker = _time(lambda: frames(job), args.repeat)
             native = frames(replace(job, geometry="device"))
             decode_only = _time(lambda: frames(replace(job, geometry="device")), args.repeat)
-            tensors = [(torch.from_numpy(np.ascontiguousarray(b.pixels)), b.layout) for b in native]
+            tensors = [(torch.from_numpy(np.ascontiguousarray(b.pixels)), b.layout) for b in native if b.layout is not None]
             geometry = _time(lambda: [device_geometry(x, lay, 224) for x, lay in tensors], args.repeat)
             n = args.frames
             print(f"{text:>10} {worker / n * 1e6:>24,.0f} {decode_only / n * 1e6:>20,.0f} {geometry / n * 1e6:>23,.0f}")

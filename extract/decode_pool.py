@@ -60,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from expr.errors import ConfigError, MediaDecodeError
+from expr.extract.geometry_device import NativeLayout
 from expr.extract.media import decode_video
 from expr.extract.messages import DecodeJob, FrameBatch, Message, VideoFailed, VideoSplit
 from expr.extract.segments import may_split
@@ -83,7 +84,7 @@ class _SlotBatch:
     mask: np.ndarray
     timestamps: np.ndarray
     seen: int  # credit messages the worker has read so far
-    layout: object = None  # FrameBatch.layout: native frames (--geometry device)
+    layout: NativeLayout | None = None  # FrameBatch.layout: native frames (--geometry device)
 
 
 @dataclass(frozen=True)
@@ -436,7 +437,7 @@ class DecodePool:
         self._todo = deque(self.jobs)
         self._shm = self._open_shm()
         if self.page_lock is not None:
-            self._unlock = self.page_lock(self._shm.buf)
+            self._unlock = self.page_lock(self._shm.buf)  # pyright: ignore[reportArgumentType] - open: buf is set
         self._free = deque(range(self.max_pending))
         try:
             self._staff(self._todo, self._shm)

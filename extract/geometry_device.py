@@ -164,6 +164,7 @@ def page_lock(buffer, cudart=None):
             import torch
 
             cudart = torch.cuda.cudart()
+        assert cudart is not None
         view = np.frombuffer(buffer, np.uint8)
         ptr, size = view.ctypes.data, view.nbytes
         del view  # no export of the block may outlive this call (it must stay closable)
@@ -177,7 +178,7 @@ def page_lock(buffer, cudart=None):
 
     def unlock() -> None:
         try:
-            cudart.cudaHostUnregister(ptr)
+            cudart.cudaHostUnregister(ptr)  # pyright: ignore[reportOptionalMemberAccess] - set above
         except Exception:  # noqa: BLE001 - the block is unmapped next either way
             pass
 

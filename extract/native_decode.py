@@ -34,12 +34,13 @@ def frames_per_message(frame_bytes: int, batch_frames: int) -> int:
 def _yuv_stream(path) -> bool:
     """Whether PyAV can hand this video's frames over as yuv420p planes without conversion."""
     import av
+    from av.error import FFmpegError  # the top-level av.FFmpegError is not in its stubs
 
     try:
         with av.open(str(path)) as container:
             ctx = container.streams.video[0].codec_context
             return ctx.pix_fmt in YUV_FORMATS and ctx.width % 2 == 0 and ctx.height % 2 == 0
-    except (av.FFmpegError, IndexError, OSError):
+    except (FFmpegError, IndexError, OSError):
         return False
 
 
@@ -69,6 +70,7 @@ def native_batches(job: DecodeJob, reader, n: int, timestamps: np.ndarray, start
 def _yuv_batches(job: DecodeJob, n: int, timestamps: np.ndarray, stop: int) -> Iterator[FrameBatch]:
     """Frames 0..stop-1 with PyAV, as yuv420p planes."""
     import av
+    from av.error import FFmpegError
 
     path = job.video_path
     frames: list[np.ndarray] = []
@@ -94,7 +96,7 @@ def _yuv_batches(job: DecodeJob, n: int, timestamps: np.ndarray, stop: int) -> I
                 if len(frames) == k:
                     yield FrameBatch(job.video_id, a, np.stack(frames), np.ones(k, bool), timestamps[a:a + k].copy(), layout)
                     a, frames = a + k, []
-    except av.FFmpegError as e:
+    except FFmpegError as e:
         raise MediaDecodeError(f"{path}: frame {i + 1} of {n} cannot be decoded ({short_error(e)}): {FIX_HINT}") from e
     if frames:
         yield FrameBatch(job.video_id, a, np.stack(frames), np.ones(len(frames), bool), timestamps[a:i].copy(), layout)
@@ -127,7 +129,7 @@ def self_check(job: DecodeJob, device, frames: int = 32) -> float:
         native = list(native_batches(replace(plain, geometry="device"), open_reader(job.video_path), n, times, 0, k))
     device = torch.device(device)
     pixels = np.concatenate([device_geometry(torch.from_numpy(b.pixels).to(device), b.layout, job.image_size).cpu().numpy()
-                             for b in native])
+                             for b in native if b.layout is not None])
     if pixels.shape != worker.shape:
         raise ValueError(f"the device path gave {pixels.shape}, the worker path {worker.shape}")
     return mad(pixels, worker)

@@ -16,7 +16,7 @@ import torch
 import media_fixtures as F
 from expr.cache_format import open_cache
 from expr.errors import CacheSchemaError, ConfigError
-from expr.extract.geometry_device import MAD_LIMIT, choose_geometry, device_geometry, mad
+from expr.extract.geometry_device import MAD_LIMIT, NativeLayout, choose_geometry, device_geometry, mad
 from expr.extract.media import decode_video
 from expr.extract.messages import DecodeJob, FrameBatch, VideoSplit
 from expr.extract.native_decode import self_check
@@ -29,8 +29,13 @@ def _frames(job: DecodeJob) -> list[FrameBatch]:
     return [m for m in decode_video(job) if isinstance(m, FrameBatch)]
 
 
+def _layout(batch: FrameBatch) -> NativeLayout:
+    assert batch.layout is not None, "expected native frames"
+    return batch.layout
+
+
 def _device_pixels(batches: list[FrameBatch]) -> np.ndarray:
-    return np.concatenate([device_geometry(torch.from_numpy(b.pixels), b.layout, 224).numpy() for b in batches])
+    return np.concatenate([device_geometry(torch.from_numpy(b.pixels), _layout(b), 224).numpy() for b in batches])
 
 
 def _compare(job: DecodeJob, batches_of=_frames) -> float:
@@ -53,7 +58,7 @@ def test_device_geometry_matches_the_worker_pixels_on_synthetic_videos(tmp_path,
     path = F.make_video(tmp_path / "v.mp4", n_frames=40, size=size, audio_rate=None)
     job = DecodeJob("v", path, None, None, batch_frames=16)
     native = _frames(replace(job, geometry="device"))
-    assert native[0].layout is not None and native[0].layout.fmt == "yuv420p"  # PyAV planes, no RGB in the worker
+    assert _layout(native[0]).fmt == "yuv420p"  # PyAV planes, no RGB in the worker
     assert _compare(job) <= MAD_LIMIT
 
 
@@ -73,14 +78,14 @@ def test_bt709_streams_are_converted_with_their_own_matrix(tmp_path):
         for packet in s.encode(None):
             c.mux(packet)
     job = DecodeJob("hd", path, None, None)
-    assert _frames(replace(job, geometry="device"))[0].layout.matrix == "bt709"
+    assert _layout(_frames(replace(job, geometry="device"))[0]).matrix == "bt709"
     assert _compare(job) <= MAD_LIMIT  # the BT.601 matrix would be ~10 off here (measured)
 
 
 def test_odd_sized_and_non_420_videos_go_out_as_native_rgb(tmp_path):
     path = F.make_video(tmp_path / "odd.mp4", n_frames=10, size=(65, 47), audio_rate=None)  # yuv444p
     job = DecodeJob("odd", path, None, None, batch_frames=4)
-    assert {b.layout.fmt for b in _frames(replace(job, geometry="device"))} == {"rgb24"}
+    assert {_layout(b).fmt for b in _frames(replace(job, geometry="device"))} == {"rgb24"}
     assert _compare(job) <= 0.05  # the same RGB, resized in float instead of uint8
 
 
@@ -182,7 +187,8 @@ def test_a_cache_made_before_the_record_counts_as_the_worker_path(videos, tmp_pa
     out = tmp_path / "old.zarr"
     run_extract(tiny_config(videos, out, geometry="worker", limit=1))
     root = zarr.open_group(str(out), mode="r+", use_consolidated=False)
-    root.attrs["options"] = {k: v for k, v in root.attrs["options"].items() if k != "geometry"}
+    options = dict(root.attrs["options"])  # pyright: ignore[reportArgumentType, reportCallIssue] - a JSON object here
+    root.attrs["options"] = {str(k): v for k, v in options.items() if k != "geometry"}  # pyright: ignore[reportArgumentType]
     assert resolve_geometry(tiny_config(videos, out, geometry="auto"), torch.device("cuda"), ["job"], False,
                             check=_never) == ("worker", None)
     with pytest.raises(CacheSchemaError, match=r'options.geometry="worker" but this run uses "device"'):
@@ -232,7 +238,7 @@ def test_page_lock_registers_the_whole_block_and_leaves_it_closable():
         unlock, note = page_lock(shm.buf, cudart)
         assert note is None and unlock is not None
         (_, ptr, size, flags), = cudart.calls
-        assert size == 1 << 16 and flags == 1 and ptr == np.frombuffer(shm.buf, np.uint8).ctypes.data
+        assert size == 1 << 16 and flags == 1 and ptr == np.frombuffer(shm.buf, np.uint8).ctypes.data  # pyright: ignore[reportCallIssue, reportArgumentType]
         unlock()
         assert cudart.calls[-1] == ("unregister", ptr)
     finally:
