@@ -110,6 +110,9 @@ def null_encoders():
             setattr(cls, name, method)
 
 
+GEOMETRY = "auto"  # --geometry of the runs (main sets it): auto is expr extract's default
+
+
 def _cpu_seconds() -> float:
     """CPU time of this process (all its threads), not of the decode workers."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -131,7 +134,8 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
 
     with null_encoders():
         config = ExtractConfig(videos=videos, out=out, frames=frames, device=device, batch_size=batch_size,
-                               workers=workers, visual_weights="none", audio_weights="none", overwrite=True)
+                               workers=workers, visual_weights="none", audio_weights="none", overwrite=True,
+                               geometry=GEOMETRY)
         summary = run_extract(config, progress=progress)
     if summary.failed:
         raise SystemExit(f"pipeline failed on {summary.failed}")
@@ -179,7 +183,8 @@ def bench_pipeline(device: str, videos: Path, frames: Path | None, out: Path, ba
         setattr(cls, name, timed(saved[(cls, name)], key))
     try:
         config = ExtractConfig(videos=videos, out=out, frames=frames, device=device, batch_size=batch_size,
-                               workers=workers, visual_weights="none", audio_weights="none", overwrite=True)
+                               workers=workers, visual_weights="none", audio_weights="none", overwrite=True,
+                               geometry=GEOMETRY)
         batches = []  # (elapsed, frames) at every encoded batch: workers are up by the first
         summary = run_extract(config, progress=lambda e: batches.append((e.elapsed, e.frames))
                               if e.kind == "batch" else None)
@@ -265,11 +270,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=384, help="frames in total (pipeline and bare encoder)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--videos", type=int, default=4, help="split the frames over this many videos")
+    parser.add_argument("--geometry", default="auto", choices=("auto", "worker", "device"),
+                        help="where CLIP's geometry runs (expr extract --geometry); default: the run's default")
     parser.add_argument("--workers", type=_int_list, default=[2],
                         help="decode worker processes; with --null-encoder a comma list (1,2) runs each")
     parser.add_argument("--size", type=_size, default=(640, 360), help="video size WxH (default 640x360)")
     parser.add_argument("--repeat", type=int, default=2, help="alternate bare/pipeline runs this often, keep the best")
     args = parser.parse_args()
+    global GEOMETRY
+    GEOMETRY = args.geometry
     if args.null_encoder:
         main_null(args)
         return

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Extraction check for one GPU machine (issue 18), ~2 min on an H100/H200 with 16 cores:
 # 12,000 frames in 16 videos at 640x360 and at 1280x720 through the whole `expr extract`
-# pipeline vs the bare ViT-B/32, and the feed alone (null encoders) with 1 video and with 16.
+# pipeline vs the bare ViT-B/32, and the feed alone (null encoders) with 1 video and with 16;
+# the default --geometry (auto: the device path on CUDA), and --geometry worker at 360p.
 # Called from benchmarks/gpu_check.sh; alone: bash benchmarks/gpu_check_extract.sh [OUT_DIR]
 # GPU_CHECK_TINY=1 runs the same steps in seconds on a CPU (proves they run; measures nothing).
 set -u
@@ -27,4 +28,7 @@ run() {  # run NAME ARGS...: one bench_extract.py step, its log in $out/NAME.log
 run pipeline_360p --device "$device" "${common[@]}" --workers "$workers"
 run pipeline_720p --device "$device" "${common[@]}" --workers "$workers" --size 1280x720
 run feed_360p --device "$device" --null-encoder "${common[@]}" --workers "$workers"
+# the default above is --geometry auto (device on CUDA behind its self-check: the log's
+# "note:" line says when it fell back); the workers' own geometry for comparison
+run pipeline_360p_worker_geometry --device "$device" "${common[@]}" --workers "$workers" --geometry worker
 exit $status

@@ -15,7 +15,10 @@ from collections.abc import Iterable
 
 # Extraction options that change features, besides the backbones. Per-video attributes of
 # the same names record them for each video.
-FEATURE_OPTIONS = ("face_crop", "visual_source", "audio_chunk_seconds", "audio_context_seconds")
+FEATURE_OPTIONS = ("face_crop", "visual_source", "audio_chunk_seconds", "audio_context_seconds", "geometry")
+# What a cache made before an option was recorded used: such a cache compares as this value.
+# geometry: expr before issue 18 always did CLIP's resize in the decode workers.
+UNRECORDED_DEFAULTS = {"geometry": "worker"}
 NOT_RECORDED = object()
 
 
@@ -83,8 +86,8 @@ def mixed_options(per_video: dict[str, dict]) -> list[str]:
 def cache_options(root_attrs: dict, per_video: dict[str, dict]) -> dict:
     """The cache's option record: the root's, else (expr 0.2 caches) what every video agrees on."""
     if isinstance(root_attrs.get("options"), dict):
-        return dict(root_attrs["options"])
-    agreed: dict = {}
+        return {**UNRECORDED_DEFAULTS, **root_attrs["options"]}
+    agreed: dict = dict(UNRECORDED_DEFAULTS) if per_video else {}
     for key in FEATURE_OPTIONS:
         values = {json.dumps(a[key]) for a in per_video.values() if key in a}
         if len(values) == 1:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expr.errors import ConfigError
+from expr.extract.geometry_device import GEOMETRIES
 from expr.extract.messages import FACE_CROPS, JPG_RESIZES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -32,6 +33,7 @@ class ExtractConfig:
     jpg_resize: str = "bilinear"                   # --frames jpgs to S x S: bilinear (authors' Resize) | bicubic
     audio_chunk_seconds: float = 30.0              # Wav2Vec2 runs on chunks of this length ...
     audio_context_seconds: float = 3.0             # ... each with this much extra audio either side
+    geometry: str = "auto"                         # auto | worker | device: where CLIP's resize runs (see geometry_device.py)
 
     def validate(self) -> "ExtractConfig":
         """Check option values once, at the edge; return self."""
@@ -44,6 +46,8 @@ class ExtractConfig:
             raise ConfigError(f"--face-crop {self.face_crop!r}: expected one of {', '.join(FACE_CROPS)}")
         if self.jpg_resize not in JPG_RESIZES:
             raise ConfigError(f"--jpg-resize {self.jpg_resize!r}: expected one of {', '.join(JPG_RESIZES)}")
+        if self.geometry not in GEOMETRIES:
+            raise ConfigError(f"--geometry {self.geometry!r}: expected one of {', '.join(GEOMETRIES)}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.workers < 0:

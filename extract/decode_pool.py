@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from expr.errors import ConfigError, MediaDecodeError
+from expr.extract.geometry_device import NativeLayout
 from expr.extract.media import decode_video
 from expr.extract.messages import DecodeJob, FrameBatch, Message, SegmentDone, VideoDone, VideoFailed, VideoSplit
 from expr.extract.segments import may_split
@@ -84,6 +85,7 @@ class _SlotBatch:
     mask: np.ndarray
     timestamps: np.ndarray
     seen: int  # credit messages the worker has read so far
+    layout: NativeLayout | None = None  # FrameBatch.layout: native frames (--geometry device)
 
 
 @dataclass(frozen=True)
@@ -236,13 +238,24 @@ def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) 
                     if pixels.nbytes > slot_bytes:
                         raise MediaDecodeError(f"{job.source}: a frame batch {pixels.shape} does not fit a frame slot")
                     _slot_view(shm, slot, slot_bytes, pixels.shape)[...] = pixels
-                    wire = _SlotBatch(msg.video_id, msg.start, slot, pixels.shape, msg.mask, msg.timestamps, seen)
+                    wire = _SlotBatch(msg.video_id, msg.start, slot, pixels.shape, msg.mask, msg.timestamps, seen,
+                                      msg.layout)
                 if hook is not None:
                     hook(job, msg)
                 conn.send(wire)
         except Exception as e:  # one bad video must not end the worker
             conn.send(VideoFailed(job.video_id, failure_reason(job, e)))
         conn.send(_Idle(seen))
+
+
+def _slot_bytes(job: DecodeJob) -> int:
+    """One frame slot: a FrameBatch of S x S frames, or of native frames (native_decode.py)."""
+    done = job.batch_frames * job.image_size ** 2 * 3
+    if job.geometry == "device" and job.face_crop == "none" and job.frames_dir is None:
+        from expr.extract.native_decode import NATIVE_SLOT_BYTES
+
+        return max(done, NATIVE_SLOT_BYTES)
+    return done
 
 
 def _describe_exit(code: int | None) -> str:
@@ -294,6 +307,8 @@ class DecodePool:
     ``on_idle`` is called (in the iterating thread) once whenever no worker has sent anything
     for ``idle_after`` seconds: the consumer encodes the frames it holds instead of waiting
     for more (a video's last frames would otherwise wait for later videos' frames).
+    ``page_lock``: called once with the shared-memory block (``--geometry device`` on CUDA
+    registers it as page-locked); returns the function that undoes it, called in ``close()``.
     """
 
     def __init__(
@@ -308,6 +323,7 @@ class DecodePool:
         pipe_buffer: int | None = None,
         on_idle: Callable[[], None] | None = None,
         idle_after: float = 0.5,
+        page_lock: Callable[[memoryview], Callable[[], None] | None] | None = None,
     ):
         if workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {workers}")
@@ -324,6 +340,8 @@ class DecodePool:
         self.borrow_frames = borrow_frames
         self.pipe_buffer = pipe_buffer
         self.on_idle, self.idle_after = on_idle, idle_after
+        self.page_lock = page_lock  # called on the new shared-memory block; returns its unlock, or None
+        self._unlock: Callable[[], None] | None = None
         self.peak_pending = 0
         self.peak_workers = 0  # the most worker processes alive at once
         self.restarts = 0  # workers that died while decoding (each replaced)
@@ -335,7 +353,7 @@ class DecodePool:
         self._shm_lock: int | None = None  # fd holding the block's lock (hold_block)
         self._failed: set[str] = set()
         self._todo: deque[DecodeJob] = deque()
-        self._slot_bytes = max((j.batch_frames * j.image_size ** 2 * 3 for j in self.jobs), default=1)
+        self._slot_bytes = max((_slot_bytes(j) for j in self.jobs), default=1)
 
     def __enter__(self) -> "DecodePool":
         return self
@@ -455,6 +473,8 @@ class DecodePool:
             return
         self._todo = deque(self.jobs)
         self._shm = self._open_shm()
+        if self.page_lock is not None:
+            self._unlock = self.page_lock(self._shm.buf)  # pyright: ignore[reportArgumentType] - open: buf is set
         self._free = deque(range(self.max_pending))
         try:
             self._staff(self._todo, self._shm)
@@ -512,7 +532,7 @@ class DecodePool:
                 continue
             view = _slot_view(shm, msg.slot, self._slot_bytes, msg.shape)
             pixels = view if self.borrow_frames else view.copy()
-            yield FrameBatch(msg.video_id, msg.start, pixels, msg.mask, msg.timestamps)
+            yield FrameBatch(msg.video_id, msg.start, pixels, msg.mask, msg.timestamps, msg.layout)
             # the consumer is done with it: the slot is free again
             self._free.append(msg.slot)
             self._grant([w for w in self._pool if w.job is not None])  # keep workers busy
@@ -599,6 +619,9 @@ class DecodePool:
                 worker.proc.join(timeout=2.0)
             worker.conn.close()
         self._pool.clear()
+        if self._unlock is not None:  # page-locked memory must be unregistered before it is unmapped
+            self._unlock()
+            self._unlock = None
         if self._shm is not None:
             try:
                 self._shm.close()

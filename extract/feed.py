@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +121,7 @@ class EncoderFeed:
         self.audio_thread = ThreadPoolExecutor(1, thread_name_prefix="expr-audio")
         self.write_thread = ThreadPoolExecutor(1, thread_name_prefix="expr-write")
         self.writes: list[tuple[str, _Video, Future]] = []  # handed to the writer, in order
+        self.geometry_stream = None  # CUDA stream of --geometry device (made on first use)
         self.started = time.monotonic()
 
     def elapsed(self) -> float:
@@ -152,7 +153,36 @@ class EncoderFeed:
                 self.summary.warnings[vid] = list(msg.warnings)
         self.write_ready()
 
+    def device_geometry(self, batch) -> np.ndarray:
+        """Native frames (--geometry device) -> (N, S, S, 3) uint8 on the encoder's device.
+
+        The slot is borrowed until the next message, so the copy to the device is synchronous;
+        the pixels come back to the host buffer (150 kB a frame), which keeps one encoder
+        input format for both paths. On CUDA this runs on its own stream: waiting for it then
+        does not wait for the image encoder's batch queued before it (the double buffer)."""
+        import contextlib
+
+        import torch
+
+        from expr.extract.geometry_device import device_geometry
+
+        device = self.bb.visual.device
+        if device.type == "cuda" and self.geometry_stream is None:
+            self.geometry_stream = torch.cuda.Stream(device)
+        on_stream = torch.cuda.stream(self.geometry_stream) if device.type == "cuda" else contextlib.nullcontext()
+        with on_stream, torch.inference_mode():
+            x = torch.from_numpy(batch.pixels).to(device)
+            return device_geometry(x, batch.layout, self.size).cpu().numpy()
+
     def add_frames(self, vid: str, batch) -> None:
+        if batch.layout is not None:
+            try:
+                if batch.pixels.shape[1:] != batch.layout.frame_shape():
+                    raise ValueError(f"native frames {batch.pixels.shape} do not match {batch.layout}")
+                batch = replace(batch, pixels=self.device_geometry(batch), layout=None)
+            except Exception as exc:  # one video's frames, not the run
+                self.fail(vid, f"{self.jobs[vid].source}: geometry on the device failed: {type(exc).__name__}: {exc}")
+                return
         pixels, n = batch.pixels, len(batch.pixels)
         if pixels.shape[1:] != (self.size, self.size, 3) or pixels.dtype != np.uint8 \
                 or np.shape(batch.mask) != (n,) or np.shape(batch.timestamps) != (n,):

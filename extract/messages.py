@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from expr.errors import ConfigError
+from expr.extract.geometry_device import NativeLayout
 
 FACE_CROPS = ("none", "haar")
 SEGMENT_FRAMES = 1024  # videos longer than twice this are split into keyframe-aligned segments
@@ -39,6 +40,7 @@ class DecodeJob:
     jpg_resize: str = JPG_RESIZES[0]  # how frames-folder jpgs are resized to S x S (antialiased)
     segment_frames: int = SEGMENT_FRAMES  # split videos longer than 2x this into keyframe-aligned segments (0: never)
     segment: tuple[int, int] | None = None  # a segment job: decode only frames [a, b) of video_path
+    geometry: str = "worker"  # "device": raw frames go out native (native_decode.py), geometry in the parent
 
     def __post_init__(self) -> None:
         if self.face_crop not in FACE_CROPS:
@@ -51,6 +53,8 @@ class DecodeJob:
             raise ConfigError(f"video {self.video_id!r}: a job needs a video file or a frames folder")
         if self.segment is not None and (self.video_path is None or not 0 <= self.segment[0] < self.segment[1]):
             raise ConfigError(f"video {self.video_id!r}: bad segment {self.segment} (needs a video and 0 <= a < b)")
+        if self.geometry not in ("worker", "device"):
+            raise ConfigError(f"geometry must be worker or device, got {self.geometry!r}")
         if self.image_size < 1 or self.batch_frames < 1:
             raise ConfigError(f"image size and batch frames must be positive, got {self.image_size}, {self.batch_frames}")
 
@@ -77,9 +81,10 @@ class VideoHeader:
 class FrameBatch:
     video_id: str
     start: int  # index of the first frame (0-based)
-    pixels: np.ndarray  # (N, S, S, 3) uint8 RGB, geometry done, not normalised
+    pixels: np.ndarray  # (N, S, S, 3) uint8 RGB, geometry done, not normalised (or native: see layout)
     mask: np.ndarray  # (N,) bool: decoded and (frames dir / face crop) face present
     timestamps: np.ndarray  # (N,) float64 seconds from frame 0 (VFR-safe)
+    layout: NativeLayout | None = None  # native frames (--geometry device): pixels are (N, *layout.frame_shape())
 
 
 @dataclass

@@ -10,6 +10,7 @@ consolidates the cache metadata after a barrier.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from functools import cached_property, partial
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from expr import abaw
 from expr.cache_format import check_output_path, consolidate, is_cache, open_cache, open_writer
 from expr.devices import Dist, dist_env, resolve_device, setup_dist
-from expr.errors import ExprError
+from expr.errors import ExprError, MediaDecodeError
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.backbones import (
     VisualEncoder,
@@ -87,12 +88,54 @@ class Backbones:
         return clip_text_embeddings(self.clip, self.visual_spec.arch, abaw.prompts())
 
 
-def feature_options(config: ExtractConfig) -> dict:
+def feature_options(config: ExtractConfig, geometry: str = "worker") -> dict:
     """The options of this run that change features besides the backbones (cache_format.options):
-    the cache records them, and refuses a run that would add videos made otherwise."""
+    the cache records them, and refuses a run that would add videos made otherwise.
+    ``geometry``: the path this run resolved (``resolve_geometry``), not the option."""
     return {"face_crop": config.face_crop, "visual_source": "frames" if config.frames is not None else "video",
             "audio_chunk_seconds": float(config.audio_chunk_seconds),
-            "audio_context_seconds": float(config.audio_context_seconds)}
+            "audio_context_seconds": float(config.audio_context_seconds), "geometry": geometry}
+
+
+def _recorded_geometry(out: Path, reset: bool) -> str | None:
+    """The geometry path an existing cache records ("worker" when made before it was recorded)."""
+    if reset or not is_cache(out):
+        return None
+    try:
+        with open_cache(out) as cache:
+            options = cache.attrs.get("options")
+            if isinstance(options, dict):
+                return options.get("geometry", "worker")
+            return "worker" if cache.video_ids else None  # an expr 0.2 cache: made in the workers
+    except ExprError:
+        return None
+
+
+def resolve_geometry(config: ExtractConfig, device, jobs: list, reset: bool, check=None) -> tuple[str, str | None]:
+    """Where CLIP's geometry runs this run (extract/geometry_device.py), and at most one note.
+
+    Only raw frames without --face-crop can take the device path (the Haar tracker and the jpg
+    folders stay in the workers). ``check``: test-only stand-in for the start-up self-check."""
+    from expr.extract.geometry_device import choose_geometry
+    from expr.extract.native_decode import self_check
+
+    eligible = config.frames is None and config.face_crop == "none" and bool(jobs)
+
+    def first_frames() -> float:
+        """The check on the first video's first frames; a broken file is skipped (its own
+        failure comes later, as usual), up to three."""
+        error: Exception | None = None
+        for job in jobs[:3]:
+            try:
+                return self_check(job, device)
+            except MediaDecodeError as exc:
+                error = exc
+        raise error if error is not None else MediaDecodeError("no video to check")
+
+    check = check or first_frames
+    return choose_geometry(config.geometry, str(getattr(device, "type", device)).split(":")[0],
+                           _recorded_geometry(config.out, config.overwrite and config.shard is None) if eligible else None,
+                           eligible, check)
 
 
 def select_jobs(jobs: list, shard: str | None, rank: int, world_size: int) -> list:
@@ -103,14 +146,28 @@ def select_jobs(jobs: list, shard: str | None, rank: int, world_size: int) -> li
     return jobs[rank::world_size]
 
 
-def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist, reset: bool):
+def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist, reset: bool, geometry: str = "worker"):
     text, scale = bb.text(config.out, reset)
     open_ = partial(open_writer, config.out, backbones=bb.attrs, text_embeddings=text, logit_scale=scale,
                     protect=(config.videos, config.frames),  # --out may not overlap the inputs
-                    options=feature_options(config))
+                    options=feature_options(config, geometry))
     writer = open_(reset=reset) if dist.is_main else None
     dist.barrier()  # others open once rank 0 created (or wiped) the store
     return writer if writer is not None else open_(reset=False)
+
+
+def _page_lock(summary: ExtractSummary, cudart=None):
+    """The decode pool's ``page_lock`` on CUDA: register its frame slots as page-locked; when that
+    fails, ONE note (in the summary: the start line is printed by then) and pageable copies."""
+    from expr.extract.geometry_device import page_lock
+
+    def lock(buffer):
+        unlock, note = page_lock(buffer, cudart)
+        if note:
+            summary.warnings.setdefault("frame slots", []).append(note)
+        return unlock
+
+    return lock
 
 
 def _skip_complete(jobs: list, writer, overwrite: bool, summary: ExtractSummary) -> list:
@@ -190,6 +247,11 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
                            image_size=image_size, jpg_resize=config.jpg_resize, on_warning=notes.append,
                            exclude=(config.out,))  # a cache inside --videos is output, not input
     jobs = select_jobs(jobs, config.shard, rank, world_size)
+    geometry, note = resolve_geometry(config, device, jobs, reset)
+    if note:
+        notes.append(note)
+    if geometry == "device":
+        jobs = [replace(j, geometry="device") for j in jobs]
     bb = Backbones(config, device)
 
     # gloo: only barriers go through the group; ranks finish at different times (long
@@ -200,7 +262,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
             # A new cache records these backbones: build them first, so that a checkpoint that
             # cannot be loaded leaves no empty cache behind that refuses a rerun with other weights.
             bb.build()
-        writer = _open_cache(config, bb, dist, reset)
+        writer = _open_cache(config, bb, dist, reset, geometry)
         summary = ExtractSummary(out=config.out, random_weights=bb.random_streams, device=str(device),
                                  rank=dist.rank, world_size=dist.world)
         todo = _skip_complete(jobs, writer, config.overwrite, summary)
@@ -216,8 +278,9 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
             if todo:
                 # two frame slots per worker: one being filled while the parent reads the other
                 slots = max(8, 2 * config.workers)
+                lock = _page_lock(summary) if geometry == "device" and device.type == "cuda" else None
                 with DecodePool(todo, workers=config.workers, max_pending=slots, borrow_frames=True,
-                                on_idle=feed.flush) as pool:
+                                on_idle=feed.flush, page_lock=lock) as pool:
                     pool.start()  # the workers start (imports, first frames) while the models are built
                     bb.build()  # both now: missing checkpoints fail (named together) before any frame is encoded
                     for message in pool:

@@ -127,6 +127,11 @@ def video_batches(job: DecodeJob, reader, n: int, timestamps: np.ndarray, start:
                   stop: int | None = None) -> Iterator[FrameBatch]:
     """Frames start..stop-1 (default: all ``n``; ``reader`` positioned at ``start``) as
     FrameBatches of S x S pixels (CLIP geometry or face crop)."""
+    if job.geometry == "device" and job.face_crop == "none":  # decode only: the parent does the geometry
+        from expr.extract.native_decode import native_batches
+
+        yield from native_batches(job, reader, n, timestamps, start, stop)
+        return
     size = job.image_size
     cropper = _new_cropper(size) if job.face_crop == "haar" else None
     shape = None

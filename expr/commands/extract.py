@@ -26,6 +26,12 @@ class FaceCrop(str, Enum):
     haar = "haar"
 
 
+class Geometry(str, Enum):
+    auto = "auto"
+    worker = "worker"
+    device = "device"
+
+
 class JpgResize(str, Enum):
     bilinear = "bilinear"
     bicubic = "bicubic"
@@ -49,6 +55,7 @@ def extract(
     jpg_resize: Annotated[JpgResize, typer.Option(help="How --frames jpgs (ABAW: 112x112) are resized to 224x224, antialiased: bilinear = torchvision Resize((224, 224)) on PIL, the authors' code (Table 1); bicubic = what earlier expr versions did. Recorded in the cache.")] = JpgResize.bilinear,
     audio_chunk_seconds: Annotated[float, typer.Option(help="Wav2Vec2 runs on chunks of this many seconds ...")] = 30.0,
     audio_context_seconds: Annotated[float, typer.Option(help="... each with this much extra audio on either side.")] = 3.0,
+    geometry: Annotated[Geometry, typer.Option(help="Where CLIP's colour conversion + resize run: worker (decode workers), device (the encoder's device; workers only decode), auto (device on CUDA after a start-up self-check, else worker; an existing cache keeps its own). Recorded in the cache.")] = Geometry.auto,
 ) -> None:
     """Extract per-frame CLIP and per-step Wav2Vec2 features of every video into a cache.
 
@@ -63,7 +70,7 @@ def extract(
         visual_model=visual_model, visual_weights=visual_weights, audio_model=audio_model,
         audio_weights=audio_weights, shard=shard, limit=limit, overwrite=overwrite,
         face_crop=face_crop.value, jpg_resize=jpg_resize.value, audio_chunk_seconds=audio_chunk_seconds,
-        audio_context_seconds=audio_context_seconds,
+        audio_context_seconds=audio_context_seconds, geometry=geometry.value,
     )
     console = Console(emoji=False)
     live = is_main_process()  # under torchrun only rank 0 draws progress
@@ -117,8 +124,9 @@ class _ProgressView:
             if self.live:  # other torchrun ranks print only their final summary
                 for line in event.random_weights:
                     self.console.print(Panel(f"[bold red]{esc(line)}[/]", title="RANDOM WEIGHTS", border_style="red"))
-                for line in event.warnings:
-                    self.console.print(f"[yellow]warning:[/] {esc(line)}", highlight=False)
+                for line in event.warnings:  # "note: ..." lines (a fallback) print as they are
+                    tag = "" if line.startswith("note:") else "[yellow]warning:[/] "
+                    self.console.print(f"{tag}{esc(line)}", highlight=False)
                 self.console.print(
                     f"{event.videos_total} video(s) to extract on {esc(event.device)}, "
                     f"{event.skipped} already complete", highlight=False,

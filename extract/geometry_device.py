@@ -1,0 +1,185 @@
+"""CLIP's geometry as one batched torch op on the encoder's device, from native frames.
+
+Why: per frame, a decode worker spends about as much CPU on the RGB conversion and the
+resize as on decoding (issue 18: 360p decord RGB 1,072 us + ``clip_geometry`` 363 us, against
+PyAV's decode to yuv420p 549 us). With ``--geometry device`` the workers only decode and send
+native frames (``NativeLayout``); this module turns a batch of them into what the worker path
+gives: (N, S, S, 3) uint8, shortest side to S (bicubic, antialiased) and centre crop, so the
+encoder, its batches and its mean/std normalisation are the same on both paths.
+
+The colour conversion follows the stream's metadata: BT.709 when tagged so, else BT.601;
+limited (MPEG) range unless the stream says full (JPEG). Chroma is upsampled bilinearly with
+centred siting. Measured against the worker path (decord/swscale RGB + ``clip_geometry``):
+mean absolute difference <= 1.0 on the 0-255 scale (tests/test_geometry_device.py), not
+bit-identical: a cache records which path made it (``options.geometry``) and never mixes them.
+
+Everything here is plain torch on whatever device the tensors are on, so it is tested on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+GEOMETRIES = ("auto", "worker", "device")  # --geometry; a cache records "worker" or "device"
+MAD_LIMIT = 1.0  # the start-up self-check's tolerance, mean absolute difference on 0-255
+# Kr, Kb of the two matrices (ITU-R BT.601 and BT.709)
+_MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+# swscale's integer yuv->rgb (what decord, i.e. the worker path, uses) comes out 1-2 levels
+# below the exact formula (measured on H.264 640x360: +1.10 / +1.66 / +1.50 mean for R / G / B,
+# MAD 1.40 at full size); subtracting 1.0 before the resize brings the device path to MAD
+# ~0.4 of the worker path's pixels instead of ~1.2.
+_SWSCALE_BIAS = 1.0
+
+
+@dataclass(frozen=True)
+class NativeLayout:
+    """How a batch of native frames lies in memory (one per ``FrameBatch``, travels with it).
+
+    ``fmt`` "yuv420p": each frame is PyAV's ``to_ndarray(format="yuv420p")``, (H * 3 / 2, W):
+    the Y plane, then U and V at half width and height; "rgb24": (H, W, 3) from decord.
+    """
+
+    fmt: str  # "yuv420p" | "rgb24"
+    height: int
+    width: int
+    matrix: str = "bt601"  # "bt601" | "bt709" (yuv420p only)
+    full_range: bool = False  # JPEG (0-255) range instead of MPEG (16-235 / 16-240)
+
+    def frame_shape(self) -> tuple[int, ...]:
+        if self.fmt == "yuv420p":
+            return (self.height * 3 // 2, self.width)
+        return (self.height, self.width, 3)
+
+
+def colour_of(frame) -> tuple[str, bool]:
+    """(matrix, full range) of a PyAV VideoFrame from its tags: BT.709 only when tagged so."""
+    space = int(getattr(frame, "colorspace", 2) or 2)
+    rng = int(getattr(frame, "color_range", 0) or 0)
+    full = rng == 2 or str(getattr(frame.format, "name", "")).startswith("yuvj")
+    return ("bt709" if space == 1 else "bt601"), full
+
+
+def yuv420_to_rgb(planes, layout: NativeLayout):
+    """(N, H*3/2, W) uint8 tensor of yuv420p frames -> (N, 3, H, W) float RGB on 0-255 (clamped)."""
+    import torch
+    import torch.nn.functional as F
+
+    n, h, w = planes.shape[0], layout.height, layout.width
+    flat = planes.reshape(n, -1)
+    y = flat[:, : h * w].reshape(n, 1, h, w).float()
+    q = (h // 2) * (w // 2)
+    uv = torch.stack([flat[:, h * w: h * w + q], flat[:, h * w + q: h * w + 2 * q]], 1)
+    uv = uv.reshape(n, 2, h // 2, w // 2).float()
+    uv = uv.repeat_interleave(2, 2).repeat_interleave(2, 3)  # (N, 2, H, W)
+    kr, kb = _MATRICES[layout.matrix]
+    kg = 1.0 - kr - kb
+    if layout.full_range:
+        luma, cu, cv = y, uv[:, :1] - 128.0, uv[:, 1:] - 128.0
+    else:
+        luma, cu, cv = (y - 16.0) * (255.0 / 219.0), (uv[:, :1] - 128.0) * (255.0 / 224.0), (uv[:, 1:] - 128.0) * (255.0 / 224.0)
+    r = luma + 2.0 * (1.0 - kr) * cv
+    b = luma + 2.0 * (1.0 - kb) * cu
+    g = luma - (2.0 * kb * (1.0 - kb) / kg) * cu - (2.0 * kr * (1.0 - kr) / kg) * cv
+    return (torch.cat([r, g, b], 1) - _SWSCALE_BIAS).clamp_(0.0, 255.0)  # (N, 3, H, W)
+
+
+def crop_box(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """(new_h, new_w, top, left): shortest side to S, centre crop, exactly as ``clip_geometry``."""
+    new_h, new_w = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+    return new_h, new_w, int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+
+
+def device_geometry(native, layout: NativeLayout, size: int):
+    """Native frames (a uint8 tensor, on any device) -> (N, S, S, 3) uint8 tensor on that device.
+
+    One batched op: colour conversion (yuv420p), antialiased bicubic resize of the shortest
+    side to S, centre crop, rounding to uint8 (what the worker path hands the encoder).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if layout.fmt == "yuv420p":
+        x = yuv420_to_rgb(native, layout)
+    elif layout.fmt == "rgb24":
+        x = native.permute(0, 3, 1, 2).float()  # (N, 3, H, W)
+    else:
+        raise ValueError(f"unknown native frame format {layout.fmt!r}")
+    new_h, new_w, top, left = crop_box(layout.height, layout.width, size)
+    if (new_h, new_w) != (layout.height, layout.width):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+    x = x[:, :, top: top + size, left: left + size]
+    return x.round_().clamp_(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def mad(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 arrays on the 0-255 scale."""
+    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
+
+
+def choose_geometry(requested: str, device_type: str, recorded: str | None, eligible: bool,
+                    check) -> tuple[str, str | None]:
+    """The geometry path of a run, and at most ONE ``note:`` line for the user.
+
+    ``recorded``: what an existing cache says ("worker" for a cache made before the record
+    existed), None for a new cache. ``eligible``: whether any frames could take the device
+    path (not --face-crop haar, not --frames jpgs). ``check()``: the start-up self-check,
+    returns the MAD of device vs worker pixels on the same real frames, or raises.
+
+    - worker: always the worker path.
+    - device: the device path; a failing check is an error (the user asked for it).
+    - auto: the cache's own path if it has one; else the device path on CUDA, behind the
+      check (an exception or a MAD above ``MAD_LIMIT`` falls back with a note); else worker.
+    """
+    from expr.errors import ConfigError
+
+    if requested not in GEOMETRIES:
+        raise ConfigError(f"--geometry {requested!r}: expected one of {', '.join(GEOMETRIES)}")
+    if requested == "worker" or not eligible:
+        return "worker", None
+    if requested == "auto" and (recorded == "worker" or (recorded is None and device_type != "cuda")):
+        return "worker", None
+    try:
+        diff = float(check())
+        problem = None if diff <= MAD_LIMIT else f"differs from the worker path by MAD {diff:.2f} > {MAD_LIMIT:g}"
+    except Exception as exc:  # noqa: BLE001 - whatever breaks, the plain path still works
+        problem = f"failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+    if problem is None:
+        return "device", None
+    if requested == "device":
+        raise ConfigError(f"--geometry device: the start-up self-check {problem}; use --geometry worker")
+    return "worker", (f"note: geometry on the {device_type} device {problem}; the decode workers do it "
+                      "instead (slower, same features)")
+
+
+def page_lock(buffer, cudart=None):
+    """Register ``buffer`` (the decode pool's shared-memory block) as page-locked for CUDA, so
+    that frames go to the device by DMA without a staging copy. Returns (unlock, note): an
+    ``unlock()`` to call before the block is unmapped, or None and one line saying why not
+    (the frames then go from pageable memory: slower, same features). ``cudart``: test stand-in
+    for ``torch.cuda.cudart()``."""
+    try:
+        if cudart is None:
+            import torch
+
+            cudart = torch.cuda.cudart()
+        assert cudart is not None
+        view = np.frombuffer(buffer, np.uint8)
+        ptr, size = view.ctypes.data, view.nbytes
+        del view  # no export of the block may outlive this call (it must stay closable)
+        code = int(cudart.cudaHostRegister(ptr, size, 1))  # 1: cudaHostRegisterPortable
+        if code != 0:
+            raise RuntimeError(f"cudaHostRegister returned error {code}")
+    except Exception as exc:  # noqa: BLE001 - pinning is an optimisation, never a failure
+        return None, (f"the frame slots could not be page-locked ({type(exc).__name__}: "
+                      f"{' '.join(str(exc).split())[:200]}); frames go to the device from pageable memory "
+                      "(slower, same features)")
+
+    def unlock() -> None:
+        try:
+            cudart.cudaHostUnregister(ptr)  # pyright: ignore[reportOptionalMemberAccess] - set above
+        except Exception:  # noqa: BLE001 - the block is unmapped next either way
+            pass
+
+    return unlock, None
