@@ -33,6 +33,7 @@ import fnmatch
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -210,7 +211,7 @@ def run_lock(folder: Path) -> Iterator[None]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                holder = _holder_pid(fd)
                 os.close(fd)
                 raise ConfigError(f"{folder}: another expr train (pid {holder}) is writing this run directory; "
                                   "wait for it to finish, or choose another --out") from None
@@ -231,6 +232,17 @@ def run_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         _unlock(lock, fd)
+
+
+def _holder_pid(fd: int) -> str:
+    """The pid the lock's holder wrote; it writes it just after taking the lock, so a refusal
+    in between waits for it (up to a second) instead of naming no one."""
+    for _ in range(100):
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if holder:
+            return holder
+        time.sleep(0.01)
+    return "unknown"
 
 
 def _unlock(lock: Path, fd: int) -> None:
