@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,15 +19,18 @@ from expr.evaluate.protocols import AnnotatedFrames, annotated_frames
 from expr.train_heads import (FeatureBank, LoadedRun, NoFace, SmoothMode, TrainConfig, WindowRule,
                               frame_probabilities, make_windows, window_probabilities, with_sources)
 
+if TYPE_CHECKING:
+    from expr.cache_format import BackboneRecords
 
-def check_backbones(run: LoadedRun, cache_backbones: Mapping, run_dir, cache_path) -> None:
+
+def check_backbones(run: LoadedRun, cache_backbones: BackboneRecords, run_dir, cache_path) -> None:
     """Refuse a cache whose features come from other backbones than the run was trained on:
     the head would silently score garbage."""
     run_backbones = (run.meta.get("cache") or {}).get("backbones")
     if run_backbones is None:
         return  # a run made without the record: nothing to compare against
-    for stream in ("visual", "audio"):
-        ran, have = run_backbones.get(stream), cache_backbones.get(stream)
+    for stream, have in cache_backbones.to_dict().items():  # the run recorded this JSON
+        ran = run_backbones.get(stream)
         if ran != have:
             raise CacheSchemaError(
                 f"{cache_path}: its {stream} features are not the kind run {run_dir} was trained on: "

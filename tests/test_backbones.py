@@ -197,12 +197,13 @@ def test_text_embeddings_and_logit_scale(tiny_clip):
     assert scale == pytest.approx(1 / 0.07, rel=1e-5)  # open_clip's init of exp(logit_scale)
 
 
-def test_backbone_attrs_record_random_weights_as_null():
+def test_backbone_record_records_random_weights_as_null():
     vit = B.get_spec("ViT-B-32", "visual")
-    attrs = B.backbone_attrs(vit, B.WeightSource("none", None))
+    attrs = B.backbone_record(vit, B.WeightSource("none", None), resize="bicubic").to_dict()
     assert attrs["weights"] is None and attrs["dim"] == 512 and attrs["image_size"] == 224
+    assert attrs["resize"] == "bicubic" and "sample_rate" not in attrs  # a visual record has no audio keys
     w2v = B.get_spec("facebook/wav2vec2-base", "audio")
-    attrs = B.backbone_attrs(w2v, B.WeightSource("hub", "hub"))
+    attrs = B.backbone_record(w2v, B.WeightSource("hub", "hub")).to_dict()
     assert (attrs["weights"], attrs["sample_rate"], attrs["hop"], attrs["receptive_field"]) == ("hub", 16000, 320, 400)
 
 

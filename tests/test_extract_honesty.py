@@ -68,8 +68,8 @@ def test_the_cache_records_its_options_on_the_root_and_on_every_video(videos, tm
     assert _root_attrs(out)["options"] == {"face_crop": "haar", "visual_source": "video",
                                            "audio_chunk_seconds": 30.0, "audio_context_seconds": 3.0}
     with open_cache(out) as cache:
-        assert {cache.info(v).extra["face_crop"] for v in cache.video_ids} == {"haar"}
-        assert cache.info("a").extra["audio_chunk_seconds"] == 30.0
+        assert {cache.info(v).extra.face_crop for v in cache.video_ids} == {"haar"}
+        assert cache.info("a").extra.audio_chunk_seconds == 30.0
 
 
 def test_extending_with_another_face_crop_is_refused_in_one_line(videos, tmp_path):
@@ -86,7 +86,7 @@ def test_extending_with_another_face_crop_is_refused_in_one_line(videos, tmp_pat
         run_extract(tiny_config(videos, out, face_crop="haar", audio_chunk_seconds=10.0))
     assert sorted(p.name for p in (out / "videos").iterdir()) == before
     with open_cache(out) as cache:
-        assert {cache.info(v).extra["face_crop"] for v in cache.video_ids} == {"haar"}
+        assert {cache.info(v).extra.face_crop for v in cache.video_ids} == {"haar"}
 
 
 def test_an_expr_02_cache_is_checked_by_its_per_video_records(videos, tmp_path):

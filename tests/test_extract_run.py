@@ -105,8 +105,8 @@ def test_cache_matches_a_direct_decode_and_encode(good_videos, tmp_path, tiny_en
 
     visual, audio, clip = tiny_encoders
     with open_cache(tmp_path / "f.zarr") as cache:
-        assert cache.backbones["visual"]["weights"] is None and cache.backbones["audio"]["weights"] is None
-        assert cache.backbones["visual"]["resize"] == "bicubic"  # raw frames: bicubic + centre crop
+        assert cache.backbones.visual.weights is None and cache.backbones.audio.weights is None
+        assert cache.backbones.visual.resize == "bicubic"  # raw frames: bicubic + centre crop
         text, scale = B.clip_text_embeddings(clip, "test-tiny-clip", [f"A face expressing {c}" for c in CLASS_NAMES])
         np.testing.assert_array_equal(cache.text_embeddings(), text)
         assert cache.logit_scale == pytest.approx(scale)
@@ -256,7 +256,7 @@ def test_audio_shorter_than_the_receptive_field_is_stored_as_no_audio(tmp_path, 
     assert sorted(summary.ok) == ["full", "tiny"]
     with open_cache(tmp_path / "f.zarr") as c:
         assert not c.info("tiny").has_audio and c.info("tiny").audio_steps == 0
-        assert c.info("tiny").extra["audio_samples"] == 399
+        assert c.info("tiny").extra.audio_samples == 399
         assert c.info("full").has_audio
 
 
@@ -269,8 +269,8 @@ def test_frames_dir_with_missing_jpgs_masks_those_frames(tmp_path):
     with open_cache(tmp_path / "f.zarr") as c:
         mask = c.frame_mask("v1")
         assert mask.shape == (12,) and list(np.flatnonzero(~mask)) == [0, 4, 5]
-        assert c.info("v1").has_audio and c.info("v1").extra["visual_source"] == "frames"
-        assert c.backbones["visual"]["resize"] == "bilinear"  # the authors' Resize((224, 224)) by default
+        assert c.info("v1").has_audio and c.info("v1").extra.visual_source == "frames"
+        assert c.backbones.visual.resize == "bilinear"  # the authors' Resize((224, 224)) by default
     # one cache never mixes two resizes of the jpgs
     with pytest.raises(CacheSchemaError, match="backbones"):
         run_extract(tiny_config(videos, tmp_path / "f.zarr", frames=frames, jpg_resize="bicubic"))

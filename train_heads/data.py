@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from expr.abaw import HOP, NUM_CLASSES, SAMPLE_RATE
-from expr.cache_format import CacheReader, open_cache
+from expr.cache_format import BackboneRecords, CacheReader, open_cache
 from expr.errors import check_choice
 from expr.train_heads.config import Preload, Target, WindowRule
 from expr.train_heads.windows import build_windows
@@ -106,11 +106,8 @@ class Batch:
     audio_mask: torch.Tensor  # (B, A) bool, True = real audio
 
 
-def _audio_rate(backbones: dict) -> float:
-    audio = backbones.get("audio", {})
-    if audio.get("sample_rate") and audio.get("hop"):
-        return float(audio["sample_rate"]) / float(audio["hop"])
-    return DEFAULT_AUDIO_RATE
+def _audio_rate(backbones: BackboneRecords) -> float:
+    return float(backbones.audio.steps_per_second or DEFAULT_AUDIO_RATE)
 
 
 # --preload auto puts the bank on the GPU only when it takes at most this share of the free

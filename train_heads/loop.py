@@ -223,7 +223,7 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist, device: torch.device, say:
         for line in warnings:
             say(f"warning: {line}")
         cache_meta = {"path": str(Path(cfg.cache).resolve()), "fingerprint": ckpt.cache_fingerprint(cache),
-                      **fingerprints, "backbones": cache.backbones}
+                      **fingerprints, "backbones": cache.backbones.to_dict()}
         learner = _build_learner(cfg, cache, splits["train"], dist, device, say)
         head_cfg, opt, module = learner.module.cfg, learner.opt, learner.module
         data_meta["class_weights"] = [round(float(w), 6) for w in learner.weights]
