@@ -71,7 +71,7 @@ class Scores:
 
 
 def score_window_level(model: torch.nn.Module, bank: FeatureBank, window: int, stride: int, target: str,
-                       batch_size: int, rule: str = WindowRule.reference.value) -> ClassificationMetrics:
+                       batch_size: int, rule: str = WindowRule.reference) -> ClassificationMetrics:
     wins = make_windows(bank, window, stride, target=target, rule=rule)
     if len(wins) == 0:
         raise ConfigError(
@@ -83,8 +83,8 @@ def score_window_level(model: torch.nn.Module, bank: FeatureBank, window: int, s
 
 
 def score_per_frame(model: torch.nn.Module, bank: FeatureBank, labels: Mapping[str, np.ndarray], window: int, *,
-                    batch_size: int, smooth: int = 0, smooth_mode: str = SmoothMode.median.value,
-                    no_face: str = NoFace.fill.value) -> tuple[ClassificationMetrics, AnnotatedFrames]:
+                    batch_size: int, smooth: int = 0, smooth_mode: str = SmoothMode.median,
+                    no_face: str = NoFace.fill) -> tuple[ClassificationMetrics, AnnotatedFrames]:
     selection = annotated_frames(labels, bank.video_ids, bank.n_frames.tolist())
     if selection.total == 0:
         raise ConfigError("no annotated frames (every label is -1): nothing to score per frame")
@@ -96,7 +96,7 @@ def score_per_frame(model: torch.nn.Module, bank: FeatureBank, labels: Mapping[s
 
 def score_both(model: torch.nn.Module, bank: FeatureBank, labels: Mapping[str, np.ndarray],
                train_config: TrainConfig, *, batch_size: int = 256, smooth: int = 0,
-               smooth_mode: str = SmoothMode.median.value, no_face: str = NoFace.fill.value) -> Scores:
+               smooth_mode: str = SmoothMode.median, no_face: str = NoFace.fill) -> Scores:
     """Both protocols with the run's own window, stride, target and window rule (per-frame
     inference ignores the rule: one causal window per frame, no-face frames as ``no_face``)."""
     model.eval()

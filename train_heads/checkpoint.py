@@ -227,7 +227,7 @@ class LoadedRun:
     meta: dict                    # checkpoint meta + config.json's "cache" and "data" blocks
 
 
-def load_run(run_dir: str | Path, which: str = Checkpoint.best.value,
+def load_run(run_dir: str | Path, which: str = Checkpoint.best,
              device: str | torch.device = "cpu") -> LoadedRun:
     """The model of ``run_dir``'s ``which`` checkpoint with the run's configs and meta; the
     failures a user meets (no folder, no such checkpoint) are named with what to do."""

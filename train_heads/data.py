@@ -120,13 +120,13 @@ def resolve_preload(setting: str, device: str | torch.device, nbytes: int,
     """``--preload auto`` made concrete: ``gpu`` on a CUDA device when ``nbytes`` of features
     fit in ``GPU_SHARE`` of its free memory (``free_bytes``, measured when None), else ``cpu``.
     Gathering a batch from a GPU-resident bank costs no host work and no copy per step."""
-    if setting != Preload.auto.value:
+    if setting != Preload.auto:
         return setting
     device = torch.device(device)
     if device.type != "cuda":
-        return Preload.cpu.value
+        return Preload.cpu
     free = free_bytes if free_bytes is not None else torch.cuda.mem_get_info(device)[0]
-    return Preload.gpu.value if nbytes <= GPU_SHARE * free else Preload.cpu.value
+    return Preload.gpu if nbytes <= GPU_SHARE * free else Preload.cpu
 
 
 def bank_nbytes(n_frames: int, audio_steps: int, visual_dim: int, audio_dim: int) -> int:
@@ -173,7 +173,7 @@ def load_bank(
     total_t, total_s = sum(lengths), sum(steps)
     rows_t, rows_s = (total_t, total_s) if features else (0, 0)
     preload = resolve_preload(preload, device, bank_nbytes(rows_t, rows_s, cache.visual_dim, cache.audio_dim))
-    pin = preload == "cpu" and torch.cuda.is_available()
+    pin = preload == Preload.cpu and torch.cuda.is_available()
     visual = torch.empty((rows_t, cache.visual_dim), dtype=torch.float16, pin_memory=pin)
     audio = torch.zeros((rows_s + 1, cache.audio_dim), dtype=torch.float16, pin_memory=pin)
     timestamps = torch.empty(total_t, dtype=torch.float64)
@@ -233,11 +233,11 @@ def window_targets(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.
         raise ValueError("window targets need a bank with labels")
     valid = bank.valid
     rows = bank.frame_offsets[video_idx] + end_frame
-    if target == "last" or target == "center":
-        rows = rows - (window // 2 if target == "center" else 0)
+    if target in (Target.last, Target.center):
+        rows = rows - (window // 2 if target == Target.center else 0)
         rows = rows if source_rows is None else source_rows[rows]
         return labels[rows].clamp(min=0), valid[rows]
-    if target != "majority":
+    if target != Target.majority:
         raise ValueError(f"unknown target {target!r}")
     if source_rows is not None:
         labels, valid = labels[source_rows], valid[source_rows]
@@ -249,14 +249,14 @@ def window_targets(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.
     return counts.argmax(1), counts.sum(1) > 0
 
 
-def make_windows(bank: FeatureBank, window: int, stride: int, target: str = Target.last.value,
-                 rule: str = WindowRule.reference.value) -> Windows:
+def make_windows(bank: FeatureBank, window: int, stride: int, target: str = Target.last,
+                 rule: str = WindowRule.reference) -> Windows:
     """The windows of every video of ``bank`` under ``rule`` (windows.py) with a valid target
     by ``target``; reference windows carry ``source_rows`` (gather them from ``with_sources``)."""
     if bank.labels is None:
         raise ValueError("make_windows needs a bank with labels")
     check_choice("--windows", rule, WindowRule)
-    if rule == WindowRule.reference.value:
+    if rule == WindowRule.reference:
         return _reference_windows(bank, window, stride, target)
     return _grid_windows(bank, window, stride, target)
 
@@ -270,7 +270,7 @@ def _reference_windows(bank: FeatureBank, window: int, stride: int, target: str)
     none = [np.zeros(0, np.int64)]
     video_idx, end_frame, source = [], [], []
     for v, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
-        found = build_windows(WindowRule.reference.value, labels[start:start + n], face[start:start + n],
+        found = build_windows(WindowRule.reference, labels[start:start + n], face[start:start + n],
                               window, stride)
         video_idx.append(np.full(len(found), v, dtype=np.int64))
         end_frame.append(found.ends)

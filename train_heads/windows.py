@@ -102,6 +102,6 @@ def grid_windows(labels: np.ndarray, face: np.ndarray, window: int, stride: int)
 def build_windows(rule: str, labels: np.ndarray, face: np.ndarray, window: int, stride: int) -> VideoWindows:
     """The windows of one video under ``rule`` ("reference" or "grid")."""
     check_choice("window rule", rule, WindowRule)
-    if rule == WindowRule.reference.value:
+    if rule == WindowRule.reference:
         return reference_windows(labels, face, window, stride)
     return grid_windows(labels, face, window, stride)
