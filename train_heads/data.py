@@ -38,7 +38,7 @@ from expr.abaw import HOP, NUM_CLASSES, SAMPLE_RATE
 from expr.cache_format import BackboneRecords, CacheReader, open_cache
 from expr.errors import check_choice
 from expr.train_heads.config import Preload, Target, WindowRule
-from expr.train_heads.windows import build_windows
+from expr.train_heads.windows import build_windows, grid_ends
 
 DEFAULT_AUDIO_RATE = SAMPLE_RATE / HOP  # Wav2Vec2: 16 kHz / hop 320 = 50 steps per second
 
@@ -296,13 +296,11 @@ def with_sources(bank: FeatureBank, windows: Windows) -> FeatureBank:
 
 
 def _grid_windows(bank: FeatureBank, window: int, stride: int, target: str) -> Windows:
-    """Full windows at ``stride`` (ends window-1, window-1+stride, ...) with a valid target."""
-    n = bank.n_frames.to(bank.device)
-    per_video = torch.clamp((n - window) // stride + 1, min=0)  # (V,) windows per video
-    video_idx = torch.repeat_interleave(torch.arange(len(n), device=bank.device), per_video)
-    first = torch.cumsum(per_video, 0) - per_video
-    k = torch.arange(int(per_video.sum()), device=bank.device) - first[video_idx]  # index within video
-    end_frame = window - 1 + k * stride
+    """The grid's full windows (windows.grid_ends per video) with a valid target."""
+    ends = [grid_ends(n, window, stride) for n in bank.n_frames.tolist()]
+    counts = torch.tensor([len(e) for e in ends], dtype=torch.int64)
+    video_idx = torch.repeat_interleave(torch.arange(len(ends)), counts).to(bank.device)
+    end_frame = torch.from_numpy(np.concatenate(ends or [np.zeros(0, np.int64)])).to(bank.device)
     tgt, ok = window_targets(bank, video_idx, end_frame, window, target)
     return Windows(video_idx[ok], end_frame[ok], tgt[ok])
 
