@@ -144,7 +144,7 @@ def window_reads(root: Path, args) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--videos", type=int, default=40, help="number of videos")
     parser.add_argument("--frames", type=int, default=3000, help="frames per video")
     parser.add_argument("--fps", type=float, default=30.0)

@@ -47,7 +47,7 @@ def time_open(path: Path, cold: bool) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--videos", type=int, default=10_000)
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args()

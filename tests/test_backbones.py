@@ -69,7 +69,7 @@ def test_openai_weights_get_quickgelu():
 
     spec = B.get_spec("ViT-B-32", "visual")
     cfg = open_clip.get_model_config(spec.arch)
-    assert cfg["quick_gelu"] is True and cfg["vision_cfg"]["patch_size"] == 32
+    assert cfg is not None and cfg["quick_gelu"] is True and cfg["vision_cfg"]["patch_size"] == 32
 
 
 # -- resolve_weights ----------------------------------------------------------------------
@@ -236,6 +236,7 @@ def test_audio_within_one_chunk_is_bit_identical_to_one_shot(tiny_w2v):
     spec, model = tiny_w2v
     x = tone(1.3)
     feats = AudioEncoder(model, spec, chunk_seconds=2.0)(x)
+    assert feats is not None
     with torch.inference_mode():
         want = model(torch.from_numpy(normalise_waveform(x))[None]).last_hidden_state[0].numpy()
     assert feats.shape == (output_steps(len(x)), spec.dim)
@@ -257,6 +258,7 @@ def test_chunked_audio_has_exact_length_and_stays_close_to_one_shot(tiny_w2v):
     no_ctx = AudioEncoder(model, spec, chunk_seconds=1.0, context_seconds=0.0)(x)
     enc = AudioEncoder(model, spec, chunk_seconds=2.0, context_seconds=2.0)
     chunked = enc(x)
+    assert one_shot is not None and no_ctx is not None and chunked is not None
     assert one_shot.shape == no_ctx.shape == chunked.shape == (n, spec.dim)
 
     xn = normalise_waveform(x)
@@ -284,4 +286,4 @@ def test_full_size_backbones_build_without_weights():
     assert feats.shape == (2, 512)
     w2v = B.get_spec("facebook/wav2vec2-base", "audio")
     audio = AudioEncoder(B.build_wav2vec2(w2v, B.WeightSource("none", None)), w2v)(tone(1.0))
-    assert audio.shape == (output_steps(16000), 768) == (49, 768)
+    assert audio is not None and audio.shape == (output_steps(16000), 768) == (49, 768)

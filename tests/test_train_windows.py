@@ -13,7 +13,7 @@ import torch
 from cache_helpers import backbones
 from expr.cache_format import VideoEntry, open_cache, open_writer
 from expr.cli import run
-from expr.train_heads import (load_bank, load_split, make_windows, read_metrics, with_sources,
+from expr.train_heads import (WindowRule, load_bank, load_split, make_windows, read_metrics, with_sources,
                               write_synthetic_dataset)
 from expr.train_heads.data import gather
 from expr.train_heads.windows import build_windows
@@ -214,7 +214,7 @@ def test_ablate_windows_option_and_grid_key(tmp_path):
     cells = grid_cells(parse_grid("windows=reference,grid"))
     assert [c.overrides() for c in cells] == [{"windows": "reference"}, {"windows": "grid"}]
     assert [c.is_paper() for c in cells] == [True, False]
-    cfg = AblateConfig(cache=tmp_path, labels=tmp_path, grid="window=30", out=tmp_path, windows="grid")
+    cfg = AblateConfig(cache=tmp_path, labels=tmp_path, grid="window=30", out=tmp_path, windows=WindowRule.grid)
     (cell,) = grid_cells(parse_grid("window=30"))
     assert _train_config(cfg, cell, 42).windows == "grid"
     assert _train_config(cfg, cells[0], 42).windows == "reference"  # the grid key wins
