@@ -42,6 +42,7 @@ can follow a video's header and some batches: the consumer drops what it had for
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing as mp
 import os
 import re
@@ -61,7 +62,7 @@ import numpy as np
 
 from expr.errors import ConfigError, MediaDecodeError
 from expr.extract.media import decode_video
-from expr.extract.messages import DecodeJob, FrameBatch, Message, VideoFailed, VideoSplit
+from expr.extract.messages import DecodeJob, FrameBatch, Message, SegmentDone, VideoDone, VideoFailed, VideoSplit
 from expr.extract.segments import may_split
 
 _STOP = None  # parent -> worker: exit
@@ -131,8 +132,39 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def hold_block(path: Path) -> int | None:
+    """A shared lock on the block at ``path`` for as long as the returned fd stays open (None
+    where it cannot be taken): it marks the block live across pid namespaces."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _held(path: str) -> bool:
+    """Whether some process holds the block's lock (its run is alive, whatever its pid namespace)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's lock, if it got one
+    return False
+
+
 def remove_dead_segments(shm_dir: Path = SHM_DIR) -> list[str]:
-    """Unlink this user's ``expr-<pid>-*`` blocks whose run is dead; return their names."""
+    """Unlink this user's ``expr-<pid>-*`` blocks whose run is dead; return their names.
+
+    Dead: no process holds the block's lock (``hold_block``) and its pid is not alive here.
+    The pid alone is not enough: containers that share /dev/shm (a Kubernetes pod, docker
+    --ipc=host) each have their own pids, so a live run's pid can be absent from this one's."""
     removed = []
     try:
         entries = list(os.scandir(shm_dir))
@@ -141,7 +173,8 @@ def remove_dead_segments(shm_dir: Path = SHM_DIR) -> list[str]:
     for entry in entries:
         match = re.fullmatch(SHM_PREFIX + r"(\d+)-[0-9a-f]+", entry.name)
         try:
-            if match is None or entry.stat().st_uid != os.getuid() or _pid_alive(int(match[1])):
+            if (match is None or entry.stat().st_uid != os.getuid() or _pid_alive(int(match[1]))
+                    or _held(entry.path)):
                 continue
             os.unlink(entry.path)
             removed.append(entry.name)
@@ -245,6 +278,7 @@ class _Worker:
     silent: float = 0.0  # seconds the parent waited without hearing from it while it worked
     sent: int = 0  # credit messages sent to it
     seen: int = 0  # ... of which it said it has read
+    ended: bool = False  # its job's last message came (VideoDone, SegmentDone, VideoFailed)
 
 
 class DecodePool:
@@ -298,6 +332,7 @@ class DecodePool:
         self._stopped: list[_Worker] = []  # told to stop: joined in close()
         self._free: deque[int] = deque()  # frame slots no worker holds and no consumer reads
         self._shm: SharedMemory | None = None
+        self._shm_lock: int | None = None  # fd holding the block's lock (hold_block)
         self._failed: set[str] = set()
         self._todo: deque[DecodeJob] = deque()
         self._slot_bytes = max((j.batch_frames * j.image_size ** 2 * 3 for j in self.jobs), default=1)
@@ -372,7 +407,7 @@ class DecodePool:
         """Send ``worker`` (waiting for a job) the next job; with none left, STOP it (its
         credits come back) unless ``stop_if_none`` is False (a spare that holds none)."""
         worker.job = todo.popleft() if todo else None
-        worker.silent = 0.0
+        worker.silent, worker.ended = 0.0, False
         if worker.job is None and not stop_if_none:
             return
         try:
@@ -409,7 +444,9 @@ class DecodePool:
         self.removed_segments = remove_dead_segments()
         self.max_pending = fit_slots(self.max_pending, self._slot_bytes, shm_free_bytes())
         name = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        return SharedMemory(name=name, create=True, size=self.max_pending * self._slot_bytes)
+        shm = SharedMemory(name=name, create=True, size=self.max_pending * self._slot_bytes)
+        self._shm_lock = hold_block(SHM_DIR / name)  # live while held (remove_dead_segments)
+        return shm
 
     def start(self) -> None:
         """Start the workers now (they import and begin decoding while the caller builds its
@@ -482,6 +519,9 @@ class DecodePool:
         job = worker.job
         if job is not None and not worker.proc.is_alive() and (broken or not worker.conn.poll()):
             self._return_slots(worker)
+            if worker.ended:  # died after its job's last message (freeing the reader): nothing lost
+                self._bury(worker)
+                return
             failed = VideoFailed(job.video_id, self._death_reason(worker, job))
             self._note(failed, todo)
             yield failed
@@ -523,6 +563,8 @@ class DecodePool:
                 if isinstance(msg, _SlotBatch):
                     worker.seen = msg.seen
                     worker.slots.remove(msg.slot)  # in flight now: the consumer gives it back
+                elif isinstance(msg, (VideoDone, SegmentDone, VideoFailed)):
+                    worker.ended = True
                 yield msg
 
     def _bury(self, worker: _Worker, restart: bool = True) -> None:
@@ -564,3 +606,6 @@ class DecodePool:
                 pass
             self._shm.unlink()
             self._shm = None
+        if self._shm_lock is not None:
+            os.close(self._shm_lock)
+            self._shm_lock = None

@@ -15,8 +15,8 @@ from expr.extract import messages
 from expr.extract.messages import DecodeJob
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".m4v", ".mpg", ".mpeg", ".wmv"})
-PERSON_SUFFIXES = ("_left", "_right")
-MAX_SKIP_LINES = 10  # skipped inputs listed one per line; beyond this, a count  # ABAW two-person videos: one label file per person
+PERSON_SUFFIXES = ("_left", "_right")  # ABAW two-person videos: one label file per person
+MAX_SKIP_LINES = 10  # skipped inputs listed one per line; beyond this, a count
 
 log = logging.getLogger(__name__)
 

@@ -80,6 +80,10 @@ class _Video:
     segments: set = field(default_factory=set)  # first frames of the segments not done yet
 
 
+# Complete videos handed to the writer thread and not yet written, at most.
+MAX_PENDING_WRITES = 8
+
+
 def _in_order(pieces: list) -> list:
     """The arrays of (first frame, array) pieces, by first frame."""
     return [array for _, array in sorted(pieces, key=lambda piece: piece[0])]
@@ -218,7 +222,9 @@ class EncoderFeed:
             if video.done and not video.segments and video.queued == 0:
                 del self.videos[vid]
                 self.writes.append((vid, video, self.write_thread.submit(self.write, vid, video)))
-        while self.writes and (wait or self.writes[0][2].done()):
+        # a disk slower than the encoder holds the feed back here, as synchronous writes did,
+        # instead of finished videos piling up in memory behind the writer thread
+        while self.writes and (wait or len(self.writes) > MAX_PENDING_WRITES or self.writes[0][2].done()):
             vid, video, future = self.writes.pop(0)
             reason = future.result()
             if reason is not None:
@@ -260,6 +266,8 @@ class EncoderFeed:
     def fail(self, vid: str, reason: str) -> None:
         self.videos.pop(vid, None)  # frames already in a batch are encoded and dropped
         if vid in self.summary.failed or vid in self.summary.ok:
+            return
+        if any(v == vid for v, _, _ in self.writes):  # complete and being written: its write decides
             return
         self.summary.failed[vid] = reason
         self.emit(self.event("video", vid, reason))

@@ -5,7 +5,8 @@ others idle (the long tail), and a run of 1-4 videos never uses more than 1-4 co
 longer than ``2 x DecodeJob.segment_frames`` is cut at keyframes into ranges of about that
 many frames; each range is a job of its own. Decoding from a keyframe is exact: decord seeks
 to it and reads on with ``next()``, which gives the frames of a sequential read bit for bit
-(tested on H.264 with B-frames, mp4 and mkv). Containers where decord's seeking is known to be
+(tested on H.264 with B-frames, mp4 and mkv) at a closed-GOP keyframe; open-GOP keyframes
+(leading B-frames decoded after them from the previous GOP) are never cut at. Containers where decord's seeking is known to be
 wrong (MPEG-PS, ASF/WMV) and containers not tested here (AVI, FLV) are never split, nor are
 videos with ``--face-crop`` (the face tracker carries its last box from frame to frame).
 """
@@ -45,6 +46,37 @@ def plan_segments(keyframes, n: int, target: int) -> tuple[tuple[int, int], ...]
     return tuple(zip(bounds, bounds[1:] + [n]))
 
 
+def clean_keyframes(path, n: int) -> set[int] | None:
+    """Frame numbers of the keyframes where decoding can restart exactly: every packet decoded
+    before it is shown before it and every one decoded after it is shown after it (a closed
+    GOP). There the keyframe's decode-order number (what decord's key index counts) is also
+    its frame number. None when the packets cannot be read or are not ``n`` frames with times.
+
+    Why: an open-GOP keyframe (x264 open-gop=1, x265's default) has leading B-frames decoded
+    after it from the previous GOP's frames; a seek there returned other frames (measured)."""
+    import av
+
+    pts: list[int] = []
+    keys: list[int] = []
+    try:
+        with av.open(str(path)) as container:
+            for packet in container.demux(container.streams.video[0]):
+                if packet.size == 0:  # the demuxer's end marker
+                    continue
+                if packet.pts is None:
+                    return None
+                if packet.is_keyframe:
+                    keys.append(len(pts))
+                pts.append(packet.pts)
+    except Exception:  # noqa: BLE001 - PyAV's FFmpegError, IndexError (no video stream): no split
+        return None
+    if len(pts) != n:
+        return None
+    shown_before = np.maximum.accumulate(np.asarray(pts, dtype=np.int64))  # max pts of packets 0..i
+    shown_after = np.minimum.accumulate(np.asarray(pts, dtype=np.int64)[::-1])[::-1]  # min pts of i..
+    return {k for k in keys if k > 0 and shown_before[k - 1] < pts[k] <= shown_after[k]}
+
+
 def video_segments(job: DecodeJob, reader, n: int) -> tuple[tuple[int, int], ...] | None:
     """The segments of an opened video, or None to decode it whole."""
     if not may_split(job):
@@ -53,7 +85,12 @@ def video_segments(job: DecodeJob, reader, n: int) -> tuple[tuple[int, int], ...
         keys = reader.get_key_indices()
     except Exception:  # noqa: BLE001 - decord raises DECORDError and RuntimeError; no index: no split
         return None
-    return plan_segments(keys, n, job.segment_frames)
+    if plan_segments(keys, n, job.segment_frames) is None:  # too short: no need to read the packets
+        return None
+    clean = clean_keyframes(job.video_path, n)
+    if clean is None:
+        return None
+    return plan_segments([k for k in keys if int(k) in clean], n, job.segment_frames)
 
 
 def decode_segment(job: DecodeJob) -> Iterator[Message]:

@@ -23,12 +23,7 @@ TINY = dict(window=8, stride=4, channels=8, tcn_levels=1, heads=2, batch_size=32
             lr=1e-3, min_lr=1e-4, device="cpu", epochs=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-identical runs, and the 2 cores are shared
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

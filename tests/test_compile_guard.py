@@ -29,12 +29,7 @@ OVERWRITTEN = "accessing tensor output of CUDAGraphs that has been overwritten b
 REAL_COMPILE = torch.compile
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-identical runs need the same reduction order every time
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +238,84 @@ def test_the_self_check_leaves_parameters_optimiser_and_rng_alone(ds, tmp_path, 
     assert learner.opt.state == {} and torch.equal(torch.get_rng_state(), rng)
     assert [m.training for m in learner.module.modules()] == training
     assert all(p.grad is not None and not p.grad.any() for p in learner.module.parameters())
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_the_self_check_covers_the_per_micro_batch_path_beside_the_grouped_one(ds, tmp_path, monkeypatch, accum):
+    # On one GPU (reduce-overhead) training calls the grouped step for full groups and the
+    # per-micro-batch step for the rest: every group with --accum 1, the tail group otherwise.
+    # A check of the grouped step alone passed a per-micro-batch step that was wrong.
+    def compile_(fn, **kwargs):
+        if fn.__name__ == "eager_grouped":
+            return fn  # exact
+        def wrong(*args):
+            loss, ce, con = fn(*args)
+            return loss * 1.5, ce, con
+        return wrong
+    monkeypatch.setattr(step_module.torch, "compile", compile_)
+    monkeypatch.setattr(loop_module, "compile_mode", lambda *a: "reduce-overhead")
+    messages: list[str] = []
+    cfg = config(ds, tmp_path / "r", accum=accum)
+    learner, split = build(cfg, messages)
+    loop_module.run_epoch(learner, cfg, split, 0)
+    assert len(messages) == 1 and "disagreed" in messages[0] and "start-up check" in messages[0], messages
+    assert not learner.step.fast
+
+
+DDP_CHECK_SCRIPT = """
+import os, sys, torch
+from expr.train_heads import TrainConfig, train
+from expr.train_heads import loop as loop_module, step as step_module
+torch.set_num_threads(1)
+loop_module.compile_mode = lambda *a: "default"  # as under DDP on CUDA
+
+def compile_(fn, **kwargs):  # a fast path that fails on rank 0 only (out of memory there, say)
+    def compiled(*args):
+        if os.environ["RANK"] == "0":
+            raise RuntimeError("injected failure on rank 0")
+        return fn(*args)
+    return compiled
+
+step_module.torch.compile = compile_
+cache, labels, out = sys.argv[1:4]
+train(TrainConfig(cache=cache, labels=labels, out=out, window=16, stride=4, epochs=1, channels=16,
+                  tcn_levels=2, heads=2, lr=1e-3, device="cpu", compile="auto"),
+      on_message=lambda m: print(f"rank {os.environ['RANK']}: {m}", flush=True))
+"""
+
+
+@pytest.mark.slow  # two processes that import torch: ~30 s
+def test_under_ddp_the_self_check_has_no_collectives_and_every_rank_decides_alike(ds, tmp_path):
+    # The check's eager and fast groups all-reduced their gradients (DDP syncs a group's last
+    # micro-batch); a rank whose fast path failed stopped checking while the other went on
+    # all-reducing its check rounds, so the ranks' collectives no longer paired up (a hang, or
+    # gradients averaged with another rank's check) and one rank trained fast, the other eagerly.
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_check.py"
+    script.write_text(DDP_CHECK_SCRIPT)
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+         str(script), str(ds.cache), str(ds.labels), str(tmp_path / "ddp")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the ranks too, not only the launcher
+        out, err = proc.communicate()
+        pytest.fail("the two ranks hung: " + out[-2000:])
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    import re
+
+    # the two ranks print to one pipe: their lines can run together
+    notes = dict(re.findall(r"rank (\d): (--compile auto: .*?training eagerly)", out))
+    assert sorted(notes) == ["0", "1"], out
+    assert "failed (RuntimeError: injected failure on rank 0)" in notes["0"] and "another rank" in notes["1"]
 
 
 def test_disagreement_tolerances():

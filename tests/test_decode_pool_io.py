@@ -82,6 +82,36 @@ def test_dead_runs_segments_are_removed_live_ones_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"expr-{os.getpid()}-0a1b2c3d", "psm_12345"])
 
 
+def test_a_live_runs_block_is_kept_when_its_pid_is_not_ours_to_see(tmp_path):
+    # Two containers of one Kubernetes pod (or docker --ipc=host) share /dev/shm but not their
+    # pid namespace, usually as the same uid (root): the other run's pid is "dead" here. Its
+    # block must stay while that run holds it; the lock decides, not the pid.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    block = tmp_path / f"expr-{dead.pid}-0a1b2c3d"
+    block.write_bytes(b"x")
+    fd = decode_pool.hold_block(block)  # what the owning pool does while it runs
+    assert fd is not None
+    try:
+        assert remove_dead_segments(tmp_path) == [] and block.exists()
+    finally:
+        os.close(fd)
+    assert remove_dead_segments(tmp_path) == [block.name] and not block.exists()  # owner gone: removed
+
+
+def test_the_pools_block_is_locked_while_it_runs(tmp_path):
+    path = F.make_video(tmp_path / "v.mp4", n_frames=8, audio_rate=None)
+    with DecodePool([job_for(path)], workers=1) as pool:
+        for _ in pool:
+            assert pool._shm is not None
+            name = pool._shm.name.lstrip("/")
+            # seen from another run that cannot see this pid: kept all the same
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(decode_pool, "_pid_alive", lambda pid: False)
+                assert name not in remove_dead_segments()
+            assert (Path("/dev/shm") / name).exists()
+
+
 def test_slots_are_sized_to_the_free_shared_memory():
     slot = 32 * 224 * 224 * 3  # 4.8 MB
     assert fit_slots(8, slot, None) == 8 and fit_slots(8, slot, 24 * 2**30) == 8

@@ -13,8 +13,8 @@ import numpy as np
 import media_fixtures as F
 
 from expr.extract.feed import EncoderFeed, ExtractSummary
-from expr.extract.messages import (AudioTrack, DecodeJob, FrameBatch, SegmentDone, VideoDone, VideoHeader,
-                                   VideoSplit)
+from expr.extract.messages import (AudioTrack, DecodeJob, FrameBatch, SegmentDone, VideoDone, VideoFailed,
+                                   VideoHeader, VideoSplit)
 from expr.extract.run import run_extract
 from test_extract_run import tiny_config
 
@@ -106,6 +106,22 @@ def test_a_lost_segment_fails_the_video_instead_of_writing_a_gap():
     assert writer.written == {}
 
 
+def test_a_worker_death_after_the_videos_last_message_does_not_fail_the_video_being_written():
+    # A worker that dies after its job's last message (VideoDone, or a segment's SegmentDone;
+    # decord freeing a reader can crash) is reported as a VideoFailed of its job's video. With
+    # synchronous writes the video was already ok and the failure ignored; with the writer
+    # thread it was in neither list and became both failed and ok.
+    writer = _SlowWriter(delay=0.5)
+    feed, summary = _feed(writer, ["a"])
+    for msg in [VideoHeader("a", 25.0, 4, 0.16, False, 1, 0.0), _frames("a", 0, 4), AudioTrack("a", None),
+                VideoDone("a")]:
+        feed.handle(msg)
+    feed.flush()  # a's frames encoded: handed to the writer, which is still at it
+    feed.handle(VideoFailed("a", "/v/a.mp4: the decoding process died (signal SIGSEGV)"))
+    feed.finish()
+    assert summary.ok == ["a"] and summary.failed == {} and "a" in writer.written
+
+
 def test_rerun_with_only_broken_files_left_builds_no_model(tmp_path, monkeypatch):
     videos, out = tmp_path / "v", tmp_path / "f.zarr"
     F.make_video(videos / "good.mp4", n_frames=5)
@@ -140,3 +156,41 @@ def test_flush_encodes_the_frames_held_and_writes_the_complete_video():
     assert summary.ok == ["a"]
     np.testing.assert_array_equal(writer.written["a"].visual[:, 0], np.arange(6))
     feed.finish()
+
+
+class _GatedWriter:
+    """Writes wait until the gate opens: a disk far slower than the encoder."""
+
+    def __init__(self):
+        self.gate, self.written = threading.Event(), []
+
+    def write_video(self, vid, **arrays):
+        self.gate.wait(10)
+        self.written.append(vid)
+
+
+def test_a_slow_disk_holds_the_feed_back_instead_of_queueing_every_video(monkeypatch):
+    import expr.extract.feed as feed_module
+
+    monkeypatch.setattr(feed_module, "MAX_PENDING_WRITES", 1)
+    writer = _GatedWriter()
+    ids = ["a", "b", "c", "d"]
+    feed, summary = _feed(writer, ids)
+    messages = [m for vid in ids for m in (VideoHeader(vid, 25.0, 4, 0.16, False, 1, 0.0), _frames(vid, 0, 4),
+                                           AudioTrack(vid, None), VideoDone(vid))]
+    handled = []
+
+    def run():
+        for msg in messages:
+            feed.handle(msg)
+            handled.append(msg)
+        feed.finish()
+
+    feeder = threading.Thread(target=run)
+    feeder.start()
+    feeder.join(0.8)
+    assert feeder.is_alive() and len(handled) < len(messages)  # waiting on the disk, not piling up
+    assert len(feed.writes) <= 2 and writer.written == []
+    writer.gate.set()
+    feeder.join(10)
+    assert not feeder.is_alive() and summary.ok == ids and writer.written == ids

@@ -29,12 +29,7 @@ DIMS: dict[str, Any] = dict(visual_dim=16, audio_dim=12, text_dim=8, n_train=3, 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -80,6 +80,48 @@ def test_segment_decoding_equals_sequential_decoding(tmp_path, suffix):
     assert isinstance(split[-1], (VideoDone, SegmentDone))
 
 
+def _open_gop_video(path: Path, codec: str, params: str, n: int = 200, size=(64, 48)) -> Path:
+    """Keyframes every 40 frames with leading B-frames (open GOP: x264 open-gop=1, x265's
+    default): frames shown before a keyframe but decoded after it, from the previous GOP."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.options = {"preset": "ultrafast", params.split("=")[0]: params.split("=", 1)[1]}
+        packets = []
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(F.pattern_frame(i, size, "moving"), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            packets += stream.encode(frame)
+        packets += stream.encode(None)
+        for packet in packets:
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("codec,params", [
+    ("libx264", "x264-params=keyint=40:min-keyint=40:scenecut=0:bframes=3:open-gop=1"),
+    ("libx265", "x265-params=keyint=40:min-keyint=40:scenecut=0:bframes=3:open-gop=1:log-level=error"),
+])
+def test_open_gop_videos_are_not_cut_where_decoding_cannot_restart(tmp_path, codec, params):
+    # Seeking to an open-GOP keyframe decodes its leading B-frames without their references,
+    # and decord numbers keyframes in decode order (37, 77, ... for frames 40, 80, ...): the
+    # segments came back as other frames (max difference 255 from frame 77 on).
+    path = _open_gop_video(tmp_path / "open.mp4", codec, params)
+    whole = list(decode_video(job_for(path, segment_frames=0)))
+    with DecodePool([job_for(path, segment_frames=50)], workers=0) as pool:
+        split = list(pool)
+    assert not any(isinstance(m, VideoFailed) for m in split)
+    pixels, mask, times = frames_by_index(split)
+    want_pixels, want_mask, want_times = frames_by_index(whole)
+    assert np.array_equal(pixels, want_pixels)
+    assert np.array_equal(mask, want_mask) and np.array_equal(times, want_times)
+
+
 def test_two_workers_share_one_long_video(tmp_path):
     path = F.make_video(tmp_path / "long.mp4", n_frames=130, size=(96, 64), keyint=20, audio_rate=None)
     with DecodePool([job_for(path, segment_frames=30)], workers=2) as pool:
@@ -115,6 +157,36 @@ def test_one_bad_segment_fails_only_its_video(tmp_path, hook, why):
     assert [m.video_id for m in failed] == ["bad"] and why in failed[0].reason and str(bad) in failed[0].reason
     pixels, _, _ = frames_by_index([m for m in got if m.video_id == "good"])
     np.testing.assert_array_equal(F.frame_indices(pixels), np.arange(130))
+
+
+def die_after_segment_hook(job: DecodeJob, msg) -> None:
+    """Test-only: the worker of segment (40, 80) of `late` dies right after sending its
+    SegmentDone, before it says it is idle (where decord frees the segment's reader)."""
+    import sys
+
+    if job.video_id == "late" and job.segment == (40, 80) and isinstance(msg, SegmentDone):
+        conn = sys._getframe(1).f_locals["conn"]  # the worker loop's pipe: it sends ``msg`` next
+        send = conn.send
+
+        def send_then_die(obj):
+            send(obj)
+            os._exit(7)
+
+        conn.send = send_then_die
+
+
+def test_a_worker_that_dies_after_its_segments_last_message_fails_nothing(tmp_path):
+    # Every frame of the segment came, and its SegmentDone: the video is whole. The pool failed
+    # it all the same ("the decoding process died ... re-encode it"), blaming a good file.
+    path = F.make_video(tmp_path / "late.mp4", n_frames=130, size=(96, 64), keyint=20, audio_rate=None)
+    with DecodePool([job_for(path, segment_frames=30)], workers=2, worker_hook=die_after_segment_hook) as pool:
+        got = list(pool)
+        restarts = pool.restarts
+    assert not [m for m in got if isinstance(m, VideoFailed)]
+    pixels, _, _ = frames_by_index(got)
+    np.testing.assert_array_equal(F.frame_indices(pixels), np.arange(130))
+    assert sorted(m.start for m in got if isinstance(m, SegmentDone)) == [0, 40, 80]
+    assert restarts == 1  # the dead worker was replaced all the same
 
 
 def test_split_run_writes_the_cache_a_whole_video_run_writes(tmp_path, monkeypatch):

@@ -29,12 +29,7 @@ SMALL = dict(window=16, stride=4, channels=32, tcn_levels=3, heads=4, batch_size
              lr=1e-3, min_lr=1e-4, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # other suites share the 2 cores; also keeps runs bit-identical
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from expr.train_heads.model import ExprHeadModel
 from expr.train_heads.provenance import LEGACY_KEY, check_resume, data_fingerprints, resumed_config
 from expr.train_heads.run_dir import Checkpoint, RunDir, open_run_dir
 from expr.train_heads.splits import Split, read_splits
-from expr.train_heads.step import LossStep, StepReporter, compile_mode, make_optimizer
+from expr.train_heads.step import LossStep, StepReporter, check_fused_adamw, compile_mode, make_optimizer
 
 StepCallback = Callable[[int, float], None]
 
@@ -141,6 +141,8 @@ def _build_learner(cfg: TrainConfig, cache: CacheReader, train_split: Split, dis
     module = ExprHeadModel(head_cfg, torch.from_numpy(cache.text_embeddings()), cache.logit_scale).to(device)
     weights = class_weights(train_split.all_targets).to(device)
     opt = make_optimizer(module, cfg, lr_at(0, cfg), device)
+    if cfg.compile == Compile.auto.value:
+        check_fused_adamw(opt, say)  # fused on CUDA: a kernel only a GPU runs
     model = dist.wrap(module, device)
     mode = compile_mode(cfg.compile, device, dist.world)
     if mode is not None and device.type == "cuda":

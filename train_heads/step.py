@@ -26,7 +26,8 @@ Correct by default:
 - ``auto`` proves itself before the run trusts it (``check=True``): on the first batch, from
   the same state and with dropout switched off in both, two accumulated micro-batches go
   through the eager step once and through the fast path CHECK_ROUNDS times (warm-up, graph
-  recording, replay); losses and gradients must agree every time within LOSS_RTOL / GRAD_RTOL. On an exception or a disagreement the step says so in one line and
+  recording, replay), each fast path training uses (grouped and per micro-batch); under DDP
+  without all-reducing (each rank checks its own batch), and all ranks fall back if any fails; losses and gradients must agree every time within LOSS_RTOL / GRAD_RTOL. On an exception or a disagreement the step says so in one line and
   trains eagerly. The check never steps the optimiser: parameters, optimiser state and RNG
   are as before it. (Two micro-batches, because the crash above came on the second.)
 
@@ -85,6 +86,50 @@ def optimizer_flags(setting: str, device: torch.device) -> dict:
 def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, lr: float, device: torch.device) -> torch.optim.AdamW:
     return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=cfg.weight_decay,
                              **optimizer_flags(cfg.compile, device))
+
+
+# fused vs torch's default AdamW on the same parameters and gradients: the updates differ by
+# float rounding only (~1e-7 relative in float32); a broken kernel is off by O(1).
+ADAMW_RTOL = 1e-4
+
+
+def check_fused_adamw(opt: torch.optim.Optimizer, say: Callable[[str], None]) -> None:
+    """``--compile auto``'s start-up check of fused AdamW (a CUDA kernel no CPU test runs):
+    two steps of ``opt``'s implementation and of torch's default one, each on copies of the
+    parameters with the same seeded gradients; on an exception or a disagreement of the
+    updates, one message and the default implementation from the first real step on. The
+    run's parameters, gradients, optimiser state and RNG are not touched."""
+    groups = [g for g in opt.param_groups if g.get("fused")]
+    params = [p for g in groups for p in g["params"] if p.requires_grad]
+    if not params:
+        return
+    gen = torch.Generator(device=params[0].device).manual_seed(0)
+    grads = [torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype) for p in params]
+    group = groups[0]
+
+    def updates(fused: bool | None) -> torch.Tensor:
+        copies = [p.detach().clone().requires_grad_(True) for p in params]
+        for copy, grad in zip(copies, grads):
+            copy.grad = grad.clone()
+        adamw = torch.optim.AdamW(copies, lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                                  weight_decay=group["weight_decay"], fused=fused)
+        for _ in range(2):  # the second step reads the moments the first one wrote
+            adamw.step()
+        return torch.cat([(c.detach() - p.detach()).float().reshape(-1) for c, p in zip(copies, params)])
+
+    try:
+        want, got = updates(None), updates(True)
+        rel = float((got - want).norm() / want.norm().clamp_min(1e-30))
+        verdict = (None if rel <= ADAMW_RTOL else
+                   f"disagreed (relative difference of the updates {rel:.1e}, tolerance {ADAMW_RTOL:.0e})")
+    except Exception as exc:
+        verdict = f"failed ({_first_line(exc)})"
+    if verdict is None:
+        return
+    for g in groups:  # AdamW reads its switches from the group at every step
+        g["fused"] = None
+    say(f"--compile auto: fused AdamW {verdict} in its start-up check against torch's default AdamW; "
+        "using the default (--compile off skips the check)")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -177,9 +222,10 @@ class LossStep:
             (loss / n).backward()
         return torch.stack([loss, ce, con]).detach()
 
-    def _group(self, fast: bool, batches: Sequence[Batch]) -> torch.Tensor:
+    def _group(self, fast: bool, batches: Sequence[Batch], grouped: bool = True) -> torch.Tensor:
         n = len(batches)
-        if fast and self.fn_grouped is not None and n > 1 and len({len(b[3]) for b in batches}) == 1:
+        if (fast and grouped and self.fn_grouped is not None and n > 1
+                and len({len(b[3]) for b in batches}) == 1):
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
             visual, audio, mask, target = (torch.cat(parts) for parts in zip(*batches))  # (n * B, ...) each
@@ -222,20 +268,33 @@ class LossStep:
         back to eager with one message on an exception or a disagreement."""
         start = RngState(self.device)
         verdict = None
-        with dropout_off(self.module):
+        # Under DDP no gradient is all-reduced in the check: a rank that stops early (a failure,
+        # a disagreement) would otherwise leave the ranks' collectives unpaired (a hang).
+        ddp = isinstance(self.model, DistributedDataParallel)
+        sync = (self.model.no_sync() if isinstance(self.model, DistributedDataParallel)
+                else contextlib.nullcontext())
+        with dropout_off(self.module), sync:
             try:
                 want = self._group(False, [batch, batch])
                 want_g = self._grads()
-                for _ in range(CHECK_ROUNDS):  # each round from zero gradients, as after an optimiser step
-                    self._zero_grads()
-                    start.restore()
-                    got = self._group(True, [batch, batch])
-                    verdict = disagreement(want, got, want_g, self._grads())
+                # both fast paths training takes: the grouped step (full groups) and the
+                # per-micro-batch one (--accum 1, and a group with a short last micro-batch)
+                paths = (True, False) if self.fn_grouped is not None else (False,)
+                for grouped in paths:
+                    for _ in range(CHECK_ROUNDS):  # each round from zero gradients, as after an optimiser step
+                        self._zero_grads()
+                        start.restore()
+                        got = self._group(True, [batch, batch], grouped)
+                        verdict = disagreement(want, got, want_g, self._grads())
+                        if verdict is not None:
+                            break
                     if verdict is not None:
                         break
             except Exception as exc:
                 verdict = f"failed ({_first_line(exc)})"
         start.restore()
+        if ddp:
+            verdict = _agree(verdict, self.device)
         if verdict is None:
             self._zero_grads()
             return
@@ -246,6 +305,18 @@ class LossStep:
         for p in self.module.parameters():
             if p.grad is not None:
                 p.grad.zero_()
+
+
+def _agree(verdict: str | None, device: torch.device) -> str | None:
+    """Every rank's verdict made one (one collective, on every rank): all ranks fall back when
+    any rank's check failed, so that none trains fast while another trains eagerly."""
+    import torch.distributed as td
+
+    failed = torch.tensor([0.0 if verdict is None else 1.0], device=device)
+    td.all_reduce(failed, op=td.ReduceOp.MAX)
+    if verdict is None and failed.item() > 0:
+        return "failed on another rank"
+    return verdict
 
 
 def grouped_loss(module: ExprHeadModel, logits: torch.Tensor, embed: torch.Tensor, target: torch.Tensor,
