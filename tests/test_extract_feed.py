@@ -164,7 +164,7 @@ class _GatedWriter:
     def __init__(self):
         self.gate, self.written = threading.Event(), []
 
-    def write_video(self, vid, **arrays):
+    def write_video(self, vid, entry):
         self.gate.wait(10)
         self.written.append(vid)
 
