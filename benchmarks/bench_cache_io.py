@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from expr import abaw
-from expr.cache_format import consolidate, open_cache, open_writer
+from expr.cache_format import BackboneRecord, BackboneRecords, VideoEntry, consolidate, open_cache, open_writer
 
 VISUAL_DIM, AUDIO_DIM = 512, 768
-BACKBONES = {
-    "visual": {"name": "bench-visual", "weights": None, "dim": VISUAL_DIM},
-    "audio": {"name": "bench-audio", "weights": None, "dim": AUDIO_DIM, "sample_rate": abaw.SAMPLE_RATE, "hop": abaw.HOP},
-}
+BACKBONES = BackboneRecords(
+    visual=BackboneRecord(name="bench-visual", weights=None, dim=VISUAL_DIM),
+    audio=BackboneRecord(name="bench-audio", weights=None, dim=AUDIO_DIM, sample_rate=abaw.SAMPLE_RATE, hop=abaw.HOP),
+)
 
 
 def audio_steps(n_frames: int, fps: float) -> int:
@@ -88,8 +88,10 @@ def write_both(root: Path, args) -> dict:
         video = make_video(rng, args.frames, args.fps, args.data)
         raw += video["visual"].nbytes + video["audio"].nbytes
         t0 = time.perf_counter()
-        writer.write_video(f"v{i:05d}", fps=args.fps, duration=args.frames / args.fps, source=f"v{i}.mp4",
-                           source_size=0, source_mtime=0.0, **video)
+        writer.write_video(f"v{i:05d}", VideoEntry(
+            visual=video["visual"], audio=video["audio"], frame_mask=video["frame_mask"],
+            timestamps=video["timestamps"], fps=args.fps, duration=args.frames / args.fps, source=f"v{i}.mp4",
+            source_size=0, source_mtime=0.0))
         t1 = time.perf_counter()
         (npy_dir / f"v{i:05d}").mkdir(parents=True)
         for name, array in video.items():
@@ -142,7 +144,7 @@ def window_reads(root: Path, args) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--videos", type=int, default=40, help="number of videos")
     parser.add_argument("--frames", type=int, default=3000, help="frames per video")
     parser.add_argument("--fps", type=float, default=30.0)

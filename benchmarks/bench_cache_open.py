@@ -18,20 +18,20 @@ from pathlib import Path
 import numpy as np
 
 from bench_cache_io import evict  # this folder is on sys.path when a script runs from it
-from expr.cache_format import consolidate, open_cache, open_writer
+from expr.cache_format import BackboneRecord, BackboneRecords, VideoEntry, consolidate, open_cache, open_writer
 
-BACKBONES = {"visual": {"name": "bench", "weights": None, "dim": 8},
-             "audio": {"name": "bench", "weights": None, "dim": 8}}
+BACKBONES = BackboneRecords(visual=BackboneRecord(name="bench", weights=None, dim=8),
+                            audio=BackboneRecord(name="bench", weights=None, dim=8))
 
 
 def write(path: Path, n: int) -> float:
     writer = open_writer(path, backbones=BACKBONES, text_embeddings=np.zeros((8, 8)), logit_scale=100.0)
-    arrays = dict(visual=np.zeros((4, 8), np.float16), frame_mask=np.ones(4, bool), timestamps=np.arange(4) / 30,
-                  audio=np.zeros((6, 8), np.float16), fps=30.0, duration=4 / 30, source="v.mp4",
-                  source_size=1, source_mtime=0.0)
+    arrays = VideoEntry(visual=np.zeros((4, 8), np.float16), frame_mask=np.ones(4, bool), timestamps=np.arange(4) / 30,
+                        audio=np.zeros((6, 8), np.float16), fps=30.0, duration=4 / 30, source="v.mp4",
+                        source_size=1, source_mtime=0.0)
     start = time.perf_counter()
     for i in range(n):
-        writer.write_video(f"video{i:06d}", **arrays)
+        writer.write_video(f"video{i:06d}", arrays)
     return time.perf_counter() - start
 
 
@@ -47,7 +47,7 @@ def time_open(path: Path, cold: bool) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--videos", type=int, default=10_000)
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args()

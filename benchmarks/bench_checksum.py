@@ -33,7 +33,7 @@ def once(path: str, data: np.ndarray, compressors: tuple) -> tuple[float, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--frames", type=int, default=60000, help="rows of 512 float16 features")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()

@@ -46,12 +46,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from expr.cache_format import open_cache
 from expr.devices import Dist
-from expr.train_heads import (ExprHeadModel, HeadConfig, TrainConfig, Windows, class_weights, frame_probabilities,
-                              gather, load_bank, load_run, load_split, make_windows, train, with_sources,
-                              write_synthetic_dataset)
+from expr.train_heads import (Compile, ExprHeadModel, HeadConfig, Preload, TrainConfig, Windows, class_weights,
+                              frame_probabilities, gather, load_bank, load_run, load_split, make_windows, train,
+                              with_sources, write_synthetic_dataset)
 from expr.train_heads.loop import Learner, run_epoch
 from expr.train_heads.splits import Split
 from expr.train_heads.step import LossStep, compile_mode, make_optimizer
+
+HOST_OR_GPU = {False: Preload.cpu, True: Preload.gpu}  # --preload of the bank: GPU on CUDA
 
 AFFWILD2_VIDEOS, AFFWILD2_FRAMES = 550, 2_600_000
 TABLE1_WINDOWS, TABLE1_EPOCHS = (30, 60), 30
@@ -172,7 +174,7 @@ def bench_steps(bank, windows, args, device, setting: str) -> dict:
 
 
 def _bench_steps(bank, windows, args, device, setting: str) -> dict:
-    cfg = TrainConfig(cache=Path("-"), labels=Path("-"), out=Path("-"), window=args.window, compile=setting,
+    cfg = TrainConfig(cache=Path("-"), labels=Path("-"), out=Path("-"), window=args.window, compile=Compile(setting),
                       device=str(device), **HEADS[args.head])
     torch.manual_seed(0)
     head = cfg.head_config(bank.visual.shape[1], bank.audio.shape[1], 512)
@@ -202,7 +204,7 @@ def _bench_steps(bank, windows, args, device, setting: str) -> dict:
 def bench_epoch(ds, args, device, window: int, out: Path) -> dict:
     """``train`` for ``args.epochs`` epochs: the last epoch's seconds and its window counts."""
     cfg = TrainConfig(cache=ds.cache, labels=ds.labels, out=out, window=window, epochs=args.epochs,
-                      preload="gpu" if device.type == "cuda" else "cpu", eval_batch_size=args.eval_batch_size,
+                      preload=HOST_OR_GPU[device.type == "cuda"], eval_batch_size=args.eval_batch_size,
                       device=str(device), overwrite=True, **HEADS[args.head])
     result = train(cfg)
     data = json.loads((out / "config.json").read_text())["data"]
@@ -215,7 +217,7 @@ def bench_per_frame(ds, args, device, window: int, run_dir: Path) -> float:
     """Frames/s of per-frame scoring (a causal window per frame) over the validation videos."""
     model = load_run(run_dir, "last", device).model
     labels = load_split(ds.labels, "Validation_Set")
-    bank = load_bank(ds.cache, ds.val_ids, labels, preload="gpu" if device.type == "cuda" else "cpu", device=device)
+    bank = load_bank(ds.cache, ds.val_ids, labels, preload=HOST_OR_GPU[device.type == "cuda"], device=device)
     budget, frames = args.score_frames, []
     for n in bank.n_frames.tolist():
         frames.append(np.arange(max(0, min(n, budget))))
@@ -349,7 +351,7 @@ def compare_loaders(args: argparse.Namespace, device: torch.device) -> None:
     labels = load_split(root / "labels", "Train_Set")
     write_s = time.perf_counter() - t
     t = time.perf_counter()
-    bank = load_bank(cache, sorted(labels), labels, preload="gpu" if device.type == "cuda" else "cpu", device=device)
+    bank = load_bank(cache, sorted(labels), labels, preload=HOST_OR_GPU[device.type == "cuda"], device=device)
     load_s = time.perf_counter() - t
     windows = make_windows(bank, args.window, args.stride)
     bank = with_sources(bank, windows)  # reference windows: filled frames read their source rows

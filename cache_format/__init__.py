@@ -1,15 +1,28 @@
 """The feature cache: the only code that knows the Zarr/HDF5 layout (see schema.py)."""
 
 from expr.cache_format.reader import CacheReader, VideoInfo, open_cache
-from expr.cache_format.schema import CLASS_NAMES, FORMAT_VERSION, PROMPT_TEMPLATE, validate_video_id
+from expr.cache_format.schema import (
+    CLASS_NAMES,
+    FORMAT_VERSION,
+    PROMPT_TEMPLATE,
+    BackboneRecord,
+    BackboneRecords,
+    VideoEntry,
+    VideoExtras,
+    validate_video_id,
+)
 from expr.cache_format.writer import CacheWriter, consolidate, open_writer
 
 __all__ = [
     "CLASS_NAMES",
     "FORMAT_VERSION",
     "PROMPT_TEMPLATE",
+    "BackboneRecord",
+    "BackboneRecords",
     "CacheReader",
     "CacheWriter",
+    "VideoEntry",
+    "VideoExtras",
     "VideoInfo",
     "consolidate",
     "open_cache",

@@ -63,7 +63,7 @@ def _write_hdf5(src: str | os.PathLike, tmp: Path, on_video: Callable[[str], Non
                 group.create_dataset(name, data=data, fletcher32=True, **kwargs)
             info = cache.info(vid)
             attrs = {k: getattr(info, k) for k in S.VIDEO_ATTRS if k != "complete"}
-            _encode_attrs(group, {**info.extra, **attrs, "complete": True})
+            _encode_attrs(group, {**info.extra.to_dict(), **attrs, "complete": True})
             if on_video:
                 on_video(vid)
         return len(cache.video_ids)
@@ -84,12 +84,12 @@ def import_hdf5(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bo
         )
         for vid in cache.video_ids:
             info = cache.info(vid)
-            writer.write_video(
-                vid, visual=cache.visual(vid), audio=cache.audio(vid) if info.has_audio else None,
+            writer.write_video(vid, S.VideoEntry(
+                visual=cache.visual(vid), audio=cache.audio(vid) if info.has_audio else None,
                 frame_mask=cache.frame_mask(vid), timestamps=cache.timestamps(vid), fps=info.fps,
                 duration=info.duration, source=info.source, source_size=info.source_size,
-                source_mtime=info.source_mtime, extra_attrs=info.extra,
-            )
+                source_mtime=info.source_mtime, extras=info.extra,
+            ))
             if on_video:
                 on_video(vid)
         if cache.failures:

@@ -43,7 +43,7 @@ class VideoInfo:
     source: str
     source_size: int
     source_mtime: float
-    extra: dict = field(default_factory=dict)  # attributes beyond the schema (e.g. extractor notes)
+    extra: S.VideoExtras = field(default_factory=S.VideoExtras)  # how its features were made
 
 
 class VideoGroup(Protocol):
@@ -90,6 +90,7 @@ class CacheReader:
         self._handle = handle
         self.attrs = root_attrs
         S.check_root_attrs(self.attrs, str(path))
+        self.backbones = S.BackboneRecords.from_dict(self.attrs["backbones"], str(path))
         self.checksummed = S.is_checksummed(self.attrs)  # v2: chunk CRCs, every chunk stored
         self._check_present = check_present if self.checksummed else None
         self._present: set[str] = set()  # videos whose chunk files were all found
@@ -103,7 +104,7 @@ class CacheReader:
             known = {k: attrs.pop(k) for k in S.VIDEO_ATTRS if k in attrs}
             known.pop("complete")
             try:
-                self._infos[vid] = VideoInfo(video_id=vid, extra=attrs, **known)
+                self._infos[vid] = VideoInfo(video_id=vid, extra=S.VideoExtras.from_dict(attrs), **known)
             except TypeError as exc:
                 raise CacheSchemaError(f"{path}: video {vid!r} has incomplete attributes ({exc})") from exc
 
@@ -111,10 +112,6 @@ class CacheReader:
     @property
     def class_names(self) -> list[str]:
         return list(self.attrs["class_names"])
-
-    @property
-    def backbones(self) -> dict:
-        return self.attrs["backbones"]
 
     @property
     def logit_scale(self) -> float:
@@ -126,11 +123,11 @@ class CacheReader:
 
     @property
     def visual_dim(self) -> int:
-        return int(self.backbones["visual"]["dim"])
+        return int(self.backbones.visual.dim)
 
     @property
     def audio_dim(self) -> int:
-        return int(self.backbones["audio"]["dim"])
+        return int(self.backbones.audio.dim)
 
     def text_embeddings(self) -> np.ndarray:
         try:
@@ -224,7 +221,7 @@ class CacheReader:
         embeddings, each video's timing attributes, array shapes and CONTENT. A v2 Zarr cache
         gives the content as its stored chunk checksums (4 bytes a chunk, nothing decoded);
         v1 and HDF5 caches carry none readable that way, so their arrays are read and hashed."""
-        h = hashlib.sha256(json.dumps(self.backbones, sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps(self.backbones.to_dict(), sort_keys=True).encode())
         h.update(np.ascontiguousarray(self.text_embeddings()).tobytes())
         for vid in sorted(video_ids):
             info = self.info(vid)

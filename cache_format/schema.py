@@ -22,9 +22,13 @@ This module is the single source of those names; nothing else spells them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +80,128 @@ VIDEO_ATTRS = (
     "complete",       # True, written last
 )
 
+# -- typed records: the only code that spells their JSON keys ------------------------------
+
+
+def _known(cls, record: Mapping) -> tuple[dict, dict]:
+    """``record`` split into the fields of dataclass ``cls`` (bar ``other``) and the rest."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"other"}
+    return ({k: v for k, v in record.items() if k in names},
+            {k: v for k, v in record.items() if k not in names})
+
+
+def _written(record, always: tuple[str, ...] = ()) -> dict:
+    """A record as its JSON dict: fields that are set (or in ``always``), then ``other``.
+    Unset fields stay absent, so an older cache's record reads back as written (its
+    fingerprints hash this dict)."""
+    out = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)
+           if f.name != "other" and (getattr(record, f.name) is not None or f.name in always)}
+    return {**{k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}, **record.other}
+
+
+@dataclass(frozen=True)
+class BackboneRecord:
+    """The root attribute ``backbones.<stream>``: which frozen model made a stream's features
+    and how its input was prepared. ``weights`` None: random weights (recorded as null).
+    Visual streams set the image fields, audio streams the sample-rate ones; keys this expr
+    does not know (a newer writer's) are kept in ``other`` and written back unchanged."""
+
+    name: str
+    weights: str | None
+    dim: int
+    image_size: int | None = None          # visual: S x S input
+    mean: tuple[float, ...] | None = None  # visual: normalisation
+    std: tuple[float, ...] | None = None
+    resize: str | None = None              # visual: bicubic (raw frames) or --jpg-resize
+    sample_rate: int | None = None         # audio: Hz
+    hop: int | None = None                 # audio: samples per feature step
+    receptive_field: int | None = None     # audio: samples one step sees
+    normalize: bool | None = None          # audio: zero-mean unit-variance input
+    other: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps_per_second(self) -> float | None:
+        """Feature steps per second of an audio stream; None when the record lacks the rate."""
+        return self.sample_rate / self.hop if self.sample_rate and self.hop else None
+
+    def to_dict(self) -> dict:
+        return _written(self, always=("weights",))
+
+    @classmethod
+    def from_dict(cls, record: object, where: str) -> BackboneRecord:
+        if not isinstance(record, Mapping) or "dim" not in record:
+            raise CacheSchemaError(f"{where}: dim missing from the backbone record")
+        known, other = _known(cls, record)
+        for key in ("mean", "std"):
+            if isinstance(known.get(key), list):
+                known[key] = tuple(known[key])
+        return cls(**{"name": None, "weights": None, **known}, other=other)
+
+
+@dataclass(frozen=True)
+class BackboneRecords:
+    """The root attribute ``backbones``: one record per stream."""
+
+    visual: BackboneRecord
+    audio: BackboneRecord
+
+    def to_dict(self) -> dict:
+        return {"visual": self.visual.to_dict(), "audio": self.audio.to_dict()}
+
+    @classmethod
+    def from_dict(cls, record: object, where: str) -> BackboneRecords:
+        """The records of ``record`` (a cache's or a run's ``backbones``); CacheSchemaError
+        naming ``where`` and the stream when one lacks its dim."""
+        if not isinstance(record, Mapping):
+            raise CacheSchemaError(f"{where}: the backbones attribute is not a record")
+        streams = {}
+        for stream in ("visual", "audio"):
+            try:
+                streams[stream] = BackboneRecord.from_dict(record.get(stream, {}), where)
+            except CacheSchemaError:
+                raise CacheSchemaError(f"{where}: backbones.{stream}.dim missing from the root attributes") from None
+        return cls(**streams)
+
+
+@dataclass(frozen=True)
+class VideoExtras:
+    """A video's attributes beyond ``VIDEO_ATTRS``: how its features were made. Older caches
+    lack some (None); keys this expr does not know stay in ``other``."""
+
+    audio_samples: int | None = None            # 16 kHz samples the audio features came from
+    visual_source: str | None = None            # "video" (raw frames) or "frames" (--frames jpgs)
+    face_crop: str | None = None                # none | haar
+    audio_chunk_seconds: float | None = None    # the cache's feature options, per video too
+    audio_context_seconds: float | None = None
+    other: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return _written(self)
+
+    @classmethod
+    def from_dict(cls, record: Mapping) -> VideoExtras:
+        known, other = _known(cls, record)
+        return cls(**known, other=other)
+
+
+@dataclass(frozen=True)
+class VideoEntry:
+    """Everything one ``CacheWriter.write_video`` call stores for a video: its arrays (T frames,
+    S audio steps, or no audio), timing, the source file it came from (size and mtime detect a
+    changed source) and the extras."""
+
+    visual: Any            # (T, D_visual) array
+    frame_mask: Any        # (T,) bool
+    timestamps: Any        # (T,) seconds
+    fps: float
+    duration: float
+    source: str            # path relative to the --videos dir
+    source_size: int
+    source_mtime: float
+    audio: Any = None      # (S, D_audio) or None
+    extras: VideoExtras = field(default_factory=VideoExtras)
+
+
 _BAD_ID_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
@@ -108,9 +234,7 @@ def check_root_attrs(attrs: dict, where: str) -> None:
     missing = [k for k in ROOT_ATTRS if k not in attrs]
     if missing:
         raise CacheSchemaError(f"{where}: root attributes missing: {', '.join(missing)}")
-    for stream in ("visual", "audio"):
-        if "dim" not in attrs["backbones"].get(stream, {}):
-            raise CacheSchemaError(f"{where}: backbones.{stream}.dim missing from the root attributes")
+    BackboneRecords.from_dict(attrs["backbones"], where)
 
 
 def is_checksummed(attrs: dict) -> bool:

@@ -45,7 +45,7 @@ def validate_cache(path: str | os.PathLike, *, check_values: bool = True, deep: 
 
 def _mixed(cache) -> list[str]:
     """A cache whose videos were made with different feature options (per-video records)."""
-    per_video = {vid: cache.info(vid).extra for vid in cache.video_ids}
+    per_video = {vid: cache.info(vid).extra.to_dict() for vid in cache.video_ids}
     problems = mixed_options(per_video)
     root = cache.attrs.get("options")
     if isinstance(root, dict):

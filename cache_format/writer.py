@@ -118,7 +118,8 @@ class CacheWriter:
         root = read_node_attrs(path)  # the root exists: open_writer made it
         if root is None:  # ... but another process may have removed or damaged it since
             raise CacheSchemaError(f"{path}: unreadable zarr.json; run 'expr cache validate {path}'")
-        self._dims = {k: int(root["backbones"][k]["dim"]) for k in ("visual", "audio")}
+        backbones = S.BackboneRecords.from_dict(root.get("backbones"), str(path))
+        self._dims = {"visual": int(backbones.visual.dim), "audio": int(backbones.audio.dim)}
         # A v1 cache stays v1 (no checksums) when videos are added: its version must keep
         # telling readers what to expect of every video in it.
         self.checksummed = S.is_checksummed(root)
@@ -146,37 +147,24 @@ class CacheWriter:
         return True
 
     # -- writes --------------------------------------------------------------------------
-    def write_video(
-        self,
-        video_id: str,
-        *,
-        visual: np.ndarray,
-        frame_mask: np.ndarray,
-        timestamps: np.ndarray,
-        fps: float,
-        duration: float,
-        source: str,
-        source_size: int,
-        source_mtime: float,
-        audio: np.ndarray | None = None,
-        extra_attrs: dict | None = None,
-    ) -> None:
+    def write_video(self, video_id: str, entry: S.VideoEntry) -> None:
         """Write one video atomically, replacing an existing entry of the same id."""
         S.validate_video_id(video_id)
-        visual = np.asarray(visual)
+        visual = np.asarray(entry.visual)
         n_frames = visual.shape[0] if visual.ndim == 2 else -1
         dims = self._dims
         if visual.ndim != 2 or n_frames < 1 or visual.shape[1] != dims["visual"]:
             raise CacheSchemaError(
                 f"{video_id}: visual features must be (T>=1, {dims['visual']}), got {visual.shape}"
             )
-        frame_mask = np.asarray(frame_mask, dtype=S.MASK_DTYPE)
-        timestamps = np.asarray(timestamps, dtype=S.TIME_DTYPE)
+        frame_mask = np.asarray(entry.frame_mask, dtype=S.MASK_DTYPE)
+        timestamps = np.asarray(entry.timestamps, dtype=S.TIME_DTYPE)
         if frame_mask.shape != (n_frames,) or timestamps.shape != (n_frames,):
             raise CacheSchemaError(
                 f"{video_id}: frame_mask {frame_mask.shape} and timestamps {timestamps.shape} "
                 f"must both be ({n_frames},) like the visual features"
             )
+        audio = entry.audio
         if audio is not None:
             audio = np.asarray(audio)
             if audio.ndim != 2 or audio.shape[1] != dims["audio"]:
@@ -198,16 +186,16 @@ class CacheWriter:
                 put(S.AUDIO, audio.astype(S.FEATURE_DTYPE), compress=True)
             put(S.FRAME_MASK, frame_mask, compress=False)
             put(S.TIMESTAMPS, timestamps, compress=False)
-            attrs = {**self.options, **(extra_attrs or {})}
+            attrs = {**self.options, **entry.extras.to_dict()}
             attrs.update(
-                fps=float(fps),
+                fps=float(entry.fps),
                 n_frames=int(n_frames),
                 audio_steps=int(0 if audio is None else audio.shape[0]),
                 has_audio=audio is not None,
-                duration=float(duration),
-                source=str(source),
-                source_size=int(source_size),
-                source_mtime=float(source_mtime),
+                duration=float(entry.duration),
+                source=str(entry.source),
+                source_size=int(entry.source_size),
+                source_mtime=float(entry.source_mtime),
             )
             group.attrs.update(attrs)
             group.attrs["complete"] = True  # last: marks the group as whole
@@ -285,7 +273,7 @@ def _put(group, name: str, data: np.ndarray, *, compress: bool, checksummed: boo
 def open_writer(
     path: str | os.PathLike,
     *,
-    backbones: dict,
+    backbones: S.BackboneRecords,
     text_embeddings: np.ndarray,
     logit_scale: float,
     class_names: tuple[str, ...] = S.CLASS_NAMES,
@@ -316,7 +304,7 @@ def open_writer(
         version=S.FORMAT_VERSION,
         class_names=list(class_names),
         prompt_template=prompt_template,
-        backbones=backbones,
+        backbones=backbones.to_dict(),
         logit_scale=float(logit_scale),
         created_by=f"expr {__version__}",
         failures={},

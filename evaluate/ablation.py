@@ -61,14 +61,14 @@ def _train_config(cfg: AblateConfig, cell: Cell, seed: int) -> TrainConfig:
     return train_cfg
 
 
-def prune_checkpoints(run_dir: Path, keep: str) -> int:
+def prune_checkpoints(run_dir: Path, keep: Keep | str) -> int:
     """Delete what ``keep`` does not keep of a finished cell's checkpoints; bytes freed.
     config.json, metrics.jsonl and result.json always stay (the tables and the report)."""
     run = RunDir(run_dir)
-    best, last = run.checkpoint(Checkpoint.best.value), run.checkpoint(Checkpoint.last.value)
-    doomed = {Keep.all.value: [],
-              Keep.best.value: [last.weights, last.optimizer, last.state],
-              Keep.last.value: [best.weights, last.optimizer, last.state]}[keep]
+    best, last = run.checkpoint(Checkpoint.best), run.checkpoint(Checkpoint.last)
+    doomed = {Keep.all: [],
+              Keep.best: [last.weights, last.optimizer, last.state],
+              Keep.last: [best.weights, last.optimizer, last.state]}[Keep(keep)]
     freed = 0
     for path in doomed:
         if path.is_file():
@@ -109,7 +109,7 @@ def _load_data(cfg: AblateConfig, device: torch.device, stage: Callable[[str], N
         check_in_cache(list(train_labels), cache.video_ids, f"{cfg.labels} (Train_Set)")
         check_in_cache(list(val_labels), cache.video_ids, f"{cfg.labels} (Validation_Set)")
         stage(f"loading {len(train_labels)} training and {len(val_labels)} validation videos once")
-        bank_device = device if cfg.preload in (Preload.gpu.value, Preload.auto.value) else "cpu"
+        bank_device = device if cfg.preload in (Preload.gpu, Preload.auto) else "cpu"
         bank = load_bank(cache, list(train_labels), train_labels, preload=cfg.preload, device=bank_device)
         val_bank = load_bank(cache, list(val_labels), val_labels, preload=cfg.preload, device=bank_device)
     return _Data(bank, val_bank, val_labels)
@@ -126,7 +126,7 @@ def _train_cell(cfg: AblateConfig, cell: Cell, seed: int, tcfg: TrainConfig, dat
     t0 = time.perf_counter()
     trained = train(tcfg, bank=data.bank, val_bank=data.val_bank, on_epoch=on_epoch)
     seconds = time.perf_counter() - t0
-    run = load_run(trained.run_dir, Checkpoint.best.value, device)
+    run = load_run(trained.run_dir, Checkpoint.best, device)
     scores = score_both(run.model, data.val_bank, data.val_labels, run.train_config,
                         smooth=cfg.smooth, smooth_mode=cfg.smooth_mode)
     result = CellResult(

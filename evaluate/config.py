@@ -7,11 +7,11 @@ never retyped here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from expr.atomic import check_writable
-from expr.errors import ConfigError, check_choice
+from expr.errors import ConfigError, as_choices, check_choice
 from expr.train_heads import Checkpoint, HeadConfig, NoFace, Preload, SmoothMode, TrainConfig, WindowRule
 
 
@@ -43,15 +43,18 @@ class EvaluateConfig:
     labels: Path                      # ABAW labels dir (Train_Set/, Validation_Set/) or a dir of .txt
     split: str = "Validation_Set"     # sub-folder of --labels to score
     videos: Path | None = None        # optional text file of video ids: score only these
-    checkpoint: str = Checkpoint.best.value   # best (by window-level val macro-F1) or last
-    windows: str | None = None        # window-level protocol: reference | grid; None = the run's own rule
+    checkpoint: Checkpoint = Checkpoint.best  # best (by window-level val macro-F1) or last
+    windows: WindowRule | None = None  # window-level protocol: reference | grid; None = the run's own rule
     smooth: int = 0                   # per-frame protocol: filter K frames of probabilities (0 = off)
-    smooth_mode: str = SmoothMode.median.value  # median | mean
-    no_face: str = NoFace.fill.value  # per-frame: fill (last face frame's features, <= 5 in a row) | raw
+    smooth_mode: SmoothMode = SmoothMode.median  # median | mean
+    no_face: NoFace = NoFace.fill     # per-frame: fill (last face frame's features, <= 5 in a row) | raw
     batch_size: int = TrainConfig.eval_batch_size  # windows per inference batch
-    preload: str = TrainConfig.preload  # where the features live while scoring: cpu | gpu | none
+    preload: Preload = TrainConfig.preload  # where the features live while scoring: cpu | gpu | none
     device: str = TrainConfig.device  # auto (cuda if available) | cpu | cuda | cuda:N
     timelines: int = 0                # timeline PNGs of the N videos with the lowest per-frame macro-F1
+
+    def __post_init__(self) -> None:
+        as_choices(self)
 
     def validate(self) -> None:
         _check_common(self.checkpoint, self.smooth, self.smooth_mode, self.batch_size, self.preload)
@@ -80,14 +83,17 @@ class PredictConfig:
                                       # else every cached video
     timelines: bool = True            # a timeline PNG per video (folder --out only)
     probs: Path | None = None         # also write per-frame class probabilities to this CSV
-    checkpoint: str = EvaluateConfig.checkpoint        # best | last
+    checkpoint: Checkpoint = EvaluateConfig.checkpoint  # best | last
     smooth: int = EvaluateConfig.smooth                # filter K frames of probabilities before the argmax
-    smooth_mode: str = EvaluateConfig.smooth_mode      # median | mean
-    no_face: str = EvaluateConfig.no_face              # fill (last face frame's features, <= 5 in a row) | raw
+    smooth_mode: SmoothMode = EvaluateConfig.smooth_mode  # median | mean
+    no_face: NoFace = EvaluateConfig.no_face            # fill (last face frame's features, <= 5 in a row) | raw
     batch_size: int = EvaluateConfig.batch_size        # windows per inference batch
-    preload: str = EvaluateConfig.preload              # cpu | gpu | none
+    preload: Preload = EvaluateConfig.preload          # cpu | gpu | none
     device: str = EvaluateConfig.device                # auto | cpu | cuda | cuda:N
     overwrite: bool = False           # replace predictions another run made in --out
+
+    def __post_init__(self) -> None:
+        as_choices(self)
 
     def validate(self) -> None:
         from expr.evaluate.manifest import check_out_free
@@ -113,7 +119,7 @@ class PredictConfig:
         return Path(self.out).suffix.lower() != ".csv"
 
 
-class Keep(str, Enum):
+class Keep(StrEnum):
     """What an ablation keeps of each finished (cell, seed) run: its table needs none of it."""
 
     best = "best"   # best.safetensors only (what the cell was scored with)
@@ -136,21 +142,24 @@ class AblateConfig:
     batch_size: int = TrainConfig.batch_size  # windows per micro-batch (with `expr train`'s accumulation)
     channels: int = HeadConfig.channels       # head width (small values make quick smoke ablations)
     tcn_levels: int = HeadConfig.tcn_levels   # TCN blocks (a grid key may override)
-    windows: str = TrainConfig.windows        # window rule of every cell: reference | grid (a grid key may override)
+    windows: WindowRule = TrainConfig.windows  # window rule of every cell: reference | grid (a grid key may override)
     heads: int = HeadConfig.heads             # attention heads
     train_list: Path | None = None    # optional ids file restricting Train_Set
     val_list: Path | None = None      # optional ids file restricting Validation_Set
     smooth: int = EvaluateConfig.smooth            # per-frame protocol smoothing (0 = off)
-    smooth_mode: str = EvaluateConfig.smooth_mode  # median | mean
-    preload: str = TrainConfig.preload  # cpu | gpu (not none: every cell reuses the loaded bank)
+    smooth_mode: SmoothMode = EvaluateConfig.smooth_mode  # median | mean
+    preload: Preload = TrainConfig.preload  # cpu | gpu (not none: every cell reuses the loaded bank)
     device: str = TrainConfig.device    # auto | cpu | cuda | cuda:N
-    keep: str = Keep.best.value         # checkpoints kept per finished cell: best | last | all (+ optimiser state)
+    keep: Keep = Keep.best              # checkpoints kept per finished cell: best | last | all (+ optimiser state)
+
+    def __post_init__(self) -> None:
+        as_choices(self)
 
     def validate(self) -> None:
-        _check_common(Checkpoint.best.value, self.smooth, self.smooth_mode, 1, self.preload)
+        _check_common(Checkpoint.best, self.smooth, self.smooth_mode, 1, self.preload)
         check_choice("--windows", self.windows, WindowRule)
         check_choice("--keep", self.keep, Keep)
-        if self.preload == Preload.none.value:
+        if self.preload == Preload.none:
             raise ConfigError("--preload none defeats loading the cache once for all cells; use cpu or gpu")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, not {self.epochs}")

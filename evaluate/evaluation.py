@@ -65,10 +65,10 @@ def evaluate_run(cfg: EvaluateConfig, *, on_stage: Callable[[str], None] | None 
     labels = load_split(cfg.labels, cfg.split, cfg.videos)
     with open_cache(cfg.cache) as cache:
         check_backbones(run, cache.backbones, cfg.run, cfg.cache)
-        backbones = cache.backbones
+        backbones = cache.backbones.to_dict()
         check_in_cache(list(labels), cache.video_ids, f"{cfg.labels} ({cfg.split})")
         # per video in the cache (extract --face-crop); None: not recorded (ABAW jpgs, older caches)
-        face_crops = sorted({str(cache.info(v).extra.get("face_crop")) for v in labels})
+        face_crops = sorted({str(cache.info(v).extra.face_crop) for v in labels})
         stage(f"loading {len(labels)} videos of {cfg.split} from {cfg.cache}")
         bank = load_bank(cache, list(labels), labels, preload=cfg.preload, device=device)
     stage("scoring both protocols")

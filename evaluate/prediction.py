@@ -124,7 +124,7 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
     run = load_run(cfg.run, cfg.checkpoint, device)
     with open_cache(cfg.cache) as cache:
         check_backbones(run, cache.backbones, cfg.run, cfg.cache)
-        backbones = dict(cache.backbones)
+        backbones = cache.backbones.to_dict()
         if ids is not None:
             check_in_cache(ids, cache.video_ids, str(cfg.ids or cfg.cache))
         else:

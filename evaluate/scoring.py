@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,15 +19,18 @@ from expr.evaluate.protocols import AnnotatedFrames, annotated_frames
 from expr.train_heads import (FeatureBank, LoadedRun, NoFace, SmoothMode, TrainConfig, WindowRule,
                               frame_probabilities, make_windows, window_probabilities, with_sources)
 
+if TYPE_CHECKING:
+    from expr.cache_format import BackboneRecords
 
-def check_backbones(run: LoadedRun, cache_backbones: Mapping, run_dir, cache_path) -> None:
+
+def check_backbones(run: LoadedRun, cache_backbones: BackboneRecords, run_dir, cache_path) -> None:
     """Refuse a cache whose features come from other backbones than the run was trained on:
     the head would silently score garbage."""
     run_backbones = (run.meta.get("cache") or {}).get("backbones")
     if run_backbones is None:
         return  # a run made without the record: nothing to compare against
-    for stream in ("visual", "audio"):
-        ran, have = run_backbones.get(stream), cache_backbones.get(stream)
+    for stream, have in cache_backbones.to_dict().items():  # the run recorded this JSON
+        ran = run_backbones.get(stream)
         if ran != have:
             raise CacheSchemaError(
                 f"{cache_path}: its {stream} features are not the kind run {run_dir} was trained on: "
@@ -68,7 +71,7 @@ class Scores:
 
 
 def score_window_level(model: torch.nn.Module, bank: FeatureBank, window: int, stride: int, target: str,
-                       batch_size: int, rule: str = WindowRule.reference.value) -> ClassificationMetrics:
+                       batch_size: int, rule: str = WindowRule.reference) -> ClassificationMetrics:
     wins = make_windows(bank, window, stride, target=target, rule=rule)
     if len(wins) == 0:
         raise ConfigError(
@@ -80,8 +83,8 @@ def score_window_level(model: torch.nn.Module, bank: FeatureBank, window: int, s
 
 
 def score_per_frame(model: torch.nn.Module, bank: FeatureBank, labels: Mapping[str, np.ndarray], window: int, *,
-                    batch_size: int, smooth: int = 0, smooth_mode: str = SmoothMode.median.value,
-                    no_face: str = NoFace.fill.value) -> tuple[ClassificationMetrics, AnnotatedFrames]:
+                    batch_size: int, smooth: int = 0, smooth_mode: str = SmoothMode.median,
+                    no_face: str = NoFace.fill) -> tuple[ClassificationMetrics, AnnotatedFrames]:
     selection = annotated_frames(labels, bank.video_ids, bank.n_frames.tolist())
     if selection.total == 0:
         raise ConfigError("no annotated frames (every label is -1): nothing to score per frame")
@@ -93,7 +96,7 @@ def score_per_frame(model: torch.nn.Module, bank: FeatureBank, labels: Mapping[s
 
 def score_both(model: torch.nn.Module, bank: FeatureBank, labels: Mapping[str, np.ndarray],
                train_config: TrainConfig, *, batch_size: int = 256, smooth: int = 0,
-               smooth_mode: str = SmoothMode.median.value, no_face: str = NoFace.fill.value) -> Scores:
+               smooth_mode: str = SmoothMode.median, no_face: str = NoFace.fill) -> Scores:
     """Both protocols with the run's own window, stride, target and window rule (per-frame
     inference ignores the rule: one causal window per frame, no-face frames as ``no_face``)."""
     model.eval()

@@ -7,9 +7,12 @@ bug and shows its traceback. Messages name the file (and line) and say what to d
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 
 
 class ExprError(Exception):
@@ -91,3 +94,24 @@ def check_choice(option: str, value: str, choices) -> None:
     allowed = [c.value for c in choices]
     if value not in allowed:
         raise ConfigError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+@functools.cache
+def _choice_fields(cls: type) -> dict[str, type[Enum]]:
+    """The fields of dataclass ``cls`` annotated with an Enum (``X`` or ``X | None``)."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        for kind in typing.get_args(hint) or (hint,):
+            if isinstance(kind, type) and issubclass(kind, Enum):
+                out[name] = kind
+    return out
+
+
+def as_choices(config) -> None:
+    """Store the Enum member for each str value of ``config``'s Enum-typed fields (a config's
+    ``__post_init__``): JSON and the CLI give strings, code compares members. A value outside
+    the choices stays as given, for ``validate``'s ``check_choice`` to name."""
+    for name, kind in _choice_fields(type(config)).items():
+        value = getattr(config, name)
+        if isinstance(value, str) and not isinstance(value, kind) and value in kind._value2member_map_:
+            setattr(config, name, kind(value))

@@ -17,6 +17,7 @@ from expr.errors import CacheSchemaError, ConfigError, ExprError, WeightsNotFoun
 from expr.evaluate import PredictConfig
 
 if TYPE_CHECKING:  # (a lazy name: importing it loads torch; the CLI imports this module at start-up)
+    from expr.cache_format import BackboneRecords
     from expr.evaluate import PredictReport
 
 STREAMS = ("visual", "audio")
@@ -52,13 +53,18 @@ def extract_features(on_event: Callable | None = None, **options):
     return run_extract(ExtractConfig(**options), progress=on_event)
 
 
-def run_backbones(run_dir: Path) -> dict:
+def run_backbones(run_dir: Path) -> BackboneRecords:
     """The ``backbones`` record of the cache ``run_dir`` was trained on (name, weights, dims,
     preprocessing per stream); ConfigError if the run does not have one."""
+    from expr.cache_format import BackboneRecords
     from expr.train_heads import RunDir
 
-    backbones = (RunDir(Path(run_dir)).read_config().get("cache") or {}).get("backbones") or {}
-    if not all((backbones.get(s) or {}).get("name") for s in STREAMS):
+    recorded = (RunDir(Path(run_dir)).read_config().get("cache") or {}).get("backbones") or {}
+    try:
+        backbones = BackboneRecords.from_dict(recorded, str(run_dir))
+    except CacheSchemaError:
+        backbones = None
+    if backbones is None or not (backbones.visual.name and backbones.audio.name):
         raise ConfigError(f"{run_dir}: the run does not record which backbones made its features; extract the "
                           "videos with 'expr extract' (the backbones of the run's cache) and pass --cache")
     return backbones
@@ -75,8 +81,8 @@ def recorded_face_crop(run_dir: Path) -> str | None:
         return None
     try:
         with open_cache(path) as cache:
-            crops = {cache.info(v).extra.get("face_crop") for v in cache.video_ids
-                     if cache.info(v).extra.get("visual_source") == "video"}
+            crops = {cache.info(v).extra.face_crop for v in cache.video_ids
+                     if cache.info(v).extra.visual_source == "video"}
     except ExprError:
         return None
     return crops.pop() if len(crops) == 1 and None not in crops else None
@@ -87,9 +93,9 @@ def extraction_options(cfg: PredictVideosConfig) -> dict:
     (random ones included: their seed is fixed), and the face crop of its raw videos."""
     backbones = run_backbones(cfg.run)
     options: dict = {}
-    for stream in STREAMS:
-        options[f"{stream}_model"] = backbones[stream]["name"]
-        options[f"{stream}_weights"] = backbones[stream].get("weights") or "none"  # null: random
+    for stream, record in (("visual", backbones.visual), ("audio", backbones.audio)):
+        options[f"{stream}_model"] = record.name
+        options[f"{stream}_weights"] = record.weights or "none"  # null: random
     face_crop = cfg.face_crop or ("none" if cfg.frames is not None else recorded_face_crop(cfg.run)) or "none"
     return options | {"face_crop": face_crop}
 

@@ -30,6 +30,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
+from expr.cache_format.schema import BackboneRecord
 from expr.errors import ConfigError, WeightsNotFoundError
 
 SPECS_FILE = Path(__file__).with_name("backbones.json")
@@ -398,15 +399,14 @@ def build_wav2vec2(spec: AudioSpec, source: WeightSource):
     return model.eval().requires_grad_(False)
 
 
-def backbone_attrs(spec: VisualSpec | AudioSpec, source: WeightSource) -> dict:
-    """The cache's root attribute ``backbones.<stream>`` for this backbone."""
-    attrs: dict[str, Any] = {"name": spec.name, "weights": source.recorded, "dim": spec.dim}
+def backbone_record(spec: VisualSpec | AudioSpec, source: WeightSource, resize: str | None = None) -> BackboneRecord:
+    """The cache's record ``backbones.<stream>`` for this backbone; ``resize``: how frames reach
+    the visual input size."""
     if isinstance(spec, VisualSpec):
-        attrs.update(image_size=spec.image_size, mean=list(spec.mean), std=list(spec.std))
-    else:
-        attrs.update(sample_rate=spec.sample_rate, hop=spec.hop,
-                     receptive_field=spec.receptive_field, normalize=spec.normalize)
-    return attrs
+        return BackboneRecord(name=spec.name, weights=source.recorded, dim=spec.dim, image_size=spec.image_size,
+                              mean=tuple(spec.mean), std=tuple(spec.std), resize=resize)
+    return BackboneRecord(name=spec.name, weights=source.recorded, dim=spec.dim, sample_rate=spec.sample_rate,
+                          hop=spec.hop, receptive_field=spec.receptive_field, normalize=spec.normalize)
 
 
 class VisualEncoder:

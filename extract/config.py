@@ -4,13 +4,37 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
-from expr.errors import ConfigError
-from expr.extract.geometry_device import GEOMETRIES
-from expr.extract.messages import FACE_CROPS, JPG_RESIZES
+from expr.devices import resolve_device
+from expr.errors import ConfigError, as_choices, check_choice
 
-DEVICES = ("auto", "cpu", "cuda")
+
+class FaceCrop(StrEnum):
+    """What reaches CLIP of a raw frame (the --face-crop choices)."""
+
+    none = "none"  # the whole frame
+    haar = "haar"  # a square, smoothed face crop (OpenCV Haar cascade)
+
+
+class JpgResize(StrEnum):
+    """How --frames jpgs reach S x S, antialiased (the --jpg-resize choices)."""
+
+    bilinear = "bilinear"  # torchvision Resize((224, 224)) on PIL: the authors' code
+    bicubic = "bicubic"    # what earlier expr versions did
+
+
+class Geometry(StrEnum):
+    """Where CLIP's colour conversion and resize run (the --geometry choices; geometry_device.py)."""
+
+    auto = "auto"      # device on CUDA after a start-up self-check, else worker; a cache keeps its own
+    worker = "worker"  # in the decode workers (every CPU run)
+    device = "device"  # on the encoder's device; the workers only decode
+
+
+FACE_CROPS = tuple(c.value for c in FaceCrop)      # what a DecodeJob checks (messages.py)
+JPG_RESIZES = tuple(c.value for c in JpgResize)    # first: the default
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
@@ -29,25 +53,24 @@ class ExtractConfig:
     shard: str | None = None                       # "K/N": this job takes videos K, K+N, ... (0 <= K < N)
     limit: int | None = None                       # only the first N videos (sorted by id)
     overwrite: bool = False                        # redo every video (wipes the cache when not sharded)
-    face_crop: str = "none"                        # none | haar: cut raw frames to the face (OpenCV Haar)
-    jpg_resize: str = "bilinear"                   # --frames jpgs to S x S: bilinear (authors' Resize) | bicubic
+    face_crop: FaceCrop = FaceCrop.none            # none | haar: cut raw frames to the face (OpenCV Haar)
+    jpg_resize: JpgResize = JpgResize.bilinear     # --frames jpgs to S x S: bilinear (authors' Resize) | bicubic
     audio_chunk_seconds: float = 30.0              # Wav2Vec2 runs on chunks of this length ...
     audio_context_seconds: float = 3.0             # ... each with this much extra audio either side
-    geometry: str = "auto"                         # auto | worker | device: where CLIP's resize runs (see geometry_device.py)
+    geometry: Geometry = Geometry.auto             # auto | worker | device: where CLIP's resize runs (geometry_device.py)
+
+    def __post_init__(self) -> None:
+        as_choices(self)
 
     def validate(self) -> "ExtractConfig":
         """Check option values once, at the edge; return self."""
         self.videos = Path(self.videos)
         self.out = Path(self.out)
         self.frames = Path(self.frames) if self.frames is not None else None
-        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
-            raise ConfigError(f"--device {self.device!r}: expected one of {', '.join(DEVICES)} or cuda:N")
-        if self.face_crop not in FACE_CROPS:
-            raise ConfigError(f"--face-crop {self.face_crop!r}: expected one of {', '.join(FACE_CROPS)}")
-        if self.jpg_resize not in JPG_RESIZES:
-            raise ConfigError(f"--jpg-resize {self.jpg_resize!r}: expected one of {', '.join(JPG_RESIZES)}")
-        if self.geometry not in GEOMETRIES:
-            raise ConfigError(f"--geometry {self.geometry!r}: expected one of {', '.join(GEOMETRIES)}")
+        resolve_device(self.device)  # the one --device check of every command (no second list here)
+        check_choice("--face-crop", self.face_crop, FaceCrop)
+        check_choice("--jpg-resize", self.jpg_resize, JpgResize)
+        check_choice("--geometry", self.geometry, Geometry)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.workers < 0:

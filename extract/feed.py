@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from expr.cache_format import VideoEntry, VideoExtras
 from expr.errors import ExprError, MediaDecodeError
 from expr.extract.messages import AudioTrack, FrameBatch, SegmentDone, VideoDone, VideoFailed, VideoHeader, VideoSplit
 
@@ -275,8 +276,7 @@ class EncoderFeed:
                 raise MediaDecodeError(f"{job.source}: the decoders returned frames that do not cover 0..{header.n_frames - 1} "
                                        "exactly once (a segment was lost): re-run to retry")
             audio = video.audio.result() if video.audio is not None else None
-            self.writer.write_video(
-                vid,
+            self.writer.write_video(vid, VideoEntry(
                 visual=np.concatenate(_in_order(video.feats)),
                 frame_mask=np.concatenate(_in_order(video.masks)),
                 timestamps=np.concatenate(_in_order(video.times)),
@@ -286,12 +286,9 @@ class EncoderFeed:
                 source_size=header.source_size,
                 source_mtime=header.source_mtime,
                 audio=audio,
-                extra_attrs={
-                    "audio_samples": video.n_samples,
-                    "visual_source": "frames" if self.config.frames is not None else "video",
-                    "face_crop": job.face_crop,
-                },
-            )
+                extras=VideoExtras(audio_samples=video.n_samples, face_crop=job.face_crop,
+                                   visual_source="frames" if self.config.frames is not None else "video"),
+            ))
         except Exception as exc:  # one video's failure is recorded; the run goes on
             return _reason(exc)
         return None

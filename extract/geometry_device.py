@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-GEOMETRIES = ("auto", "worker", "device")  # --geometry; a cache records "worker" or "device"
+from expr.extract.config import Geometry
+
+GEOMETRIES = tuple(g.value for g in Geometry)  # --geometry; a cache records "worker" or "device"
 MAD_LIMIT = 1.0  # the start-up self-check's tolerance, mean absolute difference on 0-255
 # Kr, Kb of the two matrices (ITU-R BT.601 and BT.709)
 _MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}

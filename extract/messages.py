@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from expr.errors import ConfigError
+from expr.extract.config import FACE_CROPS, JPG_RESIZES  # the option's choices (one list)
 from expr.extract.geometry_device import NativeLayout
 
-FACE_CROPS = ("none", "haar")
 SEGMENT_FRAMES = 1024  # videos longer than twice this are split into keyframe-aligned segments
-JPG_RESIZES = ("bilinear", "bicubic")  # first: the default (the authors' Resize((224, 224)) on PIL)
 
 
 @dataclass(frozen=True)

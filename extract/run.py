@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from expr import abaw
-from expr.cache_format import check_output_path, consolidate, is_cache, open_cache, open_writer
+from expr.cache_format import BackboneRecords, check_output_path, consolidate, is_cache, open_cache, open_writer
 from expr.devices import Dist, dist_env, resolve_device, setup_dist
 from expr.errors import ExprError, MediaDecodeError
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.backbones import (
     VisualEncoder,
-    backbone_attrs,
+    backbone_record,
     build_all,
     build_clip,
     build_wav2vec2,
@@ -50,11 +50,11 @@ class Backbones:
         self.audio_spec = get_spec(config.audio_model, "audio")
         self.visual_source = resolve_weights(self.visual_spec, config.visual_weights)
         self.audio_source = resolve_weights(self.audio_spec, config.audio_weights)
-        self.attrs = {"visual": backbone_attrs(self.visual_spec, self.visual_source),
-                      "audio": backbone_attrs(self.audio_spec, self.audio_source)}
         # How frames reach S x S (antialiased): raw frames bicubic + centre crop, --frames jpgs
         # by --jpg-resize. Recorded, so one cache never mixes the two resizes of jpgs.
-        self.attrs["visual"]["resize"] = config.jpg_resize if config.frames is not None else "bicubic"
+        resize = config.jpg_resize if config.frames is not None else "bicubic"
+        self.records = BackboneRecords(visual=backbone_record(self.visual_spec, self.visual_source, resize),
+                                       audio=backbone_record(self.audio_spec, self.audio_source))
         self.random_streams = [s for s, src in (("visual", self.visual_source), ("audio", self.audio_source))
                                if src.kind == "none"]
 
@@ -81,7 +81,7 @@ class Backbones:
         if not reset:
             try:
                 with open_cache(out) as cache:
-                    if cache.backbones == self.attrs:
+                    if cache.backbones == self.records:
                         return cache.text_embeddings(), cache.logit_scale
             except ExprError:  # no cache yet, or not one: open_writer says what is wrong
                 pass
@@ -148,7 +148,7 @@ def select_jobs(jobs: list, shard: str | None, rank: int, world_size: int) -> li
 
 def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist, reset: bool, geometry: str = "worker"):
     text, scale = bb.text(config.out, reset)
-    open_ = partial(open_writer, config.out, backbones=bb.attrs, text_embeddings=text, logit_scale=scale,
+    open_ = partial(open_writer, config.out, backbones=bb.records, text_embeddings=text, logit_scale=scale,
                     protect=(config.videos, config.frames),  # --out may not overlap the inputs
                     options=feature_options(config, geometry))
     writer = open_(reset=reset) if dist.is_main else None
@@ -268,7 +268,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         todo = _skip_complete(jobs, writer, config.overwrite, summary)
         todo = _probe_retries(todo, config.out, summary)
         random = tuple(
-            f"{s} backbone {bb.attrs[s]['name']} has RANDOM WEIGHTS (--{s}-weights none): "
+            f"{s} backbone {getattr(bb.records, s).name} has RANDOM WEIGHTS (--{s}-weights none): "
             "its features are not meaningful" for s in bb.random_streams
         )
         emit(ExtractEvent("start", len(todo), 0, 0, 0.0, 0.0, skipped=len(summary.skipped),

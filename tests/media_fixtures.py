@@ -105,6 +105,7 @@ def make_video(
     with av.open(str(path), "w", options=options) as container:
         rate = Fraction(fps).limit_denominator(1001)
         vstream = container.add_stream(_ENCODER.get(vcodec, vcodec), rate=rate)
+        assert isinstance(vstream, av.VideoStream)
         vstream.width, vstream.height = size
         odd = size[0] % 2 or size[1] % 2
         vstream.pix_fmt = "yuv444p" if odd and vcodec == "h264" else "yuv420p"
@@ -123,6 +124,7 @@ def make_video(
         if audio_rate is not None:
             layout = "mono" if audio_channels == 1 else "stereo"
             astream = container.add_stream(_ENCODER.get(acodec, acodec), rate=audio_rate, layout=layout)
+            assert isinstance(astream, av.AudioStream)
         packets = []  # muxed in time order at the end: AVI's timing breaks when streams come one after the other
         for i in range(n_frames):
             frame = av.VideoFrame.from_ndarray(pattern_frame(i, size, pattern), format="rgb24")
@@ -134,7 +136,7 @@ def make_video(
                 frame.time_base = 1 / rate
             packets += vstream.encode(frame)
         packets += vstream.encode(None)
-        if astream is not None:
+        if astream is not None and audio_rate is not None:
             if audio_seconds is None:
                 audio_seconds = (timestamps[-1] + 0.04) if timestamps is not None else n_frames / fps
             packets += _encode_audio(astream, audio_rate, audio_channels, audio_seconds, audio_onset)
@@ -223,7 +225,7 @@ def pil_clip_geometry(frames: np.ndarray, size: int) -> np.ndarray:
     for i in range(n):
         image = Image.fromarray(frames[i])
         if (new_w, new_h) != (w, h):
-            image = image.resize((new_w, new_h), Image.BICUBIC)
+            image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
         out[i] = np.asarray(image)[top : top + size, left : left + size]
     return out
 

@@ -7,6 +7,7 @@ nothing touches a model hub.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -69,7 +70,7 @@ def test_openai_weights_get_quickgelu():
 
     spec = B.get_spec("ViT-B-32", "visual")
     cfg = open_clip.get_model_config(spec.arch)
-    assert cfg["quick_gelu"] is True and cfg["vision_cfg"]["patch_size"] == 32
+    assert cfg is not None and cfg["quick_gelu"] is True and cfg["vision_cfg"]["patch_size"] == 32
 
 
 # -- resolve_weights ----------------------------------------------------------------------
@@ -151,7 +152,8 @@ def test_clip_local_file_and_dir_load_the_same_weights(tiny_clip, tmp_path):
         for arg in (tmp_path / "tiny.pt", folder):
             src = B.resolve_weights(spec, str(arg))
             assert src.recorded == str(arg.resolve())
-            assert torch.equal(B.build_clip(spec, src).encode_image(x), want)
+            clip: Any = B.build_clip(spec, src)  # open_clip's models are untyped
+            assert torch.equal(clip.encode_image(x), want)
 
 
 def test_clip_local_file_of_another_architecture_is_a_clear_error(tmp_path):
@@ -197,12 +199,13 @@ def test_text_embeddings_and_logit_scale(tiny_clip):
     assert scale == pytest.approx(1 / 0.07, rel=1e-5)  # open_clip's init of exp(logit_scale)
 
 
-def test_backbone_attrs_record_random_weights_as_null():
+def test_backbone_record_records_random_weights_as_null():
     vit = B.get_spec("ViT-B-32", "visual")
-    attrs = B.backbone_attrs(vit, B.WeightSource("none", None))
+    attrs = B.backbone_record(vit, B.WeightSource("none", None), resize="bicubic").to_dict()
     assert attrs["weights"] is None and attrs["dim"] == 512 and attrs["image_size"] == 224
+    assert attrs["resize"] == "bicubic" and "sample_rate" not in attrs  # a visual record has no audio keys
     w2v = B.get_spec("facebook/wav2vec2-base", "audio")
-    attrs = B.backbone_attrs(w2v, B.WeightSource("hub", "hub"))
+    attrs = B.backbone_record(w2v, B.WeightSource("hub", "hub")).to_dict()
     assert (attrs["weights"], attrs["sample_rate"], attrs["hop"], attrs["receptive_field"]) == ("hub", 16000, 320, 400)
 
 
@@ -235,6 +238,7 @@ def test_audio_within_one_chunk_is_bit_identical_to_one_shot(tiny_w2v):
     spec, model = tiny_w2v
     x = tone(1.3)
     feats = AudioEncoder(model, spec, chunk_seconds=2.0)(x)
+    assert feats is not None
     with torch.inference_mode():
         want = model(torch.from_numpy(normalise_waveform(x))[None]).last_hidden_state[0].numpy()
     assert feats.shape == (output_steps(len(x)), spec.dim)
@@ -256,6 +260,7 @@ def test_chunked_audio_has_exact_length_and_stays_close_to_one_shot(tiny_w2v):
     no_ctx = AudioEncoder(model, spec, chunk_seconds=1.0, context_seconds=0.0)(x)
     enc = AudioEncoder(model, spec, chunk_seconds=2.0, context_seconds=2.0)
     chunked = enc(x)
+    assert one_shot is not None and no_ctx is not None and chunked is not None
     assert one_shot.shape == no_ctx.shape == chunked.shape == (n, spec.dim)
 
     xn = normalise_waveform(x)
@@ -274,13 +279,13 @@ def test_chunked_audio_has_exact_length_and_stays_close_to_one_shot(tiny_w2v):
 
 @pytest.mark.slow  # builds the full-size models (~240 M parameters)
 def test_full_size_backbones_build_without_weights():
-    import open_clip
+    import open_clip.transformer
 
     vit = B.get_spec("ViT-B-32", "visual")
-    clip = B.build_clip(vit, B.WeightSource("none", None))
+    clip: Any = B.build_clip(vit, B.WeightSource("none", None))
     assert isinstance(clip.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
     feats = B.VisualEncoder(clip, vit)(np.zeros((2, 224, 224, 3), np.uint8))
     assert feats.shape == (2, 512)
     w2v = B.get_spec("facebook/wav2vec2-base", "audio")
     audio = AudioEncoder(B.build_wav2vec2(w2v, B.WeightSource("none", None)), w2v)(tone(1.0))
-    assert audio.shape == (output_steps(16000), 768) == (49, 768)
+    assert audio is not None and audio.shape == (output_steps(16000), 768) == (49, 768)

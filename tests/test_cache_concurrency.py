@@ -24,6 +24,7 @@ WRITER = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     from cache_helpers import new_writer
+    from expr.cache_format import VideoEntry
     k, path, start, rounds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     import os
     from expr.cache_format import writer as W
@@ -44,13 +45,13 @@ WRITER = textwrap.dedent("""
     for r in range(rounds):
         n = 20 + k  # each writer's version of "same" has its own length, values and source
         try:
-            writer.write_video("same", visual=np.full((n, 16), k, np.float16), frame_mask=np.ones(n, bool),
-                               timestamps=np.arange(n) / 25.0, fps=25.0, duration=n / 25.0,
-                               source=f"writer-{{k}}", source_size=k, source_mtime=float(k),
-                               audio=np.full((n, 8), k, np.float16))
-            writer.write_video(f"own{{k}}-{{r}}", visual=np.full((5, 16), k, np.float16), frame_mask=np.ones(5, bool),
-                               timestamps=np.arange(5) / 25.0, fps=25.0, duration=0.2, source=f"writer-{{k}}",
-                               source_size=k, source_mtime=float(k))
+            writer.write_video("same", VideoEntry(
+                visual=np.full((n, 16), k, np.float16), frame_mask=np.ones(n, bool), timestamps=np.arange(n) / 25.0,
+                fps=25.0, duration=n / 25.0, source=f"writer-{{k}}", source_size=k, source_mtime=float(k),
+                audio=np.full((n, 8), k, np.float16)))
+            writer.write_video(f"own{{k}}-{{r}}", VideoEntry(
+                visual=np.full((5, 16), k, np.float16), frame_mask=np.ones(5, bool), timestamps=np.arange(5) / 25.0,
+                fps=25.0, duration=0.2, source=f"writer-{{k}}", source_size=k, source_mtime=float(k)))
         except Exception as exc:
             errors.append(f"{{type(exc).__name__}}: {{exc}}")
     print(json.dumps(errors))

@@ -7,6 +7,7 @@ import multiprocessing as mp
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +27,15 @@ from expr.errors import CacheSchemaError
 
 
 def assert_video_equal(cache, vid, arrays):
-    np.testing.assert_array_equal(cache.visual(vid), arrays["visual"].astype(np.float16))
-    np.testing.assert_array_equal(cache.frame_mask(vid), arrays["frame_mask"])
-    np.testing.assert_array_equal(cache.timestamps(vid), arrays["timestamps"])
+    np.testing.assert_array_equal(cache.visual(vid), arrays.visual.astype(np.float16))
+    np.testing.assert_array_equal(cache.frame_mask(vid), arrays.frame_mask)
+    np.testing.assert_array_equal(cache.timestamps(vid), arrays.timestamps)
     info = cache.info(vid)
-    assert info.n_frames == len(arrays["visual"])
-    assert info.fps == arrays["fps"] and info.source == arrays["source"]
-    if "audio" in arrays:
-        assert info.has_audio and info.audio_steps == len(arrays["audio"])
-        np.testing.assert_array_equal(cache.audio(vid), arrays["audio"])
+    assert info.n_frames == len(arrays.visual)
+    assert info.fps == arrays.fps and info.source == arrays.source
+    if arrays.audio is not None:
+        assert info.has_audio and info.audio_steps == len(arrays.audio)
+        np.testing.assert_array_equal(cache.audio(vid), arrays.audio)
     else:
         assert not info.has_audio and info.audio_steps == 0
         assert cache.audio(vid).shape == (0, 8)
@@ -44,7 +45,7 @@ def test_round_trip_is_exact(tmp_path):
     w = new_writer(tmp_path / "c.zarr")
     written = write_videos(w, ["a", "b-30-640x480_left"])
     written["silent"] = video_arrays(7, audio_steps=None)
-    w.write_video("silent", **written["silent"])
+    w.write_video("silent", written["silent"])
     with open_cache(tmp_path / "c.zarr") as cache:
         assert cache.video_ids == sorted(written)
         assert cache.class_names == list(S.CLASS_NAMES)
@@ -54,7 +55,7 @@ def test_round_trip_is_exact(tmp_path):
         for vid, arrays in written.items():
             assert_video_equal(cache, vid, arrays)
         # slices read only the requested rows
-        np.testing.assert_array_equal(cache.visual("a", 5, 9), written["a"]["visual"][5:9])
+        np.testing.assert_array_equal(cache.visual("a", 5, 9), written["a"].visual[5:9])
     assert validate_cache(tmp_path / "c.zarr") == []
 
 
@@ -62,7 +63,7 @@ def test_hdf5_export_import_round_trip(tmp_path):
     w = new_writer(tmp_path / "c.zarr")
     written = write_videos(w, ["a", "b", "c"])
     written["silent"] = video_arrays(9, audio_steps=None)
-    w.write_video("silent", **written["silent"])
+    w.write_video("silent", written["silent"])
     w.record_failures({"bad": "bad.mp4: not a video"})
     assert export_hdf5(tmp_path / "c.zarr", tmp_path / "c.h5") == 4
     with open_cache(tmp_path / "c.h5") as cache:
@@ -87,7 +88,7 @@ CRASH_SCRIPT = textwrap.dedent(
     from expr.cache_format.writer import CacheWriter
     CacheWriter._commit = lambda self, tmp, vid: os._exit(9)   # die after the arrays, before the marker
     w = new_writer({path!r})
-    w.write_video("crashed", **video_arrays(3))
+    w.write_video("crashed", video_arrays(3))
     """
 )
 
@@ -122,7 +123,7 @@ def _write_many(path: str, prefix: str, n: int) -> None:
 
     w = nw(Path(path))
     for i in range(n):
-        w.write_video(f"{prefix}{i}", **va(i, n_frames=30 + i))
+        w.write_video(f"{prefix}{i}", va(i, n_frames=30 + i))
     w.record_failures({f"{prefix}-bad": "broken"})
 
 
@@ -149,7 +150,7 @@ def test_bad_video_ids_are_refused(tmp_path, bad):
         validate_video_id(bad)
     w = new_writer(tmp_path / "c.zarr")
     with pytest.raises(CacheSchemaError):
-        w.write_video(bad, **video_arrays(0))
+        w.write_video(bad, video_arrays(0))
     assert not [p for p in (tmp_path / "c.zarr" / "videos").iterdir() if p.is_dir()]
 
 
@@ -186,8 +187,7 @@ def test_not_a_cache(tmp_path):
 def test_reopen_with_other_backbones_names_both(tmp_path):
     path = tmp_path / "c.zarr"
     new_writer(path)
-    other = json.loads(json.dumps(BACKBONES))
-    other["visual"]["weights"] = "openai"
+    other = replace(BACKBONES, visual=replace(BACKBONES.visual, weights="openai"))
     with pytest.raises(CacheSchemaError) as err:
         new_writer(path, backbones=other)
     # One line naming the differing key and its two values, not two JSON blobs (issue 21.11),
@@ -197,7 +197,7 @@ def test_reopen_with_other_backbones_names_both(tmp_path):
     assert "{" not in msg and "\n" not in msg and "--overwrite" not in msg and "new --out" in msg
     new_writer(path, backbones=other, reset=True)  # explicit reset starts over
     with open_cache(path) as cache:
-        assert cache.backbones["visual"]["weights"] == "openai"
+        assert cache.backbones.visual.weights == "openai"
 
 
 def test_stale_consolidated_metadata_never_hides_videos(tmp_path):
@@ -206,7 +206,7 @@ def test_stale_consolidated_metadata_never_hides_videos(tmp_path):
     write_videos(w, ["a", "b"])
     consolidate(path)
     assert "consolidated_metadata" in json.loads((path / "zarr.json").read_text())
-    w.write_video("c", **video_arrays(5))  # a writer after the snapshot
+    w.write_video("c", video_arrays(5))  # a writer after the snapshot
     with open_cache(path) as cache:
         assert cache.video_ids == ["a", "b", "c"] and not cache.used_consolidated
     new_writer(path)  # opening for writing drops the snapshot
@@ -221,13 +221,13 @@ def test_stale_consolidated_metadata_never_hides_videos(tmp_path):
 def test_changed_source_and_overwrite(tmp_path):
     w = new_writer(tmp_path / "c.zarr")
     arrays = video_arrays(0)
-    w.write_video("a", **arrays)
-    assert w.is_complete("a", arrays["source_size"], arrays["source_mtime"])
-    assert not w.is_complete("a", arrays["source_size"] + 1, arrays["source_mtime"])
-    assert not w.is_complete("a", arrays["source_size"], arrays["source_mtime"] + 5)
+    w.write_video("a", arrays)
+    assert w.is_complete("a", arrays.source_size, arrays.source_mtime)
+    assert not w.is_complete("a", arrays.source_size + 1, arrays.source_mtime)
+    assert not w.is_complete("a", arrays.source_size, arrays.source_mtime + 5)
     assert not w.is_complete("missing")
     replacement = video_arrays(1, n_frames=12)
-    w.write_video("a", **replacement)
+    w.write_video("a", replacement)
     with open_cache(tmp_path / "c.zarr") as cache:
         assert_video_equal(cache, "a", replacement)
 
@@ -236,13 +236,13 @@ def test_writer_refuses_bad_arrays(tmp_path):
     w = new_writer(tmp_path / "c.zarr")
     arrays = video_arrays(0)
     with pytest.raises(CacheSchemaError, match=r"visual features must be \(T>=1, 16\)"):
-        w.write_video("a", **{**arrays, "visual": np.zeros((10, 15))})
+        w.write_video("a", replace(arrays, visual=np.zeros((10, 15))))
     with pytest.raises(CacheSchemaError, match="frame_mask"):
-        w.write_video("a", **{**arrays, "frame_mask": np.ones(3, bool)})
-    nan = arrays["visual"].copy()
+        w.write_video("a", replace(arrays, frame_mask=np.ones(3, bool)))
+    nan = arrays.visual.copy()
     nan[2, 3] = np.nan
     with pytest.raises(CacheSchemaError, match="NaN"):
-        w.write_video("a", **{**arrays, "visual": nan})
+        w.write_video("a", replace(arrays, visual=nan))
     assert not w.is_complete("a")
     assert not [p for p in (tmp_path / "c.zarr" / S.STAGING_DIR).iterdir() if p.is_dir()]
 

@@ -58,7 +58,7 @@ def test_a_damaged_chunk_is_an_error_naming_video_and_array(cache, damage):
     with open_cache(cache) as c:
         with pytest.raises(CacheSchemaError) as info:
             c.visual("a", 0, 4)
-        np.testing.assert_array_equal(c.visual("b"), video_arrays(1)["visual"])  # the rest reads
+        np.testing.assert_array_equal(c.visual("b"), video_arrays(1).visual)  # the rest reads
     msg = str(info.value)
     assert "video 'a', array 'visual'" in msg and "expr cache remove" in msg and "\n" not in msg
     assert len(msg) < 400, msg
@@ -87,9 +87,9 @@ def test_a_missing_chunk_never_reads_as_zeros(cache):
 def test_chunks_equal_to_the_fill_value_are_stored(tmp_path):
     w = new_writer(tmp_path / "c.zarr")
     arrays = video_arrays(0)
-    arrays["frame_mask"][:] = False  # no face anywhere: all fill value
-    arrays["visual"][:] = 0
-    w.write_video("noface", **arrays)
+    arrays.frame_mask[:] = False  # no face anywhere: all fill value
+    arrays.visual[:] = 0
+    w.write_video("noface", arrays)
     assert chunk(tmp_path / "c.zarr", "noface", "frame_mask", "c/0").is_file()
     assert validate_cache(tmp_path / "c.zarr") == []
 
@@ -97,7 +97,7 @@ def test_chunks_equal_to_the_fill_value_are_stored(tmp_path):
 def test_deep_validate_lists_each_damaged_and_missing_chunk(tmp_path, capsys):
     path = tmp_path / "c.zarr"
     w = new_writer(path)
-    w.write_video("long", **video_arrays(0, n_frames=2500, audio_steps=None))  # 3 visual chunks
+    w.write_video("long", video_arrays(0, n_frames=2500, audio_steps=None))  # 3 visual chunks
     write_videos(w, ["ok"])
     random_bytes(chunk(path, "long", "visual", "c/1/0"))
     chunk(path, "long", "visual", "c/2/0").unlink()
@@ -127,10 +127,10 @@ def test_remove_redoes_one_video_and_nothing_else(cache, capsys):
     with open_cache(cache) as c:
         assert c.video_ids == ["b"]
     assert not w.is_complete("a")
-    w.write_video("a", **video_arrays(0))  # what the next extract does
+    w.write_video("a", video_arrays(0))  # what the next extract does
     with open_cache(cache) as c:
         assert c.video_ids == ["a", "b"]
-        np.testing.assert_array_equal(c.visual("a"), video_arrays(0)["visual"])
+        np.testing.assert_array_equal(c.visual("a"), video_arrays(0).visual)
 
 
 def test_remove_takes_comma_lists_and_refuses_unknown_ids_before_removing_any(tmp_path):
@@ -157,7 +157,7 @@ def test_v1_caches_still_read_and_stay_v1(tmp_path, monkeypatch):
     assert "crc32c" not in (path / "videos" / "b" / "visual" / "zarr.json").read_text()
     with open_cache(path) as c:
         assert not c.checksummed and c.attrs["version"] == 1
-        np.testing.assert_array_equal(c.visual("a"), written["a"]["visual"])
+        np.testing.assert_array_equal(c.visual("a"), written["a"].visual)
     assert validate_cache(path, deep=True) == []
     truncate(chunk(path, "a"))  # without checksums, blosc still notices this much
     with open_cache(path) as c, pytest.raises(CacheSchemaError, match="video 'a', array 'visual'"):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zarr
@@ -91,7 +92,8 @@ def test_extract_refuses_overlap_and_foreign_folders_before_deleting(tmp_path):
 
     data = tmp_path / "data"
     F.make_video(data / "v.mp4", n_frames=5)
-    tiny = dict(visual_model="test-tiny-clip", audio_model="test-tiny-wav2vec2", workers=0, overwrite=True)
+    tiny: dict[str, Any] = dict(visual_model="test-tiny-clip", audio_model="test-tiny-wav2vec2", workers=0,
+                                overwrite=True)
     with pytest.raises(ConfigError, match="overlaps the input folder"):
         run_extract(ExtractConfig(videos=data, out=data, **tiny))
     proj = project(tmp_path)

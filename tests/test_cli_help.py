@@ -117,6 +117,7 @@ def test_an_installed_copy_inside_another_git_repo_claims_no_commit(tmp_path):
     package.mkdir(parents=True)
     shutil.copy(Path(expr.__file__), package / "__init__.py")
     spec = importlib.util.spec_from_file_location("installed_expr", package / "__init__.py")
+    assert spec is not None and spec.loader is not None
     installed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(installed)
     assert installed.git_commit() is None

@@ -67,6 +67,7 @@ def test_shared_memory_is_named_after_the_run(tmp_path):
     names = []
     with DecodePool([job_for(path)], workers=1) as pool:
         for _ in pool:
+            assert pool._shm is not None
             names.append(pool._shm.name)
     assert names and all(n.lstrip("/").startswith(f"expr-{os.getpid()}-") for n in names)
     assert not list(Path("/dev/shm").glob(f"expr-{os.getpid()}-*"))  # unlinked at the end

@@ -29,7 +29,7 @@ def videos(tmp_path_factory):
 
 
 def test_cli_options_mirror_extract_config():
-    command = typer.main.get_command(app).commands["extract"]
+    command = typer.main.get_group(app).commands["extract"]
     options = {p.name for p in command.params} - {"help"}
     assert options == {f.name for f in dataclasses.fields(ExtractConfig)}
     defaults = {p.name: p.default for p in command.params}

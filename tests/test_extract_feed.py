@@ -38,10 +38,10 @@ class _SlowWriter:
     def __init__(self, delay: float):
         self.delay, self.written, self.threads = delay, {}, set()
 
-    def write_video(self, vid, **arrays):
+    def write_video(self, vid, entry):
         self.threads.add(threading.current_thread().name)
         time.sleep(self.delay)
-        self.written[vid] = arrays
+        self.written[vid] = entry
 
 
 def _feed(writer, ids, batch_size=4):
@@ -90,8 +90,8 @@ def test_segments_arriving_out_of_order_are_placed_by_frame_index():
     feed.finish()
     assert summary.ok == ["a"]
     got = writer.written["a"]
-    np.testing.assert_array_equal(got["visual"][:, 0], np.arange(12))
-    np.testing.assert_array_equal(got["timestamps"], np.arange(12) / 25.0)
+    np.testing.assert_array_equal(got.visual[:, 0], np.arange(12))
+    np.testing.assert_array_equal(got.timestamps, np.arange(12) / 25.0)
 
 
 def test_a_lost_segment_fails_the_video_instead_of_writing_a_gap():
@@ -154,7 +154,7 @@ def test_flush_encodes_the_frames_held_and_writes_the_complete_video():
     feed.flush()
     feed.write_ready(wait=True)
     assert summary.ok == ["a"]
-    np.testing.assert_array_equal(writer.written["a"]["visual"][:, 0], np.arange(6))
+    np.testing.assert_array_equal(writer.written["a"].visual[:, 0], np.arange(6))
     feed.finish()
 
 
@@ -164,7 +164,7 @@ class _GatedWriter:
     def __init__(self):
         self.gate, self.written = threading.Event(), []
 
-    def write_video(self, vid, **arrays):
+    def write_video(self, vid, entry):
         self.gate.wait(10)
         self.written.append(vid)
 

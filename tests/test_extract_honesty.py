@@ -69,8 +69,8 @@ def test_the_cache_records_its_options_on_the_root_and_on_every_video(videos, tm
                                            "audio_chunk_seconds": 30.0, "audio_context_seconds": 3.0,
                                            "geometry": "worker"}  # haar: always in the workers
     with open_cache(out) as cache:
-        assert {cache.info(v).extra["face_crop"] for v in cache.video_ids} == {"haar"}
-        assert cache.info("a").extra["audio_chunk_seconds"] == 30.0
+        assert {cache.info(v).extra.face_crop for v in cache.video_ids} == {"haar"}
+        assert cache.info("a").extra.audio_chunk_seconds == 30.0
 
 
 def test_extending_with_another_face_crop_is_refused_in_one_line(videos, tmp_path):
@@ -87,7 +87,7 @@ def test_extending_with_another_face_crop_is_refused_in_one_line(videos, tmp_pat
         run_extract(tiny_config(videos, out, face_crop="haar", audio_chunk_seconds=10.0))
     assert sorted(p.name for p in (out / "videos").iterdir()) == before
     with open_cache(out) as cache:
-        assert {cache.info(v).extra["face_crop"] for v in cache.video_ids} == {"haar"}
+        assert {cache.info(v).extra.face_crop for v in cache.video_ids} == {"haar"}
 
 
 def test_an_expr_02_cache_is_checked_by_its_per_video_records(videos, tmp_path):

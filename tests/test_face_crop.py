@@ -170,6 +170,7 @@ def _check_faces_in_clips(clips):
         assert found.mean() >= 0.9, f"{clip.name}: face in only {found.mean():.0%} of frames"
         # The actor's face sits left of centre in the 480x360 frame, about 130 px wide.
         box = cropper.tracker.box
+        assert box is not None
         assert 100 < box.cx < 240 and 60 < box.cy < 180 and 120 < box.side < 300, box
 
 
@@ -187,14 +188,15 @@ def test_haar_finds_face_in_most_cremad_frames(request):
 def test_real_haar_on_ffmpegs_testsrc2_marks_few_frames_as_face():
     """ffmpeg's testsrc2 pattern has no face, but Haar fires on 13 of its first 150 frames;
     with unbounded reuse of the last box 89 frames were marked as face."""
-    import av
+    import av.filter
+    from typing import cast
 
     graph = av.filter.Graph()
     src, fmt, sink = graph.add("testsrc2", "size=480x360:rate=25"), graph.add("format", "rgb24"), graph.add("buffersink")
     src.link_to(fmt)
     fmt.link_to(sink)
     graph.configure()
-    frames = np.stack([sink.pull().to_ndarray() for _ in range(150)])
+    frames = np.stack([cast(av.VideoFrame, sink.pull()).to_ndarray() for _ in range(150)])
     haar, hits = haar_detector(), []
 
     def counting(frame):

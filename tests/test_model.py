@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -12,11 +13,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from expr.train_heads.checkpoint import load_weights, save_checkpoint
-from expr.train_heads.config import HeadConfig
+from expr.train_heads.config import Fusion, HeadConfig
 from expr.train_heads.model import TCN, ExprHeadModel, NoAttention
 from expr.train_heads.run_dir import RunDir
 
-SMALL = dict(visual_dim=24, audio_dim=20, channels=16, tcn_levels=3, heads=4, text_dim=12)
+SMALL: dict[str, Any] = dict(visual_dim=24, audio_dim=20, channels=16, tcn_levels=3, heads=4, text_dim=12)
 
 
 def design_param_count(Dv=512, Da=768, C=512, levels=6, k=3, heads_in=None, text=512, classes=8,
@@ -97,14 +98,14 @@ def test_ablation_switches_change_the_architecture():
     counts = {k: n_params(make(HeadConfig(**SMALL, **kw))) for k, kw in {
         "no_audio": {"use_audio": False}, "no_tcn": {"use_tcn": False},
         "v2a": {"fusion": "v2a"}, "a2v": {"fusion": "a2v"}, "concat": {"fusion": "concat"}}.items()}
-    small = dict(Dv=24, Da=20, C=16, levels=3, text=12)
+    small: dict[str, Any] = dict(Dv=24, Da=20, C=16, levels=3, text=12)
     assert n_params(full) == design_param_count(**small)
     assert counts["no_audio"] == design_param_count(**small, audio=False)
     assert counts["no_tcn"] == design_param_count(**small, tcn=False)
     assert counts["v2a"] == counts["a2v"] == design_param_count(**small, directions=1)
     assert counts["concat"] == design_param_count(**small, directions=0)
-    assert isinstance(make(HeadConfig(**SMALL, fusion="v2a")).fusion.a2v, NoAttention)
-    assert isinstance(make(HeadConfig(**SMALL, fusion="a2v")).fusion.v2a, NoAttention)
+    assert isinstance(make(HeadConfig(**SMALL, fusion=Fusion.v2a)).fusion.a2v, NoAttention)
+    assert isinstance(make(HeadConfig(**SMALL, fusion=Fusion.a2v)).fusion.v2a, NoAttention)
     assert not hasattr(make(HeadConfig(**SMALL, use_audio=False)), "audio_adapter")
     same_width = HeadConfig(**{**SMALL, "visual_dim": 16}, use_tcn=False)
     assert isinstance(make(same_width).temporal, torch.nn.Identity)

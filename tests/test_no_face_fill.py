@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from expr.cache_format import open_writer
+from cache_helpers import backbones
+from expr.cache_format import VideoEntry, open_writer
 from expr.errors import ConfigError
 from expr.train_heads import (ExprHeadModel, HeadConfig, frame_probabilities, load_bank, with_face_fill)
 from expr.train_heads.data import gather
@@ -34,18 +35,16 @@ def _shown(video: str) -> list[int]:
 def index_bank(tmp_path_factory):
     """Both videos at 25 fps; every visual row and audio step holds its own in-video index."""
     path = tmp_path_factory.mktemp("noface") / "feats.zarr"
-    backbones = {"visual": {"name": "t", "weights": None, "dim": 4},
-                 "audio": {"name": "t", "weights": None, "dim": 4, "sample_rate": 16000, "hop": 320}}
-    writer = open_writer(path, backbones=backbones, text_embeddings=np.eye(8, 4, dtype=np.float32), logit_scale=100.0)
+    writer = open_writer(path, backbones=backbones(4, 4), text_embeddings=np.eye(8, 4, dtype=np.float32), logit_scale=100.0)
     fps = 25.0
     for vid, T in LENGTHS.items():
         S = audio_steps_for(T / fps)
         mask = np.ones(T, bool)
         mask[NO_FACE[vid]] = False
-        writer.write_video(vid, visual=np.repeat(np.arange(T, dtype=np.float16)[:, None], 4, axis=1),
-                           audio=np.repeat(np.arange(S, dtype=np.float16)[:, None], 4, axis=1), frame_mask=mask,
-                           timestamps=np.arange(T) / fps, fps=fps, duration=T / fps, source=f"{vid}.mp4",
-                           source_size=0, source_mtime=0.0)
+        writer.write_video(vid, VideoEntry(visual=np.repeat(np.arange(T, dtype=np.float16)[:, None], 4, axis=1),
+                                           audio=np.repeat(np.arange(S, dtype=np.float16)[:, None], 4, axis=1),
+                                           frame_mask=mask, timestamps=np.arange(T) / fps, fps=fps,
+                                           duration=T / fps, source=f"{vid}.mp4", source_size=0, source_mtime=0.0))
     return load_bank(path, list(LENGTHS), None)
 
 

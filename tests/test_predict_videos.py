@@ -85,7 +85,7 @@ def test_raw_videos_in_csvs_timelines_and_submission_out(tiny_run, new_videos, t
 
     with open_cache(out / "feats.zarr") as cache:  # extracted with the run's backbones
         assert cache.video_ids == sorted(FRAMES)
-        assert cache.backbones == json.loads((tiny_run / "config.json").read_text())["cache"]["backbones"]
+        assert cache.backbones.to_dict() == json.loads((tiny_run / "config.json").read_text())["cache"]["backbones"]
         timestamps = {v: cache.timestamps(v) for v in cache.video_ids}
     submission = read_submission(out / "submission.csv", FRAMES)
     for vid, n in FRAMES.items():

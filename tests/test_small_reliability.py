@@ -44,10 +44,10 @@ def test_the_extract_summary_counts_only_the_frames_of_written_videos(tmp_path, 
     F.make_video(tmp_path / "v" / "b.mp4", n_frames=7)
     real = CacheWriter.write_video
 
-    def full_for_b(self, vid, **kwargs):
+    def full_for_b(self, vid, entry):
         if vid == "b":
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, vid, **kwargs)
+        return real(self, vid, entry)
 
     monkeypatch.setattr(CacheWriter, "write_video", full_for_b)
     events = []

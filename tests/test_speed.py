@@ -181,7 +181,7 @@ def test_resume_loads_the_optimiser_state_under_this_runs_adamw_switches(tmp_pat
     cfg = HeadConfig(visual_dim=8, audio_dim=8, channels=8, tcn_levels=1, heads=2, text_dim=4)
     model = ExprHeadModel(cfg, torch.zeros(cfg.num_classes, cfg.text_dim), 1.0)
     saved_opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **optimizer_flags("off", torch.device("cpu")))
-    sum(p.sum() for p in model.parameters()).backward()
+    torch.stack([p.sum() for p in model.parameters()]).sum().backward()
     saved_opt.step()
     files = RunDir(tmp_path).checkpoint("last")
     save_checkpoint(files, model, optimizer=saved_opt, meta={"epoch": 1})
@@ -190,7 +190,7 @@ def test_resume_loads_the_optimiser_state_under_this_runs_adamw_switches(tmp_pat
     resumed = torch.optim.AdamW(model.parameters(), lr=1e-3, **fused)
     loaded_groups = []
     real_load = resumed.load_state_dict
-    resumed.load_state_dict = lambda sd: (loaded_groups.extend(sd["param_groups"]), real_load(sd))[1]
+    setattr(resumed, "load_state_dict", lambda sd: (loaded_groups.extend(sd["param_groups"]), real_load(sd))[1])
     load_optimizer_state(files, resumed)
     assert loaded_groups and all(g["fused"] is True and g["foreach"] is None for g in loaded_groups)
     assert all(g["fused"] is True for g in resumed.param_groups)

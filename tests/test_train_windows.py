@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from expr.cache_format import open_cache, open_writer
+from cache_helpers import backbones
+from expr.cache_format import VideoEntry, open_cache, open_writer
 from expr.cli import run
-from expr.train_heads import (load_bank, load_split, make_windows, read_metrics, with_sources,
+from expr.train_heads import (WindowRule, load_bank, load_split, make_windows, read_metrics, with_sources,
                               write_synthetic_dataset)
 from expr.train_heads.data import gather
 from expr.train_heads.windows import build_windows
@@ -83,7 +84,7 @@ def test_train_uses_the_reference_windows_by_default(ds, tmp_path):
         assert (wins.end_frame[mine].tolist(), wins.target[mine].tolist()) == ref_train[vid]
     # the cache's whole backbones record (checkpoint, resize, ...) is in the run's config
     with open_cache(ds.cache) as cache:
-        assert config["cache"]["backbones"] == json.loads(json.dumps(cache.backbones))
+        assert config["cache"]["backbones"] == json.loads(json.dumps(cache.backbones.to_dict()))
     assert config["cache"]["backbones"]["audio"]["name"] == "synthetic"
 
 
@@ -127,17 +128,15 @@ def index_bank(tmp_path_factory):
     from expr.train_heads.synthetic import audio_steps_for
 
     path = tmp_path_factory.mktemp("idx") / "feats.zarr"
-    backbones = {"visual": {"name": "t", "weights": None, "dim": 2},
-                 "audio": {"name": "t", "weights": None, "dim": 2, "sample_rate": 16000, "hop": 320}}
-    writer = open_writer(path, backbones=backbones, text_embeddings=np.eye(8, 2, dtype=np.float32), logit_scale=100.0)
+    writer = open_writer(path, backbones=backbones(2, 2), text_embeddings=np.eye(8, 2, dtype=np.float32), logit_scale=100.0)
     T, fps = 100, 25.0
     S = audio_steps_for(T / fps)
     mask = np.ones(T, bool)
     mask[70] = False
-    writer.write_video("v", visual=np.repeat(np.arange(T, dtype=np.float16)[:, None], 2, axis=1),
-                       audio=np.repeat(np.arange(S, dtype=np.float16)[:, None], 2, axis=1), frame_mask=mask,
-                       timestamps=np.arange(T) / fps, fps=fps, duration=T / fps, source="v.mp4",
-                       source_size=0, source_mtime=0.0)
+    writer.write_video("v", VideoEntry(visual=np.repeat(np.arange(T, dtype=np.float16)[:, None], 2, axis=1),
+                                       audio=np.repeat(np.arange(S, dtype=np.float16)[:, None], 2, axis=1),
+                                       frame_mask=mask, timestamps=np.arange(T) / fps, fps=fps, duration=T / fps,
+                                       source="v.mp4", source_size=0, source_mtime=0.0))
     labels = np.arange(T) % 8
     labels[43:45] = -1
     return load_bank(path, ["v"], {"v": labels})
@@ -210,7 +209,7 @@ def test_ablate_windows_option_and_grid_key(tmp_path):
     cells = grid_cells(parse_grid("windows=reference,grid"))
     assert [c.overrides() for c in cells] == [{"windows": "reference"}, {"windows": "grid"}]
     assert [c.is_paper() for c in cells] == [True, False]
-    cfg = AblateConfig(cache=tmp_path, labels=tmp_path, grid="window=30", out=tmp_path, windows="grid")
+    cfg = AblateConfig(cache=tmp_path, labels=tmp_path, grid="window=30", out=tmp_path, windows=WindowRule.grid)
     (cell,) = grid_cells(parse_grid("window=30"))
     assert _train_config(cfg, cell, 42).windows == "grid"
     assert _train_config(cfg, cells[0], 42).windows == "reference"  # the grid key wins

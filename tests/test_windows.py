@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from expr.cache_format import open_writer
+from cache_helpers import backbones
+from expr.cache_format import VideoEntry, open_writer
 from expr.train_heads.data import load_bank, make_windows, gather, window_targets
 from expr.train_heads.synthetic import audio_steps_for
 
-BACKBONES = {
-    "visual": {"name": "test", "weights": None, "dim": 4},
-    "audio": {"name": "test", "weights": None, "dim": 3, "sample_rate": 16000, "hop": 320},
-}
+BACKBONES = backbones(4, 3, name="test")
 
 
 def _video(T, fps, with_audio=True):
@@ -21,8 +19,8 @@ def _video(T, fps, with_audio=True):
     visual = np.repeat(np.arange(T, dtype=np.float16)[:, None], 4, axis=1)
     S = audio_steps_for(T / fps)
     audio = np.repeat(np.arange(S, dtype=np.float16)[:, None], 3, axis=1) if with_audio else None
-    return dict(visual=visual, audio=audio, frame_mask=np.ones(T, bool), timestamps=np.arange(T) / fps,
-                fps=fps, duration=T / fps, source="x.mp4", source_size=0, source_mtime=0.0)
+    return VideoEntry(visual=visual, audio=audio, frame_mask=np.ones(T, bool), timestamps=np.arange(T) / fps,
+                      fps=fps, duration=T / fps, source="x.mp4", source_size=0, source_mtime=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +28,10 @@ def cache(tmp_path_factory):
     path = tmp_path_factory.mktemp("win") / "feats.zarr"
     writer = open_writer(path, backbones=BACKBONES, text_embeddings=np.eye(8, 4, dtype=np.float32), logit_scale=100.0)
     v25 = _video(100, 25.0)
-    v25["frame_mask"][19] = False  # no face at frame 19
-    writer.write_video("v25", **v25)
-    writer.write_video("v30", **_video(90, 30.0))
-    writer.write_video("noaudio", **_video(50, 25.0, with_audio=False))
+    v25.frame_mask[19] = False  # no face at frame 19
+    writer.write_video("v25", v25)
+    writer.write_video("v30", _video(90, 30.0))
+    writer.write_video("noaudio", _video(50, 25.0, with_audio=False))
     return path
 
 

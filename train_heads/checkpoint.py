@@ -46,7 +46,7 @@ def unwrap(model: torch.nn.Module) -> ExprHeadModel:
 def cache_fingerprint(cache) -> str:
     """Hash of the backbones and the (video id, n_frames) list of a cache: a run trained on
     one cache can tell when it is pointed at features of another."""
-    h = hashlib.sha256(json.dumps(cache.backbones, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(cache.backbones.to_dict(), sort_keys=True).encode())
     for vid in sorted(cache.video_ids):
         h.update(f"\n{vid}:{cache.info(vid).n_frames}".encode())
     return h.hexdigest()[:16]
@@ -227,7 +227,7 @@ class LoadedRun:
     meta: dict                    # checkpoint meta + config.json's "cache" and "data" blocks
 
 
-def load_run(run_dir: str | Path, which: str = Checkpoint.best.value,
+def load_run(run_dir: str | Path, which: str = Checkpoint.best,
              device: str | torch.device = "cpu") -> LoadedRun:
     """The model of ``run_dir``'s ``which`` checkpoint with the run's configs and meta; the
     failures a user meets (no folder, no such checkpoint) are named with what to do."""

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 
 from expr.abaw import NUM_CLASSES
-from expr.errors import ConfigError, check_choice
+from expr.errors import ConfigError, as_choices, check_choice
 
 
-class Fusion(str, Enum):
+class Fusion(StrEnum):
     """How the visual and audio streams meet (the CLI's --fusion choices)."""
 
     bica = "bica"       # both directions (the paper)
@@ -28,7 +28,7 @@ class Fusion(str, Enum):
     concat = "concat"   # no attention: pooled streams concatenated
 
 
-class Target(str, Enum):
+class Target(StrEnum):
     """Which label a training window learns (the CLI's --target choices)."""
 
     last = "last"          # its last frame (the reference)
@@ -38,14 +38,14 @@ class Target(str, Enum):
     center = "center"      # its centre frame  # pyright: ignore[reportAssignmentType]
 
 
-class WindowRule(str, Enum):
+class WindowRule(StrEnum):
     """Which windows a video yields (the CLI's --windows choices; see windows.py)."""
 
     reference = "reference"  # the authors' rule: fill <= 5 invalid frames, reset after, emit, drop stride
     grid = "grid"            # expr v0.1: ends every stride from frame 0, kept when the end frame is valid
 
 
-class Preload(str, Enum):
+class Preload(StrEnum):
     """Where the features live while training or scoring (the CLI's --preload choices)."""
 
     auto = "auto"  # gpu on a CUDA device when the bank takes at most half its free memory, else cpu
@@ -54,7 +54,7 @@ class Preload(str, Enum):
     none = "none"  # streamed from the cache in chunks (caches larger than memory)
 
 
-class Compile(str, Enum):
+class Compile(StrEnum):
     """The training step's fast path (the CLI's --compile choices); see train_heads/step.py."""
 
     auto = "auto"  # CUDA: torch.compile + CUDA graphs, fused AdamW; CPU: eager, foreach AdamW
@@ -62,14 +62,14 @@ class Compile(str, Enum):
     off = "off"    # the plain eager step with torch's default AdamW
 
 
-class NoFace(str, Enum):
+class NoFace(StrEnum):
     """What per-frame inference shows for a no-face frame (the --no-face choices of evaluate/predict)."""
 
     fill = "fill"  # the last face frame's visual features, up to 5 no-face frames in a row (as training fills)
     raw = "raw"    # the cache's features (for a missing cropped-aligned jpg: a black image's)
 
 
-class SmoothMode(str, Enum):
+class SmoothMode(StrEnum):
     """Filter of the per-frame probabilities (the --smooth-mode choices of evaluate/predict/ablate)."""
 
     median = "median"
@@ -95,9 +95,10 @@ class HeadConfig:
     use_audio: bool = True      # False: visual stream only, classifier input = channels
     use_tcn: bool = True        # False: frame features go straight to fusion
     weight_norm: bool = False   # weight_norm on the TCN convs (Bai et al.; not the paper's authors)
-    fusion: str = Fusion.bica.value  # see Fusion
+    fusion: Fusion = Fusion.bica  # see Fusion
 
     def __post_init__(self) -> None:
+        as_choices(self)
         check_choice("fusion", self.fusion, Fusion)
         if self.channels % self.heads:
             raise ConfigError(f"channels ({self.channels}) must be divisible by heads ({self.heads})")
@@ -114,7 +115,7 @@ class HeadConfig:
 # THE v0.1-defaults table: options that v0.1 run folders (config.json) and checkpoints (their
 # head config) did not record, with the value those runs used: weight-normed, on grid windows.
 # Readers merge it under what a file recorded (``RECORDED_SINCE_V01 | recorded``).
-RECORDED_SINCE_V01 = {"weight_norm": True, "windows": WindowRule.grid.value}
+RECORDED_SINCE_V01 = {"weight_norm": True, "windows": WindowRule.grid}
 
 # Field metadata of the TrainConfig options that do not change what is learned: where the run
 # lies, how the data reaches the device, evaluation's batch size, the training step's fast path
@@ -138,8 +139,8 @@ class TrainConfig:
     out: Path = field(metadata=NOT_LEARNED)  # run directory: config.json, metrics.jsonl, *.safetensors
     window: int = 60                    # frames per window
     stride: int = 15                    # frames between training/validation windows
-    target: str = Target.last.value     # window label: last frame (reference), majority, center
-    windows: str = WindowRule.reference.value  # which windows exist: reference (authors' rule) | grid (v0.1)
+    target: Target = Target.last        # window label: last frame (reference), majority, center
+    windows: WindowRule = WindowRule.reference  # which windows exist: reference (authors' rule) | grid (v0.1)
     train_list: Path | None = None      # text file of training video ids (one a line)
     val_list: Path | None = None        # text file of validation video ids
     epochs: int = 30
@@ -161,18 +162,21 @@ class TrainConfig:
     dropout_head: float = HeadConfig.dropout_head
     no_audio: bool = not HeadConfig.use_audio   # ablation: visual stream only
     no_tcn: bool = not HeadConfig.use_tcn       # ablation: no temporal convolution
-    fusion: str = HeadConfig.fusion             # ablation: bica | v2a | a2v | concat
+    fusion: Fusion = HeadConfig.fusion          # ablation: bica | v2a | a2v | concat
     weight_norm: bool = HeadConfig.weight_norm  # weight_norm on the TCN convs (off in the paper's code)
     # auto (gpu when it fits, else cpu), cpu (pinned RAM), gpu (whole cache on the GPU), none (stream)
-    preload: str = field(default=Preload.auto.value, metadata=NOT_LEARNED)
+    preload: Preload = field(default=Preload.auto, metadata=NOT_LEARNED)
     chunk_frames: int = field(default=1_000_000, metadata=NOT_LEARNED)     # --preload none: frames loaded at a time
     eval_batch_size: int = field(default=256, metadata=NOT_LEARNED)
     # the training step's fast path: auto | on | off (see Compile)
-    compile: str = field(default=Compile.auto.value, metadata=NOT_LEARNED)
+    compile: Compile = field(default=Compile.auto, metadata=NOT_LEARNED)
     device: str = field(default="auto", metadata=NOT_LEARNED)  # auto | cpu | cuda | cuda:N
     overwrite: bool = field(default=False, metadata=NOT_LEARNED)  # replace a non-empty run directory
     resume: bool = field(default=False, metadata=NOT_LEARNED)  # continue from last.safetensors in --out
     strict_labels: bool = False         # label files longer/shorter than the video (beyond a few frames): error
+
+    def __post_init__(self) -> None:
+        as_choices(self)
 
     def validate(self) -> None:
         """Raise ConfigError for options that cannot work; call once, at the edge."""
@@ -212,7 +216,8 @@ class TrainConfig:
         return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("learned") is False)
 
     def to_dict(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        """The JSON of config.json: paths and choices as their strings."""
+        return {k: (str(v) if isinstance(v, Path | Enum) else v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from expr.abaw import HOP, NUM_CLASSES, SAMPLE_RATE
-from expr.cache_format import CacheReader, open_cache
+from expr.cache_format import BackboneRecords, CacheReader, open_cache
 from expr.errors import check_choice
 from expr.train_heads.config import Preload, Target, WindowRule
-from expr.train_heads.windows import build_windows
+from expr.train_heads.windows import build_windows, grid_ends
 
 DEFAULT_AUDIO_RATE = SAMPLE_RATE / HOP  # Wav2Vec2: 16 kHz / hop 320 = 50 steps per second
 
@@ -106,11 +106,8 @@ class Batch:
     audio_mask: torch.Tensor  # (B, A) bool, True = real audio
 
 
-def _audio_rate(backbones: dict) -> float:
-    audio = backbones.get("audio", {})
-    if audio.get("sample_rate") and audio.get("hop"):
-        return float(audio["sample_rate"]) / float(audio["hop"])
-    return DEFAULT_AUDIO_RATE
+def _audio_rate(backbones: BackboneRecords) -> float:
+    return float(backbones.audio.steps_per_second or DEFAULT_AUDIO_RATE)
 
 
 # --preload auto puts the bank on the GPU only when it takes at most this share of the free
@@ -123,13 +120,13 @@ def resolve_preload(setting: str, device: str | torch.device, nbytes: int,
     """``--preload auto`` made concrete: ``gpu`` on a CUDA device when ``nbytes`` of features
     fit in ``GPU_SHARE`` of its free memory (``free_bytes``, measured when None), else ``cpu``.
     Gathering a batch from a GPU-resident bank costs no host work and no copy per step."""
-    if setting != Preload.auto.value:
+    if setting != Preload.auto:
         return setting
     device = torch.device(device)
     if device.type != "cuda":
-        return Preload.cpu.value
+        return Preload.cpu
     free = free_bytes if free_bytes is not None else torch.cuda.mem_get_info(device)[0]
-    return Preload.gpu.value if nbytes <= GPU_SHARE * free else Preload.cpu.value
+    return Preload.gpu if nbytes <= GPU_SHARE * free else Preload.cpu
 
 
 def bank_nbytes(n_frames: int, audio_steps: int, visual_dim: int, audio_dim: int) -> int:
@@ -176,7 +173,7 @@ def load_bank(
     total_t, total_s = sum(lengths), sum(steps)
     rows_t, rows_s = (total_t, total_s) if features else (0, 0)
     preload = resolve_preload(preload, device, bank_nbytes(rows_t, rows_s, cache.visual_dim, cache.audio_dim))
-    pin = preload == "cpu" and torch.cuda.is_available()
+    pin = preload == Preload.cpu and torch.cuda.is_available()
     visual = torch.empty((rows_t, cache.visual_dim), dtype=torch.float16, pin_memory=pin)
     audio = torch.zeros((rows_s + 1, cache.audio_dim), dtype=torch.float16, pin_memory=pin)
     timestamps = torch.empty(total_t, dtype=torch.float64)
@@ -236,11 +233,11 @@ def window_targets(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.
         raise ValueError("window targets need a bank with labels")
     valid = bank.valid
     rows = bank.frame_offsets[video_idx] + end_frame
-    if target == "last" or target == "center":
-        rows = rows - (window // 2 if target == "center" else 0)
+    if target in (Target.last, Target.center):
+        rows = rows - (window // 2 if target == Target.center else 0)
         rows = rows if source_rows is None else source_rows[rows]
         return labels[rows].clamp(min=0), valid[rows]
-    if target != "majority":
+    if target != Target.majority:
         raise ValueError(f"unknown target {target!r}")
     if source_rows is not None:
         labels, valid = labels[source_rows], valid[source_rows]
@@ -252,14 +249,14 @@ def window_targets(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.
     return counts.argmax(1), counts.sum(1) > 0
 
 
-def make_windows(bank: FeatureBank, window: int, stride: int, target: str = Target.last.value,
-                 rule: str = WindowRule.reference.value) -> Windows:
+def make_windows(bank: FeatureBank, window: int, stride: int, target: str = Target.last,
+                 rule: str = WindowRule.reference) -> Windows:
     """The windows of every video of ``bank`` under ``rule`` (windows.py) with a valid target
     by ``target``; reference windows carry ``source_rows`` (gather them from ``with_sources``)."""
     if bank.labels is None:
         raise ValueError("make_windows needs a bank with labels")
     check_choice("--windows", rule, WindowRule)
-    if rule == WindowRule.reference.value:
+    if rule == WindowRule.reference:
         return _reference_windows(bank, window, stride, target)
     return _grid_windows(bank, window, stride, target)
 
@@ -273,7 +270,7 @@ def _reference_windows(bank: FeatureBank, window: int, stride: int, target: str)
     none = [np.zeros(0, np.int64)]
     video_idx, end_frame, source = [], [], []
     for v, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
-        found = build_windows(WindowRule.reference.value, labels[start:start + n], face[start:start + n],
+        found = build_windows(WindowRule.reference, labels[start:start + n], face[start:start + n],
                               window, stride)
         video_idx.append(np.full(len(found), v, dtype=np.int64))
         end_frame.append(found.ends)
@@ -299,13 +296,11 @@ def with_sources(bank: FeatureBank, windows: Windows) -> FeatureBank:
 
 
 def _grid_windows(bank: FeatureBank, window: int, stride: int, target: str) -> Windows:
-    """Full windows at ``stride`` (ends window-1, window-1+stride, ...) with a valid target."""
-    n = bank.n_frames.to(bank.device)
-    per_video = torch.clamp((n - window) // stride + 1, min=0)  # (V,) windows per video
-    video_idx = torch.repeat_interleave(torch.arange(len(n), device=bank.device), per_video)
-    first = torch.cumsum(per_video, 0) - per_video
-    k = torch.arange(int(per_video.sum()), device=bank.device) - first[video_idx]  # index within video
-    end_frame = window - 1 + k * stride
+    """The grid's full windows (windows.grid_ends per video) with a valid target."""
+    ends = [grid_ends(n, window, stride) for n in bank.n_frames.tolist()]
+    counts = torch.tensor([len(e) for e in ends], dtype=torch.int64)
+    video_idx = torch.repeat_interleave(torch.arange(len(ends)), counts).to(bank.device)
+    end_frame = torch.from_numpy(np.concatenate(ends or [np.zeros(0, np.int64)])).to(bank.device)
     tgt, ok = window_targets(bank, video_idx, end_frame, window, target)
     return Windows(video_idx[ok], end_frame[ok], tgt[ok])
 

@@ -87,7 +87,7 @@ def frame_queries(n_frames: Sequence[int], frames: Sequence[np.ndarray] | None =
     return video_idx, end_frame
 
 
-def smooth_probabilities(probs: np.ndarray, k: int, mode: str = SmoothMode.median.value) -> np.ndarray:
+def smooth_probabilities(probs: np.ndarray, k: int, mode: str = SmoothMode.median) -> np.ndarray:
     """(T, C) probabilities filtered over time with a centred window of ``k`` frames
     (edges repeat the end frames); k <= 1 returns them unchanged. Rows are renormalised, as
     a per-class median need not sum to 1."""
@@ -99,7 +99,7 @@ def smooth_probabilities(probs: np.ndarray, k: int, mode: str = SmoothMode.media
     before, after = (k - 1) // 2, k // 2
     padded = np.pad(probs, ((before, after), (0, 0)), mode="edge")
     view = np.lib.stride_tricks.sliding_window_view(padded, k, axis=0)  # (T, C, k)
-    out = np.median(view, axis=-1) if mode == SmoothMode.median.value else view.mean(axis=-1)
+    out = np.median(view, axis=-1) if mode == SmoothMode.median else view.mean(axis=-1)
     total = out.sum(axis=1, keepdims=True)
     return np.divide(out, total, out=np.full_like(out, 1.0 / out.shape[1]), where=total > 0)
 
@@ -123,18 +123,18 @@ def face_fill_rows(bank: FeatureBank) -> torch.Tensor:
     return torch.where(fill, last_face, rows)
 
 
-def with_face_fill(bank: FeatureBank, no_face: str = NoFace.fill.value) -> FeatureBank:
+def with_face_fill(bank: FeatureBank, no_face: str = NoFace.fill) -> FeatureBank:
     """The bank view (tensors shared) per-frame inference gathers from: no-face frames filled
     (``fill``, module docstring) or every frame its own cache features (``raw``)."""
     check_choice("--no-face", no_face, NoFace)
-    rows = face_fill_rows(bank) if no_face == NoFace.fill.value else None
+    rows = face_fill_rows(bank) if no_face == NoFace.fill else None
     return dataclasses.replace(bank, source_rows=rows)
 
 
 def frame_probabilities(model: torch.nn.Module, bank: FeatureBank, window: int,
                         frames: Sequence[np.ndarray] | None = None, *, batch_size: int = 256,
-                        smooth: int = 0, smooth_mode: str = SmoothMode.median.value,
-                        no_face: str = NoFace.fill.value) -> list[np.ndarray]:
+                        smooth: int = 0, smooth_mode: str = SmoothMode.median,
+                        no_face: str = NoFace.fill) -> list[np.ndarray]:
     """Per video of the bank: (n_i, classes) probabilities of the causal window ending at
     each frame in ``frames[i]`` (default: every frame), no-face frames shown as ``no_face``
     says (module docstring). With smoothing, every frame is inferred (the filter needs the

@@ -69,7 +69,7 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
 def pick_device(cfg: TrainConfig, dist: Dist) -> torch.device:
     """This rank's device for ``cfg.device``; made current so NCCL collectives use it."""
     device = resolve_device(cfg.device, dist.local_rank)
-    if cfg.preload == Preload.gpu.value and device.type != "cuda":
+    if cfg.preload == Preload.gpu and device.type != "cuda":
         raise ConfigError("--preload gpu needs a CUDA device; use --preload cpu")
     use_device(device, dist)
     return device
@@ -149,7 +149,7 @@ def _build_learner(cfg: TrainConfig, cache: CacheReader, train_split: Split, dis
         torch.backends.cudnn.benchmark = True  # the step's shapes are fixed: pick conv algorithms once
     # auto on one GPU: a fixed-shape step over the whole group, proven by the self-check
     step = LossStep(model, module, weights, cfg.contrastive_weight, device, mode, say,
-                    check=cfg.compile == Compile.auto.value, grouped=mode == "reduce-overhead")
+                    check=cfg.compile == Compile.auto, grouped=mode == "reduce-overhead")
     return Learner(model, module, opt, weights, dist, device, step)
 
 
@@ -160,8 +160,8 @@ def _save_epoch(run: RunDir, learner: Learner, record: dict, meta: dict) -> None
     run.append_metrics(record)
     with run.staged() as stage:
         if record["best"]:
-            ckpt.save_checkpoint(stage.checkpoint(Checkpoint.best.value), learner.module, meta=meta)
-        ckpt.save_checkpoint(stage.checkpoint(Checkpoint.last.value), learner.module, optimizer=learner.opt,
+            ckpt.save_checkpoint(stage.checkpoint(Checkpoint.best), learner.module, meta=meta)
+        ckpt.save_checkpoint(stage.checkpoint(Checkpoint.last), learner.module, optimizer=learner.opt,
                              scheduler_state={"epoch": record["epoch"]}, meta=meta)
 
 
@@ -170,7 +170,7 @@ def _resume(run: RunDir, learner: Learner, cfg: TrainConfig, say: Callable[[str]
     """(epochs done, best val F1, best epoch, their metrics) of the run in ``run``, after
     checking that this run's head dimensions, cache content and labels (``now``) are the
     run's own (provenance.py): one line otherwise, before anything is loaded or written."""
-    last = run.checkpoint(Checkpoint.last.value)
+    last = run.checkpoint(Checkpoint.last)
     state = ckpt.read_state(last)  # one line for a damaged or foreign record
     start, best_f1, best_epoch = ckpt.resume_point(last, state)
     saved, _ = ckpt.load_weights(last.weights, learner.device)
@@ -225,7 +225,7 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist, device: torch.device, say:
         for line in warnings:
             say(f"warning: {line}")
         cache_meta = {"path": str(Path(cfg.cache).resolve()), "fingerprint": ckpt.cache_fingerprint(cache),
-                      **fingerprints, "backbones": cache.backbones}
+                      **fingerprints, "backbones": cache.backbones.to_dict()}
         learner = _build_learner(cfg, cache, splits["train"], dist, device, say)
         head_cfg, opt, module = learner.module.cfg, learner.opt, learner.module
         data_meta["class_weights"] = [round(float(w), 6) for w in learner.weights]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from expr.train_heads.config import HeadConfig
+from expr.train_heads.config import Fusion, HeadConfig
 
 
 class TemporalBlock(nn.Module):
@@ -146,8 +146,8 @@ class ExprHeadModel(nn.Module):
         if cfg.use_audio:
             self.audio_adapter = AudioAdapter(cfg.audio_dim, C, cfg.dropout_audio)
             self.fusion = CrossAttentionFusion(C, cfg.heads, cfg.dropout_attn,
-                                               v_queries_a=cfg.fusion in ("bica", "v2a"),
-                                               a_queries_v=cfg.fusion in ("bica", "a2v"))
+                                               v_queries_a=cfg.fusion in (Fusion.bica, Fusion.v2a),
+                                               a_queries_v=cfg.fusion in (Fusion.bica, Fusion.a2v))
         self.head = ClassifierHead(C * (2 if cfg.use_audio else 1), cfg.num_classes, cfg.dropout_head)
         self.text_proj = nn.Linear(C, cfg.text_dim)
         text = F.normalize(torch.as_tensor(text_embeddings, dtype=torch.float32), dim=-1)

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,7 +67,7 @@ REPORT_PATTERNS = ("eval_*.json", "confusion_*.png", REPORT_HTML, TIMELINES_GLOB
 RESUME_FREE = TrainConfig.not_learned()
 
 
-class Checkpoint(str, Enum):
+class Checkpoint(StrEnum):
     """The two weights files of a run (the CLI's --checkpoint choices)."""
 
     best = "best"   # best window-level validation macro-F1

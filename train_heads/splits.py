@@ -51,7 +51,7 @@ class Split:
         for vid in ids + [None]:
             n = self.cache.info(vid).n_frames if vid is not None else 0
             if group and (vid is None or frames + n > cfg.chunk_frames):
-                bank = load_bank(self.cache, group, {v: self.labels[v] for v in group}, preload=Preload.none.value)
+                bank = load_bank(self.cache, group, {v: self.labels[v] for v in group}, preload=Preload.none)
                 windows = make_windows(bank, cfg.window, cfg.stride, cfg.target, cfg.windows)
                 yield with_sources(bank, windows), windows
                 group, frames = [], 0
@@ -122,17 +122,17 @@ def _load_split(cfg: TrainConfig, cache: CacheReader, name: str, given: FeatureB
         raise ConfigError(f"no {name} video of {cfg.labels} is in the cache {cfg.cache}; check the ids")
     if given is not None:
         nbytes = bank_nbytes(len(given.visual), len(given.audio) - 1, given.visual.shape[1], given.audio.shape[1])
-        loaded = to_device(given, device) if resolve_preload(cfg.preload, device, nbytes) == Preload.gpu.value else given
+        loaded = to_device(given, device) if resolve_preload(cfg.preload, device, nbytes) == Preload.gpu else given
     else:
         # --preload none reads only labels, masks and times here (enough for the windows)
         loaded = load_bank(cache, ids, labels, preload=cfg.preload, device=device,
-                           features=cfg.preload != Preload.none.value)
+                           features=cfg.preload != Preload.none)
         _report_mismatches(loaded.warnings, say)
     windows = make_windows(loaded, cfg.window, cfg.stride, cfg.target, cfg.windows)
     if len(windows) == 0:
         raise ConfigError(_no_windows(cfg, name, loaded))
     split = Split(name, ids, labels, cache, windows.target.cpu())
-    if not (cfg.preload == Preload.none.value and given is None):
+    if not (cfg.preload == Preload.none and given is None):
         split.bank, split.windows = with_sources(loaded, windows), windows
     return split, len(loaded.warnings)
 

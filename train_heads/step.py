@@ -68,17 +68,17 @@ Batch = Sequence[torch.Tensor]  # (visual, audio, audio_mask, target) of one mic
 
 def compile_mode(setting: str, device: torch.device, world: int) -> str | None:
     """torch.compile mode of the step, or None for eager."""
-    if setting == Compile.off.value or (setting == Compile.auto.value and device.type != "cuda"):
+    if setting == Compile.off or (setting == Compile.auto and device.type != "cuda"):
         return None
     # CUDA graphs replay one process's kernels; under DDP the all-reduce hooks run between
     # them, so DDP compiles without graphs.
-    graphs = setting == Compile.auto.value and device.type == "cuda" and world == 1
+    graphs = setting == Compile.auto and device.type == "cuda" and world == 1
     return "reduce-overhead" if graphs else "default"
 
 
 def optimizer_flags(setting: str, device: torch.device) -> dict:
     """AdamW implementation switches: torch's defaults for --compile off."""
-    if setting == Compile.off.value:
+    if setting == Compile.off:
         return {"foreach": None, "fused": None}
     return {"foreach": None, "fused": True} if device.type == "cuda" else {"foreach": True, "fused": None}
 

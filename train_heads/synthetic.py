@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from expr.abaw import HOP, LABEL_HEADER, NUM_CLASSES, SAMPLE_RATE, audio_step_times, audio_steps
-from expr.cache_format import open_writer
+from expr.cache_format import BackboneRecord, BackboneRecords, VideoEntry, open_writer
 
 SEGMENT_SECONDS = (2.0, 4.0)
 GAP_SECONDS = (2.0, 20.0)  # unannotated stretches (``gap_frac``): Aff-Wild2 leaves seconds to minutes at -1
@@ -137,11 +137,10 @@ def write_synthetic_dataset(
     freqs = np.linspace(0.5, 2.0, n_cls)[rng.permutation(n_cls)]
     phases = rng.uniform(0, 2 * math.pi, n_cls)
     text = rng.standard_normal((n_cls, text_dim)).astype(np.float32)
-    backbones = {
-        "visual": {"name": "synthetic", "weights": None, "dim": visual_dim},
-        "audio": {"name": "synthetic", "weights": None, "dim": audio_dim,
-                  "sample_rate": SAMPLE_RATE, "hop": HOP},
-    }
+    backbones = BackboneRecords(
+        visual=BackboneRecord(name="synthetic", weights=None, dim=visual_dim),
+        audio=BackboneRecord(name="synthetic", weights=None, dim=audio_dim, sample_rate=SAMPLE_RATE, hop=HOP),
+    )
     cache = root / "feats.zarr"
     writer = open_writer(cache, backbones=backbones, text_embeddings=text, logit_scale=100.0, reset=True)
     labels_dir = root / "labels"
@@ -166,9 +165,9 @@ def write_synthetic_dataset(
                 a_times = audio_step_times(S)
                 a_classes = classes[np.minimum((a_times * fps).astype(np.int64), T - 1)]
                 audio = _features(rng, a_classes, a_times, a_protos, freqs, phases, signal, noise)
-            writer.write_video(vid, visual=visual, frame_mask=frame_mask, timestamps=times, fps=fps,
-                               duration=duration, source=f"{vid}.mp4", source_size=0, source_mtime=0.0,
-                               audio=audio)
+            writer.write_video(vid, VideoEntry(visual=visual, frame_mask=frame_mask, timestamps=times, fps=fps,
+                                               duration=duration, source=f"{vid}.mp4", source_size=0,
+                                               source_mtime=0.0, audio=audio))
             labels = _labels(rng, classes, onsets, fps, missing_labels_frac, onset_seconds, gap_frac)
             text_lines = [LABEL_HEADER] + [str(v) for v in labels]
             (labels_dir / split / f"{vid}.txt").write_text("\n".join(text_lines) + "\n", encoding="utf-8")

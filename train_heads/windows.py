@@ -89,12 +89,18 @@ def reference_windows(labels: np.ndarray, face: np.ndarray, window: int, stride:
     return VideoWindows(ends, source, labels[source[ends]])
 
 
+def grid_ends(n_frames: int, window: int, stride: int) -> np.ndarray:
+    """(N,) int64 ends of the grid rule's full windows in a video of ``n_frames``: window-1,
+    window-1+stride, ... (THE grid; ``make_windows`` keeps those whose target exists)."""
+    return np.arange(window - 1, n_frames, stride, dtype=np.int64)
+
+
 def grid_windows(labels: np.ndarray, face: np.ndarray, window: int, stride: int) -> VideoWindows:
     """expr's earlier rule (``make_windows`` with target "last"): ends on a grid from frame 0,
     kept when the end frame is valid; every frame is its own source."""
     labels = np.asarray(labels, dtype=np.int64)
     valid = _check(labels, np.asarray(face), window, stride)
-    ends = np.arange(window - 1, len(labels), stride, dtype=np.int64)
+    ends = grid_ends(len(labels), window, stride)
     ends = ends[valid[ends]]
     return VideoWindows(ends, np.arange(len(labels), dtype=np.int64), labels[ends])
 
@@ -102,6 +108,6 @@ def grid_windows(labels: np.ndarray, face: np.ndarray, window: int, stride: int)
 def build_windows(rule: str, labels: np.ndarray, face: np.ndarray, window: int, stride: int) -> VideoWindows:
     """The windows of one video under ``rule`` ("reference" or "grid")."""
     check_choice("window rule", rule, WindowRule)
-    if rule == WindowRule.reference.value:
+    if rule == WindowRule.reference:
         return reference_windows(labels, face, window, stride)
     return grid_windows(labels, face, window, stride)

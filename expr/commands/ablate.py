@@ -14,7 +14,7 @@ from expr.evaluate import AblateConfig
 from expr.evaluate.config import Keep
 from expr.evaluate.grid import KEYS
 from expr.commands.train import WINDOWS_HELP
-from expr.train_heads import Preload, SmoothMode, WindowRule
+from expr.train_heads import Preload, WindowRule
 
 DEFAULT = AblateConfig
 GRID_HELP = ('Space-separated key=v1,v2 terms, e.g. "window=30,60 fusion=bica,concat audio=on,off". '
@@ -37,18 +37,18 @@ def ablate(
                           ] = DEFAULT.tcn_levels,
     heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = DEFAULT.heads,
     windows: Annotated[WindowRule, typer.Option(help=f"{WINDOWS_HELP} Grid key windows overrides.")
-                       ] = WindowRule(DEFAULT.windows),
+                       ] = DEFAULT.windows,
     train_list: Annotated[Optional[Path], typer.Option(help="Ids file restricting Train_Set.")] = DEFAULT.train_list,
     val_list: Annotated[Optional[Path], typer.Option(help="Ids file restricting Validation_Set.")] = DEFAULT.val_list,
     smooth: SmoothOpt = DEFAULT.smooth,
-    smooth_mode: SmoothModeOpt = SmoothMode(DEFAULT.smooth_mode),
+    smooth_mode: SmoothModeOpt = DEFAULT.smooth_mode,
     # cpu or gpu: "none" (streaming) would re-read the cache for every cell; AblateConfig refuses it
     preload: Annotated[Preload, typer.Option(help="Where the features loaded once for every cell live "
-                                                  "(auto: gpu on CUDA when it fits, else cpu; cpu; gpu).")] = Preload(DEFAULT.preload),
+                                                  "(auto: gpu on CUDA when it fits, else cpu; cpu; gpu).")] = DEFAULT.preload,
     device: DeviceOpt = DEFAULT.device,
     keep: Annotated[Keep, typer.Option(help="Checkpoints kept per finished cell (the tables need none): best, "
                                             "last (without optimiser state) or all (with it).")
-                    ] = Keep(DEFAULT.keep),
+                    ] = DEFAULT.keep,
 ) -> None:
     """Train and score every combination of --grid from ONE load of the cache; write
     ablation.csv, ablation.md (sorted by per-frame macro-F1) and ablation.png. Re-running
@@ -60,9 +60,9 @@ def ablate(
     console = Console(emoji=False)
     cfg = AblateConfig(cache=cache, labels=labels, grid=grid, out=out, epochs=epochs, seeds=seeds, seed=seed, lr=lr,
                        batch_size=batch_size, channels=channels, tcn_levels=tcn_levels, heads=heads,
-                       windows=windows.value,
-                       train_list=train_list, val_list=val_list, smooth=smooth, smooth_mode=smooth_mode.value,
-                       preload=preload.value, device=device, keep=keep.value)
+                       windows=windows,
+                       train_list=train_list, val_list=val_list, smooth=smooth, smooth_mode=smooth_mode,
+                       preload=preload, device=device, keep=keep)
 
     def on_cell(i, n, cell, seed_, status):
         verb = "[dim]skip (done)[/]" if status == "skip" else "[bold]train[/]"

@@ -54,12 +54,10 @@ def info(path: CachePath) -> None:
         table.add_row("frames", f"{frames:,} ({sum(i.duration for i in infos) / 3600:.2f} h)")
         table.add_row("audio steps", f"{steps:,}")
         table.add_row("size on disk", f"{_human(_disk_size(path))} (raw float16 {_human(raw)})")
-        for stream in ("visual", "audio"):
-            bb = cache.backbones.get(stream, {})
-            weights = bb.get("weights")
-            shown = escape(str(weights)) if weights else "[bold red]RANDOM WEIGHTS (features are not meaningful)[/]"
-            resize = f" resize={escape(str(bb['resize']))}" if "resize" in bb else ""  # caches before it lack it
-            table.add_row(f"{stream} backbone", f"{escape(str(bb.get('name')))} dim={bb.get('dim')} weights={shown}{resize}")
+        for stream, bb in (("visual", cache.backbones.visual), ("audio", cache.backbones.audio)):
+            shown = escape(str(bb.weights)) if bb.weights else "[bold red]RANDOM WEIGHTS (features are not meaningful)[/]"
+            resize = f" resize={escape(str(bb.resize))}" if bb.resize is not None else ""  # caches before it lack it
+            table.add_row(f"{stream} backbone", f"{escape(str(bb.name))} dim={bb.dim} weights={shown}{resize}")
         options = cache.attrs.get("options")  # expr 0.2 caches record them per video only
         if isinstance(options, dict):
             table.add_row("options", escape(" ".join(f"{k}={v}" for k, v in options.items())))

@@ -89,16 +89,16 @@ def evaluate(
     labels: LabelsOpt,
     split: Annotated[str, typer.Option(help="Sub-folder of --labels to score.")] = DEFAULT.split,
     videos: Annotated[Optional[Path], typer.Option(help="Text file of video ids: score only these.")] = DEFAULT.videos,
-    checkpoint: CheckpointOpt = Checkpoint(DEFAULT.checkpoint),
+    checkpoint: CheckpointOpt = DEFAULT.checkpoint,
     windows: Annotated[Optional[WindowRule], typer.Option(
         help="Window-level protocol only: score the windows of this rule, reference (the authors', Table 1) "
              "or grid (v0.1). Default: the rule the run was trained and selected on (as the run records it; "
              "runs of v0.1 used grid). Per-frame scoring is the same for both.")] = None,  # = DEFAULT.windows
     smooth: SmoothOpt = DEFAULT.smooth,
-    smooth_mode: SmoothModeOpt = SmoothMode(DEFAULT.smooth_mode),
-    no_face: NoFaceOpt = NoFace(DEFAULT.no_face),
+    smooth_mode: SmoothModeOpt = DEFAULT.smooth_mode,
+    no_face: NoFaceOpt = DEFAULT.no_face,
     batch_size: BatchOpt = DEFAULT.batch_size,
-    preload: PreloadOpt = Preload(DEFAULT.preload),
+    preload: PreloadOpt = DEFAULT.preload,
     device: DeviceOpt = DEFAULT.device,
     timelines: Annotated[int, typer.Option(min=0, help="Draw timeline PNGs of the N videos with the lowest "
                                                        "per-frame accuracy (into timelines_<split>/).")
@@ -113,9 +113,9 @@ def evaluate(
 
     console = Console(emoji=False)
     cfg = EvaluateConfig(run=run, cache=cache, labels=labels, split=split, videos=videos,
-                         checkpoint=checkpoint.value, windows=windows.value if windows else None, smooth=smooth,
-                         smooth_mode=smooth_mode.value, no_face=no_face.value, batch_size=batch_size,
-                         preload=preload.value, device=device, timelines=timelines)
+                         checkpoint=checkpoint, windows=windows, smooth=smooth,
+                         smooth_mode=smooth_mode, no_face=no_face, batch_size=batch_size,
+                         preload=preload, device=device, timelines=timelines)
     report = evaluate_run(cfg, on_stage=lambda msg: console.print(f"[dim]{esc(msg)}[/]"))
     protocols = report.data["protocols"]
     w, f = protocols["window"], protocols["per_frame"]

@@ -7,7 +7,6 @@ name prints as written and cannot abort the run with a MarkupError.
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,59 +18,39 @@ from rich.table import Table
 
 from expr.commands import esc
 from expr.devices import DEVICE_HELP, is_main_process
+from expr.extract.config import ExtractConfig, FaceCrop, Geometry, JpgResize
 
-
-class FaceCrop(str, Enum):
-    none = "none"
-    haar = "haar"
-
-
-class Geometry(str, Enum):
-    auto = "auto"
-    worker = "worker"
-    device = "device"
-
-
-class JpgResize(str, Enum):
-    bilinear = "bilinear"
-    bicubic = "bicubic"
+D = ExtractConfig  # the defaults are the config's, declared once (as `expr train` takes TrainConfig's)
 
 
 def extract(
     videos: Annotated[Path, typer.Option(help="Folder searched recursively for videos (mp4, avi, mkv, mov, webm, flv, ...).")],
     out: Annotated[Path, typer.Option(help="Feature cache to create or add to, e.g. feats.zarr.")],
-    frames: Annotated[Optional[Path], typer.Option(help="ABAW cropped_aligned folder: faces from <frames>/<id>/00001.jpg, audio from the videos.")] = None,
-    device: Annotated[str, typer.Option(help=f"{DEVICE_HELP} (auto: cuda if available).")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Frames per image-encoder batch, pooled across videos.")] = 128,
-    workers: Annotated[int, typer.Option(help="Decoding processes (0: decode in this process).")] = 2,
-    visual_model: Annotated[str, typer.Option(help="Visual backbone (extract/backbones.json).")] = "ViT-B-32",
-    visual_weights: Annotated[Optional[str], typer.Option(help="openai, a local checkpoint file/dir, or none (random). Default: openai.")] = None,
-    audio_model: Annotated[str, typer.Option(help="Audio backbone: facebook/wav2vec2-base-960h (the authors' code, Table 1) or facebook/wav2vec2-base (the paper's wording). Recorded in the cache.")] = "facebook/wav2vec2-base-960h",
-    audio_weights: Annotated[Optional[str], typer.Option(help="hub, a local save_pretrained folder, or none (random). Default: hub.")] = None,
-    shard: Annotated[Optional[str], typer.Option(help="K/N: take videos K, K+N, ... (0 <= K < N) for job arrays.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N videos (sorted by id).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Redo every video (wipes the cache unless --shard).")] = False,
-    face_crop: Annotated[FaceCrop, typer.Option(help="Cut raw frames to the face (OpenCV Haar) before CLIP.")] = FaceCrop.none,
-    jpg_resize: Annotated[JpgResize, typer.Option(help="How --frames jpgs (ABAW: 112x112) are resized to 224x224, antialiased: bilinear = torchvision Resize((224, 224)) on PIL, the authors' code (Table 1); bicubic = what earlier expr versions did. Recorded in the cache.")] = JpgResize.bilinear,
-    audio_chunk_seconds: Annotated[float, typer.Option(help="Wav2Vec2 runs on chunks of this many seconds ...")] = 30.0,
-    audio_context_seconds: Annotated[float, typer.Option(help="... each with this much extra audio on either side.")] = 3.0,
-    geometry: Annotated[Geometry, typer.Option(help="Where CLIP's colour conversion + resize run: worker (decode workers), device (the encoder's device; workers only decode), auto (device on CUDA after a start-up self-check, else worker; an existing cache keeps its own). Recorded in the cache.")] = Geometry.auto,
+    frames: Annotated[Optional[Path], typer.Option(help="ABAW cropped_aligned folder: faces from <frames>/<id>/00001.jpg, audio from the videos.")] = D.frames,
+    device: Annotated[str, typer.Option(help=f"{DEVICE_HELP} (auto: cuda if available).")] = D.device,
+    batch_size: Annotated[int, typer.Option(help="Frames per image-encoder batch, pooled across videos.")] = D.batch_size,
+    workers: Annotated[int, typer.Option(help="Decoding processes (0: decode in this process).")] = D.workers,
+    visual_model: Annotated[str, typer.Option(help="Visual backbone (extract/backbones.json).")] = D.visual_model,
+    visual_weights: Annotated[Optional[str], typer.Option(help="openai, a local checkpoint file/dir, or none (random). Default: openai.")] = D.visual_weights,
+    audio_model: Annotated[str, typer.Option(help="Audio backbone: facebook/wav2vec2-base-960h (the authors' code, Table 1) or facebook/wav2vec2-base (the paper's wording). Recorded in the cache.")] = D.audio_model,
+    audio_weights: Annotated[Optional[str], typer.Option(help="hub, a local save_pretrained folder, or none (random). Default: hub.")] = D.audio_weights,
+    shard: Annotated[Optional[str], typer.Option(help="K/N: take videos K, K+N, ... (0 <= K < N) for job arrays.")] = D.shard,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N videos (sorted by id).")] = D.limit,
+    overwrite: Annotated[bool, typer.Option(help="Redo every video (wipes the cache unless --shard).")] = D.overwrite,
+    face_crop: Annotated[FaceCrop, typer.Option(help="Cut raw frames to the face (OpenCV Haar) before CLIP.")] = D.face_crop,
+    jpg_resize: Annotated[JpgResize, typer.Option(help="How --frames jpgs (ABAW: 112x112) are resized to 224x224, antialiased: bilinear = torchvision Resize((224, 224)) on PIL, the authors' code (Table 1); bicubic = what earlier expr versions did. Recorded in the cache.")] = D.jpg_resize,
+    audio_chunk_seconds: Annotated[float, typer.Option(help="Wav2Vec2 runs on chunks of this many seconds ...")] = D.audio_chunk_seconds,
+    audio_context_seconds: Annotated[float, typer.Option(help="... each with this much extra audio on either side.")] = D.audio_context_seconds,
+    geometry: Annotated[Geometry, typer.Option(help="Where CLIP's colour conversion + resize run: worker (decode workers), device (the encoder's device; workers only decode), auto (device on CUDA after a start-up self-check, else worker; an existing cache keeps its own). Recorded in the cache.")] = D.geometry,
 ) -> None:
     """Extract per-frame CLIP and per-step Wav2Vec2 features of every video into a cache.
 
     Re-running skips complete videos; a failed video is reported and the others go on
     (exit code 1 if any failed).
     """
-    from expr.extract.config import ExtractConfig
+    config = ExtractConfig(**locals())  # the options are ExtractConfig's fields, 1:1 (tested)
     from expr.extract.run import run_extract
 
-    config = ExtractConfig(
-        videos=videos, out=out, frames=frames, device=device, batch_size=batch_size, workers=workers,
-        visual_model=visual_model, visual_weights=visual_weights, audio_model=audio_model,
-        audio_weights=audio_weights, shard=shard, limit=limit, overwrite=overwrite,
-        face_crop=face_crop.value, jpg_resize=jpg_resize.value, audio_chunk_seconds=audio_chunk_seconds,
-        audio_context_seconds=audio_context_seconds, geometry=geometry.value,
-    )
     console = Console(emoji=False)
     live = is_main_process()  # under torchrun only rank 0 draws progress
     view = _ProgressView(console, live)

@@ -19,7 +19,6 @@ from expr.commands.evaluate import (
     SmoothOpt,
 )
 from expr.pipeline import PredictVideosConfig
-from expr.train_heads import Checkpoint, NoFace, Preload, SmoothMode
 
 DEFAULT = PredictVideosConfig
 
@@ -44,12 +43,12 @@ def predict(
     timelines: Annotated[bool, typer.Option(help="A timeline PNG per video (folder --out).")] = DEFAULT.timelines,
     probs: Annotated[Optional[Path], typer.Option(help="Also write per-frame class probabilities to this CSV.")
                      ] = DEFAULT.probs,
-    checkpoint: CheckpointOpt = Checkpoint(DEFAULT.checkpoint),
+    checkpoint: CheckpointOpt = DEFAULT.checkpoint,
     smooth: SmoothOpt = DEFAULT.smooth,
-    smooth_mode: SmoothModeOpt = SmoothMode(DEFAULT.smooth_mode),
-    no_face: NoFaceOpt = NoFace(DEFAULT.no_face),
+    smooth_mode: SmoothModeOpt = DEFAULT.smooth_mode,
+    no_face: NoFaceOpt = DEFAULT.no_face,
     batch_size: BatchOpt = DEFAULT.batch_size,
-    preload: PreloadOpt = Preload(DEFAULT.preload),
+    preload: PreloadOpt = DEFAULT.preload,
     device: DeviceOpt = DEFAULT.device,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace predictions another run made in --out "
                                                                "(its manifest.json names the run).")
@@ -66,9 +65,9 @@ def predict(
 
     console = Console(emoji=False)
     cfg = PredictVideosConfig(run=run, out=out, cache=cache, videos=videos, frames=frames, ids=ids, face_crop=face_crop,
-                        timelines=timelines, probs=probs, checkpoint=checkpoint.value, smooth=smooth,
-                        smooth_mode=smooth_mode.value, no_face=no_face.value, batch_size=batch_size,
-                        preload=preload.value, device=device, overwrite=overwrite)
+                        timelines=timelines, probs=probs, checkpoint=checkpoint, smooth=smooth,
+                        smooth_mode=smooth_mode, no_face=no_face, batch_size=batch_size,
+                        preload=preload, device=device, overwrite=overwrite)
 
     report = predict_videos(cfg, on_stage=lambda msg: console.print(f"[dim]{escape(msg)}[/]"),
                             on_extract=lambda event: print_extract_event(console, event))

@@ -3,7 +3,6 @@ defaults = TrainConfig's defaults, choices = the library's enums)."""
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -40,8 +39,8 @@ def train(
     window: Annotated[int, _opt("Frames per window.", DATA)] = TrainConfig.window,
     stride: Annotated[int, _opt("Frames between training and validation windows.", DATA)] = TrainConfig.stride,
     target: Annotated[Target, _opt("Window label: its last frame (reference), majority or center.",
-                                   DATA)] = Target(TrainConfig.target),
-    windows: Annotated[WindowRule, _opt(WINDOWS_HELP, DATA)] = WindowRule(TrainConfig.windows),
+                                   DATA)] = TrainConfig.target,
+    windows: Annotated[WindowRule, _opt(WINDOWS_HELP, DATA)] = TrainConfig.windows,
     train_list: Annotated[Optional[Path], _opt("Text file of training video ids, one per line.",
                                                DATA)] = TrainConfig.train_list,
     val_list: Annotated[Optional[Path], _opt("Text file of validation video ids, one per line.",
@@ -70,24 +69,24 @@ def train(
     no_audio: Annotated[bool, _flag("--no-audio", "Ablation: visual stream only.", ARCH)] = TrainConfig.no_audio,
     no_tcn: Annotated[bool, _flag("--no-tcn", "Ablation: no temporal convolution.", ARCH)] = TrainConfig.no_tcn,
     fusion: Annotated[Fusion, _opt("Cross-attention: both directions, visual->audio, audio->visual, or "
-                                   "plain concat.", ARCH)] = Fusion(TrainConfig.fusion),
+                                   "plain concat.", ARCH)] = TrainConfig.fusion,
     weight_norm: Annotated[bool, _flag("--weight-norm", "Weight-normalise the TCN convolutions (Bai et al.; "
                                        "off in the paper's code).", ARCH)] = TrainConfig.weight_norm,
     preload: Annotated[Preload, _opt("Features in pinned RAM (cpu), on the GPU (gpu), or streamed in "
                                      "chunks from the cache (none, for caches larger than memory).",
-                                     RUN)] = Preload(TrainConfig.preload),
+                                     RUN)] = TrainConfig.preload,
     chunk_frames: Annotated[int, _opt("--preload none: frames loaded at a time.", RUN)] = TrainConfig.chunk_frames,
     eval_batch_size: Annotated[int, _opt("Windows per validation batch.", RUN)] = TrainConfig.eval_batch_size,
     compile: Annotated[Compile, _opt("Training step fast path: auto (CUDA: torch.compile with CUDA graphs and "
                                      "fused AdamW; CPU: eager with foreach AdamW), on (compile without CUDA graphs, any device), "
-                                     "off (plain eager step).", RUN)] = Compile(TrainConfig.compile),
+                                     "off (plain eager step).", RUN)] = TrainConfig.compile,
     device: Annotated[str, _opt(f"{DEVICE_HELP}.", RUN)] = TrainConfig.device,
     overwrite: Annotated[bool, _flag("--overwrite", "Replace a previous run in --out.", RUN)] = TrainConfig.overwrite,
     resume: Annotated[bool, _flag("--resume", "Continue the run in --out from its last checkpoint.",
                                   RUN)] = TrainConfig.resume,
 ) -> None:
     """Train the TCN + audio + cross-attention head on cached features (no backbone needed)."""
-    options = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()}
+    options = dict(locals())
     cfg = TrainConfig(**options)
     cfg.validate()
     _run(cfg)
