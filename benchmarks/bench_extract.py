@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from expr.extract.config import Geometry
+
 
 def make_videos(root: Path, frames: int, n_videos: int, fps: int = 25, size=(640, 360)) -> list[Path]:
     """``n_videos`` H.264 + AAC (16 kHz mono) clips with ``frames`` frames in total."""
@@ -110,7 +112,7 @@ def null_encoders():
             setattr(cls, name, method)
 
 
-GEOMETRY = "auto"  # --geometry of the runs (main sets it): auto is expr extract's default
+GEOMETRY = Geometry.auto  # --geometry of the runs (main sets it): expr extract's default
 
 
 def _cpu_seconds() -> float:
@@ -278,7 +280,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="alternate bare/pipeline runs this often, keep the best")
     args = parser.parse_args()
     global GEOMETRY
-    GEOMETRY = args.geometry
+    GEOMETRY = Geometry(args.geometry)
     if args.null_encoder:
         main_null(args)
         return

@@ -197,7 +197,7 @@ def test_a_cache_made_before_the_record_counts_as_the_worker_path(videos, tmp_pa
 
 
 def test_geometry_is_validated_at_the_edge(videos, tmp_path):
-    with pytest.raises(ConfigError, match="--geometry 'gpu'"):
+    with pytest.raises(ConfigError, match="--geometry must be one of auto, worker, device, got 'gpu'"):
         tiny_config(videos, tmp_path / "x.zarr", geometry="gpu").validate()
 
 
