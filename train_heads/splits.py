@@ -13,7 +13,7 @@ from expr.abaw import IGNORE_LABEL
 from expr.cache_format import CacheReader
 from expr.errors import ConfigError
 from expr.train_heads.config import Preload, TrainConfig
-from expr.train_heads.data import (FeatureBank, Windows, bank_nbytes, load_bank, make_windows, resolve_preload,
+from expr.train_heads.data import (FeatureBank, Windows, load_bank, make_windows, resolve_preload,
                                    to_device, with_sources)
 from expr.train_heads.labels import SPLITS as ABAW_SPLITS
 from expr.train_heads.labels import load_split, preview, reconcile
@@ -121,7 +121,7 @@ def _load_split(cfg: TrainConfig, cache: CacheReader, name: str, given: FeatureB
     if not ids:
         raise ConfigError(f"no {name} video of {cfg.labels} is in the cache {cfg.cache}; check the ids")
     if given is not None:
-        nbytes = bank_nbytes(len(given.visual), len(given.audio) - 1, given.visual.shape[1], given.audio.shape[1])
+        nbytes = given.visual.nbytes + given.audio.nbytes  # what a move to the GPU would take
         loaded = to_device(given, device) if resolve_preload(cfg.preload, device, nbytes) == Preload.gpu else given
     else:
         # --preload none reads only labels, masks and times here (enough for the windows)
