@@ -302,24 +302,20 @@ class EncoderFeed:
         self.summary.failed[vid] = reason
         self.emit(self.event("video", vid, reason))
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = False) -> None:
         """The decoders are quiet: encode the frames held (padded, as always) and collect every
-        batch, so that a video whose last frames wait in a buffer is written now."""
+        batch, so that a video whose last frames wait in a buffer is written now (and, with
+        ``wait``, every write handed to the writer thread finished)."""
         if self.fill:
             self.encode()
         if self.inflight is not None:
             previous, self.inflight = self.inflight, None
             self.collect(*previous)
-        self.write_ready()
+        self.write_ready(wait)
 
     def finish(self) -> None:
         """After the decoders ended: encode what is left, fail what never completed."""
-        if self.fill:
-            self.encode()  # the last one padded to the batch size
-        if self.inflight is not None:
-            previous, self.inflight = self.inflight, None
-            self.collect(*previous)
-        self.write_ready(wait=True)
+        self.flush(wait=True)
         self.audio_thread.shutdown()
         self.write_thread.shutdown()
         for vid in list(self.videos):

@@ -24,7 +24,6 @@ import numpy as np
 
 from expr.extract.config import Geometry
 
-GEOMETRIES = tuple(g.value for g in Geometry)  # --geometry; a cache records "worker" or "device"
 MAD_LIMIT = 1.0  # the start-up self-check's tolerance, mean absolute difference on 0-255
 # Kr, Kb of the two matrices (ITU-R BT.601 and BT.709)
 _MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
@@ -134,10 +133,9 @@ def choose_geometry(requested: str, device_type: str, recorded: str | None, elig
     - auto: the cache's own path if it has one; else the device path on CUDA, behind the
       check (an exception or a MAD above ``MAD_LIMIT`` falls back with a note); else worker.
     """
-    from expr.errors import ConfigError
+    from expr.errors import ConfigError, check_choice
 
-    if requested not in GEOMETRIES:
-        raise ConfigError(f"--geometry {requested!r}: expected one of {', '.join(GEOMETRIES)}")
+    check_choice("--geometry", requested, Geometry)  # callers outside ExtractConfig.validate too
     if requested == "worker" or not eligible:
         return "worker", None
     if requested == "auto" and (recorded == "worker" or (recorded is None and device_type != "cuda")):

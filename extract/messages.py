@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from expr.errors import ConfigError
-from expr.extract.config import FACE_CROPS, JPG_RESIZES  # the option's choices (one list)
+from expr.extract.config import FACE_CROPS, JPG_RESIZES, Geometry  # the options' choices (one list)
 from expr.extract.geometry_device import NativeLayout
 
 SEGMENT_FRAMES = 1024  # videos longer than twice this are split into keyframe-aligned segments
@@ -52,7 +52,7 @@ class DecodeJob:
             raise ConfigError(f"video {self.video_id!r}: a job needs a video file or a frames folder")
         if self.segment is not None and (self.video_path is None or not 0 <= self.segment[0] < self.segment[1]):
             raise ConfigError(f"video {self.video_id!r}: bad segment {self.segment} (needs a video and 0 <= a < b)")
-        if self.geometry not in ("worker", "device"):
+        if self.geometry not in (Geometry.worker, Geometry.device):  # auto is resolved before jobs exist
             raise ConfigError(f"geometry must be worker or device, got {self.geometry!r}")
         if self.image_size < 1 or self.batch_frames < 1:
             raise ConfigError(f"image size and batch frames must be positive, got {self.image_size}, {self.batch_frames}")

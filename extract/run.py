@@ -19,6 +19,7 @@ import numpy as np
 
 from expr import abaw
 from expr.cache_format import BackboneRecords, check_output_path, consolidate, is_cache, open_cache, open_writer
+from expr.cache_format.options import UNRECORDED_DEFAULTS
 from expr.devices import Dist, dist_env, resolve_device, setup_dist
 from expr.errors import ExprError, MediaDecodeError
 from expr.extract.audio_features import AudioEncoder
@@ -105,8 +106,9 @@ def _recorded_geometry(out: Path, reset: bool) -> str | None:
         with open_cache(out) as cache:
             options = cache.attrs.get("options")
             if isinstance(options, dict):
-                return options.get("geometry", "worker")
-            return "worker" if cache.video_ids else None  # an expr 0.2 cache: made in the workers
+                return options.get("geometry", UNRECORDED_DEFAULTS["geometry"])
+            # an expr 0.2 cache: made in the workers
+            return UNRECORDED_DEFAULTS["geometry"] if cache.video_ids else None
     except ExprError:
         return None
 
@@ -134,7 +136,7 @@ def resolve_geometry(config: ExtractConfig, device, jobs: list, reset: bool, che
 
     check = check or first_frames
     return choose_geometry(config.geometry, str(getattr(device, "type", device)).split(":")[0],
-                           _recorded_geometry(config.out, config.overwrite and config.shard is None) if eligible else None,
+                           _recorded_geometry(config.out, reset) if eligible else None,
                            eligible, check)
 
 
