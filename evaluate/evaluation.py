@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import numpy as np
 
 from expr.abaw import CLASS_NAMES
-from expr import version_text
+from expr import now_utc, version_text
 from expr.atomic import check_writable, write_json
 from expr.devices import resolve_device
 from expr.errors import storage_errors
 from expr.evaluate.config import EvaluateConfig
 from expr.evaluate.metrics import ClassificationMetrics
 from expr.evaluate.plots import save_confusion_png
-from expr.evaluate.provenance import now_utc
 from expr.evaluate.report_dir import ReportDir
 from expr.evaluate.report_sources import report_from_run
 from expr.evaluate.scoring import Scores, check_backbones, check_in_cache, score_both

@@ -54,9 +54,7 @@ class PredictOut:
 
 def _write_manifest(cfg: PredictConfig, run, device, backbones: dict, report: "PredictReport") -> Path:
     """The record of what made the predictions: run, checkpoint, cache, backbones, settings."""
-    from expr import version_text
-    from expr.atomic import write_json
-    from expr.evaluate.provenance import now_utc
+    from expr import now_utc, version_text
 
     run_cache = run.meta.get("cache") or {}
     return write_json(manifest_path(cfg.out), {

@@ -10,9 +10,10 @@ rule. Plain dicts in (config.json, eval_<split>.json, metrics.jsonl records), pl
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from typing import Mapping, Sequence
+
+from expr import now_utc
 
 STREAMS = ("visual", "audio")
 # Shown by the demo's report beside the random-weights banner (and in place of it with
@@ -20,10 +21,6 @@ STREAMS = ("visual", "audio")
 DEMO_CAVEAT = ("Demo, not a benchmark: six CREMA-D clips of one actor, trained and scored on parts of the same "
                "clips. It shows the pipeline working end to end; the scores say nothing about the method.")
 NOT_RECORDED = "not recorded"
-
-
-def now_utc() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def random_streams(backbones: Mapping | None) -> list[str]:

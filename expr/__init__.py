@@ -30,6 +30,13 @@ def git_commit() -> str | None:
     return lines[1].strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
+def now_utc() -> str:
+    """The time every record and report states (training start, evaluation, predictions)."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def version_text() -> str:
     """``expr 0.3.0 (commit 1a2b3c4d5e)``, or without the commit where it is unknown."""
     commit = git_commit()

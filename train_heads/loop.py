@@ -188,12 +188,9 @@ def _resume(run: RunDir, learner: Learner, cfg: TrainConfig, say: Callable[[str]
 
 def _provenance(device: torch.device) -> dict:
     """What config.json records about the training itself, for the run's report."""
-    import datetime
+    from expr import now_utc, version_text
 
-    from expr import version_text
-
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return {"started": started, "expr": version_text(), "device": str(device)}
+    return {"started": now_utc(), "expr": version_text(), "device": str(device)}
 
 
 def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: FeatureBank | None = None,

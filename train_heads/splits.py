@@ -13,7 +13,7 @@ from expr.abaw import IGNORE_LABEL
 from expr.cache_format import CacheReader
 from expr.errors import ConfigError
 from expr.train_heads.config import Preload, TrainConfig
-from expr.train_heads.data import (FeatureBank, Windows, load_bank, make_windows, resolve_preload,
+from expr.train_heads.data import (FeatureBank, Windows, load_bank, make_windows,
                                    to_device, with_sources)
 from expr.train_heads.labels import SPLITS as ABAW_SPLITS
 from expr.train_heads.labels import load_split, preview, reconcile
@@ -121,8 +121,8 @@ def _load_split(cfg: TrainConfig, cache: CacheReader, name: str, given: FeatureB
     if not ids:
         raise ConfigError(f"no {name} video of {cfg.labels} is in the cache {cfg.cache}; check the ids")
     if given is not None:
-        nbytes = given.visual.nbytes + given.audio.nbytes  # what a move to the GPU would take
-        loaded = to_device(given, device) if resolve_preload(cfg.preload, device, nbytes) == Preload.gpu else given
+        # the caller placed it (expr ablate resolved --preload auto when it loaded the bank)
+        loaded = to_device(given, device) if cfg.preload == Preload.gpu else given
     else:
         # --preload none reads only labels, masks and times here (enough for the windows)
         loaded = load_bank(cache, ids, labels, preload=cfg.preload, device=device,
