@@ -46,8 +46,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from expr.cache_format import open_cache
 from expr.devices import Dist
-from expr.train_heads import (Compile, ExprHeadModel, HeadConfig, Preload, TrainConfig, Windows, class_weights,
-                              frame_probabilities, gather, load_bank, load_run, load_split, make_windows, train,
+from expr.train_heads import (Compile, ExprHeadModel, HeadConfig, Preload, TrainConfig, BankWindows, class_weights,
+                              frame_probabilities, gather, load_bank, load_run, load_split, bank_windows, WindowSpec, train,
                               with_sources, write_synthetic_dataset)
 from expr.train_heads.loop import Learner, run_epoch
 from expr.train_heads.splits import Split
@@ -187,7 +187,7 @@ def _bench_steps(bank, windows, args, device, setting: str) -> dict:
     learner = Learner(module, module, make_optimizer(module, cfg, cfg.lr, device), weights, Dist(), device, step)
     pick = torch.randperm(len(windows), generator=torch.Generator().manual_seed(0))[:args.train_batches * cfg.batch_size]
     pick = pick.to(windows.video_idx.device)
-    sub = Windows(windows.video_idx[pick], windows.end_frame[pick], windows.target[pick])
+    sub = BankWindows(windows.video_idx[pick], windows.end_frame[pick], windows.target[pick])
     split = Split("train", bank.video_ids, {}, None, sub.target.cpu(), bank, sub)  # type: ignore[arg-type]
     run_epoch(learner, cfg, split, 0)  # warm-up: compile, CUDA graphs, allocator
     sync(device)
@@ -251,7 +251,7 @@ def run_scale(args, device) -> dict:
     scale = AFFWILD2_FRAMES / frames
     print(f"\ncache: {len(ds.train_ids)} + {len(ds.val_ids)} videos, {frames:,} frames "
           f"(1/{scale:.0f} of Aff-Wild2; written in {write_s:.0f} s)")
-    windows = make_windows(bank, args.window, args.stride)
+    windows = bank_windows(bank, WindowSpec(args.window, args.stride))
     bank = with_sources(bank, windows)  # reference windows: filled frames read their source rows
     settings = args.settings or (("off", "on", "auto") if device.type == "cuda" else ("off", "auto"))
     steps = {s: bench_steps(bank, windows, args, device, s) for s in settings}  # CPU: `on` compiles for minutes
@@ -353,7 +353,7 @@ def compare_loaders(args: argparse.Namespace, device: torch.device) -> None:
     t = time.perf_counter()
     bank = load_bank(cache, sorted(labels), labels, preload=HOST_OR_GPU[device.type == "cuda"], device=device)
     load_s = time.perf_counter() - t
-    windows = make_windows(bank, args.window, args.stride)
+    windows = bank_windows(bank, WindowSpec(args.window, args.stride))
     bank = with_sources(bank, windows)  # reference windows: filled frames read their source rows
     gen = torch.Generator().manual_seed(0)
     frames = int(bank.n_frames.sum())

@@ -133,9 +133,10 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
         stage(f"loading {len(ids)} videos from {cfg.cache}")
         bank = load_bank(cache, ids, None, preload=cfg.preload, device=device)
     stage(f"predicting {int(bank.n_frames.sum()):,} frames")
-    probs = frame_probabilities(run.model.eval(), bank, run.train_config.window, batch_size=cfg.batch_size,
-                                smooth=cfg.smooth, smooth_mode=cfg.smooth_mode, no_face=cfg.no_face)
-    shown = with_face_fill(bank, cfg.no_face).source_rows    # None for raw
+    view = with_face_fill(bank, cfg.no_face)    # once: inference reads it, the report counts its fills
+    probs = frame_probabilities(run.model.eval(), view, run.train_config.window, batch_size=cfg.batch_size,
+                                smooth=cfg.smooth, smooth_mode=cfg.smooth_mode, no_face=None)
+    shown = view.source_rows    # None for raw
     filled = 0 if shown is None else int((shown.cpu().numpy() != np.arange(len(shown))).sum())
     per_video = dict(zip(bank.video_ids, probs))
     labels = {vid: p.argmax(1) for vid, p in per_video.items()}
