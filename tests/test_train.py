@@ -111,6 +111,26 @@ def test_resume_equals_an_uninterrupted_run(ds, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_reads_the_runs_config_once(ds, tmp_path, monkeypatch):
+    # the options check, the provenance checks and the resumed record all use one reading
+    from expr.train_heads.run_dir import RunDir
+
+    class Stop(Exception):
+        pass
+
+    def stop(record):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(config(ds, tmp_path / "r", epochs=2), on_epoch=stop)
+    reads = []
+    real = RunDir.read_config
+    monkeypatch.setattr(RunDir, "read_config", lambda self: reads.append(self.path) or real(self))
+    resumed = train(config(ds, tmp_path / "r", epochs=2, resume=True))
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert reads == [tmp_path / "r"]
+
+
 def test_resume_refuses_other_options(learned, ds):
     with pytest.raises(ConfigError, match="--lr 0.001 \\(now 0.01\\)"):
         train(config(ds, learned[0].run_dir, epochs=4, lr=1e-2, resume=True))
