@@ -15,15 +15,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from expr.abaw import NUM_CLASSES
-from expr.atomic import write_json
+from expr.atomic import PNG_MAGIC, starts_with, write_json
 from expr.devices import resolve_device
 from expr.errors import CacheSchemaError
 from expr.evaluate.config import PredictConfig
 from expr.evaluate.manifest import SUBMISSION_FILE, manifest_path
 from expr.evaluate.scoring import check_backbones, check_in_cache
 from expr.evaluate.submission import check_ids, write_submission
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -173,9 +171,7 @@ def _remove_per_video_files(folder: PredictOut) -> None:
         for path in sub.iterdir():
             if path.suffix != suffix or path.is_symlink() or not path.is_file():
                 continue
-            with open(path, "rb") as fh:
-                ours = fh.read(len(start)) == start
-            if ours:
+            if starts_with(path, start):
                 path.unlink()
         with contextlib.suppress(OSError):  # not empty: someone else's files are in it
             sub.rmdir()

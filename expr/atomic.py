@@ -28,6 +28,16 @@ from expr.errors import storage_errors
 # The temporary names of atomic_path: ".<name>.<pid>.tmp" (a killed writer leaves them behind).
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.\d+\.tmp")
 
+# The first bytes of every PNG (the plots expr writes): --overwrite deletes a .png only when it
+# starts with them, and a report embeds only files that do.
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def starts_with(path: str | os.PathLike, magic: bytes) -> bool:
+    """True when the file ``path`` begins with the bytes ``magic``."""
+    with open(path, "rb") as fh:
+        return fh.read(len(magic)) == magic
+
 
 def _default_mode() -> int:
     # What open() would give a new file: 0666 minus the umask (tempfile-style writers give 0600).
