@@ -143,3 +143,21 @@ def test_label_only_bank_gives_the_same_windows(cache, bank):
     assert light.visual.shape[0] == 0
     a, b = bank_windows(light, WindowSpec(10, 5, Target.majority, WindowRule.grid)), bank_windows(bank, WindowSpec(10, 5, Target.majority, WindowRule.grid))
     assert torch.equal(a.end_frame, b.end_frame) and torch.equal(a.target, b.target)
+
+
+def test_window_spec_is_the_configs_four_options_checked_once():
+    from pathlib import Path
+
+    from expr.errors import ConfigError
+    from expr.train_heads import TrainConfig
+
+    cfg = TrainConfig(cache=Path("c"), labels=Path("l"), out=Path("o"), window=30, stride=45,
+                      target=Target.majority, windows=WindowRule.grid)
+    spec = WindowSpec.of(cfg)
+    assert spec == WindowSpec(30, 45, Target.majority, WindowRule.grid)
+    assert WindowSpec(30, 45, "majority", "grid") == spec  # type: ignore[arg-type]  # strings from JSON
+    assert isinstance(WindowSpec(3, 1, "center").target, Target)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--windows must be one of reference, grid"):
+        WindowSpec(3, 1, Target.last, "sliding")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=">= 1"):
+        WindowSpec(0, 1)

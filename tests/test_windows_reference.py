@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from expr.errors import ConfigError
-from expr.train_heads.data import FeatureBank
 from expr.train_heads.config import WindowRule
+from expr.train_heads.data import FeatureBank
 from expr.train_heads.windows import WindowSpec, bank_windows, grid_windows, reference_windows, video_windows
 from window_oracle import authors_loop
 
@@ -189,7 +189,7 @@ def test_grid_reproduces_bank_windows():
             assert new.targets.tolist() == old.target[mine].tolist()
 
 
-def test_build_windows_dispatches_and_refuses_unknown_rules():
+def test_video_windows_dispatches_and_refuses_unknown_rules():
     labels, face = np.array([1, X, 2, 2, 2, 2]), np.ones(6, bool)
     assert video_windows("reference", labels, face, 3, 1).ends.tolist() == [2, 3, 4, 5]
     assert video_windows("grid", labels, face, 3, 1).ends.tolist() == [2, 3, 4, 5]
