@@ -45,9 +45,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from expr.cache_format import open_cache
 from expr.devices import Dist
-from expr.train_heads import (Compile, ExprHeadModel, HeadConfig, Preload, TrainConfig, BankWindows, class_weights,
-                              frame_probabilities, gather, load_bank, load_run, load_split, bank_windows, WindowSpec, train,
-                              with_sources, write_synthetic_dataset)
+from expr.train_heads import (BankWindows, Compile, ExprHeadModel, HeadConfig, Preload, TrainConfig, WindowSpec,
+                              bank_windows, class_weights, frame_probabilities, gather, load_bank, load_run, load_split,
+                              train, with_sources, write_synthetic_dataset)
 from expr.train_heads.loop import Learner, run_epoch
 from expr.train_heads.splits import Split
 from expr.train_heads.step import LossStep, make_step, optimizer_step

@@ -5,8 +5,9 @@ once every array and attribute is on disk, so after a crash a video is either co
 absent. The writer holds a lock on that folder while it writes (``atomic.hold_lock``): the
 kernel drops it when the writer dies, so the next open for writing removes exactly the
 folders nobody holds - also where writers in other containers share the disk and the
-hostname but not the pids (what expr before this judged by, and got wrong). Several processes may write different videos of one store at once (torchrun
-ranks, job arrays); root-attribute updates are serialised with a file lock.
+hostname but not the pids (what expr before this judged by, and got wrong). Several
+processes may write different videos of one store at once (torchrun ranks, job arrays);
+root-attribute updates are serialised with a file lock.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from expr.train_heads import (BatchFeeder, TrainConfig, gather, load_bank, load_run, load_split, bank_windows, WindowSpec,
-                              predict_logits, read_metrics, train, write_synthetic_dataset)
+from expr.train_heads import (BatchFeeder, TrainConfig, WindowSpec, bank_windows, gather, load_bank, load_run,
+                              load_split, predict_logits, read_metrics, train, write_synthetic_dataset)
 from expr.train_heads import step as step_module
 from expr.train_heads.step import StepReporter, compile_mode, optimizer_flags
 

@@ -141,7 +141,8 @@ def test_label_length_mismatch_is_truncated_with_one_warning(cache):
 def test_label_only_bank_gives_the_same_windows(cache, bank):
     light = load_bank(cache, ["v25", "v30", "noaudio"], labels_for(), features=False)
     assert light.visual.shape[0] == 0
-    a, b = bank_windows(light, WindowSpec(10, 5, Target.majority, WindowRule.grid)), bank_windows(bank, WindowSpec(10, 5, Target.majority, WindowRule.grid))
+    spec = WindowSpec(10, 5, Target.majority, WindowRule.grid)
+    a, b = bank_windows(light, spec), bank_windows(bank, spec)
     assert torch.equal(a.end_frame, b.end_frame) and torch.equal(a.target, b.target)
 
 

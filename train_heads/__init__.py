@@ -3,7 +3,8 @@
 The public interface (what the CLI, ``expr.evaluate`` and the README's Python API use) is
 ``__all__``. Modules: config (TrainConfig, HeadConfig and the option choices), labels (ABAW
 annotation files), data (FeatureBank, vectorised batch gathering), windows (WindowSpec; which
-windows a video and a bank yield), feed (batches on the device: pinned staging to a GPU), step (the training step's fast path), model
+windows a video and a bank yield), feed (batches on the device: pinned staging to a GPU), step
+(the training step and its fast path), model
 (ExprHeadModel), loop (train), inference (logits and probabilities of windows and frames),
 run_dir (the run folder and every file name in it), checkpoint (safetensors + JSON, and load_run: a run's model with its configs),
 metrics (macro-F1), synthetic (a learnable test cache).

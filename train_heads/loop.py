@@ -200,8 +200,8 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
         return _train(cfg, run, saved_config, dist, device, say, bank, val_bank, on_epoch, on_step)
 
 
-def _train(cfg: TrainConfig, run: RunDir, saved_config: dict | None, dist: Dist, device: torch.device, say: Callable[[str], None],
-           bank: FeatureBank | None, val_bank: FeatureBank | None,
+def _train(cfg: TrainConfig, run: RunDir, saved_config: dict | None, dist: Dist, device: torch.device,
+           say: Callable[[str], None], bank: FeatureBank | None, val_bank: FeatureBank | None,
            on_epoch: Callable[[dict], None] | None, on_step: StepCallback | None) -> TrainResult:
     # -- data ------------------------------------------------------------------------------
     cache = open_cache(cfg.cache)

@@ -35,18 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from expr.abaw import NUM_CLASSES
 from expr.errors import check_choice
-from expr.train_heads.config import Target, WindowRule
+from expr.train_heads.config import Target, TrainConfig, WindowRule
 from expr.train_heads.data import FeatureBank
-
-if TYPE_CHECKING:
-    from expr.train_heads.config import TrainConfig
 
 MAX_FILL = 5            # invalid frames in a row that still take the last valid frame's place
 
