@@ -41,17 +41,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from expr.cache_format import open_cache
 from expr.devices import Dist
-from expr.train_heads import (Compile, ExprHeadModel, HeadConfig, Preload, TrainConfig, Windows, class_weights,
-                              frame_probabilities, gather, load_bank, load_run, load_split, make_windows, train,
-                              with_sources, write_synthetic_dataset)
+from expr.train_heads import (BankWindows, Compile, ExprHeadModel, HeadConfig, Preload, TrainConfig, WindowSpec,
+                              bank_windows, class_weights, frame_probabilities, gather, load_bank, load_run, load_split,
+                              train, with_sources, write_synthetic_dataset)
 from expr.train_heads.loop import Learner, run_epoch
 from expr.train_heads.splits import Split
-from expr.train_heads.step import LossStep, compile_mode, make_optimizer
+from expr.train_heads.step import LossStep, make_step, optimizer_step
 
 HOST_OR_GPU = {False: Preload.cpu, True: Preload.gpu}  # --preload of the bank: GPU on CUDA
 
@@ -127,23 +126,18 @@ def time_batches(batches, device) -> tuple[float, float, int]:
     return time.perf_counter() - t0, time.process_time() - c0, n
 
 
-def time_training(batches, model, opt, device) -> tuple[float, float, int]:
-    """(total seconds, seconds spent waiting for batches, windows)."""
+def time_training(batches, step: LossStep, opt, cfg: TrainConfig, device) -> tuple[float, float, int]:
+    """(total seconds, seconds spent waiting for batches, windows): `expr train`'s own step
+    (step.optimizer_step), one micro-batch per optimiser step."""
     data_s, n = 0.0, 0
     sync(device)
     t0 = time.perf_counter()
     t_data = time.perf_counter()
-    for v, a, m, t in batches:
+    for batch in batches:
         sync(device)
         data_s += time.perf_counter() - t_data
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits, embed = model(v, a, m, return_aux=True)
-        loss = F.cross_entropy(logits.float(), t) + 0.1 * model.contrastive_loss(embed.float(), t)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        n += v.shape[0]
+        optimizer_step(step, opt, [batch], cfg.grad_clip)
+        n += batch[0].shape[0]
         sync(device)
         t_data = time.perf_counter()
     return time.perf_counter() - t0, data_s, n
@@ -181,13 +175,11 @@ def _bench_steps(bank, windows, args, device, setting: str) -> dict:
     module = ExprHeadModel(head, torch.randn(8, 512), 100.0).to(device)
     weights = class_weights(windows.target).to(device)
     notes: list[str] = []
-    mode = compile_mode(setting, device, 1)
-    step = LossStep(module, module, weights, cfg.contrastive_weight, device, mode, notes.append,
-                    check=setting == "auto", grouped=mode == "reduce-overhead")  # as loop._build_learner
-    learner = Learner(module, module, make_optimizer(module, cfg, cfg.lr, device), weights, Dist(), device, step)
+    opt, step = make_step(module, module, weights, cfg, device, 1, notes.append)  # as `expr train` builds it
+    learner = Learner(module, module, opt, weights, Dist(), device, step)
     pick = torch.randperm(len(windows), generator=torch.Generator().manual_seed(0))[:args.train_batches * cfg.batch_size]
     pick = pick.to(windows.video_idx.device)
-    sub = Windows(windows.video_idx[pick], windows.end_frame[pick], windows.target[pick])
+    sub = BankWindows(windows.video_idx[pick], windows.end_frame[pick], windows.target[pick])
     split = Split("train", bank.video_ids, {}, None, sub.target.cpu(), bank, sub)  # type: ignore[arg-type]
     run_epoch(learner, cfg, split, 0)  # warm-up: compile, CUDA graphs, allocator
     sync(device)
@@ -251,7 +243,7 @@ def run_scale(args, device) -> dict:
     scale = AFFWILD2_FRAMES / frames
     print(f"\ncache: {len(ds.train_ids)} + {len(ds.val_ids)} videos, {frames:,} frames "
           f"(1/{scale:.0f} of Aff-Wild2; written in {write_s:.0f} s)")
-    windows = make_windows(bank, args.window, args.stride)
+    windows = bank_windows(bank, WindowSpec(args.window, args.stride))
     bank = with_sources(bank, windows)  # reference windows: filled frames read their source rows
     settings = args.settings or (("off", "on", "auto") if device.type == "cuda" else ("off", "auto"))
     steps = {s: bench_steps(bank, windows, args, device, s) for s in settings}  # CPU: `on` compiles for minutes
@@ -353,7 +345,7 @@ def compare_loaders(args: argparse.Namespace, device: torch.device) -> None:
     t = time.perf_counter()
     bank = load_bank(cache, sorted(labels), labels, preload=HOST_OR_GPU[device.type == "cuda"], device=device)
     load_s = time.perf_counter() - t
-    windows = make_windows(bank, args.window, args.stride)
+    windows = bank_windows(bank, WindowSpec(args.window, args.stride))
     bank = with_sources(bank, windows)  # reference windows: filled frames read their source rows
     gen = torch.Generator().manual_seed(0)
     frames = int(bank.n_frames.sum())
@@ -377,12 +369,14 @@ def compare_loaders(args: argparse.Namespace, device: torch.device) -> None:
     cpu_naive = 1e3 * cpu_naive / n
 
     torch.manual_seed(0)
+    # the reference head and `expr train`'s step (--compile off: the eager step both loaders share)
+    cfg = TrainConfig(cache=Path("-"), labels=Path("-"), out=Path("-"), window=args.window, compile=Compile.off)
     model = ExprHeadModel(HeadConfig(), torch.randn(8, 512), 100.0).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-2)
-    time_training(bank_batches(bank, windows, args.window, args.batch_size, device, 2, gen), model, opt, device)
+    opt, step = make_step(model, model, class_weights(windows.target).to(device), cfg, device, 1, print)
+    time_training(bank_batches(bank, windows, args.window, args.batch_size, device, 2, gen), step, opt, cfg, device)
     tb, db, nb = time_training(bank_batches(bank, windows, args.window, args.batch_size, device,
-                                            args.train_batches, gen), model, opt, device)
-    tn, dn, nn_ = time_training(loader_batches(loader, device, args.train_batches), model, opt, device)
+                                            args.train_batches, gen), step, opt, cfg, device)
+    tn, dn, nn_ = time_training(loader_batches(loader, device, args.train_batches), step, opt, cfg, device)
     rows.append(("train steps", nb / tb, nn_ / tn))
 
     print(f"\n{'windows/s':<16}{'preloaded bank':>16}{'naive Zarr DL':>16}{'speed-up':>10}")

@@ -1,10 +1,13 @@
 """Add videos to a cache, one atomic group at a time.
 
-A video is written into ``_staging/<host>__<pid>__<nonce>__<id>`` and renamed into
-``videos/<id>`` only once every array and attribute is on disk, so after a crash a video
-is either complete or absent. Leftovers of dead writers are removed on the next open for
-writing. Several processes may write different videos of one store at once (torchrun
-ranks, job arrays); root-attribute updates are serialised with a file lock.
+A video is written into ``_staging/<nonce>__<id>`` and renamed into ``videos/<id>`` only
+once every array and attribute is on disk, so after a crash a video is either complete or
+absent. The writer holds a lock on that folder while it writes (``atomic.hold_lock``): the
+kernel drops it when the writer dies, so the next open for writing removes exactly the
+folders nobody holds - also where writers in other containers share the disk and the
+hostname but not the pids (what expr before this judged by, and got wrong). Several
+processes may write different videos of one store at once (torchrun ranks, job arrays);
+root-attribute updates are serialised with a file lock.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import fcntl
 import functools
 import json
 import os
+import re
 import shutil
-import socket
 import uuid
 import warnings
 from collections.abc import Iterable
@@ -27,7 +30,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from expr import __version__
-from expr.atomic import write_text
+from expr.atomic import hold_lock, lock_held, write_text
 from expr.cache_format import schema as S
 from expr.cache_format.options import cache_options, differences, mixed_options
 from expr.cache_format.safety import check_output_path, is_cache, remove_cache, storage_error
@@ -42,6 +45,12 @@ SMALL_COMPRESSORS = (ZstdCodec(level=0),)
 # Schema v2: a CRC-32C over each stored chunk, last in the chain so it covers the
 # compressed bytes (a flipped bit is caught before the decompressor sees it).
 CHECKSUM = (Crc32cCodec(),)
+
+
+STAGING_NONCE = 12  # hex digits of a staging folder's nonce
+# A staging folder: "<nonce>__<id>" (this expr), "<host>__<pid>__<nonce8>__<id>" (expr before
+# it); "__old" ends the replaced copy of a video that _commit or remove_video moved aside.
+STAGING_NAME = re.compile(r"(?:[0-9a-f]{12}|.+?__\d+__[0-9a-f]{8})__(?P<id>.+?)(?:__old)?")
 
 
 @contextlib.contextmanager
@@ -96,16 +105,6 @@ def drop_consolidated(path: Path) -> None:
         write_text(meta_path, json.dumps(meta, indent=2))  # no temp file left on a full disk
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class CacheWriter:
     """Writes videos into an existing (or new) cache; see ``open_writer``."""
 
@@ -114,7 +113,6 @@ class CacheWriter:
         self.options = dict(options or {})  # recorded on every video: see options.py
         self.videos_dir = path / S.VIDEOS_GROUP
         self.staging_dir = path / S.STAGING_DIR
-        self._host = socket.gethostname().replace("__", "_")
         root = read_node_attrs(path)  # the root exists: open_writer made it
         if root is None:  # ... but another process may have removed or damaged it since
             raise CacheSchemaError(f"{path}: unreadable zarr.json; run 'expr cache validate {path}'")
@@ -125,8 +123,20 @@ class CacheWriter:
         self.checksummed = S.is_checksummed(root)
 
     def _staging_path(self, video_id: str, suffix: str = "") -> Path:
-        """``_staging/<host>__<pid>__<nonce>__<id>``: remove_leftovers parses this name."""
-        return self.staging_dir / f"{self._host}__{os.getpid()}__{uuid.uuid4().hex[:8]}__{video_id}{suffix}"
+        """``_staging/<nonce>__<id>``: remove_leftovers reads the id from this name."""
+        return self.staging_dir / f"{uuid.uuid4().hex[:STAGING_NONCE]}__{video_id}{suffix}"
+
+    def _locked_staging(self, video_id: str) -> tuple[Path, int | None]:
+        """A new, empty staging folder for ``video_id`` and the fd of our lock on it. Made
+        under a hidden name, locked, then renamed (the lock stays with the folder): so
+        remove_leftovers, which skips hidden names, never sees it unlocked."""
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        hidden = self.staging_dir / f".{uuid.uuid4().hex[:STAGING_NONCE]}.new"
+        hidden.mkdir()
+        fd = hold_lock(hidden)
+        tmp = self._staging_path(video_id)
+        os.rename(hidden, tmp)
+        return tmp, fd
 
     # -- queries -------------------------------------------------------------------------
     def complete_attrs(self, video_id: str) -> dict | None:
@@ -176,10 +186,10 @@ class CacheWriter:
         if not (np.isfinite(visual).all() and (audio is None or np.isfinite(audio).all())):
             raise CacheSchemaError(f"{video_id}: features contain NaN or inf; refusing to cache them")
 
-        tmp = self._staging_path(video_id)
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        tmp, lock = None, None
         try:
-            group = zarr.open_group(str(tmp), mode="w")
+            tmp, lock = self._locked_staging(video_id)
+            group = zarr.open_group(str(tmp), mode="w-")  # w- keeps our (locked) folder; w would replace it
             put = functools.partial(_put, group, checksummed=self.checksummed)
             put(S.VISUAL, visual.astype(S.FEATURE_DTYPE), compress=True)
             if audio is not None:
@@ -203,8 +213,10 @@ class CacheWriter:
         except OSError as exc:  # a full or read-only disk: one line with what to do
             raise storage_error(exc, self.path, f"write video {video_id!r} into the cache") from exc
         finally:
-            if tmp.exists():
+            if tmp is not None and tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+            if lock is not None:
+                os.close(lock)
 
     def _commit(self, tmp: Path, video_id: str) -> None:
         final = self.videos_dir / video_id
@@ -394,17 +406,21 @@ def _check_options(path: Path, existing: dict, options: dict) -> None:
 
 
 def remove_leftovers(writer: CacheWriter) -> list[str]:
-    """Delete staging dirs of dead local writers and incomplete video groups; return their ids."""
+    """Delete the staging folders no live writer holds (a writer that died mid-video, or the
+    replaced copy a removal left) and incomplete video groups; return their video ids."""
     removed = []
     if writer.staging_dir.exists():
         for entry in writer.staging_dir.iterdir():
-            parts = entry.name.split("__", 3)
-            if not entry.is_dir() or len(parts) != 4:
-                continue
-            host, pid = parts[0], parts[1]
-            if host == writer._host and pid.isdigit() and not _pid_alive(int(pid)):
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(parts[3].removesuffix("__old"))
+            match = STAGING_NAME.fullmatch(entry.name)
+            if match is None or not entry.is_dir():
+                continue  # .lock, a folder being made (hidden), or not ours
+            try:
+                if lock_held(entry):
+                    continue  # a live writer's, in this container or another
+            except OSError:
+                continue  # gone meanwhile (its writer committed it)
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(match["id"])
     if writer.videos_dir.exists():
         for entry in writer.videos_dir.iterdir():
             if entry.is_dir() and (read_node_attrs(entry) or {}).get("complete") is not True:

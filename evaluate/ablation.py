@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -47,8 +47,14 @@ def cell_dir(out: Path, cell: Cell, seed: int) -> Path:
     return AblationDir(out).cell(cell.name, seed)
 
 
+def _learned(train: Mapping[str, object]) -> dict:
+    """The options of a TrainConfig record (``to_dict``, result.json's "train") that change
+    what a cell learns: what must match for a stored result to be reused."""
+    return {k: v for k, v in train.items() if k not in _NOT_IDENTITY}
+
+
 def _identity(train_cfg: TrainConfig) -> dict:
-    return {k: v for k, v in train_cfg.to_dict().items() if k not in _NOT_IDENTITY}
+    return _learned(train_cfg.to_dict())
 
 
 def _train_config(cfg: AblateConfig, cell: Cell, seed: int) -> TrainConfig:
@@ -83,7 +89,7 @@ def _finished(path: Path, identity: dict) -> CellResult | None:
         data = json.loads(AblationDir.cell_result(path).read_text(encoding="utf-8"))
         # (records of older versions also hold options since marked as not learned: --compile)
         train = data.get("train")
-        if not isinstance(train, dict) or {k: v for k, v in train.items() if k not in _NOT_IDENTITY} != identity:
+        if not isinstance(train, dict) or _learned(train) != identity:
             return None
         return CellResult.from_dict(data["result"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -15,15 +15,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from expr.abaw import NUM_CLASSES
-from expr.atomic import write_json
+from expr.atomic import PNG_MAGIC, starts_with, write_json
 from expr.devices import resolve_device
 from expr.errors import CacheSchemaError
 from expr.evaluate.config import PredictConfig
 from expr.evaluate.manifest import SUBMISSION_FILE, manifest_path
 from expr.evaluate.scoring import check_backbones, check_in_cache
 from expr.evaluate.submission import check_ids, write_submission
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -133,9 +131,10 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
         stage(f"loading {len(ids)} videos from {cfg.cache}")
         bank = load_bank(cache, ids, None, preload=cfg.preload, device=device)
     stage(f"predicting {int(bank.n_frames.sum()):,} frames")
-    probs = frame_probabilities(run.model.eval(), bank, run.train_config.window, batch_size=cfg.batch_size,
-                                smooth=cfg.smooth, smooth_mode=cfg.smooth_mode, no_face=cfg.no_face)
-    shown = with_face_fill(bank, cfg.no_face).source_rows    # None for raw
+    view = with_face_fill(bank, cfg.no_face)    # once: inference reads it, the report counts its fills
+    probs = frame_probabilities(run.model.eval(), view, run.train_config.window, batch_size=cfg.batch_size,
+                                smooth=cfg.smooth, smooth_mode=cfg.smooth_mode, no_face=None)
+    shown = view.source_rows    # None for raw
     filled = 0 if shown is None else int((shown.cpu().numpy() != np.arange(len(shown))).sum())
     per_video = dict(zip(bank.video_ids, probs))
     labels = {vid: p.argmax(1) for vid, p in per_video.items()}
@@ -172,9 +171,7 @@ def _remove_per_video_files(folder: PredictOut) -> None:
         for path in sub.iterdir():
             if path.suffix != suffix or path.is_symlink() or not path.is_file():
                 continue
-            with open(path, "rb") as fh:
-                ours = fh.read(len(start)) == start
-            if ours:
+            if starts_with(path, start):
                 path.unlink()
         with contextlib.suppress(OSError):  # not empty: someone else's files are in it
             sub.rmdir()

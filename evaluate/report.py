@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from expr.abaw import CLASS_NAMES
-from expr.atomic import write_text
+from expr.atomic import PNG_MAGIC, write_text
 from expr.evaluate.palette import CLASS_COLOURS
 
 # Display order and names of the two protocols (keys of eval_<split>.json's "protocols").
@@ -75,7 +75,8 @@ class ReportParts:
     config: Mapping[str, object] = field(default_factory=dict)       # the run's config.json
     protocols: Mapping[str, Mapping] = field(default_factory=dict)   # eval_<split>.json "protocols"
     confusions: Mapping[str, object] = field(default_factory=dict)   # protocol -> PNG path or counts
-    metrics_jsonl: Path | None = None
+    metrics_jsonl: Path | None = None  # the run's metrics.jsonl: read here unless ``epochs`` holds it
+    epochs: Sequence[dict] | None = None  # its epoch records, when the caller has read them already
     timelines: Sequence[Path] = ()
     ablation: AblationTable | None = None
     warnings: Sequence[str] = ()
@@ -91,7 +92,7 @@ def esc(value: object) -> str:
 def data_uri(path: str | os.PathLike) -> str:
     """A PNG file as a ``data:`` URI (the report must not point at files beside it)."""
     raw = Path(path).read_bytes()
-    if raw[:8] != b"\x89PNG\r\n\x1a\n":
+    if not raw.startswith(PNG_MAGIC):
         raise ValueError(f"{path}: not a PNG file")
     return "data:image/png;base64," + base64.b64encode(raw).decode("ascii")
 
@@ -198,9 +199,9 @@ def _confusions(parts: ReportParts, scratch: Path) -> str:
 def _training(parts: ReportParts, scratch: Path) -> str:
     from expr.evaluate.curves import read_metrics_jsonl, save_training_curves_png
 
-    if parts.metrics_jsonl is None or not Path(parts.metrics_jsonl).is_file():
+    if parts.metrics_jsonl is None or (parts.epochs is None and not Path(parts.metrics_jsonl).is_file()):
         return ""
-    records = read_metrics_jsonl(parts.metrics_jsonl)
+    records = read_metrics_jsonl(parts.metrics_jsonl) if parts.epochs is None else parts.epochs
     if not records:
         return ""
     png = save_training_curves_png(scratch / "curves.png", records)

@@ -65,15 +65,17 @@ def run_parts(run_dir: str | os.PathLike, split: str, timelines: Sequence[Path] 
     facts = {"run": str(run_dir), "split": split, "checkpoint": ev.get("checkpoint"), "epoch": ev.get("epoch"),
              "videos": ev.get("videos"), "cache": ev.get("cache"), "labels": ev.get("labels")}
     backbones = (config.get("cache") or {}).get("backbones") or ev.get("backbones")
+    epochs = _records(run.metrics)  # once: the provenance's training time and the curves
     return ReportParts(
         title=f"{run_dir.name} · {split}",
         banners=_banners(backbones, caveats),
-        provenance=run_provenance(config, ev, _records(run.metrics)),
+        provenance=run_provenance(config, ev, epochs),
         facts={k: v for k, v in facts.items() if v is not None},
         config=config,
         protocols=ev.get("protocols", {}),
         confusions=confusions,
         metrics_jsonl=run.metrics,
+        epochs=epochs,
         timelines=list(timelines),
         warnings=[f"training: {w}" for w in config.get("warnings", [])] + list(ev.get("warnings", [])),
         class_names=ev.get("class_names") or CLASS_NAMES,

@@ -16,8 +16,8 @@ import torch
 from expr.errors import CacheSchemaError, ConfigError
 from expr.evaluate.metrics import ClassificationMetrics, compute_metrics
 from expr.evaluate.protocols import AnnotatedFrames, annotated_frames
-from expr.train_heads import (FeatureBank, LoadedRun, NoFace, SmoothMode, TrainConfig, WindowRule,
-                              frame_probabilities, make_windows, window_probabilities, with_sources)
+from expr.train_heads import (FeatureBank, LoadedRun, NoFace, SmoothMode, TrainConfig, WindowSpec, bank_windows,
+                              frame_probabilities, window_probabilities, with_sources)
 
 if TYPE_CHECKING:
     from expr.cache_format import BackboneRecords
@@ -70,15 +70,16 @@ class Scores:
     n_windows: int
 
 
-def score_window_level(model: torch.nn.Module, bank: FeatureBank, window: int, stride: int, target: str,
-                       batch_size: int, rule: str = WindowRule.reference) -> ClassificationMetrics:
-    wins = make_windows(bank, window, stride, target=target, rule=rule)
+def score_window_level(model: torch.nn.Module, bank: FeatureBank, spec: WindowSpec,
+                       batch_size: int) -> ClassificationMetrics:
+    wins = bank_windows(bank, spec)
     if len(wins) == 0:
         raise ConfigError(
-            f"no scorable windows: every video is shorter than the window ({window} frames) or "
+            f"no scorable windows: every video is shorter than the window ({spec.window} frames) or "
             "has no labelled frame where a window ends"
         )
-    probs = window_probabilities(model, with_sources(bank, wins), wins.video_idx, wins.end_frame, window, batch_size)
+    probs = window_probabilities(model, with_sources(bank, wins), wins.video_idx, wins.end_frame, spec.window,
+                                 batch_size)
     return compute_metrics(wins.target.cpu().numpy(), probs.argmax(1))
 
 
@@ -102,6 +103,5 @@ def score_both(model: torch.nn.Module, bank: FeatureBank, labels: Mapping[str, n
     model.eval()
     frame_m, selection = score_per_frame(model, bank, labels, train_config.window, batch_size=batch_size,
                                          smooth=smooth, smooth_mode=smooth_mode, no_face=no_face)
-    window_m = score_window_level(model, bank, train_config.window, train_config.stride,
-                                  train_config.target, batch_size, train_config.windows)
+    window_m = score_window_level(model, bank, WindowSpec.of(train_config), batch_size)
     return Scores(window_m, frame_m, selection, window_m.n)

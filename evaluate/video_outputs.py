@@ -48,28 +48,26 @@ class VideoPrediction:
         """0-based indices of the frames with a label (none without labels)."""
         return np.zeros(0, np.int64) if self.truth is None else np.flatnonzero(self.truth != IGNORE_LABEL)
 
-    def macro_f1(self) -> float | None:
-        """Per-frame macro-F1 over the annotated frames (all 8 classes, as ABAW scores a set);
-        None without any annotated frame."""
+    def _scored(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(true, predicted) classes of the annotated frames; None without any."""
         idx = self.annotated()
         if self.truth is None or idx.size == 0:
             return None
-        return compute_metrics(self.truth[idx], self.predicted[idx]).macro_f1
+        return self.truth[idx], self.predicted[idx]
 
     def accuracy(self) -> float | None:
         """Share of the annotated frames predicted right; None without any annotated frame."""
-        idx = self.annotated()
-        if self.truth is None or idx.size == 0:
-            return None
-        return float((self.truth[idx] == self.predicted[idx]).mean())
+        scored = self._scored()
+        return None if scored is None else float((scored[0] == scored[1]).mean())
 
     def present_macro_f1(self) -> tuple[float, int] | None:
         """(macro-F1 over the classes present in the video's labels, how many are present);
-        None without any annotated frame."""
-        idx = self.annotated()
-        if self.truth is None or idx.size == 0:
+        None without any annotated frame. (The 8-class macro-F1 a split is scored with means
+        little for one video: a one-class video cannot exceed 1/8.)"""
+        scored = self._scored()
+        if scored is None:
             return None
-        m = compute_metrics(self.truth[idx], self.predicted[idx])
+        m = compute_metrics(*scored)
         present = [f for f, n in zip(m.f1, m.support) if n > 0]
         return float(np.mean(present)), len(present)
 

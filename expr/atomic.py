@@ -13,6 +13,7 @@ an uncommitted one, so readers see the old set or the new one, never a mix.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -27,6 +28,45 @@ from expr.errors import storage_errors
 
 # The temporary names of atomic_path: ".<name>.<pid>.tmp" (a killed writer leaves them behind).
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.\d+\.tmp")
+
+# The first bytes of every PNG (the plots expr writes): --overwrite deletes a .png only when it
+# starts with them, and a report embeds only files that do.
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def hold_lock(path: str | os.PathLike) -> int | None:
+    """A shared ``flock`` on the file or folder ``path`` for as long as the returned fd stays
+    open (None where it cannot be taken). It marks ``path`` as in use by a live process: the
+    kernel drops it when the process dies, however it dies, and unlike a pid it means the
+    same in every pid namespace (containers that share a disk and a hostname)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def lock_held(path: str | os.PathLike) -> bool:
+    """Whether some live process holds ``hold_lock`` on ``path`` (OSError when it is gone)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's lock, if it got one
+    return False
+
+
+def starts_with(path: str | os.PathLike, magic: bytes) -> bool:
+    """True when the file ``path`` begins with the bytes ``magic``."""
+    with open(path, "rb") as fh:
+        return fh.read(len(magic)) == magic
 
 
 def _default_mode() -> int:

@@ -42,7 +42,6 @@ can follow a video's header and some batches: the consumer drops what it had for
 
 from __future__ import annotations
 
-import fcntl
 import multiprocessing as mp
 import os
 import re
@@ -60,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
+from expr.atomic import hold_lock, lock_held
 from expr.errors import ConfigError, MediaDecodeError
 from expr.extract.geometry_device import NativeLayout
 from expr.extract.media import decode_video
@@ -134,31 +134,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def hold_block(path: Path) -> int | None:
-    """A shared lock on the block at ``path`` for as long as the returned fd stays open (None
-    where it cannot be taken): it marks the block live across pid namespaces."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _held(path: str) -> bool:
-    """Whether some process holds the block's lock (its run is alive, whatever its pid namespace)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # releases the probe's lock, if it got one
-    return False
+# A block is live while its pool holds this lock on it: see atomic.hold_lock (the cache's
+# staging folders use the same lock).
+hold_block = hold_lock
 
 
 def remove_dead_segments(shm_dir: Path = SHM_DIR) -> list[str]:
@@ -176,7 +154,7 @@ def remove_dead_segments(shm_dir: Path = SHM_DIR) -> list[str]:
         match = re.fullmatch(SHM_PREFIX + r"(\d+)-[0-9a-f]+", entry.name)
         try:
             if (match is None or entry.stat().st_uid != os.getuid() or _pid_alive(int(match[1]))
-                    or _held(entry.path)):
+                    or lock_held(entry.path)):
                 continue
             os.unlink(entry.path)
             removed.append(entry.name)

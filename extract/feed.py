@@ -286,8 +286,9 @@ class EncoderFeed:
                 source_size=header.source_size,
                 source_mtime=header.source_mtime,
                 audio=audio,
-                extras=VideoExtras(audio_samples=video.n_samples, face_crop=job.face_crop,
-                                   visual_source="frames" if self.config.frames is not None else "video"),
+                # face_crop and visual_source: the writer records the run's feature options
+                # (run.feature_options) on every video; not spelled a second time here
+                extras=VideoExtras(audio_samples=video.n_samples),
             ))
         except Exception as exc:  # one video's failure is recorded; the run goes on
             return _reason(exc)

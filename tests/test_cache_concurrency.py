@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_helpers import new_writer
+from cache_helpers import new_writer, video_arrays
 from expr.cache_format import open_cache, validate_cache
 from expr.cache_format import schema as S
 
@@ -139,3 +139,56 @@ def test_two_extracts_on_one_cache_at_once_both_succeed_and_the_cache_is_whole(t
     with open_cache(out) as cache:
         assert cache.video_ids == [f"v{i}" for i in range(4)]
         assert [cache.info(f"v{i}").n_frames for i in range(4)] == [12, 13, 14, 15]
+
+
+HOLDER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from cache_helpers import new_writer, video_arrays
+    from expr.cache_format.writer import CacheWriter
+
+    def wait(self, tmp, vid):  # mid-video: its arrays are in _staging, not yet committed
+        print("writing", flush=True)
+        sys.stdin.readline()
+
+    CacheWriter._commit = wait
+    new_writer({path!r}).write_video("live", video_arrays(3))
+""")
+
+
+def test_leftovers_are_judged_by_the_writers_lock_not_by_host_and_pid(tmp_path, monkeypatch):
+    """A writer in another container shares the hostname, not the pids: its staging folder
+    must survive our open although its pid looks dead here; once it dies (SIGKILL: no
+    cleanup), the next open removes the folder. A dead writer of another host's old-style
+    name goes too."""
+    import os
+    import signal
+
+    from expr.cache_format.writer import CacheWriter, remove_leftovers
+
+    path = tmp_path / "c.zarr"
+    new_writer(path)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(tests=str(TESTS), path=str(path))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "writing", proc.stderr
+        live = [p for p in (path / S.STAGING_DIR).iterdir() if p.name.endswith("__live")]
+        assert len(live) == 1 and (live[0] / "visual").is_dir()
+        dead = path / S.STAGING_DIR / "otherhost__4242__0123abcd__gone"
+        dead.mkdir()
+
+        def no_such_pid(pid, sig):  # every pid is foreign here, as in another pid namespace
+            raise ProcessLookupError(pid)
+
+        with monkeypatch.context() as m:
+            m.setattr(os, "kill", no_such_pid)
+            assert remove_leftovers(CacheWriter(path)) == ["gone"]
+        assert live[0].is_dir() and not dead.exists()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert remove_leftovers(CacheWriter(path)) == ["live"]
+        assert not live[0].exists()
+        new_writer(path).write_video("live", video_arrays(3))  # the id is free again
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)

@@ -103,7 +103,7 @@ def test_cuda_graph_rule_two_epochs_of_run_epoch_keep_their_grads(ds, tmp_path, 
     rule = CudaGraphRule()
     monkeypatch.setattr(step_module.torch, "compile",
                         lambda fn, **kw: REAL_COMPILE(fn, backend=rule.backend, dynamic=False))
-    monkeypatch.setattr(loop_module, "compile_mode", lambda *a: "reduce-overhead")  # auto on CUDA
+    monkeypatch.setattr(step_module, "compile_mode", lambda *a: "reduce-overhead")  # auto on CUDA
     messages: list[str] = []
     cfg = config(ds, tmp_path / "r", accum=accum)
     learner, split = build(cfg, messages)
@@ -126,7 +126,7 @@ def test_without_persistent_grads_the_rule_breaks_the_step_and_it_falls_back(ds,
     rule = CudaGraphRule()
     monkeypatch.setattr(step_module.torch, "compile",
                         lambda fn, **kw: REAL_COMPILE(fn, backend=rule.backend, dynamic=False))
-    monkeypatch.setattr(loop_module, "compile_mode", lambda *a: "reduce-overhead")
+    monkeypatch.setattr(step_module, "compile_mode", lambda *a: "reduce-overhead")
     monkeypatch.setattr(step_module.LossStep, "allocate_grads", lambda self: None)
     monkeypatch.setattr(step_module.LossStep, "keeps_grads", property(lambda self: self.fast))
     messages: list[str] = []
@@ -214,7 +214,7 @@ def test_fallbacks_say_one_line_and_leave_the_result_unchanged(ds, tmp_path, mon
                                                                setting, kind, at, expected):
     calls: list[int] = []
     monkeypatch.setattr(step_module.torch, "compile", fake_compiler(kind, at or 10 ** 9, calls))
-    monkeypatch.setattr(loop_module, "compile_mode", lambda *a: "default")  # as on CUDA
+    monkeypatch.setattr(step_module, "compile_mode", lambda *a: "default")  # as on CUDA
     messages: list[str] = []
     result = train(config(ds, tmp_path / "r", compile=setting), on_message=messages.append)
     # the tiny data set's own warnings (empty validation classes) are not the step's
@@ -230,7 +230,7 @@ def test_fallbacks_say_one_line_and_leave_the_result_unchanged(ds, tmp_path, mon
 
 def test_the_self_check_leaves_parameters_optimiser_and_rng_alone(ds, tmp_path, monkeypatch):
     monkeypatch.setattr(step_module.torch, "compile", fake_compiler("disagree", 1, []))
-    monkeypatch.setattr(loop_module, "compile_mode", lambda *a: "default")
+    monkeypatch.setattr(step_module, "compile_mode", lambda *a: "default")
     messages: list[str] = []
     learner, split = build(config(ds, tmp_path / "r", compile="auto"), messages)
     before = {k: v.clone() for k, v in learner.module.state_dict().items()}
@@ -261,7 +261,7 @@ def test_the_self_check_covers_the_per_micro_batch_path_beside_the_grouped_one(d
             return loss * 1.5, ce, con
         return wrong
     monkeypatch.setattr(step_module.torch, "compile", compile_)
-    monkeypatch.setattr(loop_module, "compile_mode", lambda *a: "reduce-overhead")
+    monkeypatch.setattr(step_module, "compile_mode", lambda *a: "reduce-overhead")
     messages: list[str] = []
     cfg = config(ds, tmp_path / "r", accum=accum)
     learner, split = build(cfg, messages)

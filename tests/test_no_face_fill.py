@@ -15,9 +15,10 @@ from cache_helpers import backbones
 from expr.cache_format import VideoEntry, open_writer
 from expr.errors import ConfigError
 from expr.train_heads import (ExprHeadModel, HeadConfig, frame_probabilities, load_bank, with_face_fill)
-from expr.train_heads.data import gather
+from expr.train_heads.data import FeatureBank, gather
 from expr.train_heads.inference import face_fill_rows
 from expr.train_heads.synthetic import audio_steps_for
+from window_oracle import authors_loop
 
 # video "a", 40 frames: no face at 0-1 (before the first face), 10 (a run of 1), 15-19 (5),
 # 25-30 (6); video "b", 12 frames: no face at 0-2 (video a ends on a face: no fill across)
@@ -77,6 +78,29 @@ def test_a_causal_window_shows_the_filled_frames_and_pads_with_frame_0(index_ban
     assert b.visual[2, :, 0].long().tolist() == [24, 24, 24, 24, 24, 24, 30, 31]
     # before frame 0 the first frame repeats; b's first frames have no face before them: own
     assert b.visual[3, :, 0].long().tolist() == [0, 0, 0, 0, 0, 0, 0, 1]
+
+
+def test_face_fill_is_the_training_fill_rule_per_video():
+    """--no-face fill and reference windows share one fill rule (windows.fill_sources): with
+    every frame labelled, a frame shows what the authors' loop appends for it, video by video
+    (never a face of the previous video); frames the loop drops show their own features."""
+    rng = np.random.default_rng(7)
+    masks = [rng.random(int(n)) < rng.uniform(0.2, 0.9) for n in rng.integers(0, 60, size=40)]
+    n = torch.tensor([len(m) for m in masks])
+    face = np.concatenate(masks).astype(bool)
+    bank = FeatureBank(video_ids=[f"v{i}" for i in range(len(masks))], visual=torch.zeros(0, 1),
+                       audio=torch.zeros(1, 1), frame_offsets=torch.cumsum(n, 0) - n,
+                       audio_offsets=torch.zeros_like(n), n_frames=n, audio_steps=torch.zeros_like(n),
+                       fps=torch.full((len(n),), 25.0, dtype=torch.float64),
+                       timestamps=torch.zeros(len(face), dtype=torch.float64),
+                       frame_mask=torch.from_numpy(face), labels=None)
+    want, start = [], 0
+    for m in masks:
+        _, source = authors_loop([0] * len(m), m.tolist(), 10 ** 6, 1)   # never emits: sources only
+        want += [start + (s if s >= 0 else t) for t, s in enumerate(source)]
+        start += len(m)
+    assert face_fill_rows(bank).tolist() == want
+    assert want != list(range(len(face)))   # some frames are filled
 
 
 def test_unknown_rule_is_refused(index_bank):

@@ -132,6 +132,18 @@ def test_report_from_a_real_evaluated_run(run_dir, tmp_path):
     assert "val_000" in page.visible and "fingerprint" in page.visible  # timeline caption, config
 
 
+def test_report_from_a_run_reads_its_metrics_once(run_dir, tmp_path, monkeypatch):
+    # the provenance (training time) and the training curves come from one reading
+    from expr.evaluate import curves
+    from expr.evaluate.report_sources import report_from_run
+
+    reads = []
+    real = curves.read_metrics_jsonl
+    monkeypatch.setattr(curves, "read_metrics_jsonl", lambda path: reads.append(path) or real(path))
+    page = _Page(report_from_run(run_dir, SPLIT, tmp_path / "report.html").read_text(encoding="utf-8"))
+    assert "training" in page.ids and len(reads) == 1
+
+
 def test_report_from_run_without_an_evaluation_says_what_to_run(run_dir, tmp_path):
     from expr.evaluate.report_sources import report_from_run
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from expr.train_heads import (BatchFeeder, TrainConfig, gather, load_bank, load_run, load_split, make_windows,
-                              predict_logits, read_metrics, train, write_synthetic_dataset)
+from expr.train_heads import (BatchFeeder, TrainConfig, WindowSpec, bank_windows, gather, load_bank, load_run,
+                              load_split, predict_logits, read_metrics, train, write_synthetic_dataset)
 from expr.train_heads import step as step_module
 from expr.train_heads.step import StepReporter, compile_mode, optimizer_flags
 
@@ -127,8 +127,9 @@ def test_staged_batches_equal_gathered_ones(bank):
 def test_batches_from_precomputed_rows_equal_gathered_ones(bank):
     # Training computes every window's bank rows once per chunk (data.window_rows) and a batch
     # only looks them up: the same tensors as gathering each batch from scratch.
-    from expr.train_heads.data import select_rows, window_rows, with_sources
-    windows = make_windows(bank, 16, 4)
+    from expr.train_heads.data import select_rows, window_rows
+    from expr.train_heads.windows import with_sources
+    windows = bank_windows(bank, WindowSpec(16, 4))
     src = with_sources(bank, windows)  # reference windows: filled frames read their source rows
     rows = window_rows(src, windows.video_idx, windows.end_frame, 16)
     idx = torch.randperm(len(windows), generator=torch.Generator().manual_seed(1))[:24]
@@ -142,7 +143,7 @@ def test_batches_from_precomputed_rows_equal_gathered_ones(bank):
 def test_inference_equals_the_plain_forward_exactly_on_cpu(bank, tmp_path, ds):
     result = train(config(ds, tmp_path / "r"))
     model = load_run(result.run_dir, "last").model
-    win = make_windows(bank, 16, 4)
+    win = bank_windows(bank, WindowSpec(16, 4))
     got = predict_logits(model, bank, win.video_idx, win.end_frame, 16, batch_size=32)
     with torch.no_grad():  # the implementation before issue 12: gather, forward, per batch
         want = torch.cat([model(*vars(gather(bank, win.video_idx[i], win.end_frame[i], 16)).values())

@@ -21,7 +21,7 @@ from expr.cli import app, run
 from expr.errors import ConfigError
 from expr.devices import Dist, resolve_device
 from expr.train_heads import (TrainConfig, class_weights, load_bank, load_run, load_split, lr_at, macro_f1_accuracy,
-                              make_windows, predict_logits, read_metrics, train, with_sources,
+                              bank_windows, WindowSpec, predict_logits, read_metrics, train, with_sources,
                               write_synthetic_dataset)
 from expr.train_heads.loop import pick_device
 
@@ -82,7 +82,7 @@ def test_best_checkpoint_reproduces_its_val_f1(learned, ds):
     assert loaded.meta["epoch"] == result.best_epoch
     assert loaded.meta["cache"]["fingerprint"] == json.loads((result.run_dir / "config.json").read_text())["cache"]["fingerprint"]
     bank = load_bank(ds.cache, ds.val_ids, load_split(ds.labels, "Validation_Set"))
-    win = make_windows(bank, 16, 4)
+    win = bank_windows(bank, WindowSpec(16, 4))
     pred = predict_logits(loaded.model, with_sources(bank, win), win.video_idx, win.end_frame, 16).argmax(1)
     f1 = f1_score(win.target.numpy(), pred.numpy(), average="macro", labels=range(8))
     assert f1 == pytest.approx(result.best_val_f1, abs=1e-9)
@@ -109,6 +109,26 @@ def test_resume_equals_an_uninterrupted_run(ds, tmp_path):
     assert strip(resumed.history) == strip(full.history)
     a, b = load_run(tmp_path / "full", "last").model.state_dict(), load_run(tmp_path / "cut", "last").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_reads_the_runs_config_once(ds, tmp_path, monkeypatch):
+    # the options check, the provenance checks and the resumed record all use one reading
+    from expr.train_heads.run_dir import RunDir
+
+    class Stop(Exception):
+        pass
+
+    def stop(record):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(config(ds, tmp_path / "r", epochs=2), on_epoch=stop)
+    reads = []
+    real = RunDir.read_config
+    monkeypatch.setattr(RunDir, "read_config", lambda self: reads.append(self.path) or real(self))
+    resumed = train(config(ds, tmp_path / "r", epochs=2, resume=True))
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert reads == [tmp_path / "r"]
 
 
 def test_resume_refuses_other_options(learned, ds):
@@ -184,7 +204,7 @@ def test_streamed_chunks_match_the_preloaded_validation(ds, tmp_path, learned):
     # the model of the streamed run, evaluated on a preloaded bank, gives its recorded F1
     loaded = load_run(tmp_path / "none", "last")
     bank = load_bank(ds.cache, ds.val_ids, load_split(ds.labels, "Validation_Set"))
-    win = make_windows(bank, 16, 4)
+    win = bank_windows(bank, WindowSpec(16, 4))
     pred = predict_logits(loaded.model, with_sources(bank, win), win.video_idx, win.end_frame, 16).argmax(1)
     assert f1_score(win.target, pred, average="macro", labels=range(8)) == pytest.approx(result.history[0]["val_f1"])
 

@@ -13,10 +13,10 @@ import torch
 from cache_helpers import backbones
 from expr.cache_format import VideoEntry, open_cache, open_writer
 from expr.cli import run
-from expr.train_heads import (WindowRule, load_bank, load_split, make_windows, read_metrics, with_sources,
+from expr.train_heads import (WindowRule, load_bank, load_split, bank_windows, WindowSpec, read_metrics, with_sources,
                               write_synthetic_dataset)
 from expr.train_heads.data import gather
-from expr.train_heads.windows import build_windows
+from expr.train_heads.windows import video_windows
 from window_oracle import authors_loop
 
 SMALL = ["--window", "16", "--stride", "4", "--epochs", "1", "--channels", "16", "--tcn-levels", "2",
@@ -42,7 +42,7 @@ def ds(tmp_path_factory):
 
 def _expected(ds, split: str, rule: str, window=16, stride=4) -> dict[str, tuple[list, list]]:
     """video -> (ends, targets) on the label file and the cache's mask: the authors' loop
-    (tests/window_oracle.py) for reference windows, windows.build_windows for grid ones."""
+    (tests/window_oracle.py) for reference windows, windows.video_windows for grid ones."""
     out = {}
     with open_cache(ds.cache) as cache:
         for vid, labels in load_split(ds.labels, split).items():
@@ -51,7 +51,7 @@ def _expected(ds, split: str, rule: str, window=16, stride=4) -> dict[str, tuple
                 found, _ = authors_loop(labels.tolist(), face.tolist(), window, stride)
                 out[vid] = ([w[-1][0] for w in found], [int(labels[w[-1][1]]) for w in found])
             else:
-                w = build_windows(rule, labels, face, window, stride)
+                w = video_windows(rule, labels, face, window, stride)
                 out[vid] = (w.ends.tolist(), w.targets.tolist())
     return out
 
@@ -75,10 +75,10 @@ def test_train_uses_the_reference_windows_by_default(ds, tmp_path):
     config = json.loads((tmp_path / "ref" / "config.json").read_text())
     assert config["train"]["windows"] == "reference"
     assert config["data"]["train_windows"] == _count(ref_train)
-    # the same windows, one by one, as the bank-wide make_windows builds them for training
+    # the same windows, one by one, as the bank-wide bank_windows builds them for training
     labels = load_split(ds.labels, "Train_Set")
     bank = load_bank(ds.cache, list(labels), labels, features=False)
-    wins = make_windows(bank, 16, 4)
+    wins = bank_windows(bank, WindowSpec(16, 4))
     for v, vid in enumerate(bank.video_ids):
         mine = wins.video_idx == v
         assert (wins.end_frame[mine].tolist(), wins.target[mine].tolist()) == ref_train[vid]
@@ -143,7 +143,7 @@ def index_bank(tmp_path_factory):
 
 
 def test_gather_shows_a_filled_frame_its_source_and_keeps_own_audio(index_bank):
-    wins = make_windows(index_bank, 10, 5)
+    wins = bank_windows(index_bank, WindowSpec(10, 5))
     assert 49 in wins.end_frame.tolist() and 74 in wins.end_frame.tolist()
     view = with_sources(index_bank, wins)
     ends = torch.tensor([49, 74])
@@ -155,16 +155,16 @@ def test_gather_shows_a_filled_frame_its_source_and_keeps_own_audio(index_bank):
     assert torch.equal(filled.audio, plain.audio) and torch.equal(filled.audio_mask, plain.audio_mask)
     # the plain bank (per-frame inference) shows every frame its own features
     assert plain.visual[0, :, 0].tolist() == list(range(40, 50))
-    assert with_sources(index_bank, make_windows(index_bank, 10, 5, rule="grid")) is index_bank
+    assert with_sources(index_bank, bank_windows(index_bank, WindowSpec(10, 5, rule=WindowRule.grid))) is index_bank
 
 
 @pytest.mark.parametrize("target, expected", [("last", 49 % 8), ("center", 42 % 8), ("majority", 42 % 8)])
 def test_targets_read_labels_through_the_source_rows(index_bank, target, expected):
     # window 40..49: centre frame 44 is unlabelled (its source, 42, is class 2); via the sources
     # class 2 occurs 3 times, by own labels classes 0 and 1 occur twice and 2 once.
-    wins = make_windows(index_bank, 10, 5, target)
+    wins = bank_windows(index_bank, WindowSpec(10, 5, target))
     assert wins.target[wins.end_frame == 49].tolist() == [expected]
-    grid = make_windows(index_bank, 10, 5, target, rule="grid")
+    grid = bank_windows(index_bank, WindowSpec(10, 5, target, rule=WindowRule.grid))
     if target == "center":
         assert 49 not in grid.end_frame.tolist()  # own centre frame unlabelled: no target on the grid
     if target == "majority":

@@ -8,7 +8,9 @@ import torch
 
 from cache_helpers import backbones
 from expr.cache_format import VideoEntry, open_writer
-from expr.train_heads.data import load_bank, make_windows, gather, window_targets
+from expr.train_heads.config import Target, WindowRule
+from expr.train_heads.data import gather, load_bank
+from expr.train_heads.windows import WindowSpec, bank_windows, window_targets
 from expr.train_heads.synthetic import audio_steps_for
 
 BACKBONES = backbones(4, 3, name="test")
@@ -57,7 +59,7 @@ def test_bank_layout(bank):
 
 
 def test_windows_full_at_stride_with_valid_last_frame(bank):
-    w = make_windows(bank, window=10, stride=5, rule="grid")
+    w = bank_windows(bank, WindowSpec(window=10, stride=5, rule=WindowRule.grid))
     v25 = w.end_frame[w.video_idx == 0].tolist()
     # ends 9, 14, ..., 99 minus 14 (label -1) and 19 (no face)
     assert v25 == [e for e in range(9, 100, 5) if e not in (14, 19)]
@@ -67,7 +69,7 @@ def test_windows_full_at_stride_with_valid_last_frame(bank):
 
 
 def test_windows_skip_videos_shorter_than_the_window(bank):
-    w = make_windows(bank, window=60, stride=15, rule="grid")
+    w = bank_windows(bank, WindowSpec(window=60, stride=15, rule=WindowRule.grid))
     assert set(w.video_idx.tolist()) == {0, 1}  # noaudio has 50 frames
 
 
@@ -133,11 +135,30 @@ def test_label_length_mismatch_is_truncated_with_one_warning(cache):
     assert bank.n_frames.tolist() == [80, 90, 50]
     assert len(bank.warnings) == 2
     assert "v25: 80 labels but 100 cached frames" in bank.warnings[0]
-    assert make_windows(bank, 10, 5, rule="grid").end_frame.max() <= 89
+    assert bank_windows(bank, WindowSpec(10, 5, rule=WindowRule.grid)).end_frame.max() <= 89
 
 
 def test_label_only_bank_gives_the_same_windows(cache, bank):
     light = load_bank(cache, ["v25", "v30", "noaudio"], labels_for(), features=False)
     assert light.visual.shape[0] == 0
-    a, b = make_windows(light, 10, 5, "majority", "grid"), make_windows(bank, 10, 5, "majority", "grid")
+    spec = WindowSpec(10, 5, Target.majority, WindowRule.grid)
+    a, b = bank_windows(light, spec), bank_windows(bank, spec)
     assert torch.equal(a.end_frame, b.end_frame) and torch.equal(a.target, b.target)
+
+
+def test_window_spec_is_the_configs_four_options_checked_once():
+    from pathlib import Path
+
+    from expr.errors import ConfigError
+    from expr.train_heads import TrainConfig
+
+    cfg = TrainConfig(cache=Path("c"), labels=Path("l"), out=Path("o"), window=30, stride=45,
+                      target=Target.majority, windows=WindowRule.grid)
+    spec = WindowSpec.of(cfg)
+    assert spec == WindowSpec(30, 45, Target.majority, WindowRule.grid)
+    assert WindowSpec(30, 45, "majority", "grid") == spec  # type: ignore[arg-type]  # strings from JSON
+    assert isinstance(WindowSpec(3, 1, "center").target, Target)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--windows must be one of reference, grid"):
+        WindowSpec(3, 1, Target.last, "sliding")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=">= 1"):
+        WindowSpec(0, 1)

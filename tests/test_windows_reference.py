@@ -1,5 +1,5 @@
 """The window rules of train_heads/windows.py against window lists written out by hand, the
-authors' loop transcribed literally (tests/window_oracle.py), and today's make_windows (grid)."""
+authors' loop transcribed literally (tests/window_oracle.py), and the bank-wide bank_windows (grid)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from expr.errors import ConfigError
-from expr.train_heads.data import FeatureBank, make_windows
-from expr.train_heads.windows import build_windows, grid_windows, reference_windows
+from expr.train_heads.config import WindowRule
+from expr.train_heads.data import FeatureBank
+from expr.train_heads.windows import WindowSpec, bank_windows, grid_windows, reference_windows, video_windows
 from window_oracle import authors_loop
 
 X = -1  # an unlabelled frame
@@ -167,7 +168,7 @@ def test_differential_against_the_authors_loop():
     assert emptying > 500 and fill_after_emptying > 200   # the path issue 19 found wrong
 
 
-def test_grid_reproduces_make_windows():
+def test_grid_reproduces_bank_windows():
     rng = np.random.default_rng(1)
     videos = [random_video(rng, n) for n in (0, 3, 59, 60, 61, 200, 517)]
     labels = np.concatenate([v[0] for v in videos])
@@ -180,7 +181,7 @@ def test_grid_reproduces_make_windows():
         timestamps=torch.zeros(len(labels), dtype=torch.float64), frame_mask=torch.from_numpy(face),
         labels=torch.from_numpy(labels))
     for window, stride in [(60, 15), (30, 15), (5, 7), (1, 1)]:
-        old = make_windows(bank, window, stride, rule="grid")
+        old = bank_windows(bank, WindowSpec(window, stride, rule=WindowRule.grid))
         for v, (lab, fc) in enumerate(videos):
             new = grid_windows(lab, fc, window, stride)
             mine = old.video_idx == v
@@ -188,15 +189,15 @@ def test_grid_reproduces_make_windows():
             assert new.targets.tolist() == old.target[mine].tolist()
 
 
-def test_build_windows_dispatches_and_refuses_unknown_rules():
+def test_video_windows_dispatches_and_refuses_unknown_rules():
     labels, face = np.array([1, X, 2, 2, 2, 2]), np.ones(6, bool)
-    assert build_windows("reference", labels, face, 3, 1).ends.tolist() == [2, 3, 4, 5]
-    assert build_windows("grid", labels, face, 3, 1).ends.tolist() == [2, 3, 4, 5]
-    assert build_windows("grid", labels, face, 2, 1).ends.tolist() == [2, 3, 4, 5]   # 1 unlabelled
-    assert build_windows("reference", labels, face, 2, 1).ends.tolist() == [1, 2, 3, 4, 5]  # 1 filled
+    assert video_windows("reference", labels, face, 3, 1).ends.tolist() == [2, 3, 4, 5]
+    assert video_windows("grid", labels, face, 3, 1).ends.tolist() == [2, 3, 4, 5]
+    assert video_windows("grid", labels, face, 2, 1).ends.tolist() == [2, 3, 4, 5]   # 1 unlabelled
+    assert video_windows("reference", labels, face, 2, 1).ends.tolist() == [1, 2, 3, 4, 5]  # 1 filled
     with pytest.raises(ConfigError, match="reference, grid"):
-        build_windows("sliding", labels, face, 3, 1)
+        video_windows("sliding", labels, face, 3, 1)
     with pytest.raises(ValueError, match="one length"):
-        build_windows("reference", labels, face[:5], 3, 1)
+        video_windows("reference", labels, face[:5], 3, 1)
     with pytest.raises(ValueError, match=">= 1"):
-        build_windows("grid", labels, face, 3, 0)
+        video_windows("grid", labels, face, 3, 0)

@@ -2,8 +2,9 @@
 
 The public interface (what the CLI, ``expr.evaluate`` and the README's Python API use) is
 ``__all__``. Modules: config (TrainConfig, HeadConfig and the option choices), labels (ABAW
-annotation files), data (FeatureBank, windows, vectorised batch gathering), feed (batches on the
-device: pinned staging to a GPU), step (the training step's fast path), model
+annotation files), data (FeatureBank, vectorised batch gathering), windows (WindowSpec; which
+windows a video and a bank yield), feed (batches on the device: pinned staging to a GPU), step
+(the training step and its fast path), model
 (ExprHeadModel), loop (train), inference (logits and probabilities of windows and frames),
 run_dir (the run folder and every file name in it), checkpoint (safetensors + JSON, and load_run: a run's model with its configs),
 metrics (macro-F1), synthetic (a learnable test cache).
@@ -22,7 +23,7 @@ __getattr__ = lazy_getattr(__name__)  # the names of the TYPE_CHECKING block bel
 
 if TYPE_CHECKING:  # THE list of lazy names: pyright and editors see them, lazy_getattr reads it
     from expr.train_heads.checkpoint import LoadedRun, load_run
-    from expr.train_heads.data import FeatureBank, Windows, gather, load_bank, make_windows, to_device, with_sources
+    from expr.train_heads.data import FeatureBank, gather, load_bank, to_device
     from expr.train_heads.feed import BatchFeeder
     from expr.train_heads.inference import (frame_probabilities, frame_queries, predict_logits,
                                             smooth_probabilities, split_by_video, window_probabilities,
@@ -34,11 +35,12 @@ if TYPE_CHECKING:  # THE list of lazy names: pyright and editors see them, lazy_
     from expr.train_heads.model import ExprHeadModel
     from expr.train_heads.run_dir import Checkpoint, RunDir, read_metrics
     from expr.train_heads.synthetic import SyntheticDataset, write_synthetic_dataset
+    from expr.train_heads.windows import BankWindows, WindowSpec, bank_windows, with_sources
 
 __all__ = [
     "Compile", "Fusion", "HeadConfig", "NoFace", "Preload", "SmoothMode", "Target", "TrainConfig", "WindowRule",
-    "load_split", "read_id_list", "read_label_file", "FeatureBank", "Windows", "load_bank", "make_windows",
-    "with_sources", "gather", "to_device", "BatchFeeder", "ExprHeadModel", "TrainResult", "train", "lr_at",
+    "load_split", "read_id_list", "read_label_file", "FeatureBank", "load_bank", "WindowSpec", "BankWindows",
+    "bank_windows", "with_sources", "gather", "to_device", "BatchFeeder", "ExprHeadModel", "TrainResult", "train", "lr_at",
     "class_weights", "predict_logits", "window_probabilities", "frame_probabilities", "with_face_fill",
     "frame_queries", "smooth_probabilities", "split_by_video", "Checkpoint", "RunDir", "LoadedRun", "load_run",
     "read_metrics", "macro_f1_accuracy", "confusion_from_pairs", "SyntheticDataset", "write_synthetic_dataset",

@@ -6,12 +6,9 @@ a (B, W, Dv) visual and (B, A, Da) audio batch with a handful of tensor ops - no
 Python and no per-window Zarr read, which is what makes an epoch fast.
 
 Protocols:
-- training / window-level evaluation: the windows of ``--windows`` (windows.py) -
-  ``make_windows``. ``reference`` (the authors' rule, the default) fills up to 5 invalid frames
-  with the last valid frame: such a frame's visual features and label come from that
-  *source* row (``Windows.source_rows``, read by ``gather`` through a bank view from
-  ``with_sources``) while its audio stays on its own timestamps. ``grid`` (v0.1): full windows
-  at the stride from frame 0 whose target frame is valid; every frame is its own source;
+- training / window-level evaluation: the windows of ``--windows`` (windows.py, ``bank_windows``);
+  a filled frame of a reference window reads its source row (``FeatureBank.source_rows``, set
+  on the view ``windows.with_sources`` makes) for its visual features, its own for audio;
 - per-frame inference: one causal window ending at each frame, the first frame repeated
   before frame 0 - ``gather`` accepts ends < window - 1 for that; no-face frames filled
   from the last face frame (inference.with_face_fill, ``--no-face``).
@@ -34,11 +31,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from expr.abaw import HOP, NUM_CLASSES, SAMPLE_RATE
+from expr.abaw import HOP, SAMPLE_RATE
 from expr.cache_format import BackboneRecords, CacheReader, open_cache
-from expr.errors import check_choice
-from expr.train_heads.config import Preload, Target, WindowRule
-from expr.train_heads.windows import build_windows, grid_ends
+from expr.train_heads.config import Preload
 
 DEFAULT_AUDIO_RATE = SAMPLE_RATE / HOP  # Wav2Vec2: 16 kHz / hop 320 = 50 steps per second
 
@@ -85,18 +80,6 @@ class FeatureBank:
 
     def __len__(self) -> int:
         return len(self.video_ids)
-
-
-@dataclass
-class Windows:
-    video_idx: torch.Tensor   # (N,) int64 index into bank.video_ids
-    end_frame: torch.Tensor   # (N,) int64 last frame of the window (inclusive)
-    target: torch.Tensor      # (N,) int64 class 0..7
-    # (sum T,) int64 per bank row: the row whose features and label it takes (None = its own)
-    source_rows: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.video_idx.shape[0])
 
 
 @dataclass
@@ -152,7 +135,7 @@ def load_bank(
     CUDA is there) host memory; "none" is plain host memory (the caller streams chunks);
     "auto" is "gpu" when ``device`` is CUDA and the features fit (``resolve_preload``), else "cpu".
     ``on_video(i, n, video_id)`` reports progress. ``features=False`` reads only labels,
-    masks and times (zero-row feature tensors): enough for ``make_windows``.
+    masks and times (zero-row feature tensors): enough for ``windows.bank_windows``.
     """
     if not isinstance(cache, CacheReader):
         with open_cache(cache) as reader:
@@ -217,92 +200,6 @@ def to_device(bank: FeatureBank, device: str | torch.device) -> FeatureBank:
     device = torch.device(device)
     moved = {k: v.to(device, non_blocking=True) for k, v in vars(bank).items() if isinstance(v, torch.Tensor)}
     return dataclasses.replace(bank, **moved, device=device)
-
-
-def window_targets(bank: FeatureBank, video_idx: torch.Tensor, end_frame: torch.Tensor,
-                   window: int, target: str = "last", source_rows: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) target class and (N,) bool "has a target" of full windows (start >= 0).
-
-    last: the label of the last frame (the reference); center: of frame end - window // 2;
-    majority: the most frequent valid label in the window (ties: the lower class id).
-    With ``source_rows`` every frame reads the label (and validity) of its source row.
-    """
-    labels = bank.labels
-    if labels is None:
-        raise ValueError("window targets need a bank with labels")
-    valid = bank.valid
-    rows = bank.frame_offsets[video_idx] + end_frame
-    if target in (Target.last, Target.center):
-        rows = rows - (window // 2 if target == Target.center else 0)
-        rows = rows if source_rows is None else source_rows[rows]
-        return labels[rows].clamp(min=0), valid[rows]
-    if target != Target.majority:
-        raise ValueError(f"unknown target {target!r}")
-    if source_rows is not None:
-        labels, valid = labels[source_rows], valid[source_rows]
-    # Counts of each class in [start, end] from cumulative one-hot counts: no per-window loop.
-    onehot = torch.zeros((valid.shape[0] + 1, NUM_CLASSES), dtype=torch.int32, device=valid.device)
-    onehot[1:][valid] = torch.nn.functional.one_hot(labels[valid], NUM_CLASSES).to(torch.int32)
-    cum = onehot.cumsum(0)  # cum[r] = counts of rows < r
-    counts = cum[rows + 1] - cum[rows + 1 - window]  # (N, classes)
-    return counts.argmax(1), counts.sum(1) > 0
-
-
-def make_windows(bank: FeatureBank, window: int, stride: int, target: str = Target.last,
-                 rule: str = WindowRule.reference) -> Windows:
-    """The windows of every video of ``bank`` under ``rule`` (windows.py) with a valid target
-    by ``target``; reference windows carry ``source_rows`` (gather them from ``with_sources``)."""
-    if bank.labels is None:
-        raise ValueError("make_windows needs a bank with labels")
-    check_choice("--windows", rule, WindowRule)
-    if rule == WindowRule.reference:
-        return _reference_windows(bank, window, stride, target)
-    return _grid_windows(bank, window, stride, target)
-
-
-def _reference_windows(bank: FeatureBank, window: int, stride: int, target: str) -> Windows:
-    """windows.build_windows per video (numpy, ~35 ms for 2.6 M frames) joined into one set,
-    and the bank-wide source row of every frame (its own where it is in no sequence)."""
-    assert bank.labels is not None
-    labels, face = bank.labels.cpu().numpy(), bank.frame_mask.cpu().numpy()
-    starts, lengths = bank.frame_offsets.cpu().numpy(), bank.n_frames.cpu().numpy()
-    none = [np.zeros(0, np.int64)]
-    video_idx, end_frame, source = [], [], []
-    for v, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
-        found = build_windows(WindowRule.reference, labels[start:start + n], face[start:start + n],
-                              window, stride)
-        video_idx.append(np.full(len(found), v, dtype=np.int64))
-        end_frame.append(found.ends)
-        source.append(found.source)
-    local = np.concatenate(source or none)                      # (sum T,) in-video source, -1 = none
-    own = np.arange(len(local), dtype=np.int64)
-    rows = np.where(local >= 0, local + np.repeat(starts, lengths), own)
-    dev = bank.device
-    vids = torch.from_numpy(np.concatenate(video_idx or none)).to(dev)
-    ends = torch.from_numpy(np.concatenate(end_frame or none)).to(dev)
-    rows = torch.from_numpy(rows).to(dev)
-    # every frame of a reference window has a valid source, so every target exists
-    tgt, ok = window_targets(bank, vids, ends, window, target, source_rows=rows)
-    return Windows(vids[ok], ends[ok], tgt[ok], rows)
-
-
-def with_sources(bank: FeatureBank, windows: Windows) -> FeatureBank:
-    """The bank (tensors shared, nothing copied) whose ``gather`` shows each frame the visual
-    features of its source row in ``windows``; ``bank`` itself when every row is its own."""
-    if windows.source_rows is None:
-        return bank
-    return dataclasses.replace(bank, source_rows=windows.source_rows.to(bank.device))
-
-
-def _grid_windows(bank: FeatureBank, window: int, stride: int, target: str) -> Windows:
-    """The grid's full windows (windows.grid_ends per video) with a valid target."""
-    ends = [grid_ends(n, window, stride) for n in bank.n_frames.tolist()]
-    counts = torch.tensor([len(e) for e in ends], dtype=torch.int64)
-    video_idx = torch.repeat_interleave(torch.arange(len(ends)), counts).to(bank.device)
-    end_frame = torch.from_numpy(np.concatenate(ends or [np.zeros(0, np.int64)])).to(bank.device)
-    tgt, ok = window_targets(bank, video_idx, end_frame, window, target)
-    return Windows(video_idx[ok], end_frame[ok], tgt[ok])
 
 
 def _take(table: torch.Tensor, rows: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:

@@ -10,7 +10,7 @@ No-face frames (``--no-face``, default ``fill``): training never shows the model
 frame's own features - a reference window shows the last valid frame's instead, for up to 5
 invalid frames in a row. Labels are unknown at inference, so the same fill is applied causally
 by the face mask alone: a no-face frame shows the last face frame's visual features (its own
-audio stays) when that face frame is at most ``MAX_FILL`` (5) frames back in the same video;
+audio stays) when that face frame is at most ``windows.MAX_FILL`` (5) frames back in the same video;
 from the 6th no-face frame in a row on, and before a video's first face, it shows the cache's
 features. ``raw`` shows every frame its cache features (for a missing cropped-aligned jpg,
 those of a black image, which is what the authors' test script feeds).
@@ -33,7 +33,7 @@ from expr.errors import check_choice
 from expr.train_heads.config import NoFace, SmoothMode
 from expr.train_heads.data import FeatureBank
 from expr.train_heads.feed import BatchFeeder
-from expr.train_heads.windows import MAX_FILL
+from expr.train_heads.windows import fill_sources
 
 
 @torch.no_grad()
@@ -114,13 +114,13 @@ def split_by_video(values: np.ndarray, video_idx: np.ndarray, n_videos: int) -> 
 def face_fill_rows(bank: FeatureBank) -> torch.Tensor:
     """(sum T,) int64 bank row whose visual features each frame shows under ``--no-face fill``:
     its own row, except a no-face frame at most MAX_FILL frames after a face frame of its video
-    (the last such face frame). Causal: reads the face mask up to the frame only."""
-    face = bank.frame_mask
-    rows = torch.arange(face.shape[0], device=face.device)
-    last_face = torch.cummax(torch.where(face, rows, -1), 0).values if len(rows) else rows  # (sum T,) -1: none
-    video_start = torch.repeat_interleave(bank.frame_offsets.to(face.device), bank.n_frames.to(face.device))
-    fill = ~face & (last_face >= video_start) & (rows - last_face <= MAX_FILL)
-    return torch.where(fill, last_face, rows)
+    (the last such face frame). The fill rule of reference windows (windows.fill_sources) with
+    the face mask as validity: causal, it reads the mask up to the frame only."""
+    face = bank.frame_mask.cpu().numpy()
+    first = np.repeat(bank.frame_offsets.cpu().numpy(), bank.n_frames.cpu().numpy())  # (sum T,)
+    source = fill_sources(face, first)                                                  # -1: no fill
+    rows = np.where(source >= 0, source, np.arange(len(source), dtype=np.int64))
+    return torch.from_numpy(rows).to(bank.frame_mask.device)
 
 
 def with_face_fill(bank: FeatureBank, no_face: str = NoFace.fill) -> FeatureBank:
@@ -134,12 +134,14 @@ def with_face_fill(bank: FeatureBank, no_face: str = NoFace.fill) -> FeatureBank
 def frame_probabilities(model: torch.nn.Module, bank: FeatureBank, window: int,
                         frames: Sequence[np.ndarray] | None = None, *, batch_size: int = 256,
                         smooth: int = 0, smooth_mode: str = SmoothMode.median,
-                        no_face: str = NoFace.fill) -> list[np.ndarray]:
+                        no_face: str | None = NoFace.fill) -> list[np.ndarray]:
     """Per video of the bank: (n_i, classes) probabilities of the causal window ending at
     each frame in ``frames[i]`` (default: every frame), no-face frames shown as ``no_face``
-    says (module docstring). With smoothing, every frame is inferred (the filter needs the
-    neighbours), smoothed, then the requested frames picked."""
-    bank = with_face_fill(bank, no_face)
+    says (module docstring); ``no_face=None``: ``bank`` is already the view ``with_face_fill``
+    made (a caller that also counts the filled frames). With smoothing, every frame is
+    inferred (the filter needs the neighbours), smoothed, then the requested frames picked."""
+    if no_face is not None:
+        bank = with_face_fill(bank, no_face)
     n_frames = bank.n_frames.tolist()
     query = None if smooth > 1 else frames
     video_idx, end_frame = frame_queries(n_frames, query)

@@ -24,7 +24,7 @@ from expr.cache_format import CacheReader, open_cache
 from expr.devices import Dist, resolve_device, setup_dist, use_device
 from expr.errors import ConfigError
 from expr.train_heads import checkpoint as ckpt
-from expr.train_heads.config import Compile, Preload, TrainConfig
+from expr.train_heads.config import Preload, TrainConfig
 from expr.train_heads.data import FeatureBank, select_rows, window_rows
 from expr.train_heads.data_warnings import training_warnings
 from expr.train_heads.feed import BatchFeeder
@@ -35,7 +35,7 @@ from expr.train_heads.model import ExprHeadModel
 from expr.train_heads.provenance import LEGACY_KEY, check_resume, data_fingerprints, resumed_config
 from expr.train_heads.run_dir import Checkpoint, RunDir, open_run_dir
 from expr.train_heads.splits import Split, read_splits
-from expr.train_heads.step import LossStep, StepReporter, check_fused_adamw, compile_mode, make_optimizer
+from expr.train_heads.step import LossStep, StepReporter, make_step, optimizer_step
 
 StepCallback = Callable[[int, float], None]
 
@@ -104,11 +104,8 @@ def run_epoch(learner: Learner, cfg: TrainConfig, split: Split, epoch: int, *,
                 b = feed.take(select_rows(rows, idx))
                 batches.append((b.visual, b.audio, b.audio_mask, win.target[idx].to(device, non_blocking=True)))
                 data_s += time.perf_counter() - t
-            losses = learner.step.accumulate(batches)  # (n, 3); forward + backward, guarded (step.py)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(learner.module.parameters(), cfg.grad_clip)
-            learner.opt.step()
-            learner.opt.zero_grad(set_to_none=not learner.step.keeps_grads)  # see step.py
+            # (n, 3); forward + backward guarded (step.py), clip, AdamW
+            losses = optimizer_step(learner.step, learner.opt, batches, cfg.grad_clip)
             for row in losses:
                 sums += row.double()
                 n_micro += 1
@@ -140,16 +137,8 @@ def _build_learner(cfg: TrainConfig, cache: CacheReader, train_split: Split, dis
     torch.manual_seed(cfg.seed)
     module = ExprHeadModel(head_cfg, torch.from_numpy(cache.text_embeddings()), cache.logit_scale).to(device)
     weights = class_weights(train_split.all_targets).to(device)
-    opt = make_optimizer(module, cfg, lr_at(0, cfg), device)
-    if cfg.compile == Compile.auto.value:
-        check_fused_adamw(opt, say)  # fused on CUDA: a kernel only a GPU runs
     model = dist.wrap(module, device)
-    mode = compile_mode(cfg.compile, device, dist.world)
-    if mode is not None and device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # the step's shapes are fixed: pick conv algorithms once
-    # auto on one GPU: a fixed-shape step over the whole group, proven by the self-check
-    step = LossStep(model, module, weights, cfg.contrastive_weight, device, mode, say,
-                    check=cfg.compile == Compile.auto, grouped=mode == "reduce-overhead")
+    opt, step = make_step(model, module, weights, cfg, device, dist.world, say)
     return Learner(model, module, opt, weights, dist, device, step)
 
 
@@ -165,16 +154,17 @@ def _save_epoch(run: RunDir, learner: Learner, record: dict, meta: dict) -> None
                              scheduler_state={"epoch": record["epoch"]}, meta=meta)
 
 
-def _resume(run: RunDir, learner: Learner, cfg: TrainConfig, say: Callable[[str], None], now: dict
-            ) -> tuple[int, float, int, list[dict]]:
-    """(epochs done, best val F1, best epoch, their metrics) of the run in ``run``, after
-    checking that this run's head dimensions, cache content and labels (``now``) are the
-    run's own (provenance.py): one line otherwise, before anything is loaded or written."""
+def _resume(run: RunDir, saved_config: dict, learner: Learner, cfg: TrainConfig, say: Callable[[str], None],
+            now: dict) -> tuple[int, float, int, list[dict]]:
+    """(epochs done, best val F1, best epoch, their metrics) of the run in ``run`` (whose
+    config.json holds ``saved_config``), after checking that this run's head dimensions, cache
+    content and labels (``now``) are the run's own (provenance.py): one line otherwise, before
+    anything is loaded or written."""
     last = run.checkpoint(Checkpoint.last)
     state = ckpt.read_state(last)  # one line for a damaged or foreign record
     start, best_f1, best_epoch = ckpt.resume_point(last, state)
     saved, _ = ckpt.load_weights(last.weights, learner.device)
-    check_resume(run.path, cfg, saved.cfg, learner.module.cfg, state["meta"], now, run.read_config())
+    check_resume(run.path, cfg, saved.cfg, learner.module.cfg, state["meta"], now, saved_config)
     learner.module.load_state_dict(saved.state_dict())
     try:
         ckpt.load_optimizer_state(last, learner.opt, state)  # keeps this run's AdamW switches
@@ -206,12 +196,12 @@ def train(cfg: TrainConfig, *, bank: FeatureBank | None = None, val_bank: Featur
     say = on_message or (lambda msg: None)
     dist = setup_dist()
     device = pick_device(cfg, dist)
-    with open_run_dir(cfg, dist, say) as run:  # locked: one writer per run folder
-        return _train(cfg, run, dist, device, say, bank, val_bank, on_epoch, on_step)
+    with open_run_dir(cfg, dist, say) as (run, saved_config):  # locked: one writer per run folder
+        return _train(cfg, run, saved_config, dist, device, say, bank, val_bank, on_epoch, on_step)
 
 
-def _train(cfg: TrainConfig, run: RunDir, dist: Dist, device: torch.device, say: Callable[[str], None],
-           bank: FeatureBank | None, val_bank: FeatureBank | None,
+def _train(cfg: TrainConfig, run: RunDir, saved_config: dict | None, dist: Dist, device: torch.device,
+           say: Callable[[str], None], bank: FeatureBank | None, val_bank: FeatureBank | None,
            on_epoch: Callable[[dict], None] | None, on_step: StepCallback | None) -> TrainResult:
     # -- data ------------------------------------------------------------------------------
     cache = open_cache(cfg.cache)
@@ -231,10 +221,10 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist, device: torch.device, say:
         start, best_f1, best_epoch, history = 0, -1.0, 0, []
         config = {"train": cfg.to_dict(), "head": vars(head_cfg).copy(), "cache": cache_meta, "data": data_meta,
                   "provenance": _provenance(device), "warnings": warnings}
-        if cfg.resume:
+        if saved_config is not None:  # --resume: config.json as open_run_dir read it
             now = {**fingerprints, LEGACY_KEY: cache_meta["fingerprint"], "class_weights": data_meta["class_weights"]}
-            start, best_f1, best_epoch, history = _resume(run, learner, cfg, say, now)
-            config = resumed_config(run.read_config(), config)  # the run's record stays as written
+            start, best_f1, best_epoch, history = _resume(run, saved_config, learner, cfg, say, now)
+            config = resumed_config(saved_config, config)  # the run's record stays as written
         if dist.is_main:
             run.write_config(config)
             run.write_metrics(history)

@@ -41,7 +41,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from expr.atomic import TEMP_NAME, check_writable, commit_folder, recover_folder, write_json, write_text
+from expr.atomic import (PNG_MAGIC, TEMP_NAME, check_writable, commit_folder, recover_folder, starts_with,
+                         write_json, write_text)
 from expr.errors import ConfigError, storage_errors
 from expr.train_heads.config import RECORDED_SINCE_V01, TrainConfig
 
@@ -196,7 +197,6 @@ def read_metrics(run_dir: str | Path, on_message: Callable[[str], None] | None =
 
 LOCK_FILE = ".lock"   # the run's lock (flock) and the holder's pid
 REPORT_MARKER = "Made by expr."  # report.py's footer: a report.html without it is not ours
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @contextmanager
@@ -255,7 +255,7 @@ def _unlock(lock: Path, fd: int) -> None:
 
 @contextmanager
 def open_run_dir(cfg: TrainConfig, dist: Dist, on_message: Callable[[str], None] | None = None
-                 ) -> Iterator[RunDir]:
+                 ) -> Iterator[tuple[RunDir, dict | None]]:
     """``prepare_run_dir`` under the run's lock (rank 0 takes it), held until the block ends.
     A folder this call created is removed again when the block fails before writing to it
     (a full disk, bad data): no empty run folder is left to refuse the rerun."""
@@ -293,10 +293,12 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()
 
 
-def prepare_run_dir(cfg: TrainConfig, dist: Dist, on_message: Callable[[str], None] | None = None) -> RunDir:
-    """Check ``--out`` (empty, --overwrite of a previous run, or --resume) and create it.
-    On --resume, checkpoints a killed run was saving are finished or discarded first.
-    Call it through ``open_run_dir``, which holds the run's lock."""
+def prepare_run_dir(cfg: TrainConfig, dist: Dist, on_message: Callable[[str], None] | None = None
+                    ) -> tuple[RunDir, dict | None]:
+    """Check ``--out`` (empty, --overwrite of a previous run, or --resume) and create it; the
+    run and, on --resume, its config.json as read here (once: the resume checks and the
+    resumed record use this copy). On --resume, checkpoints a killed run was saving are
+    finished or discarded first. Call it through ``open_run_dir``, which holds the run's lock."""
     run = RunDir(Path(cfg.out))
     out = run.path
     check_out_path(out)
@@ -311,8 +313,9 @@ def prepare_run_dir(cfg: TrainConfig, dist: Dist, on_message: Callable[[str], No
         missing = [p.name for p in needed if p.name not in present]
         if missing:
             raise ConfigError(f"{out}: cannot --resume, {', '.join(missing)} missing; start it without --resume")
-        _check_resume_options(run, cfg)
-        return run
+        saved = run.read_config()
+        _check_resume_options(run, cfg, saved)
+        return run, saved
     if present and not cfg.overwrite:
         raise ConfigError(f"{out}: run directory is not empty; pass --overwrite to replace it or --resume to continue")
     if present:
@@ -332,7 +335,7 @@ def prepare_run_dir(cfg: TrainConfig, dist: Dist, on_message: Callable[[str], No
             _remove_temp_files(run)
         check_writable(run.config, "write the run")  # e.g. read-only: fail before the data loads
     dist.barrier()
-    return run
+    return run, None
 
 
 def _check_overwritable(run: RunDir, present: list[str]) -> None:
@@ -356,14 +359,14 @@ def _is_ours(path: Path) -> bool:
             return False
         if path.is_dir():  # timelines_<split>/
             return fnmatch.fnmatch(name, TIMELINES_GLOB) and all(
-                p.is_file() and not p.is_symlink() and p.suffix == ".png" and _has_magic(p, PNG_MAGIC)
+                p.is_file() and not p.is_symlink() and p.suffix == ".png" and starts_with(p, PNG_MAGIC)
                 for p in path.iterdir())
         if not path.is_file():
             return False
         if name.endswith(WEIGHTS_SUFFIX):
             return _is_safetensors(path)
         if name.endswith(".png"):
-            return _has_magic(path, PNG_MAGIC)
+            return starts_with(path, PNG_MAGIC)
         if name == REPORT_HTML:
             return REPORT_MARKER in path.read_text(encoding="utf-8", errors="replace")
         if name == METRICS_FILE:
@@ -379,11 +382,6 @@ def _is_ours(path: Path) -> bool:
         return isinstance(data.get("protocols"), dict)  # eval_<split>.json
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def _has_magic(path: Path, magic: bytes) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(len(magic)) == magic
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -413,9 +411,9 @@ def _remove_temp_files(run: RunDir) -> None:
             path.unlink()
 
 
-def _check_resume_options(run: RunDir, cfg: TrainConfig) -> None:
+def _check_resume_options(run: RunDir, cfg: TrainConfig, config: dict) -> None:
     # Options that v0.1 runs did not record, with the value those runs used.
-    saved = RECORDED_SINCE_V01 | run.read_config()["train"]
+    saved = RECORDED_SINCE_V01 | config["train"]
     mine = cfg.to_dict()
     diff = [k for k in mine if k not in RESUME_FREE and k in saved and saved[k] != mine[k]]
     if diff:

@@ -13,10 +13,10 @@ from expr.abaw import IGNORE_LABEL
 from expr.cache_format import CacheReader
 from expr.errors import ConfigError
 from expr.train_heads.config import Preload, TrainConfig
-from expr.train_heads.data import (FeatureBank, Windows, load_bank, make_windows,
-                                   to_device, with_sources)
+from expr.train_heads.data import FeatureBank, load_bank, to_device
 from expr.train_heads.labels import SPLITS as ABAW_SPLITS
 from expr.train_heads.labels import load_split, preview, reconcile
+from expr.train_heads.windows import BankWindows, WindowSpec, bank_windows, with_sources
 
 MAX_WARNINGS = 5
 # (name in messages and config.json, folder of the ABAW layout, TrainConfig field of its id list)
@@ -35,9 +35,9 @@ class Split:
     cache: CacheReader
     all_targets: torch.Tensor              # (N,) targets of every window (for class weights)
     bank: FeatureBank | None = None
-    windows: Windows | None = None
+    windows: BankWindows | None = None
 
-    def chunks(self, cfg: TrainConfig, epoch_seed: int | None) -> Iterator[tuple[FeatureBank, Windows]]:
+    def chunks(self, cfg: TrainConfig, epoch_seed: int | None) -> Iterator[tuple[FeatureBank, BankWindows]]:
         """(bank, windows) to go through: the preloaded bank once, or the videos in groups of
         <= chunk_frames frames (shuffled by ``epoch_seed`` when given)."""
         if self.bank is not None and self.windows is not None:
@@ -52,7 +52,7 @@ class Split:
             n = self.cache.info(vid).n_frames if vid is not None else 0
             if group and (vid is None or frames + n > cfg.chunk_frames):
                 bank = load_bank(self.cache, group, {v: self.labels[v] for v in group}, preload=Preload.none)
-                windows = make_windows(bank, cfg.window, cfg.stride, cfg.target, cfg.windows)
+                windows = bank_windows(bank, WindowSpec.of(cfg))
                 yield with_sources(bank, windows), windows
                 group, frames = [], 0
             if vid is not None:
@@ -128,7 +128,7 @@ def _load_split(cfg: TrainConfig, cache: CacheReader, name: str, given: FeatureB
         loaded = load_bank(cache, ids, labels, preload=cfg.preload, device=device,
                            features=cfg.preload != Preload.none)
         _report_mismatches(loaded.warnings, say)
-    windows = make_windows(loaded, cfg.window, cfg.stride, cfg.target, cfg.windows)
+    windows = bank_windows(loaded, WindowSpec.of(cfg))
     if len(windows) == 0:
         raise ConfigError(_no_windows(cfg, name, loaded))
     split = Split(name, ids, labels, cache, windows.target.cpu())

@@ -132,6 +132,39 @@ def check_fused_adamw(opt: torch.optim.Optimizer, say: Callable[[str], None]) ->
         "using the default (--compile off skips the check)")
 
 
+def make_step(model: torch.nn.Module, module: ExprHeadModel, weights: torch.Tensor, cfg: TrainConfig,
+              device: torch.device, world: int, say: Callable[[str], None]
+              ) -> tuple[torch.optim.Optimizer, LossStep]:
+    """The optimiser and the training step of ``cfg`` exactly as `expr train` runs them (and
+    the benchmarks measure them): AdamW with the --compile flags (fused AdamW proven first on
+    ``auto``), the compile mode, and the guarded LossStep (self-checked on ``auto``; grouped
+    with CUDA graphs). ``model`` is ``module`` or DDP around it; the epoch loop sets each
+    epoch's learning rate, so AdamW starts at ``cfg.lr`` here."""
+    opt = make_optimizer(module, cfg, cfg.lr, device)
+    if cfg.compile == Compile.auto:
+        check_fused_adamw(opt, say)  # fused on CUDA: a kernel only a GPU runs
+    mode = compile_mode(cfg.compile, device, world)
+    if mode is not None and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the step's shapes are fixed: pick conv algorithms once
+    # auto on one GPU: a fixed-shape step over the whole group, proven by the self-check
+    step = LossStep(model, module, weights, cfg.contrastive_weight, device, mode, say,
+                    check=cfg.compile == Compile.auto, grouped=mode == "reduce-overhead")
+    return opt, step
+
+
+def optimizer_step(step: LossStep, opt: torch.optim.Optimizer, batches: Sequence[Batch],
+                   grad_clip: float) -> torch.Tensor:
+    """One optimiser step over an accumulation group: its gradients (``step.accumulate``),
+    clipped to a norm of ``grad_clip`` (0: not clipped), the update, the gradients zeroed
+    (in place when the step keeps them, see above); the group's (n, 3) losses."""
+    losses = step.accumulate(batches)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(step.module.parameters(), grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=not step.keeps_grads)
+    return losses
+
+
 def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
 
