@@ -57,7 +57,7 @@ DecodeFn = Callable[[Path, object, int], Iterator]
 
 def pynvc_frames(path: Path, device, batch: int) -> Iterator:
     """All frames of ``path`` decoded by NVDEC (PyNvVideoCodec) on ``device``, ``batch`` at a time."""
-    import PyNvVideoCodec as nvc
+    import PyNvVideoCodec as nvc  # pyright: ignore[reportMissingImports] - optional, see load_decoder
     import torch
 
     gpu = device.index if getattr(device, "index", None) is not None else torch.cuda.current_device()
@@ -73,7 +73,7 @@ def pynvc_frames(path: Path, device, batch: int) -> Iterator:
 
 def load_decoder() -> DecodeFn:
     """The NVDEC decode function; ImportError when PyNvVideoCodec is not installed. Tests replace it."""
-    import PyNvVideoCodec  # noqa: F401
+    import PyNvVideoCodec  # noqa: F401  # pyright: ignore[reportMissingImports] - optional: pip install pynvvideocodec
 
     return pynvc_frames
 
@@ -193,7 +193,9 @@ def resolve_decoder(config, device, jobs: list, geometry: str, recorded: str | N
                     check: Callable[[], float] | None = None) -> tuple[str, str | None]:
     """``choose_decoder`` for a run: the probe runs on the first video that can be read (up to
     three: a broken file fails later, as usual). ``check``: test stand-in for the probe."""
-    eligible = config.frames is None and config.face_crop == "none" and geometry == "device" and bool(jobs)
+    if not jobs:  # nothing to decode (an empty folder): keep what the cache has, probe nothing
+        return recorded or "cpu", None
+    eligible = config.frames is None and config.face_crop == "none" and geometry == "device"
 
     def on_first(fn):
         error: Exception | None = None

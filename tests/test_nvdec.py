@@ -271,3 +271,9 @@ def test_cli_decoder_option_help_and_errors(videos, tmp_path, capsys):
     assert len(err) == 1 and "--decoder nvdec decodes on an NVIDIA GPU, but this run's device is cpu" in err[0]
     assert not (tmp_path / "f.zarr").exists()
     assert run([*args, "--decoder", "gpu"]) == 2
+
+
+def test_an_empty_run_probes_nothing_and_keeps_the_caches_decoder(tmp_path):
+    config = tiny_config(tmp_path, tmp_path / "f.zarr", decoder="nvdec")
+    assert resolve_decoder(config, torch.device("cuda"), [], "device", "nvdec", check=_never) == ("nvdec", None)
+    assert resolve_decoder(config, torch.device("cpu"), [], "worker", None, check=_never) == ("cpu", None)
