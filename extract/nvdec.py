@@ -244,21 +244,21 @@ def video_frames(job: DecodeJob, n: int, device, decode: DecodeFn,
     path = job.video_path
     assert path is not None
     times, done = _timestamps(path, n), 0
-    with torch.inference_mode():
-        for frames in decode(path, device, batch):
-            frames = frames[: n - done]  # decord's index is the count (as on the worker path)
-            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
-                raise MediaDecodeError(f"{path}: NVDEC returned frames {tuple(frames.shape)} {frames.dtype}, "
-                                       "expected (N, H, W, 3) uint8: use --decoder cpu")
-            k = len(frames)
-            if k == 0:
-                break
-            layout = NativeLayout("rgb24", int(frames.shape[1]), int(frames.shape[2]))
+    for frames in decode(path, device, batch):
+        frames = frames[: n - done]  # decord's index is the count (as on the worker path)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+            raise MediaDecodeError(f"{path}: NVDEC returned frames {tuple(frames.shape)} {frames.dtype}, "
+                                   "expected (N, H, W, 3) uint8: use --decoder cpu")
+        k = len(frames)
+        if k == 0:
+            break
+        layout = NativeLayout("rgb24", int(frames.shape[1]), int(frames.shape[2]))
+        with torch.inference_mode():  # not across the yield: the consumer runs between two batches
             pixels = device_geometry(frames.to(device), layout, job.image_size).cpu().numpy()
-            yield FrameBatch(job.video_id, done, pixels, np.ones(k, bool), times[done: done + k].copy())
-            done += k
-            if done == n:
-                break
+        yield FrameBatch(job.video_id, done, pixels, np.ones(k, bool), times[done: done + k].copy())
+        done += k
+        if done == n:
+            break
     if done < n:
         raise MediaDecodeError(f"{path}: NVDEC decoded {done} of the {n} frames its index announces; "
                                f"the file is probably truncated: fetch it again or {FIX_HINT}")

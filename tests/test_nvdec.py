@@ -277,3 +277,17 @@ def test_an_empty_run_probes_nothing_and_keeps_the_caches_decoder(tmp_path):
     config = tiny_config(tmp_path, tmp_path / "f.zarr", decoder="nvdec")
     assert resolve_decoder(config, torch.device("cuda"), [], "device", "nvdec", check=_never) == ("nvdec", None)
     assert resolve_decoder(config, torch.device("cpu"), [], "worker", None, check=_never) == ("cpu", None)
+
+
+def test_a_video_nvdec_cannot_decode_fails_alone_in_a_whole_run(videos, tmp_path, fake_gpu, monkeypatch):
+    def decode(path, device, batch):
+        if path.name == "a.mp4":
+            raise RuntimeError("CUVID_ERROR_NO_DEVICE\nmore")
+        yield from pyav_frames(path, device, batch)
+
+    monkeypatch.setattr(nvdec, "probe_nvdec", lambda job, device, _: 0.0)  # the probe passed; a.mp4 fails later
+    monkeypatch.setattr(nvdec, "load_decoder", lambda: decode)
+    summary = _run(videos, tmp_path / "f.zarr", geometry="device", decoder="nvdec", workers=2)
+    assert summary.exit_code == 1 and summary.ok == ["b"] and list(summary.failed) == ["a"]
+    assert summary.failed["a"] == (f"{videos / 'a.mp4'}: NVDEC decoding failed (RuntimeError: CUVID_ERROR_NO_DEVICE "
+                                   "more): use --decoder cpu")
