@@ -22,6 +22,7 @@ from expr.cache_format import BackboneRecords, check_output_path, consolidate, i
 from expr.cache_format.options import UNRECORDED_DEFAULTS
 from expr.devices import Dist, dist_env, resolve_device, setup_dist
 from expr.errors import ExprError, MediaDecodeError
+from expr.extract import nvdec
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.backbones import (
     VisualEncoder,
@@ -36,7 +37,6 @@ from expr.extract.backbones import (
 from expr.extract.config import ExtractConfig, parse_shard
 from expr.extract.feed import EncoderFeed, ExtractEvent, ExtractSummary, ProgressFn
 from expr.extract.media import source_stat
-from expr.extract import nvdec
 
 __all__ = ["ExtractEvent", "ExtractSummary", "run_extract", "select_jobs"]
 
