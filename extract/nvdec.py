@@ -33,6 +33,7 @@ but the package call is tested on CPU with a PyAV stand-in.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -61,8 +62,10 @@ def pynvc_frames(path: Path, device, batch: int) -> Iterator:
     import torch
 
     gpu = device.index if getattr(device, "index", None) is not None else torch.cuda.current_device()
-    decoder = nvc.SimpleDecoder(str(path), gpu_id=gpu, use_device_memory=True,
-                                output_color_type=nvc.OutputColorType.RGB)
+    # on the caller's current stream (video_frames: one of its own, so that decoding never
+    # waits for the image encoder's batches queued on the default stream)
+    decoder = nvc.SimpleDecoder(str(path), gpu_id=gpu, cuda_stream=torch.cuda.current_stream(gpu).cuda_stream,
+                                use_device_memory=True, output_color_type=nvc.OutputColorType.RGB)
     while True:
         frames = decoder.get_batch_frames(batch)
         if not frames:
@@ -244,7 +247,15 @@ def video_frames(job: DecodeJob, n: int, device, decode: DecodeFn,
     path = job.video_path
     assert path is not None
     times, done = _timestamps(path, n), 0
-    for frames in decode(path, device, batch):
+    frames_of = iter(decode(path, device, batch))
+    # On CUDA, decoding and geometry run on a stream of their own (as the feed's geometry does):
+    # waiting for a batch's pixels then does not wait for the image encoder's queued batches.
+    stream = torch.cuda.Stream(device) if torch.device(device).type == "cuda" else None
+    while True:
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            frames = next(frames_of, None)
+        if frames is None:
+            break
         frames = frames[: n - done]  # decord's index is the count (as on the worker path)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise MediaDecodeError(f"{path}: NVDEC returned frames {tuple(frames.shape)} {frames.dtype}, "
@@ -253,7 +264,8 @@ def video_frames(job: DecodeJob, n: int, device, decode: DecodeFn,
         if k == 0:
             break
         layout = NativeLayout("rgb24", int(frames.shape[1]), int(frames.shape[2]))
-        with torch.inference_mode():  # not across the yield: the consumer runs between two batches
+        # not across the yield (the consumer runs between two batches): per batch
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(), torch.inference_mode():
             pixels = device_geometry(frames.to(device), layout, job.image_size).cpu().numpy()
         yield FrameBatch(job.video_id, done, pixels, np.ones(k, bool), times[done: done + k].copy())
         done += k
