@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expr.extract.config import Geometry
+from expr.extract.config import Decoder, Geometry
 
 
 def make_videos(root: Path, frames: int, n_videos: int, fps: int = 25, size=(640, 360)) -> list[Path]:
@@ -113,6 +113,7 @@ def null_encoders():
 
 
 GEOMETRY = Geometry.auto  # --geometry of the runs (main sets it): expr extract's default
+DECODER = Decoder.auto  # --decoder of the runs (main sets it)
 
 
 def _cpu_seconds() -> float:
@@ -137,7 +138,7 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
     with null_encoders():
         config = ExtractConfig(videos=videos, out=out, frames=frames, device=device, batch_size=batch_size,
                                workers=workers, visual_weights="none", audio_weights="none", overwrite=True,
-                               geometry=GEOMETRY)
+                               geometry=GEOMETRY, decoder=DECODER)
         summary = run_extract(config, progress=progress)
     if summary.failed:
         raise SystemExit(f"pipeline failed on {summary.failed}")
@@ -186,10 +187,11 @@ def bench_pipeline(device: str, videos: Path, frames: Path | None, out: Path, ba
     try:
         config = ExtractConfig(videos=videos, out=out, frames=frames, device=device, batch_size=batch_size,
                                workers=workers, visual_weights="none", audio_weights="none", overwrite=True,
-                               geometry=GEOMETRY)
+                               geometry=GEOMETRY, decoder=DECODER)
         batches = []  # (elapsed, frames) at every encoded batch: workers are up by the first
+        notes: list[str] = []  # the start's note lines: a fallback (--geometry, --decoder auto) says so there
         summary = run_extract(config, progress=lambda e: batches.append((e.elapsed, e.frames))
-                              if e.kind == "batch" else None)
+                              if e.kind == "batch" else notes.extend(e.warnings))
     finally:
         for (cls, name), method in saved.items():
             setattr(cls, name, method)
@@ -201,7 +203,17 @@ def bench_pipeline(device: str, videos: Path, frames: Path | None, out: Path, ba
     return dict(frames=summary.frames, elapsed=summary.elapsed, audio_time=spent["audio"], startup=t0,
                 encoder_time=spent["visual"], encoder_fps=summary.frames / spent["visual"],
                 visual_fps=(f1 - f0) / max(t1 - t0, 1e-9), total_fps=summary.frames / summary.elapsed,
-                audio_rtf=summary.audio_seconds / spent["audio"], audio_seconds=summary.audio_seconds)
+                audio_rtf=summary.audio_seconds / spent["audio"], audio_seconds=summary.audio_seconds,
+                paths=_paths(out), notes=notes)
+
+
+def _paths(out: Path) -> str:
+    """Which geometry path and decoder the run took, as its cache records them."""
+    from expr.cache_format import open_cache
+
+    with open_cache(out) as cache:
+        options = cache.attrs.get("options") or {}
+    return f"geometry {options.get('geometry', '?')}, decoder {options.get('decoder', '?')}"
 
 
 def make_inputs(tmp: Path, args, n_videos: int | None = None) -> Path | None:
@@ -274,6 +286,8 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=4, help="split the frames over this many videos")
     parser.add_argument("--geometry", default="auto", choices=("auto", "worker", "device"),
                         help="where CLIP's geometry runs (expr extract --geometry); default: the run's default")
+    parser.add_argument("--decoder", default="auto", choices=("auto", "cpu", "nvdec"),
+                        help="who decodes raw frames (expr extract --decoder); default: the run's default")
     parser.add_argument("--workers", type=_int_list, default=[2],
                         help="decode worker processes; with --null-encoder a comma list (1,2) runs each")
     parser.add_argument("--size", type=_size, default=(640, 360), help="video size WxH (default 640x360)")
@@ -281,6 +295,8 @@ def main() -> None:
     args = parser.parse_args()
     global GEOMETRY
     GEOMETRY = Geometry(args.geometry)
+    global DECODER
+    DECODER = Decoder(args.decoder)
     if args.null_encoder:
         main_null(args)
         return
@@ -326,6 +342,7 @@ def main() -> None:
     print(f"{'measure':<{width}}  {'rate':>20}  notes")
     for label, rate, note in rows:
         print(f"{label:<{width}}  {rate:>20}  {note}")
+    print(f"the best pipeline run took {pipe['paths']}" + "".join(f"; {n}" for n in pipe["notes"]))
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ from collections.abc import Iterable
 
 # Extraction options that change features, besides the backbones. Per-video attributes of
 # the same names record them for each video.
-FEATURE_OPTIONS = ("face_crop", "visual_source", "audio_chunk_seconds", "audio_context_seconds", "geometry")
+FEATURE_OPTIONS = ("face_crop", "visual_source", "audio_chunk_seconds", "audio_context_seconds", "geometry",
+                   "decoder")
 # What a cache made before an option was recorded used: such a cache compares as this value.
-# geometry: expr before issue 18 always did CLIP's resize in the decode workers.
-UNRECORDED_DEFAULTS = {"geometry": "worker"}
+# geometry: expr before issue 18 always did CLIP's resize in the decode workers; decoder: and
+# decoded every frame on the CPU.
+UNRECORDED_DEFAULTS = {"geometry": "worker", "decoder": "cpu"}
 NOT_RECORDED = object()
 
 

@@ -33,6 +33,14 @@ class Geometry(StrEnum):
     device = "device"  # on the encoder's device; the workers only decode
 
 
+class Decoder(StrEnum):
+    """Who decodes raw video frames (the --decoder choices; nvdec.py)."""
+
+    auto = "auto"    # nvdec on CUDA for streams of 720p and above after a start-up probe, else cpu
+    cpu = "cpu"      # the decode workers (PyAV / decord), as always
+    nvdec = "nvdec"  # the GPU's video decoder (PyNvVideoCodec) in the main process; a failing probe is an error
+
+
 FACE_CROPS = tuple(c.value for c in FaceCrop)      # what a DecodeJob checks (messages.py)
 JPG_RESIZES = tuple(c.value for c in JpgResize)    # first: the default
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -58,6 +66,7 @@ class ExtractConfig:
     audio_chunk_seconds: float = 30.0              # Wav2Vec2 runs on chunks of this length ...
     audio_context_seconds: float = 3.0             # ... each with this much extra audio either side
     geometry: Geometry = Geometry.auto             # auto | worker | device: where CLIP's resize runs (geometry_device.py)
+    decoder: Decoder = Decoder.auto                # auto | cpu | nvdec: who decodes raw frames (nvdec.py)
 
     def __post_init__(self) -> None:
         as_choices(self)
@@ -71,6 +80,7 @@ class ExtractConfig:
         check_choice("--face-crop", self.face_crop, FaceCrop)
         check_choice("--jpg-resize", self.jpg_resize, JpgResize)
         check_choice("--geometry", self.geometry, Geometry)
+        check_choice("--decoder", self.decoder, Decoder)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.workers < 0:

@@ -71,6 +71,8 @@ def decode_video(job: DecodeJob) -> Iterator[Message]:
         jpgs = index_jpgs(job.frames_dir)
         del reader  # only its frame count and timestamps were needed
         yield from frames_dir_batches(job, n, timestamps, jpgs, warnings)
+    elif job.decoder == "nvdec":  # the main process decodes the frames on the GPU (nvdec.py)
+        del reader
     elif (segments := video_segments(job, reader, n)) is not None:
         del reader
         yield VideoSplit(job.video_id, segments)

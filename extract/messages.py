@@ -40,6 +40,7 @@ class DecodeJob:
     segment_frames: int = SEGMENT_FRAMES  # split videos longer than 2x this into keyframe-aligned segments (0: never)
     segment: tuple[int, int] | None = None  # a segment job: decode only frames [a, b) of video_path
     geometry: str = "worker"  # "device": raw frames go out native (native_decode.py), geometry in the parent
+    decoder: str = "cpu"  # "nvdec": the job sends no frames; the main process decodes them (nvdec.py)
 
     def __post_init__(self) -> None:
         if self.face_crop not in FACE_CROPS:
@@ -54,6 +55,8 @@ class DecodeJob:
             raise ConfigError(f"video {self.video_id!r}: bad segment {self.segment} (needs a video and 0 <= a < b)")
         if self.geometry not in (Geometry.worker, Geometry.device):  # auto is resolved before jobs exist
             raise ConfigError(f"geometry must be worker or device, got {self.geometry!r}")
+        if self.decoder not in ("cpu", "nvdec") or (self.decoder == "nvdec" and self.video_path is None):
+            raise ConfigError(f"video {self.video_id!r}: decoder must be cpu, or nvdec for a video, got {self.decoder!r}")
         if self.image_size < 1 or self.batch_frames < 1:
             raise ConfigError(f"image size and batch frames must be positive, got {self.image_size}, {self.batch_frames}")
 

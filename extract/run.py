@@ -22,6 +22,7 @@ from expr.cache_format import BackboneRecords, check_output_path, consolidate, i
 from expr.cache_format.options import UNRECORDED_DEFAULTS
 from expr.devices import Dist, dist_env, resolve_device, setup_dist
 from expr.errors import ExprError, MediaDecodeError
+from expr.extract import nvdec
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.backbones import (
     VisualEncoder,
@@ -89,26 +90,29 @@ class Backbones:
         return clip_text_embeddings(self.clip, self.visual_spec.arch, abaw.prompts())
 
 
-def feature_options(config: ExtractConfig, geometry: str = "worker") -> dict:
+def feature_options(config: ExtractConfig, geometry: str = "worker", decoder: str = "cpu") -> dict:
     """The options of this run that change features besides the backbones (cache_format.options):
     the cache records them, and refuses a run that would add videos made otherwise.
-    ``geometry``: the path this run resolved (``resolve_geometry``), not the option."""
+    ``geometry``, ``decoder``: what this run resolved (``resolve_geometry``, ``resolve_decoder``),
+    not the options."""
     return {"face_crop": config.face_crop, "visual_source": "frames" if config.frames is not None else "video",
             "audio_chunk_seconds": float(config.audio_chunk_seconds),
-            "audio_context_seconds": float(config.audio_context_seconds), "geometry": geometry}
+            "audio_context_seconds": float(config.audio_context_seconds), "geometry": geometry,
+            "decoder": decoder}
 
 
-def _recorded_geometry(out: Path, reset: bool) -> str | None:
-    """The geometry path an existing cache records ("worker" when made before it was recorded)."""
+def _recorded(out: Path, reset: bool, key: str = "geometry") -> str | None:
+    """What an existing cache records for option ``key`` (geometry, decoder): the value of a cache
+    made before it was recorded is ``UNRECORDED_DEFAULTS[key]``; None for a new cache."""
     if reset or not is_cache(out):
         return None
     try:
         with open_cache(out) as cache:
             options = cache.attrs.get("options")
             if isinstance(options, dict):
-                return options.get("geometry", UNRECORDED_DEFAULTS["geometry"])
-            # an expr 0.2 cache: made in the workers
-            return UNRECORDED_DEFAULTS["geometry"] if cache.video_ids else None
+                return options.get(key, UNRECORDED_DEFAULTS[key])
+            # an expr 0.2 cache: made in the workers, on the CPU
+            return UNRECORDED_DEFAULTS[key] if cache.video_ids else None
     except ExprError:
         return None
 
@@ -136,7 +140,7 @@ def resolve_geometry(config: ExtractConfig, device, jobs: list, reset: bool, che
 
     check = check or first_frames
     return choose_geometry(config.geometry, str(getattr(device, "type", device)).split(":")[0],
-                           _recorded_geometry(config.out, reset) if eligible else None,
+                           _recorded(config.out, reset) if eligible else None,
                            eligible, check)
 
 
@@ -148,11 +152,12 @@ def select_jobs(jobs: list, shard: str | None, rank: int, world_size: int) -> li
     return jobs[rank::world_size]
 
 
-def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist, reset: bool, geometry: str = "worker"):
+def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist, reset: bool, geometry: str = "worker",
+                decoder: str = "cpu"):
     text, scale = bb.text(config.out, reset)
     open_ = partial(open_writer, config.out, backbones=bb.records, text_embeddings=text, logit_scale=scale,
                     protect=(config.videos, config.frames),  # --out may not overlap the inputs
-                    options=feature_options(config, geometry))
+                    options=feature_options(config, geometry, decoder))
     writer = open_(reset=reset) if dist.is_main else None
     dist.barrier()  # others open once rank 0 created (or wiped) the store
     return writer if writer is not None else open_(reset=False)
@@ -254,6 +259,11 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         notes.append(note)
     if geometry == "device":
         jobs = [replace(j, geometry="device") for j in jobs]
+    decoder, note = nvdec.resolve_decoder(config, device, jobs, geometry, _recorded(config.out, reset, "decoder"))
+    if note:
+        notes.append(note)
+    if decoder == "nvdec":  # the workers read headers and audio; this process decodes the frames
+        jobs = [replace(j, decoder="nvdec") for j in jobs]
     bb = Backbones(config, device)
 
     # gloo: only barriers go through the group; ranks finish at different times (long
@@ -264,7 +274,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
             # A new cache records these backbones: build them first, so that a checkpoint that
             # cannot be loaded leaves no empty cache behind that refuses a rerun with other weights.
             bb.build()
-        writer = _open_cache(config, bb, dist, reset, geometry)
+        writer = _open_cache(config, bb, dist, reset, geometry, decoder)
         summary = ExtractSummary(out=config.out, random_weights=bb.random_streams, device=str(device),
                                  rank=dist.rank, world_size=dist.world)
         todo = _skip_complete(jobs, writer, config.overwrite, summary)
@@ -285,7 +295,8 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
                                 on_idle=feed.flush, page_lock=lock) as pool:
                     pool.start()  # the workers start (imports, first frames) while the models are built
                     bb.build()  # both now: missing checkpoints fail (named together) before any frame is encoded
-                    for message in pool:
+                    messages = pool if decoder == "cpu" else nvdec.nvdec_messages(pool, todo, device, nvdec.load_decoder())
+                    for message in messages:
                         feed.handle(message)
                 feed.finish()
         finally:

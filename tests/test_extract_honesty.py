@@ -67,7 +67,7 @@ def test_the_cache_records_its_options_on_the_root_and_on_every_video(videos, tm
     run_extract(tiny_config(videos, out, face_crop="haar"))
     assert _root_attrs(out)["options"] == {"face_crop": "haar", "visual_source": "video",
                                            "audio_chunk_seconds": 30.0, "audio_context_seconds": 3.0,
-                                           "geometry": "worker"}  # haar: always in the workers
+                                           "geometry": "worker", "decoder": "cpu"}  # haar: always in the workers
     with open_cache(out) as cache:
         assert {cache.info(v).extra.face_crop for v in cache.video_ids} == {"haar"}
         assert cache.info("a").extra.audio_chunk_seconds == 30.0

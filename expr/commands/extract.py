@@ -18,7 +18,7 @@ from rich.table import Table
 
 from expr.commands import esc
 from expr.devices import DEVICE_HELP, is_main_process
-from expr.extract.config import ExtractConfig, FaceCrop, Geometry, JpgResize
+from expr.extract.config import Decoder, ExtractConfig, FaceCrop, Geometry, JpgResize
 
 D = ExtractConfig  # the defaults are the config's, declared once (as `expr train` takes TrainConfig's)
 
@@ -42,6 +42,7 @@ def extract(
     audio_chunk_seconds: Annotated[float, typer.Option(help="Wav2Vec2 runs on chunks of this many seconds ...")] = D.audio_chunk_seconds,
     audio_context_seconds: Annotated[float, typer.Option(help="... each with this much extra audio on either side.")] = D.audio_context_seconds,
     geometry: Annotated[Geometry, typer.Option(help="Where CLIP's colour conversion + resize run: worker (decode workers), device (the encoder's device; workers only decode), auto (device on CUDA after a start-up self-check, else worker; an existing cache keeps its own). Recorded in the cache.")] = D.geometry,
+    decoder: Annotated[Decoder, typer.Option(help="Who decodes raw video frames: cpu (the decode workers), nvdec (the GPU's video decoder, needs pip install pynvvideocodec), auto (nvdec on CUDA for 720p and larger streams after a start-up probe against cpu, else cpu; an existing cache keeps its own). Recorded in the cache.")] = D.decoder,
 ) -> None:
     """Extract per-frame CLIP and per-step Wav2Vec2 features of every video into a cache.
 
