@@ -121,6 +121,13 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _children_cpu_seconds() -> float:
+    """CPU time of the child processes that ended and were waited for (the decode workers, once
+    the run is over): the decoders' whole cost, start-up included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_size: int, workers: int) -> dict:
     """Feed rate with null encoders, from the first encoded batch to the last event."""
     from expr.extract.config import ExtractConfig
@@ -128,6 +135,7 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
 
     marks = []  # (wall, frames, parent cpu) at the first batch and at every later event
     started = time.perf_counter()
+    children = _children_cpu_seconds()
 
     def progress(event):
         if event.kind != "start" and (marks or event.kind == "batch"):
@@ -142,8 +150,9 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
     if summary.failed:
         raise SystemExit(f"pipeline failed on {summary.failed}")
     (t0, f0, c0, m0), (t1, f1, c1, m1) = marks[0], marks[-1]
+    worker_us = (_children_cpu_seconds() - children) / max(1, summary.frames) * 1e6
     return dict(frames=summary.frames, fps=(f1 - f0) / (t1 - t0), parent_us=(c1 - c0) / (f1 - f0) * 1e6,
-                main_us=(m1 - m0) / (f1 - f0) * 1e6,
+                main_us=(m1 - m0) / (f1 - f0) * 1e6, worker_us=worker_us,
                 total_fps=summary.frames / summary.elapsed, first_batch=t0 - started, workers=workers)
 
 
@@ -235,12 +244,14 @@ def main_null(args) -> None:
     print(f"\nexpr extract feed rate (null encoders): {args.frames} frames of {_what(args)}, batch "
           f"{args.batch_size}, device {args.device}, {os.cpu_count()} CPUs, best of {args.repeat}")
     print("(parent us/f: CPU of the whole main process, its writer and audio threads included, per frame;"
-          " main thread: the feeding thread alone)")
+          " main thread: the feeding thread alone; worker us/f: CPU of all decode workers, start-up included,"
+          f" per frame; load average before: {os.getloadavg()[0]:.2f})")
     print(f"{'videos':>6} {'workers':>7} {'steady f/s':>11} {'per worker':>10} {'parent us/f':>11} "
-          f"{'main thread':>11} {'1st batch s':>11} {'end to end f/s':>14}  all runs f/s")
+          f"{'main thread':>11} {'worker us/f':>11} {'1st batch s':>11} {'end to end f/s':>14}  all runs f/s")
     for n_videos, best, runs in results:
         print(f"{n_videos:>6} {best['workers']:>7} {best['fps']:>11,.0f} {best['fps'] / best['workers']:>10,.0f} "
-              f"{best['parent_us']:>11.1f} {best['main_us']:>11.1f} {best['first_batch']:>11.2f} "
+              f"{best['parent_us']:>11.1f} {best['main_us']:>11.1f} {best['worker_us']:>11.0f} "
+              f"{best['first_batch']:>11.2f} "
               f"{best['total_fps']:>14,.0f}  "
               + ", ".join(f"{r['fps']:,.0f}" for r in runs))
     base = {n: r for n, r, _ in results if r["workers"] == args.workers[0]}
