@@ -288,6 +288,8 @@ def bench_decode(paths: list[Path], workers: int, decoder: str, geometry: str) -
         started = pool.peak_workers
     end = time.perf_counter()
     cpu = _children_cpu_seconds() - children
+    if first is None:
+        raise SystemExit(f"the decode pool sent no frames for {paths}")
     return dict(decoder=decoder, workers=workers, started=started, frames=frames, wall=end - start,
                 fps=(frames - first[1]) / (end - first[0]), cpu=cpu)
 

@@ -20,8 +20,14 @@ import media_fixtures as F
 from expr.extract import video_decode
 from expr.extract.media import decode_video
 from expr.extract.messages import DecodeJob
-from expr.extract.pyav_frames import PyAVFrames, rgb, stream_info
+from expr.extract.pyav_frames import PyAVFrames, StreamInfo, rgb, stream_info
 from test_segments import frames_by_index
+
+
+def info(path: Path) -> StreamInfo:
+    got = stream_info(path)
+    assert got is not None, f"PyAV cannot read {path}"
+    return got
 
 
 def job_for(path: Path, **kwargs) -> DecodeJob:
@@ -104,7 +110,7 @@ def test_pyav_gives_decords_frames_bit_for_bit(tmp_path, monkeypatch, name):
 ])
 def test_colour_range_and_matrix_tags_give_decords_pixels(tmp_path, monkeypatch, pix_fmt, params):
     path = write_h264(tmp_path / "c.mp4", pix_fmt, params)
-    assert stream_info(path).exact
+    assert info(path).exact
     (pixels, _, _), (got, _, _), decord_reads = both_paths(job_for(path), monkeypatch)
     assert decord_reads == 0 and np.array_equal(got, pixels)
 
@@ -125,7 +131,7 @@ def test_raw_frames_before_the_geometry_are_equal_too(tmp_path):
 ])
 def test_streams_where_pyav_is_not_exact_stay_on_decord(tmp_path, monkeypatch, make):
     path = make(tmp_path)
-    assert not stream_info(path).exact
+    assert not info(path).exact
     (pixels, mask, times), (got, got_mask, got_times), decord_reads = both_paths(job_for(path), monkeypatch)
     assert decord_reads == 1
     assert np.array_equal(got, pixels) and np.array_equal(got_mask, mask) and np.array_equal(got_times, times)
@@ -167,6 +173,7 @@ def test_one_worker_decodes_on_one_thread(tmp_path):
     # RGB conversion starts 4 swscale threads. Ours starts none.
     path = F.make_video(tmp_path / "v.mp4", n_frames=40, size=(320, 240), audio_rate=None)
     before = threading.active_count(), len(os.listdir("/proc/self/task"))
+    during = None
     with PyAVFrames(path) as frames:
         for i, frame in enumerate(frames):
             rgb(frame)
@@ -180,7 +187,7 @@ def test_cremad_clips_decode_as_before(pytestconfig, monkeypatch):
     # CREMA-D's FLV holds VP6, which PyAV's FFmpeg decodes ~0.1 level apart from decord's
     # (measured MAD 0.10-0.12): those stay on decord, so their frames are unchanged.
     for clip in F.cremad_clips(pytestconfig):
-        assert stream_info(clip).codec == "vp6f" and not stream_info(clip).exact
+        assert info(clip).codec == "vp6f" and not info(clip).exact
         (pixels, mask, times), (got, got_mask, got_times), reads = both_paths(job_for(clip), monkeypatch)
         assert reads == 1 and np.array_equal(got, pixels)
         assert np.array_equal(got_mask, mask) and np.array_equal(got_times, times)

@@ -110,8 +110,9 @@ def test_a_seek_that_misses_its_keyframe_reads_the_segment_with_decord(tmp_path,
     job = job_for(path, segment_frames=30)
     (plan,) = [m for m in decode_video(job) if isinstance(m, VideoSplit)]
     pixels, _, times = frames_by_index(decode_video(job_for(path, segment_frames=0)))
-    (a, b), pts = plan.segments[1], plan.starts_pts[1]
-    frame_ticks = (plan.starts_pts[2] - pts) // (plan.segments[2][0] - a)  # pts per frame
+    (a, b), pts, next_pts = plan.segments[1], plan.starts_pts[1], plan.starts_pts[2]
+    assert pts is not None and next_pts is not None
+    frame_ticks = (next_pts - pts) // (plan.segments[2][0] - a)  # pts per frame
     for wrong in (pts + frame_ticks, pts + 1, None):
         decord_starts = decord_seeks(monkeypatch)
         batches = [m for m in decode_segment(replace(job, segment=(a, b), segment_pts=wrong))
