@@ -191,3 +191,24 @@ def test_cremad_clips_decode_as_before(pytestconfig, monkeypatch):
         (pixels, mask, times), (got, got_mask, got_times), reads = both_paths(job_for(clip), monkeypatch)
         assert reads == 1 and np.array_equal(got, pixels)
         assert np.array_equal(got_mask, mask) and np.array_equal(got_times, times)
+
+
+def test_a_run_with_pyav_writes_the_cache_decord_wrote(tmp_path, monkeypatch):
+    # Features, masks, timestamps and audio of a whole run (a split video and a short one), with
+    # PyAV as the decoder vs decord for every stream (before issue 18): the same cache.
+    from expr.extract import messages
+    from expr.extract.run import run_extract
+    from test_extract_run import assert_same_cache, cache_arrays, tiny_config
+
+    videos = tmp_path / "v"
+    F.make_video(videos / "long.mp4", n_frames=130, size=(96, 64), keyint=20)
+    F.make_video(videos / "short.mkv", n_frames=25, size=(96, 64))
+    monkeypatch.setattr(messages, "SEGMENT_FRAMES", 30)
+    monkeypatch.setattr(video_decode, "PYAV_DECODE", False)
+    before = run_extract(tiny_config(videos, tmp_path / "decord.zarr"))
+    monkeypatch.setattr(video_decode, "PYAV_DECODE", True)
+    spy = DecoderSpy(monkeypatch)
+    after = run_extract(tiny_config(videos, tmp_path / "pyav.zarr"))
+    assert sorted(after.ok) == sorted(before.ok) == ["long", "short"] and not after.failed
+    assert spy.decord == 0
+    assert_same_cache(cache_arrays(tmp_path / "pyav.zarr"), cache_arrays(tmp_path / "decord.zarr"))
