@@ -122,6 +122,30 @@ def test_a_seek_that_misses_its_keyframe_reads_the_segment_with_decord(tmp_path,
         assert np.array_equal(got, pixels[a:b]) and np.array_equal(got_times, times[a:b])
 
 
+def test_a_worker_reads_decords_index_once_for_consecutive_segments(tmp_path, monkeypatch):
+    # Segments of one video in a row (what a worker usually gets) reuse the count and timestamps
+    # of decord's index, and never open decord's reader when PyAV decodes them; a file whose
+    # mtime changed is indexed again.
+    from expr.extract import segments
+
+    path = F.make_video(tmp_path / "long.mp4", n_frames=130, size=(96, 64), keyint=20, audio_rate=None)
+    job = job_for(path, segment_frames=30)
+    (plan,) = [m for m in decode_video(job) if isinstance(m, VideoSplit)]
+    pixels, _, times = frames_by_index(decode_video(job_for(path, segment_frames=0)))
+    opened: list[Path] = []
+    real = segments.open_reader
+    monkeypatch.setattr(segments, "open_reader", lambda p: opened.append(p) or real(p))
+    segments._LAST_INDEX.clear()
+    got = [m for (a, b), pts in zip(plan.segments, plan.starts_pts)
+           for m in decode_segment(replace(job, segment=(a, b), segment_pts=pts))]
+    assert opened == [path]  # the index once; no reader for the frames
+    got_pixels, _, got_times = frames_by_index(got)
+    assert np.array_equal(got_pixels, pixels) and np.array_equal(got_times, times)
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 10**9))
+    list(decode_segment(replace(job, segment=plan.segments[1], segment_pts=plan.starts_pts[1])))
+    assert opened == [path, path]
+
+
 def fail_pyav_mid_segment(monkeypatch, video: str, after: int) -> None:
     """Test-only: PyAV raises FFmpeg's error after ``after`` frames of any segment of ``video``
     that starts past frame 0 (a damaged GOP)."""
