@@ -347,15 +347,15 @@ def main_tiny(args) -> None:
         (root / "videos").mkdir()
         make_videos(root / "videos", args.frames, args.videos, size=args.size)
         load = os.getloadavg()[0]
-        for _ in range(args.repeat):
+        for rep in range(args.repeat):
             for decoder in args.decoders:
-                out = root / f"{decoder}.zarr"
+                out = root / f"{decoder}-{rep}.zarr"  # a new cache each time: the full run does all the work
                 rows.append((f"full run, {decoder}", *_run_cli(root / "videos", out, decoder, args.workers[-1])))
                 rows.append((f"re-run, nothing new, {decoder}", *_run_cli(root / "videos", out, decoder,
                                                                            args.workers[-1])))
         broken = root / "videos" / "broken.mp4"
         broken.write_bytes((root / "videos" / "bench_000.mp4").read_bytes()[:4096])  # a cut-off download
-        out = root / f"{args.decoders[-1]}.zarr"
+        out = root / f"{args.decoders[-1]}-{args.repeat - 1}.zarr"
         rows.append(("a broken file added", *_run_cli(root / "videos", out, args.decoders[-1], args.workers[-1])))
         rows.append(("re-run, only the broken file left", *_run_cli(root / "videos", out, args.decoders[-1],
                                                                      args.workers[-1])))
