@@ -17,12 +17,17 @@ writes) and the parent process's CPU time per frame, both from the first encoded
 (start-up excluded), and the time until that first batch. It runs the frames as ONE video
 and as ``--videos`` videos (a benchmark that cannot hide the long tail: with whole-video jobs
 one video decodes on one core), for each ``--workers`` count (a comma list, e.g. 1,2), and
-reports the rate per worker too. ``--source jpg`` feeds ABAW-style 112x112 jpg folders
+reports the rate per worker too. ``--decode-only`` runs the decode pool alone (no models, no
+cache), with decord and with PyAV as the decoder, and reports the workers' CPU per frame
+(issue 18: one decord worker kept 1.6 cores busy). ``--tiny-encoders`` times ``expr extract``
+itself (the CLI, imports included) with the tiny test encoders, and its re-runs. ``--source jpg`` feeds ABAW-style 112x112 jpg folders
 instead of 640x360 H.264 videos; ``--size 1280x720`` other videos.
 
     python benchmarks/bench_extract.py --device cpu --frames 384 --batch-size 64
     python benchmarks/bench_extract.py --null-encoder --frames 12000 --batch-size 128 --workers 1,2 --repeat 1
     python benchmarks/bench_extract.py --null-encoder --source jpg --frames 12000 --repeat 1
+    python benchmarks/bench_extract.py --decode-only --frames 6000 --videos 1 --workers 1,2 --repeat 2
+    python benchmarks/bench_extract.py --tiny-encoders --frames 12000 --videos 4 --repeat 1
     python benchmarks/bench_extract.py --device cuda --frames 20000 --batch-size 512
 """
 
@@ -122,6 +127,13 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _children_cpu_seconds() -> float:
+    """CPU time of the child processes that ended and were waited for (the decode workers, once
+    the run is over): the decoders' whole cost, start-up included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_size: int, workers: int) -> dict:
     """Feed rate with null encoders, from the first encoded batch to the last event."""
     from expr.extract.config import ExtractConfig
@@ -129,6 +141,7 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
 
     marks = []  # (wall, frames, parent cpu) at the first batch and at every later event
     started = time.perf_counter()
+    children = _children_cpu_seconds()
 
     def progress(event):
         if event.kind != "start" and (marks or event.kind == "batch"):
@@ -143,8 +156,9 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
     if summary.failed:
         raise SystemExit(f"pipeline failed on {summary.failed}")
     (t0, f0, c0, m0), (t1, f1, c1, m1) = marks[0], marks[-1]
+    worker_us = (_children_cpu_seconds() - children) / max(1, summary.frames) * 1e6
     return dict(frames=summary.frames, fps=(f1 - f0) / (t1 - t0), parent_us=(c1 - c0) / (f1 - f0) * 1e6,
-                main_us=(m1 - m0) / (f1 - f0) * 1e6,
+                main_us=(m1 - m0) / (f1 - f0) * 1e6, worker_us=worker_us,
                 total_fps=summary.frames / summary.elapsed, first_batch=t0 - started, workers=workers)
 
 
@@ -247,12 +261,14 @@ def main_null(args) -> None:
     print(f"\nexpr extract feed rate (null encoders): {args.frames} frames of {_what(args)}, batch "
           f"{args.batch_size}, device {args.device}, {os.cpu_count()} CPUs, best of {args.repeat}")
     print("(parent us/f: CPU of the whole main process, its writer and audio threads included, per frame;"
-          " main thread: the feeding thread alone)")
+          " main thread: the feeding thread alone; worker us/f: CPU of all decode workers, start-up included,"
+          f" per frame; load average before: {os.getloadavg()[0]:.2f})")
     print(f"{'videos':>6} {'workers':>7} {'steady f/s':>11} {'per worker':>10} {'parent us/f':>11} "
-          f"{'main thread':>11} {'1st batch s':>11} {'end to end f/s':>14}  all runs f/s")
+          f"{'main thread':>11} {'worker us/f':>11} {'1st batch s':>11} {'end to end f/s':>14}  all runs f/s")
     for n_videos, best, runs in results:
         print(f"{n_videos:>6} {best['workers']:>7} {best['fps']:>11,.0f} {best['fps'] / best['workers']:>10,.0f} "
-              f"{best['parent_us']:>11.1f} {best['main_us']:>11.1f} {best['first_batch']:>11.2f} "
+              f"{best['parent_us']:>11.1f} {best['main_us']:>11.1f} {best['worker_us']:>11.0f} "
+              f"{best['first_batch']:>11.2f} "
               f"{best['total_fps']:>14,.0f}  "
               + ", ".join(f"{r['fps']:,.0f}" for r in runs))
     base = {n: r for n, r, _ in results if r["workers"] == args.workers[0]}
@@ -264,6 +280,102 @@ def main_null(args) -> None:
     last = results[-1][1]
     print(f"steady feed rate {last['fps']:,.0f} frames/s; parent CPU {last['parent_us']:.1f} us/frame; "
           f"end to end incl. start-up {last['total_fps']:,.0f} frames/s")
+
+
+def bench_decode(paths: list[Path], workers: int, decoder: str, geometry: str) -> dict:
+    """The decode pool alone (no models, no cache) over ``paths`` with ``decoder`` (decord: every
+    stream read by decord, as before issue 18; pyav: PyAV where exact). Worker CPU comes from
+    RUSAGE_CHILDREN once the pool has joined its workers."""
+    from expr.extract.decode_pool import DecodePool
+    from expr.extract.messages import DecodeJob, FrameBatch
+
+    os.environ["EXPR_PYAV_DECODE"] = "1" if decoder == "pyav" else "0"  # read by the spawned workers
+    jobs = [DecodeJob(p.stem, p, None, None, geometry=geometry) for p in paths]  # no audio
+    children, start, first, frames = _children_cpu_seconds(), time.perf_counter(), None, 0
+    with DecodePool(jobs, workers=workers, max_pending=max(8, 2 * workers), borrow_frames=True) as pool:
+        for msg in pool:
+            if isinstance(msg, FrameBatch):
+                first = first or (time.perf_counter(), frames)
+                frames += len(msg.pixels)
+        started = pool.peak_workers
+    end = time.perf_counter()
+    cpu = _children_cpu_seconds() - children
+    if first is None:
+        raise SystemExit(f"the decode pool sent no frames for {paths}")
+    return dict(decoder=decoder, workers=workers, started=started, frames=frames, wall=end - start,
+                fps=(frames - first[1]) / (end - first[0]), cpu=cpu)
+
+
+def main_decode(args) -> None:
+    """--decode-only: the decode pool alone, decord vs PyAV, per --workers count."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        paths = make_videos(root, args.frames, args.videos, size=args.size)
+        (root / "tiny").mkdir()
+        tiny = make_videos(root / "tiny", 8, 1, size=args.size)  # a worker's start-up alone
+        geometry = "device" if args.geometry == "device" else "worker"
+        load = os.getloadavg()[0]
+        startup = min(bench_decode(tiny, 1, "pyav", geometry)["cpu"] for _ in range(2))
+        runs = [bench_decode(paths, w, d, geometry) for _ in range(args.repeat) for w in args.workers
+                for d in args.decoders]
+    print(f"\ndecode pool alone: {args.frames} frames of {_what(args)} in {args.videos} video(s), "
+          f"--geometry {geometry}, {os.cpu_count()} CPUs, load average before {load:.2f}, after "
+          f"{os.getloadavg()[0]:.2f}; a worker's start-up (imports) {startup:.2f} s of CPU")
+    print(f"{'decoder':>7} {'workers':>7} {'steady f/s':>10} {'wall s':>7} {'worker CPU s':>12} "
+          f"{'us/frame':>8} {'excl. start-up':>14}")
+    for r in runs:
+        per = r["cpu"] / r["frames"] * 1e6
+        net = (r["cpu"] - r["started"] * startup) / r["frames"] * 1e6
+        print(f"{r['decoder']:>7} {r['workers']:>7} {r['fps']:>10,.0f} {r['wall']:>7.2f} {r['cpu']:>12.2f} "
+              f"{per:>8.0f} {net:>14.0f}")
+    for d in args.decoders:
+        best = {w: max(r["fps"] for r in runs if r["decoder"] == d and r["workers"] == w) for w in args.workers}
+        for w in args.workers[1:]:
+            print(f"{d}: {w} vs {args.workers[0]} workers {best[w] / best[args.workers[0]]:.2f}x (best runs)")
+
+
+def _run_cli(videos: Path, out: Path, decoder: str, workers: int) -> tuple[float, int]:
+    """`python -m expr extract` with the tiny test encoders (random weights): (wall s, exit code)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EXPR_PYAV_DECODE": "1" if decoder == "pyav" else "0"}
+    cmd = [sys.executable, "-m", "expr", "extract", "--videos", str(videos), "--out", str(out),
+           "--visual-model", "test-tiny-clip", "--audio-model", "test-tiny-wav2vec2", "--visual-weights", "none",
+           "--audio-weights", "none", "--device", "cpu", "--workers", str(workers)]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    return time.perf_counter() - start, done.returncode
+
+
+def main_tiny(args) -> None:
+    """--tiny-encoders: `expr extract` end to end (CLI, imports included) with the tiny test
+    encoders on --videos videos of --frames frames in all (issue 18: 4 x 3,000 frames of 640x360
+    in <= 15 s wall); then the re-run with nothing new (<= 3 s), and with only a broken file left
+    to retry (<= 3 s: it is probed before any model is built)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "videos").mkdir()
+        make_videos(root / "videos", args.frames, args.videos, size=args.size)
+        load = os.getloadavg()[0]
+        for rep in range(args.repeat):
+            for decoder in args.decoders:
+                out = root / f"{decoder}-{rep}.zarr"  # a new cache each time: the full run does all the work
+                rows.append((f"full run, {decoder}", *_run_cli(root / "videos", out, decoder, args.workers[-1])))
+                rows.append((f"re-run, nothing new, {decoder}", *_run_cli(root / "videos", out, decoder,
+                                                                           args.workers[-1])))
+        broken = root / "videos" / "broken.mp4"
+        broken.write_bytes((root / "videos" / "bench_000.mp4").read_bytes()[:4096])  # a cut-off download
+        out = root / f"{args.decoders[-1]}-{args.repeat - 1}.zarr"
+        rows.append(("a broken file added", *_run_cli(root / "videos", out, args.decoders[-1], args.workers[-1])))
+        rows.append(("re-run, only the broken file left", *_run_cli(root / "videos", out, args.decoders[-1],
+                                                                     args.workers[-1])))
+    print(f"\nexpr extract, tiny test encoders, CLI wall time: {args.frames} frames of {_what(args)} in "
+          f"{args.videos} videos, {args.workers[-1]} workers, device cpu, {os.cpu_count()} CPUs, load average "
+          f"before {load:.2f}, after {os.getloadavg()[0]:.2f}")
+    for label, wall, code in rows:
+        print(f"{label:<40} {wall:7.2f} s  exit {code}")
 
 
 def _int_list(text: str) -> list[int]:
@@ -279,6 +391,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--null-encoder", action="store_true", help="zero-cost encoders: measure the feed rate")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="the decode pool alone, decord vs PyAV (--decoders), per --workers count")
+    parser.add_argument("--tiny-encoders", action="store_true",
+                        help="expr extract (CLI) with the tiny test encoders, then its re-runs: wall time")
+    parser.add_argument("--decoders", type=lambda t: t.split(","), default=["decord", "pyav"],
+                        help="with --decode-only / --tiny-encoders: decord (every stream, as before issue 18), pyav (where exact)")
     parser.add_argument("--source", default="video", choices=["video", "jpg"],
                         help="640x360 H.264 videos, or 112x112 jpg folders (ABAW cropped_aligned) with small raw videos")
     parser.add_argument("--frames", type=int, default=384, help="frames in total (pipeline and bare encoder)")
@@ -297,6 +415,12 @@ def main() -> None:
     GEOMETRY = Geometry(args.geometry)
     global DECODER
     DECODER = Decoder(args.decoder)
+    if args.decode_only:
+        main_decode(args)
+        return
+    if args.tiny_encoders:
+        main_tiny(args)
+        return
     if args.null_encoder:
         main_null(args)
         return

@@ -110,7 +110,8 @@ def failure_reason(job: DecodeJob, error: BaseException) -> str:
 
 
 def segment_jobs(job: DecodeJob, split: VideoSplit) -> list[DecodeJob]:
-    return [replace(job, segment=(a, b)) for a, b in split.segments]
+    pts = split.starts_pts or (None,) * len(split.segments)
+    return [replace(job, segment=(a, b), segment_pts=p) for (a, b), p in zip(split.segments, pts)]
 
 
 # ------------------------------------------------------------------ /dev/shm housekeeping

@@ -18,7 +18,7 @@ import numpy as np
 from expr.errors import MediaDecodeError
 from expr.extract.audio_decode import decode_audio
 from expr.extract.frames_dir import frames_dir_batches, index_jpgs
-from expr.extract.messages import AudioTrack, DecodeJob, Message, VideoDone, VideoHeader, VideoSplit
+from expr.extract.messages import AudioTrack, DecodeJob, Message, VideoDone, VideoHeader
 from expr.extract.probe import FIX_HINT, check_complete, probe
 from expr.extract.segments import decode_segment, video_segments
 from expr.extract.video_decode import frame_timestamps, open_reader, video_batches
@@ -73,9 +73,9 @@ def decode_video(job: DecodeJob) -> Iterator[Message]:
         yield from frames_dir_batches(job, n, timestamps, jpgs, warnings)
     elif job.decoder == "nvdec":  # the main process decodes the frames on the GPU (nvdec.py)
         del reader
-    elif (segments := video_segments(job, reader, n)) is not None:
+    elif (split := video_segments(job, reader, n)) is not None:
         del reader
-        yield VideoSplit(job.video_id, segments)
+        yield split
     else:
         yield from video_batches(job, reader, n, timestamps)
         del reader

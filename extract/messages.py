@@ -39,6 +39,7 @@ class DecodeJob:
     jpg_resize: str = JPG_RESIZES[0]  # how frames-folder jpgs are resized to S x S (antialiased)
     segment_frames: int = SEGMENT_FRAMES  # split videos longer than 2x this into keyframe-aligned segments (0: never)
     segment: tuple[int, int] | None = None  # a segment job: decode only frames [a, b) of video_path
+    segment_pts: int | None = None  # the pts of frame a (a keyframe): where PyAV seeks to (None: decord's seek)
     geometry: str = "worker"  # "device": raw frames go out native (native_decode.py), geometry in the parent
     decoder: str = "cpu"  # "nvdec": the job sends no frames; the main process decodes them (nvdec.py)
 
@@ -105,6 +106,7 @@ class VideoDone:
 class VideoSplit:
     video_id: str
     segments: tuple[tuple[int, int], ...]  # frame ranges [a, b), in order, covering 0..n_frames
+    starts_pts: tuple[int | None, ...] = ()  # the pts of each segment's first frame, from the packet scan
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """Decode-only frames for ``--geometry device``: the worker sends native frames, no RGB, no resize.
 
 The decoder is chosen per stream by what it costs (issue 18, CPU us per 360p frame: decord
-RGB 1,072, PyAV to yuv420p 549): a whole 4:2:0 video with even sides is read with PyAV and
-sent as yuv420p planes; anything else (segments of split videos, which rely on decord's exact
-seeking, other pixel formats, odd sides) is read with decord and sent as native RGB. Frame
-count, timestamps and mask are the worker path's: the frame count and timestamps come from
-decord's index as before, and a PyAV read that gives another count fails the video.
+RGB 1,072, PyAV to yuv420p 549): a 4:2:0 video with even sides is read with PyAV and sent as
+yuv420p planes, whole or by segments (PyAV seeks to the segment's keyframe and checks its pts:
+``pyav_frames.py``); anything else (other pixel formats, odd sides, a seek that does not land
+on the keyframe) goes out as native RGB from ``video_decode.rgb_frames`` (PyAV where exact,
+else decord). Frame count, timestamps and mask are the worker path's: the frame count and
+timestamps come from decord's index as before, and a PyAV read that gives fewer frames fails
+the video.
 
 A message carries as many frames as fit one shared-memory slot (``NATIVE_SLOT_BYTES``, at most
 ``batch_frames``): 32 frames of 640x360 yuv420p, 9 of 1280x720, 4 of 1920x1080, 2 of 1080p RGB.
@@ -21,7 +23,8 @@ from expr.errors import MediaDecodeError
 from expr.extract.geometry_device import NativeLayout, colour_of
 from expr.extract.messages import DecodeJob, FrameBatch
 from expr.extract.probe import FIX_HINT, short_error
-from expr.extract.video_decode import _read_frames
+from expr.extract.pyav_frames import PyAVFrames, StreamInfo
+from expr.extract.video_decode import _read_frames, pyav_source, rgb_frames
 
 NATIVE_SLOT_BYTES = 2 * 1920 * 1080 * 3  # one shared-memory slot on the device path: 2 frames of 1080p RGB
 YUV_FORMATS = ("yuv420p", "yuvj420p")
@@ -31,71 +34,64 @@ def frames_per_message(frame_bytes: int, batch_frames: int) -> int:
     return max(1, min(batch_frames, NATIVE_SLOT_BYTES // max(1, frame_bytes)))
 
 
-def _yuv_stream(path) -> bool:
-    """Whether PyAV can hand this video's frames over as yuv420p planes without conversion."""
-    import av
-    from av.error import FFmpegError  # the top-level av.FFmpegError is not in its stubs
-
-    try:
-        with av.open(str(path)) as container:
-            ctx = container.streams.video[0].codec_context
-            return ctx.pix_fmt in YUV_FORMATS and ctx.width % 2 == 0 and ctx.height % 2 == 0
-    except (FFmpegError, IndexError, OSError):
-        return False
+def _yuv_planes(info: StreamInfo) -> bool:
+    """Whether PyAV can hand this stream's frames over as yuv420p planes without conversion."""
+    return info.pix_fmt in YUV_FORMATS and info.width % 2 == 0 and info.height % 2 == 0
 
 
 def native_batches(job: DecodeJob, reader, n: int, timestamps: np.ndarray, start: int = 0,
                    stop: int | None = None) -> Iterator[FrameBatch]:
-    """Frames start..stop-1 as FrameBatches of native frames (``FrameBatch.layout`` set)."""
+    """Frames start..stop-1 (``start``: 0 or a segment's keyframe; ``reader`` at frame 0) as
+    FrameBatches of native frames (``FrameBatch.layout`` set)."""
     stop = n if stop is None else stop
     assert job.video_path is not None
-    if start == 0 and stop == n and _yuv_stream(job.video_path):
-        yield from _yuv_batches(job, n, timestamps, n)
+    source = pyav_source(job, start, usable=_yuv_planes)
+    if source is not None:
+        with source:
+            yield from _yuv_batches(job, source, n, timestamps, start, stop)
         return
     shape, k, a = None, 1, start
-    while a < stop:
-        b = min(a + k, stop)
-        raw = _read_frames(reader, job.video_path, a, b, n, shape)  # the first message: one frame, to size the rest
-        if shape is None:
-            shape = raw.shape[1:]
-            if raw[0].nbytes > NATIVE_SLOT_BYTES:
-                raise MediaDecodeError(f"{job.video_path}: its {shape[1]}x{shape[0]} frames are too large for "
-                                       "--geometry device (a frame slot holds 2 x 1080p RGB): use --geometry worker")
-            k = frames_per_message(raw[0].nbytes, job.batch_frames)
-        layout = NativeLayout("rgb24", shape[0], shape[1])
-        yield FrameBatch(job.video_id, a, raw, np.ones(b - a, bool), timestamps[a:b].copy(), layout)
-        a = b
+    with rgb_frames(job, reader, start) as frames:
+        while a < stop:
+            b = min(a + k, stop)
+            raw = _read_frames(frames, job.video_path, a, b, n, shape)  # the first message: one frame, to size the rest
+            if shape is None:
+                shape = raw.shape[1:]
+                if raw[0].nbytes > NATIVE_SLOT_BYTES:
+                    raise MediaDecodeError(f"{job.video_path}: its {shape[1]}x{shape[0]} frames are too large for "
+                                           "--geometry device (a frame slot holds 2 x 1080p RGB): use --geometry worker")
+                k = frames_per_message(raw[0].nbytes, job.batch_frames)
+            layout = NativeLayout("rgb24", shape[0], shape[1])
+            yield FrameBatch(job.video_id, a, raw, np.ones(b - a, bool), timestamps[a:b].copy(), layout)
+            a = b
 
 
-def _yuv_batches(job: DecodeJob, n: int, timestamps: np.ndarray, stop: int) -> Iterator[FrameBatch]:
-    """Frames 0..stop-1 with PyAV, as yuv420p planes."""
-    import av
+def _yuv_batches(job: DecodeJob, source: PyAVFrames, n: int, timestamps: np.ndarray, start: int,
+                 stop: int) -> Iterator[FrameBatch]:
+    """Frames start..stop-1 from PyAV (``source`` is at frame ``start``), as yuv420p planes."""
     from av.error import FFmpegError
 
     path = job.video_path
     frames: list[np.ndarray] = []
-    layout, k, a, i = None, 1, 0, 0
+    layout, k, a, i = None, 1, start, start
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "NONE"  # one thread per worker: the workers are the parallelism
-            for frame in container.decode(stream):
-                if i >= stop:
-                    break  # decord's index is the count (as on the worker path)
-                # (H * 3 / 2, W): a copy of the planes as they are (a format name would let
-                # swscale convert yuvj420p's full range)
-                planes = frame.to_ndarray() if frame.format.name in YUV_FORMATS else frame.to_ndarray(format="yuv420p")
-                if layout is None:
-                    matrix, full = colour_of(frame)
-                    layout = NativeLayout("yuv420p", frame.height, frame.width, matrix, full)
-                    k = frames_per_message(planes.nbytes, job.batch_frames)
-                if planes.shape != layout.frame_shape():
-                    raise MediaDecodeError(f"{path}: frame {i + 1} changes size to {frame.width}x{frame.height}: {FIX_HINT}")
-                frames.append(planes)
-                i += 1
-                if len(frames) == k:
-                    yield FrameBatch(job.video_id, a, np.stack(frames), np.ones(k, bool), timestamps[a:a + k].copy(), layout)
-                    a, frames = a + k, []
+        for frame in source:
+            if i >= stop:
+                break  # decord's index is the count (as on the worker path)
+            # (H * 3 / 2, W): a copy of the planes as they are (a format name would let
+            # swscale convert yuvj420p's full range)
+            planes = frame.to_ndarray() if frame.format.name in YUV_FORMATS else frame.to_ndarray(format="yuv420p")
+            if layout is None:
+                matrix, full = colour_of(frame)
+                layout = NativeLayout("yuv420p", frame.height, frame.width, matrix, full)
+                k = frames_per_message(planes.nbytes, job.batch_frames)
+            if planes.shape != layout.frame_shape():
+                raise MediaDecodeError(f"{path}: frame {i + 1} changes size to {frame.width}x{frame.height}: {FIX_HINT}")
+            frames.append(planes)
+            i += 1
+            if len(frames) == k:
+                yield FrameBatch(job.video_id, a, np.stack(frames), np.ones(k, bool), timestamps[a:a + k].copy(), layout)
+                a, frames = a + k, []
     except FFmpegError as e:
         raise MediaDecodeError(f"{path}: frame {i + 1} of {n} cannot be decoded ({short_error(e)}): {FIX_HINT}") from e
     if frames:
@@ -107,7 +103,7 @@ def _yuv_batches(job: DecodeJob, n: int, timestamps: np.ndarray, stop: int) -> I
 
 def self_check(job: DecodeJob, device, frames: int = 32) -> float:
     """The start-up check of ``--geometry device``: the first frames of ``job``'s video through
-    both paths (worker: decord RGB + ``clip_geometry``; device: what a worker would send, then
+    both paths (worker: RGB + ``clip_geometry``; device: what a worker would send, then
     ``device_geometry`` on ``device``); returns their MAD on 0-255. Raises on any failure."""
     from dataclasses import replace
 
@@ -123,10 +119,7 @@ def self_check(job: DecodeJob, device, frames: int = 32) -> float:
     times = np.zeros(n)
     plain = replace(job, geometry="worker", face_crop="none", segment=None, batch_frames=k)
     worker = next(iter(video_batches(plain, reader, n, times, 0, k))).pixels
-    if _yuv_stream(job.video_path):
-        native = list(_yuv_batches(replace(plain, geometry="device"), n, times, k))
-    else:
-        native = list(native_batches(replace(plain, geometry="device"), open_reader(job.video_path), n, times, 0, k))
+    native = list(native_batches(replace(plain, geometry="device"), open_reader(job.video_path), n, times, 0, k))
     device = torch.device(device)
     pixels = np.concatenate([device_geometry(torch.from_numpy(b.pixels).to(device), b.layout, job.image_size).cpu().numpy()
                              for b in native if b.layout is not None])

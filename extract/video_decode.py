@@ -1,15 +1,17 @@
-"""Raw video frames with decord: sequential reading, per-frame timestamps, CLIP's geometry.
+"""Raw video frames: decord's index (count, timestamps), PyAV or decord frames, CLIP's geometry.
 
 Frames come in chunks of ``batch_frames`` (never the whole video in memory) with CLIP's
 geometry applied in the decoding process: resize the shortest side to S with bicubic and
 centre-crop S x S, exactly what open_clip's preprocessing does to a PIL image; the mean/std
 normalisation is left to the model side. ``--face-crop haar`` replaces the geometry with a
-face crop.
+face crop. The frames are decoded by PyAV on one thread wherever its frames are decord's bit
+for bit (``pyav_frames.py``: half the CPU), else by decord as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import numpy as np
 from expr.errors import ConfigError, MediaDecodeError
 from expr.extract.messages import DecodeJob, FrameBatch
 from expr.extract.probe import FIX_HINT, short_error
+from expr.extract.pyav_frames import PYAV_DECODE, PyAVFrames, open_at, rgb, stream_info
 
 _DECODER_THREADS = 1  # per decord reader; parallelism comes from decode workers
 
@@ -85,26 +88,69 @@ def _new_cropper(size: int):
     return FaceCropper(output_size=size)
 
 
-def _read_frames(reader, path: Path, a: int, b: int, n: int, shape: tuple | None) -> np.ndarray:
-    """Frames a..b-1 as (N, H, W, 3) uint8, read sequentially with ``next()``.
+def decord_frames(reader, start: int = 0) -> Iterator[np.ndarray]:
+    """decord's frames from ``start`` (0 or a keyframe) on, read sequentially with ``next()``.
 
     Why not ``get_batch``: its memory grows with every call (~75 MB per 1000 frames at 360p),
     and the known cure, ``seek(0)`` between batches, returns wrong frames on containers where
     decord's seeking is broken (MPEG-PS, ASF/WMV: measured). Sequential reading is flat in
     memory, exact in order and about as fast.
     """
-    import decord
+    if start > 0:
+        reader.seek(start)  # a keyframe: decoding restarts exactly there
+    while True:
+        try:
+            frame = reader.next()
+        except StopIteration:  # inside a generator it would turn into a RuntimeError
+            return
+        yield frame.asnumpy()  # (H, W, 3) uint8
 
+
+def pyav_source(job: DecodeJob, start: int, usable=lambda info: info.exact) -> PyAVFrames | None:
+    """PyAV's frames of ``job``'s video from frame ``start`` (0 or the segment's keyframe) when
+    ``usable(stream_info)`` and, for a segment, the seek lands on its keyframe; else None."""
+    if not PYAV_DECODE or job.video_path is None:
+        return None
+    info = stream_info(job.video_path)
+    if info is None or not usable(info):
+        return None
+    if start == 0:
+        return open_at(job.video_path, None)
+    return None if job.segment_pts is None else open_at(job.video_path, job.segment_pts)
+
+
+@contextmanager
+def rgb_frames(job: DecodeJob, reader, start: int = 0):
+    """(H, W, 3) uint8 frames of ``job``'s video from frame ``start`` on: PyAV's where they are
+    exact (one thread, half the CPU), else decord's (``reader``, positioned at 0)."""
+    source = pyav_source(job, start)
+    if source is None:
+        yield decord_frames(reader, start)
+        return
+    with source:
+        yield map(rgb, source)
+
+
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    import decord
+    from av.error import FFmpegError
+
+    return decord.DECORDError, RuntimeError, FFmpegError  # DECORDError is no RuntimeError
+
+
+def _read_frames(frames: Iterator[np.ndarray], path: Path, a: int, b: int, n: int, shape: tuple | None) -> np.ndarray:
+    """Frames a..b-1 as (N, H, W, 3) uint8: the next b - a of ``frames`` (``rgb_frames``)."""
+    errors = _decode_errors()
     out = None
     for i in range(a, b):
         try:
-            frame = reader.next().asnumpy()  # (H, W, 3) uint8
+            frame = next(frames)  # (H, W, 3) uint8
         except StopIteration:
             raise MediaDecodeError(
                 f"{path}: only {i} of the {n} frames its index announces can be decoded; "
                 f"the file is probably truncated: fetch it again or {FIX_HINT}"
             ) from None
-        except (decord.DECORDError, RuntimeError) as e:  # DECORDError is no RuntimeError
+        except errors as e:
             raise MediaDecodeError(
                 f"{path}: frame {i + 1} of {n} cannot be decoded ({short_error(e)}); "
                 f"the file is probably truncated or corrupt: {FIX_HINT}"
@@ -125,8 +171,8 @@ def _read_frames(reader, path: Path, a: int, b: int, n: int, shape: tuple | None
 
 def video_batches(job: DecodeJob, reader, n: int, timestamps: np.ndarray, start: int = 0,
                   stop: int | None = None) -> Iterator[FrameBatch]:
-    """Frames start..stop-1 (default: all ``n``; ``reader`` positioned at ``start``) as
-    FrameBatches of S x S pixels (CLIP geometry or face crop)."""
+    """Frames start..stop-1 (default: all ``n``; ``start``: 0 or a segment's keyframe; ``reader``
+    at frame 0) as FrameBatches of S x S pixels (CLIP geometry or face crop)."""
     if job.geometry == "device" and job.face_crop == "none":  # decode only: the parent does the geometry
         from expr.extract.native_decode import native_batches
 
@@ -136,13 +182,14 @@ def video_batches(job: DecodeJob, reader, n: int, timestamps: np.ndarray, start:
     cropper = _new_cropper(size) if job.face_crop == "haar" else None
     shape = None
     stop = n if stop is None else stop
-    for a in range(start, stop, job.batch_frames):
-        b = min(a + job.batch_frames, stop)
-        raw = _read_frames(reader, job.source, a, b, n, shape)  # (N, H, W, 3)
-        shape = raw.shape[1:]
-        if cropper is not None:
-            pixels, found = cropper(raw)
-            mask = np.asarray(found, dtype=bool)
-        else:
-            pixels, mask = clip_geometry(raw, size), np.ones(b - a, dtype=bool)
-        yield FrameBatch(job.video_id, a, pixels, mask, timestamps[a:b].copy())
+    with rgb_frames(job, reader, start) as frames:
+        for a in range(start, stop, job.batch_frames):
+            b = min(a + job.batch_frames, stop)
+            raw = _read_frames(frames, job.source, a, b, n, shape)  # (N, H, W, 3)
+            shape = raw.shape[1:]
+            if cropper is not None:
+                pixels, found = cropper(raw)
+                mask = np.asarray(found, dtype=bool)
+            else:
+                pixels, mask = clip_geometry(raw, size), np.ones(b - a, dtype=bool)
+            yield FrameBatch(job.video_id, a, pixels, mask, timestamps[a:b].copy())

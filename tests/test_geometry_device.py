@@ -90,12 +90,19 @@ def test_odd_sized_and_non_420_videos_go_out_as_native_rgb(tmp_path):
 
 
 def test_segments_of_a_split_video_take_the_device_path_too(tmp_path):
+    # Segments go out as PyAV's yuv420p planes too (before: decord RGB), seeking to their
+    # keyframe's pts: the planes of each segment are the whole video's, bit for bit.
     path = F.make_video(tmp_path / "long.mp4", n_frames=100, size=(160, 96), keyint=20, audio_rate=None)
     job = DecodeJob("long", path, None, None, batch_frames=8, segment_frames=30)
     split = next(m for m in decode_video(job) if isinstance(m, VideoSplit))
-    for a, b in split.segments:
-        seg = replace(job, segment=(a, b))
-        assert _compare(seg, lambda j: [m for m in decode_segment(j) if isinstance(m, FrameBatch)]) <= 0.05
+    assert split.starts_pts[0] is None and all(p is not None for p in split.starts_pts[1:])
+    whole = np.concatenate([b.pixels for b in _frames(replace(job, geometry="device", segment_frames=0))])
+    for (a, b), pts in zip(split.segments, split.starts_pts):
+        seg = replace(job, segment=(a, b), segment_pts=pts)
+        native = [m for m in decode_segment(replace(seg, geometry="device")) if isinstance(m, FrameBatch)]
+        assert {_layout(m).fmt for m in native} == {"yuv420p"}
+        assert np.array_equal(np.concatenate([m.pixels for m in native]), whole[a:b])
+        assert _compare(seg, lambda j: [m for m in decode_segment(j) if isinstance(m, FrameBatch)]) <= MAD_LIMIT
 
 
 def test_the_self_check_runs_on_real_frames(tmp_path):

@@ -8,6 +8,7 @@ bad segment (an error or a dead worker) fails its video only.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,13 @@ import pytest
 
 import media_fixtures as F
 from expr.cache_format import open_cache
-from expr.extract import messages
+from expr.extract import messages, video_decode
 from expr.extract.decode_pool import DecodePool
 from expr.extract.media import decode_video
 from expr.extract.messages import DecodeJob, FrameBatch, SegmentDone, VideoDone, VideoFailed, VideoSplit
 from expr.extract.run import run_extract
-from expr.extract.segments import may_split, plan_segments
+from expr.extract.pyav_frames import PyAVFrames
+from expr.extract.segments import decode_segment, may_split, plan_segments
 from test_extract_run import assert_same_cache, cache_arrays, tiny_config
 
 S = 32
@@ -62,15 +64,34 @@ def test_only_seekable_containers_without_face_crop_split(tmp_path):
     assert not may_split(job_for(mp4, segment=(0, 10)))
 
 
+def decord_seeks(monkeypatch) -> list[int]:
+    """The frames decord was asked to start reading at (``decord_frames`` calls), as they come."""
+    starts: list[int] = []
+    real = video_decode.decord_frames
+
+    def spy(reader, start=0):
+        starts.append(start)
+        return real(reader, start)
+
+    monkeypatch.setattr(video_decode, "decord_frames", spy)
+    return starts
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
-def test_segment_decoding_equals_sequential_decoding(tmp_path, suffix):
-    """B-frames and a keyframe every 20 frames: every segment starts at a keyframe."""
+def test_segment_decoding_equals_sequential_decoding(tmp_path, monkeypatch, suffix):
+    """B-frames and a keyframe every 20 frames: every segment starts at a keyframe, where PyAV
+    seeks to (by the keyframe's pts from the packet scan) and checks it landed."""
     path = F.make_video(tmp_path / f"long{suffix}", n_frames=130, size=(96, 64), keyint=20)
+    monkeypatch.setattr(video_decode, "PYAV_DECODE", False)  # the whole video read by decord, as before
     whole = list(decode_video(job_for(path, segment_frames=0)))
+    monkeypatch.setattr(video_decode, "PYAV_DECODE", True)
+    decord_starts = decord_seeks(monkeypatch)
     with DecodePool([job_for(path, segment_frames=30)], workers=0) as pool:
         split = list(pool)
+    assert decord_starts == []  # every segment was decoded by PyAV
     (plan,) = [m for m in split if isinstance(m, VideoSplit)]
     assert plan.segments == ((0, 40), (40, 80), (80, 130))
+    assert plan.starts_pts[0] is None and len(set(plan.starts_pts[1:])) == 2
     assert sorted(m.start for m in split if isinstance(m, SegmentDone)) == [0, 40, 80]
     pixels, mask, times = frames_by_index(split)
     want_pixels, want_mask, want_times = frames_by_index(whole)
@@ -78,6 +99,87 @@ def test_segment_decoding_equals_sequential_decoding(tmp_path, suffix):
     assert np.array_equal(mask, want_mask) and np.array_equal(times, want_times)
     np.testing.assert_array_equal(F.frame_indices(pixels), np.arange(130))
     assert isinstance(split[-1], (VideoDone, SegmentDone))
+
+
+def test_a_seek_that_misses_its_keyframe_reads_the_segment_with_decord(tmp_path, monkeypatch):
+    # A pts that is not the segment's keyframe (a frame after it, a time between two frames, none):
+    # PyAV's first frame does not carry it, so the segment is read with decord's seek instead,
+    # and is still exact. (The pts comes from the packet scan that chose the cut, so it names the
+    # keyframe; the check guards the seek, which lands on the keyframe at or before it.)
+    path = F.make_video(tmp_path / "long.mp4", n_frames=130, size=(96, 64), keyint=20, audio_rate=None)
+    job = job_for(path, segment_frames=30)
+    (plan,) = [m for m in decode_video(job) if isinstance(m, VideoSplit)]
+    pixels, _, times = frames_by_index(decode_video(job_for(path, segment_frames=0)))
+    (a, b), pts, next_pts = plan.segments[1], plan.starts_pts[1], plan.starts_pts[2]
+    assert pts is not None and next_pts is not None
+    frame_ticks = (next_pts - pts) // (plan.segments[2][0] - a)  # pts per frame
+    for wrong in (pts + frame_ticks, pts + 1, None):
+        decord_starts = decord_seeks(monkeypatch)
+        batches = [m for m in decode_segment(replace(job, segment=(a, b), segment_pts=wrong))
+                   if isinstance(m, FrameBatch)]
+        assert decord_starts == [a] and [m.start for m in batches] == list(range(a, b, 8))
+        got, got_times = np.concatenate([m.pixels for m in batches]), np.concatenate([m.timestamps for m in batches])
+        assert np.array_equal(got, pixels[a:b]) and np.array_equal(got_times, times[a:b])
+
+
+def test_a_worker_reads_decords_index_once_for_consecutive_segments(tmp_path, monkeypatch):
+    # Segments of one video in a row (what a worker usually gets) reuse the count and timestamps
+    # of decord's index, and never open decord's reader when PyAV decodes them; a file whose
+    # mtime changed is indexed again.
+    from expr.extract import segments
+
+    path = F.make_video(tmp_path / "long.mp4", n_frames=130, size=(96, 64), keyint=20, audio_rate=None)
+    job = job_for(path, segment_frames=30)
+    (plan,) = [m for m in decode_video(job) if isinstance(m, VideoSplit)]
+    pixels, _, times = frames_by_index(decode_video(job_for(path, segment_frames=0)))
+    opened: list[Path] = []
+    real = segments.open_reader
+    monkeypatch.setattr(segments, "open_reader", lambda p: opened.append(p) or real(p))
+    segments._LAST_INDEX.clear()
+    got = [m for (a, b), pts in zip(plan.segments, plan.starts_pts)
+           for m in decode_segment(replace(job, segment=(a, b), segment_pts=pts))]
+    assert opened == [path]  # the index once; no reader for the frames
+    got_pixels, _, got_times = frames_by_index(got)
+    assert np.array_equal(got_pixels, pixels) and np.array_equal(got_times, times)
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 10**9))
+    list(decode_segment(replace(job, segment=plan.segments[1], segment_pts=plan.starts_pts[1])))
+    assert opened == [path, path]
+
+
+def fail_pyav_mid_segment(monkeypatch, video: str, after: int) -> None:
+    """Test-only: PyAV raises FFmpeg's error after ``after`` frames of any segment of ``video``
+    that starts past frame 0 (a damaged GOP)."""
+    from av.error import InvalidDataError
+
+    real_init, real_iter = PyAVFrames.__init__, PyAVFrames.__iter__
+
+    def init(self, path, start_pts=None):
+        real_init(self, path, start_pts)
+        self.bad = Path(path).stem == video and start_pts is not None
+
+    def frames(self):
+        for i, frame in enumerate(real_iter(self)):
+            if self.bad and i == after:
+                raise InvalidDataError(1094995529, "Invalid data found when processing input")
+            yield frame
+
+    monkeypatch.setattr(PyAVFrames, "__init__", init)
+    monkeypatch.setattr(PyAVFrames, "__iter__", frames)
+
+
+def test_a_decode_error_mid_segment_fails_only_its_video(tmp_path, monkeypatch):
+    bad = F.make_video(tmp_path / "bad.mp4", n_frames=130, size=(96, 64), keyint=20, audio_rate=None)
+    good = F.make_video(tmp_path / "good.mp4", n_frames=130, size=(96, 64), keyint=20, audio_rate=None)
+    fail_pyav_mid_segment(monkeypatch, "bad", after=5)
+    with DecodePool([job_for(bad, segment_frames=30), job_for(good, segment_frames=30)], workers=0) as pool:
+        got = list(pool)
+    failed = [m for m in got if isinstance(m, VideoFailed)]
+    assert [m.video_id for m in failed] == ["bad"]
+    assert f"{bad}: frame 46 of 130 cannot be decoded (Invalid data" in failed[0].reason  # segment 40..80
+    assert not [m for m in got if m.video_id == "bad" and isinstance(m, SegmentDone) and m.start > 0]
+    pixels, _, _ = frames_by_index([m for m in got if m.video_id == "good"])
+    np.testing.assert_array_equal(F.frame_indices(pixels), np.arange(130))
+    assert sorted(m.start for m in got if m.video_id == "good" and isinstance(m, SegmentDone)) == [0, 40, 80]
 
 
 def _open_gop_video(path: Path, codec: str, params: str, n: int = 200, size=(64, 48)) -> Path:
