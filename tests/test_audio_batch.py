@@ -8,7 +8,7 @@ import torch
 
 from expr.extract import backbones as B
 from expr.extract.audio_batch import conv_steps, forward_padded, plan_batches
-from expr.extract.audio_features import AudioEncoder
+from expr.extract.audio_features import AudioEncoder, decide_batching
 
 TINY = dict(hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
             conv_dim=[16] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
@@ -38,7 +38,7 @@ def _tracks() -> list[np.ndarray]:
 @pytest.mark.parametrize("norm", ["group", "layer"])
 def test_encode_many_equals_one_track_at_a_time(norm):
     spec = B.get_spec("test-tiny-wav2vec2", "audio")
-    enc = AudioEncoder(_model(norm), spec, chunk_seconds=1.0, context_seconds=0.5, batch_seconds=3.0)
+    enc = AudioEncoder(_model(norm), spec, chunk_seconds=1.0, context_seconds=0.5, batch_seconds=3.0, batching="on")
     tracks = _tracks()
     assert enc.n_steps(16080) == enc.chunk_steps == 50  # the "exactly one chunk" track is one
     want = [enc(t) for t in tracks]
@@ -71,7 +71,7 @@ def test_a_track_passed_twice_is_encoded_once(monkeypatch):
     from expr.extract import audio_batch
 
     spec = B.get_spec("test-tiny-wav2vec2", "audio")
-    enc = AudioEncoder(_model("group"), spec, chunk_seconds=1.0, context_seconds=0.5)
+    enc = AudioEncoder(_model("group"), spec, chunk_seconds=1.0, context_seconds=0.5, batching="on")
     track = _tracks()[3]
     seen = []
     real = audio_batch.encode_pieces
@@ -85,6 +85,41 @@ def test_a_track_passed_twice_is_encoded_once(monkeypatch):
     assert seen == [1] and a is not None and a is b
 
 
+def test_auto_batching_is_off_on_cpu_so_features_stay_bit_identical(monkeypatch):
+    """A resumed run's cache equals a clean run's bit for bit on CPU: a track's features must
+    not depend on which tracks share its batch."""
+    from expr.extract import audio_batch
+
+    spec = B.get_spec("test-tiny-wav2vec2", "audio")
+    enc = AudioEncoder(_model("group"), spec, chunk_seconds=1.0, context_seconds=0.5)
+    tracks = _tracks()[2:5]
+    want = [enc(t) for t in tracks]
+    monkeypatch.setattr(audio_batch, "encode_pieces", lambda *a, **k: pytest.fail("batched on CPU"))
+    got = enc.encode_many(tracks)
+    assert enc.batching == "off" and enc.note is None
+    assert all(g is not None and w is not None and np.array_equal(g, w) for g, w in zip(got, want))
+
+
+def test_the_start_up_check_passes_on_a_real_model_and_catches_a_padding_leak(monkeypatch):
+    from expr.extract import audio_batch
+
+    spec = B.get_spec("test-tiny-wav2vec2", "audio")
+    enc = AudioEncoder(_model("group"), spec)
+    assert enc.check_batching() is None
+    # inject the bug the masking prevents: the first layer's norm over the padding too
+    monkeypatch.setattr(audio_batch, "_group_norm_conv", lambda layer, x, valid: layer(x))
+    assert "differ from one track at a time" in (enc.check_batching() or "")
+    monkeypatch.setattr(audio_batch, "forward_padded", lambda *a: 1 / 0)
+    assert "ZeroDivisionError" in (enc.check_batching() or "")
+
+
+def test_auto_batching_decision():
+    assert decide_batching("cpu", lambda: pytest.fail("no check on CPU")) == ("off", None)
+    assert decide_batching("cuda", lambda: None) == ("on", None)
+    mode, note = decide_batching("cuda", lambda: "RuntimeError: boom")
+    assert mode == "off" and note is not None and "RuntimeError: boom" in note and "one at a time" in note
+
+
 def test_batches_are_longest_first_within_the_budget():
     assert plan_batches([5, 10, 3, 10, 1], budget=20) == [[1, 3], [0, 2, 4]]
     assert plan_batches([50, 4], budget=20) == [[0], [1]]  # too long for the budget: alone
@@ -96,7 +131,7 @@ def test_full_size_wav2vec2_base_batched_equals_one_at_a_time():
     spec = B.get_spec("facebook/wav2vec2-base", "audio")
     model = B.build_wav2vec2(spec, B.WeightSource("none", None))
     assert model.config.feat_extract_norm == "group"
-    enc = AudioEncoder(model, spec, chunk_seconds=2.0, context_seconds=0.5)
+    enc = AudioEncoder(model, spec, chunk_seconds=2.0, context_seconds=0.5, batching="on")
     rng = np.random.default_rng(1)
     tracks = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 8000, 52000, 30000)]
     got, want = enc.encode_many(tracks), [enc(t) for t in tracks]
