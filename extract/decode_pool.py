@@ -369,8 +369,12 @@ class DecodePool:
             raise ConfigError(f"max pending batches must be at least 1, got {max_pending}")
         # longest first (a stable sort: ties keep their order, so a video's audio job follows it)
         self.jobs = sorted(with_audio_jobs(jobs) if audio_jobs else jobs, key=_job_weight, reverse=True)
-        self._rank = {j.video_id: i for i, j in enumerate(self.jobs)}
-        self._by_id = {j.video_id: j for j in self.jobs}
+        self._rank: dict[str, int] = {}
+        self._by_id: dict[str, DecodeJob] = {}  # a video's own job (not its audio job): segments copy it
+        for i, job in enumerate(self.jobs):
+            self._rank.setdefault(job.video_id, i)
+            if job.part != "audio":
+                self._by_id[job.video_id] = job
         self.workers = workers
         self.max_pending = max_pending
         self.stall_timeout = stall_timeout

@@ -241,3 +241,19 @@ def test_shutting_the_audio_thread_down_cancels_what_waits():
     assert running.result(5) == 0 and waiting.cancelled()
     with pytest.raises(RuntimeError):
         q.submit(np.zeros(1))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_split_video_gets_its_segments_and_one_track_from_its_audio_job(tmp_path, workers):
+    path = F.make_video(tmp_path / "long.mp4", n_frames=130, size=(96, 64), keyint=20)
+    parts = set()  # workers=0: the hook runs here
+    hook = (lambda job, msg: parts.add((job.part, job.segment is not None))) if workers == 0 else None
+    with DecodePool([job_for(path, segment_frames=30)], workers=workers, audio_jobs=True, worker_hook=hook) as pool:
+        got = list(pool)
+    if workers == 0:  # segments are copies of the frame job, never of the audio job
+        assert parts == {("frames", False), ("frames", True), ("audio", False)}
+    assert not [m for m in got if isinstance(m, VideoFailed)]
+    batches = sorted((m for m in got if isinstance(m, FrameBatch)), key=lambda m: m.start)
+    np.testing.assert_array_equal(F.frame_indices(np.concatenate([b.pixels for b in batches])), np.arange(130))
+    tracks = [m for m in got if isinstance(m, AudioTrack)]
+    assert len(tracks) == 1 and tracks[0].samples is not None
