@@ -16,8 +16,9 @@ default on CUDA, after a start-up check) their pieces (one-shot tracks and chunk
 padded batches across tracks (audio_batch.py), equal to one forward per piece within float
 rounding (at most 4e-6 measured in fp32 on CPU). On CPU it is off by default: a track's
 features would then depend, in the last bits, on which tracks shared its batch, and a
-resumed run's cache would no longer be bit-identical to a clean run's (tested); batching
-gains little there (see docs/benchmarks.md).
+resumed run's cache would no longer be bit-identical to a clean run's (tested), the image
+encoder limits a CPU run anyway, and batching gave no measurable gain on 2 shared cores
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
