@@ -9,7 +9,7 @@ Jobs: one per video, longest (largest file) first; a long video's job answers wi
 ``VideoSplit`` and its keyframe-aligned segments (segments.py) join the queue in the place
 of their video, before any later video, so that every worker shares the longest work first
 and videos finish (and are written) in about the order they started, not all at the end. Workers start only for jobs there are (``--workers 500`` with
-two short videos starts two), plus idle spares up to the core count when a video may split.
+two short videos starts two; four with audio jobs), plus idle spares up to the core count when a video may split.
 
 With ``audio_jobs`` (what a run uses) each video's audio is a job of its own, queued right
 after its video's: a long video's audio no longer waits behind its frames, so Wav2Vec2 gets

@@ -257,3 +257,12 @@ def test_a_split_video_gets_its_segments_and_one_track_from_its_audio_job(tmp_pa
     np.testing.assert_array_equal(F.frame_indices(np.concatenate([b.pixels for b in batches])), np.arange(130))
     tracks = [m for m in got if isinstance(m, AudioTrack)]
     assert len(tracks) == 1 and tracks[0].samples is not None
+
+
+def test_workers_start_for_frame_jobs_and_audio_jobs_alike(tmp_path):
+    paths = [F.make_video(tmp_path / f"v{i}.mp4", n_frames=8) for i in range(2)]
+    with DecodePool([job_for(p) for p in paths], workers=500, audio_jobs=True) as pool:
+        got = list(pool)
+        workers = pool.peak_workers
+    assert workers == 4  # two videos: two frame jobs and two audio jobs, not 500 processes
+    assert sorted(m.video_id for m in got if isinstance(m, AudioTrack)) == ["v0", "v1"]
