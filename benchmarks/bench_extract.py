@@ -11,6 +11,12 @@ ones). Writes its own synthetic 640x360 H.264 + AAC videos with PyAV, then measu
   the end-to-end rate with everything is printed too;
 * audio real-time factor: seconds of audio per second of Wav2Vec2 compute.
 
+``--audio`` measures Wav2Vec2-Base alone on ``--audio-tracks`` synthetic tracks of 10-40 s
+(``--audio-seconds``): one track at a time (one forward per 30 s chunk, batch 1: what
+``expr extract`` does on CPU) vs batched across tracks (``AudioEncoder.encode_many`` with
+batching on: what it does on CUDA after its start-up check), as real-time factors, and the
+largest difference between the two.
+
 ``--null-encoder`` replaces both encoders by zero-cost stubs (zeros of the right shape):
 what is left is the feed rate of the pipeline (decode, geometry, transport, batching,
 writes) and the parent process's CPU time per frame, both from the first encoded batch on
@@ -29,6 +35,7 @@ instead of 640x360 H.264 videos; ``--size 1280x720`` other videos.
     python benchmarks/bench_extract.py --decode-only --frames 6000 --videos 1 --workers 1,2 --repeat 2
     python benchmarks/bench_extract.py --tiny-encoders --frames 12000 --videos 4 --repeat 1
     python benchmarks/bench_extract.py --device cuda --frames 20000 --batch-size 512
+    python benchmarks/bench_extract.py --audio --audio-tracks 16 --device cuda
 """
 
 from __future__ import annotations
@@ -106,7 +113,8 @@ def null_encoders():
         return np.zeros((n, self.spec.dim), np.float32) if n else None
 
     stubs = {(backbones.VisualEncoder, "submit"): visual, (backbones.VisualEncoder, "collect"): lambda self, h: h,
-             (audio_features.AudioEncoder, "__call__"): audio}
+             (audio_features.AudioEncoder, "__call__"): audio,
+             (audio_features.AudioEncoder, "encode_many"): lambda self, tracks: [audio(self, t) for t in tracks]}
     saved = {key: getattr(*key) for key in stubs}
     for (cls, name), stub in stubs.items():
         setattr(cls, name, stub)
@@ -183,7 +191,7 @@ def bench_pipeline(device: str, videos: Path, frames: Path | None, out: Path, ba
     from expr.extract.run import run_extract
 
     spent = {"audio": 0.0, "visual": 0.0}
-    methods = {(audio_features.AudioEncoder, "__call__"): "audio",
+    methods = {(audio_features.AudioEncoder, "encode_many"): "audio",  # what the run calls
                (backbones.VisualEncoder, "submit"): "visual", (backbones.VisualEncoder, "collect"): "visual"}
     saved = {key: getattr(*key) for key in methods}
 
@@ -228,6 +236,45 @@ def _paths(out: Path) -> str:
     with open_cache(out) as cache:
         options = cache.attrs.get("options") or {}
     return f"geometry {options.get('geometry', '?')}, decoder {options.get('decoder', '?')}"
+
+
+def bench_audio(device: str, n_tracks: int, seconds: tuple[float, float], batch_seconds: float) -> dict:
+    """Wav2Vec2-Base (random weights) on ``n_tracks`` tracks of ``seconds[0]..seconds[1]``:
+    seconds of audio per second of compute, one track at a time vs batched across tracks."""
+    from expr.extract import backbones as B
+    from expr.extract.audio_features import AudioEncoder
+
+    spec = B.get_spec("facebook/wav2vec2-base", "audio")
+    model = B.build_wav2vec2(spec, B.WeightSource("none", None))
+    rng = np.random.default_rng(0)
+    lengths = np.linspace(seconds[0], seconds[1], n_tracks) if n_tracks > 1 else np.array([seconds[1]])
+    tracks = [(0.3 * np.sin(np.arange(int(s * 16000)) / 7) + 0.05 * rng.standard_normal(int(s * 16000)))
+              .astype(np.float32) for s in lengths]
+    total = sum(len(t) for t in tracks) / 16000
+    result: dict = dict(tracks=n_tracks, audio_seconds=total, seconds=seconds)
+    feats = {}
+    for mode in ("off", "on"):
+        enc = AudioEncoder(model, spec, device, batching=mode, batch_seconds=batch_seconds)
+        enc.encode_many(tracks[:2] if mode == "on" else [tracks[0][:16000]])  # warm-up (kernels, allocator)
+        start = time.perf_counter()
+        feats[mode] = enc.encode_many(tracks)
+        result[mode] = total / (time.perf_counter() - start)
+    result["max_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(feats["off"], feats["on"])
+                             if a is not None and b is not None)
+    return result
+
+
+def main_audio(args) -> None:
+    import torch
+
+    r = bench_audio(args.device, args.audio_tracks, args.audio_seconds, args.audio_batch_seconds)
+    name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
+    lo, hi = r["seconds"]
+    print(f"\nWav2Vec2-Base (random weights), {name}: {r['tracks']} tracks of {lo:g}-{hi:g} s "
+          f"({r['audio_seconds']:.0f} s of audio), 30 s chunks, batch budget {args.audio_batch_seconds:g} s")
+    print(f"Wav2Vec2-Base audio, one track at a time   {r['off']:,.1f}x real time")
+    print(f"Wav2Vec2-Base audio, batched across tracks {r['on']:,.1f}x real time  "
+          f"({r['on'] / r['off']:.2f}x; largest difference {r['max_diff']:.2g})")
 
 
 def make_inputs(tmp: Path, args, n_videos: int | None = None) -> Path | None:
@@ -410,6 +457,13 @@ def main() -> None:
                         help="decode worker processes; with --null-encoder a comma list (1,2) runs each")
     parser.add_argument("--size", type=_size, default=(640, 360), help="video size WxH (default 640x360)")
     parser.add_argument("--repeat", type=int, default=2, help="alternate bare/pipeline runs this often, keep the best")
+    parser.add_argument("--audio", action="store_true",
+                        help="only Wav2Vec2-Base: one track at a time vs batched across tracks")
+    parser.add_argument("--audio-tracks", type=int, default=16, help="--audio: tracks")
+    parser.add_argument("--audio-seconds", type=lambda t: tuple(float(x) for x in t.split(",")), default=(10.0, 40.0),
+                        help="--audio: shortest,longest track in seconds (default 10,40)")
+    parser.add_argument("--audio-batch-seconds", type=float, default=240.0,
+                        help="--audio: padded seconds of audio per batch (AudioEncoder's default 240)")
     args = parser.parse_args()
     global GEOMETRY
     GEOMETRY = Geometry(args.geometry)
@@ -423,6 +477,9 @@ def main() -> None:
         return
     if args.null_encoder:
         main_null(args)
+        return
+    if args.audio:
+        main_audio(args)
         return
 
     import torch

@@ -6,6 +6,7 @@
 # at 720p the CPU decoders (--decoder cpu) and NVDEC (--decoder nvdec: needs PyNvVideoCodec,
 # bash ../shared/tools/gpu-wheels.sh pynvvideocodec==2.2.4; a failing start-up probe is the
 # one-line error its log ends with).
+# Wav2Vec2-Base alone on 16 tracks of 10-40 s, one track at a time vs batched across tracks.
 # Called from benchmarks/gpu_check.sh; alone: bash benchmarks/gpu_check_extract.sh [OUT_DIR]
 # GPU_CHECK_TINY=1 runs the same steps in seconds on a CPU (proves they run; measures nothing).
 set -u
@@ -16,9 +17,11 @@ mkdir -p "$out"
 if [[ ${GPU_CHECK_TINY:-0} == 1 ]]; then
     device=cpu; common=(--frames 48 --videos 2 --batch-size 8 --repeat 1); workers=2 limit=300
     nvdec=auto  # no GPU: auto is the CPU decoders (proves the step runs)
+    audio=(--audio-tracks 2 --audio-seconds 1,2)
 else
     device=cuda; common=(--frames 12000 --videos 16 --batch-size 512 --repeat 1); workers=16 limit=150
     nvdec=nvdec
+    audio=(--audio-tracks 16 --audio-seconds 10,40)
 fi
 status=0
 run() {  # run NAME ARGS...: one bench_extract.py step, its log in $out/NAME.log
@@ -37,4 +40,6 @@ run feed_360p --device "$device" --null-encoder "${common[@]}" --workers "$worke
 # the default above is --geometry auto (device on CUDA behind its self-check: the log's
 # "note:" line says when it fell back); the workers' own geometry for comparison
 run pipeline_360p_worker_geometry --device "$device" "${common[@]}" --workers "$workers" --geometry worker
+# Wav2Vec2 must keep up: at 12k frames/s of 30 fps video, 400 s of audio arrive per second
+run audio_batched --device "$device" --audio "${audio[@]}"
 exit $status

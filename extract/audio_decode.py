@@ -9,13 +9,29 @@ video is cut to the video's duration (shorter is kept as is; the run pads and ma
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from expr.abaw import SAMPLE_RATE
 from expr.errors import MediaDecodeError
-from expr.extract.probe import FIX_HINT, declared_duration, short_error
+from expr.extract.messages import AudioTrack, DecodeJob
+from expr.extract.probe import FIX_HINT, declared_duration, probe, short_error
+
+
+def audio_job(job: DecodeJob) -> Iterator[AudioTrack]:
+    """A ``part="audio"`` job: the track of ``job.audio_path`` aligned to the first frame of
+    ``job.video_path``, NOT cut to the video's duration (the frame job knows it; the consumer
+    cuts with ``cut_to_duration``), so it needs no video decoder and can run before the frames."""
+    assert job.audio_path is not None  # DecodeJob refuses an audio job without one
+    origin = probe(job.video_path).video_start if job.video_path is not None else 0.0
+    yield AudioTrack(job.video_id, decode_audio(job.audio_path, origin=origin, duration=None))
+
+
+def cut_to_duration(samples: np.ndarray, duration: float) -> np.ndarray:
+    """The samples of the video's duration (audio longer than the video is cut; shorter is kept)."""
+    return samples[: int(round(duration * SAMPLE_RATE))]
 
 
 def decode_audio(path: Path, *, origin: float, duration: float | None) -> np.ndarray | None:
@@ -59,7 +75,7 @@ def decode_audio(path: Path, *, origin: float, duration: float | None) -> np.nda
     mono = _align(mono, rate, first - origin)
     samples = _resample(mono, rate)
     if duration is not None:
-        samples = samples[: int(round(duration * SAMPLE_RATE))]
+        samples = cut_to_duration(samples, duration)
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 

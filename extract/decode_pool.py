@@ -9,7 +9,13 @@ Jobs: one per video, longest (largest file) first; a long video's job answers wi
 ``VideoSplit`` and its keyframe-aligned segments (segments.py) join the queue in the place
 of their video, before any later video, so that every worker shares the longest work first
 and videos finish (and are written) in about the order they started, not all at the end. Workers start only for jobs there are (``--workers 500`` with
-two short videos starts two), plus idle spares up to the core count when a video may split.
+two short videos starts two; four with audio jobs), plus idle spares up to the core count when a video may split.
+
+With ``audio_jobs`` (what a run uses) each video's audio is a job of its own, queued right
+after its video's: a long video's audio no longer waits behind its frames, so Wav2Vec2 gets
+tracks early, and any worker can take it. Videos that take their audio from one file (an
+ABAW ``_left``/``_right`` pair) share one audio job: the track is decoded once and its
+``AudioTrack`` (or ``VideoFailed``) is passed on once per video.
 
 Why shared memory: pickling a batch of 224x224 frames through a pipe costs the parent more
 CPU per frame than everything else it does (measured: ~140 us/frame). Frames travel in
@@ -63,7 +69,8 @@ from expr.atomic import hold_lock, lock_held
 from expr.errors import ConfigError, MediaDecodeError
 from expr.extract.geometry_device import NativeLayout
 from expr.extract.media import decode_video
-from expr.extract.messages import DecodeJob, FrameBatch, Message, SegmentDone, VideoDone, VideoFailed, VideoSplit
+from expr.extract.messages import (AudioTrack, DecodeJob, FrameBatch, Message, SegmentDone, VideoDone, VideoFailed,
+                                   VideoSplit)
 from expr.extract.segments import may_split
 
 _STOP = None  # parent -> worker: exit
@@ -112,6 +119,35 @@ def failure_reason(job: DecodeJob, error: BaseException) -> str:
 def segment_jobs(job: DecodeJob, split: VideoSplit) -> list[DecodeJob]:
     pts = split.starts_pts or (None,) * len(split.segments)
     return [replace(job, segment=(a, b), segment_pts=p) for (a, b), p in zip(split.segments, pts)]
+
+
+def with_audio_jobs(jobs: Sequence[DecodeJob]) -> list[DecodeJob]:
+    """Each whole-video job with audio becomes a frame job, followed by one audio job per
+    audio source: videos with the same audio file and the same video file (the origin the
+    track is aligned to) share the first one's audio job."""
+    out: list[DecodeJob] = []
+    shared: dict[tuple, int] = {}  # (audio path, video path) -> index of its audio job in out
+    for job in jobs:
+        if job.part != "all" or job.segment is not None or job.audio_path is None:
+            out.append(job)
+            continue
+        out.append(replace(job, part="frames"))
+        key = (job.audio_path, job.video_path)
+        if key in shared:
+            first = out[shared[key]]
+            out[shared[key]] = replace(first, audio_for=(*first.audio_for, job.video_id))
+        else:
+            shared[key] = len(out)
+            out.append(replace(job, part="audio", audio_for=(job.video_id,)))
+    return out
+
+
+def fan_out(job: DecodeJob | None, msg: Message) -> list[Message]:
+    """The messages of ``msg`` for each video it concerns: an audio job's track (or failure)
+    goes to every video of ``audio_for``, the same array for all (no copy)."""
+    if job is None or job.part != "audio" or not isinstance(msg, (AudioTrack, VideoFailed)):
+        return [msg]
+    return [msg if vid == msg.video_id else replace(msg, video_id=vid) for vid in job.audio_for or (job.video_id,)]
 
 
 # ------------------------------------------------------------------ /dev/shm housekeeping
@@ -288,6 +324,7 @@ class DecodePool:
     for more (a video's last frames would otherwise wait for later videos' frames).
     ``page_lock``: called once with the shared-memory block (``--geometry device`` on CUDA
     registers it as page-locked); returns the function that undoes it, called in ``close()``.
+    ``audio_jobs``: decode each video's audio in a job of its own (``with_audio_jobs``).
     """
 
     def __init__(
@@ -303,15 +340,20 @@ class DecodePool:
         on_idle: Callable[[], None] | None = None,
         idle_after: float = 0.5,
         page_lock: Callable[[memoryview], Callable[[], None] | None] | None = None,
+        audio_jobs: bool = False,
     ):
         if workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {workers}")
         if max_pending < 1:
             raise ConfigError(f"max pending batches must be at least 1, got {max_pending}")
-        # longest first (a stable sort: ties keep their order)
-        self.jobs = sorted(jobs, key=_job_weight, reverse=True)
-        self._rank = {j.video_id: i for i, j in enumerate(self.jobs)}
-        self._by_id = {j.video_id: j for j in self.jobs}
+        # longest first (a stable sort: ties keep their order, so a video's audio job follows it)
+        self.jobs = sorted(with_audio_jobs(jobs) if audio_jobs else jobs, key=_job_weight, reverse=True)
+        self._rank: dict[str, int] = {}
+        self._by_id: dict[str, DecodeJob] = {}  # a video's own job (not its audio job): segments copy it
+        for i, job in enumerate(self.jobs):
+            self._rank.setdefault(job.video_id, i)
+            if job.part != "audio":
+                self._by_id[job.video_id] = job
         self.workers = workers
         self.max_pending = max_pending
         self.stall_timeout = stall_timeout
@@ -355,7 +397,8 @@ class DecodePool:
                 todo.insert(at + k, job)
         elif isinstance(msg, VideoFailed):
             self._failed.add(msg.video_id)
-            kept = [j for j in todo if j.video_id != msg.video_id]
+            # an audio job shared by two videos stays while one of them still needs it
+            kept = [j for j in todo if not self._failed.issuperset(j.audio_for or (j.video_id,))]
             todo.clear()
             todo.extend(kept)
 
@@ -367,12 +410,13 @@ class DecodePool:
                 for msg in decode_video(job):
                     if self.worker_hook is not None:
                         self.worker_hook(job, msg)
-                    self._note(msg, todo)
-                    yield msg
+                    for each in fan_out(job, msg):
+                        self._note(each, todo)
+                        yield each
             except Exception as e:
-                failed = VideoFailed(job.video_id, failure_reason(job, e))
-                self._note(failed, todo)
-                yield failed
+                for failed in fan_out(job, VideoFailed(job.video_id, failure_reason(job, e))):
+                    self._note(failed, todo)
+                    yield failed
 
     # ------------------------------------------------------------ worker processes
 
@@ -421,9 +465,10 @@ class DecodePool:
 
     def _spares(self) -> int:
         """Idle workers to start beside one per job: a video that splits can use them at once."""
-        if not any(may_split(j) for j in self.jobs):
+        videos = [j for j in self.jobs if j.part != "audio"]
+        if not any(may_split(j) for j in videos):
             return 0
-        return max(0, min(self.workers, os.cpu_count() or 1) - len(self.jobs))
+        return max(0, min(self.workers, os.cpu_count() or 1) - len(videos))
 
     def _staff(self, todo: deque, shm: SharedMemory) -> None:
         """Give queued jobs to idle spares, then to new workers while fewer than ``workers`` live."""
@@ -506,8 +551,9 @@ class DecodePool:
                 broken = True
                 break
             if not isinstance(msg, _SlotBatch):
-                self._note(msg, todo)
-                yield msg
+                for each in fan_out(worker.job, msg):
+                    self._note(each, todo)
+                    yield each
                 continue
             view = _slot_view(shm, msg.slot, self._slot_bytes, msg.shape)
             pixels = view if self.borrow_frames else view.copy()
@@ -521,9 +567,9 @@ class DecodePool:
             if worker.ended:  # died after its job's last message (freeing the reader): nothing lost
                 self._bury(worker)
                 return
-            failed = VideoFailed(job.video_id, self._death_reason(worker, job))
-            self._note(failed, todo)
-            yield failed
+            for failed in fan_out(job, VideoFailed(job.video_id, self._death_reason(worker, job))):
+                self._note(failed, todo)
+                yield failed
             self._bury(worker)
 
     def _grant(self, busy: list[_Worker]) -> None:
@@ -562,7 +608,8 @@ class DecodePool:
                 if isinstance(msg, _SlotBatch):
                     worker.seen = msg.seen
                     worker.slots.remove(msg.slot)  # in flight now: the consumer gives it back
-                elif isinstance(msg, (VideoDone, SegmentDone, VideoFailed)):
+                elif isinstance(msg, (VideoDone, SegmentDone, VideoFailed)) or (
+                        isinstance(msg, AudioTrack) and worker.job.part == "audio"):  # an audio job's only message
                     worker.ended = True
                 yield msg
 

@@ -4,7 +4,9 @@ Frames of several videos arrive interleaved (from ``DecodePool``), and the segme
 split video in any order; they are pooled across video boundaries into image-encoder batches
 of ``batch_size``. Features go back to their video by frame index, and a video is handed to
 the writer thread as soon as its decoder said done, every segment is in and its last frame is
-encoded; the writer waits for its audio features and commits it. The parent thread only
+encoded and its audio track is in; the writer waits for its audio features and commits it.
+Audio tracks come from jobs of their own, before or after their video's frames; one thread
+encodes whatever tracks are waiting in one batched call (audio_queue.py). The parent thread only
 feeds: it never waits for a write (measured: synchronous writes took ~40% of its busy time).
 A failure of one video (decode, encode, write) is recorded with its reason and the run goes
 on. Progress goes to the ``emit`` callback, always from the calling thread; nothing prints.
@@ -13,6 +15,7 @@ on. Progress goes to the ``emit`` callback, always from the calling thread; noth
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -22,6 +25,8 @@ import numpy as np
 
 from expr.cache_format import VideoEntry, VideoExtras
 from expr.errors import ExprError, MediaDecodeError
+from expr.extract.audio_decode import cut_to_duration
+from expr.extract.audio_queue import AudioQueue
 from expr.extract.messages import AudioTrack, FrameBatch, SegmentDone, VideoDone, VideoFailed, VideoHeader, VideoSplit
 
 
@@ -74,6 +79,7 @@ class _Video:
     times: list = field(default_factory=list)  # (first frame, (n,) float64)
     feats: list = field(default_factory=list)  # (first frame, (n, D))
     audio: Future | None = None   # Wav2Vec2 features, computed in the audio thread
+    audio_in: bool = False        # its AudioTrack came (None samples: no audio)
     n_samples: int = 0            # audio samples decoded (0: no audio)
     queued: int = 0               # frames sent to the image encoder, features not back yet
     done: bool = False            # the decoder sent VideoDone
@@ -105,8 +111,9 @@ class EncoderFeed:
     Per message it does O(1) Python work: a FrameBatch is copied once, as a block, into the
     encoder's input buffer (so the decode pool may lend its shared-memory slot). Two buffers
     alternate: while the device encodes one, the next fills. Wav2Vec2 runs in one background
-    thread as soon as a video's audio arrives, so it overlaps with the image encoder instead of
-    waiting behind each video's frames.
+    thread as soon as a video's audio and header are in (a track that comes first waits for
+    the header's duration), batched across the tracks waiting, so it overlaps with the image
+    encoder instead of waiting behind each video's frames.
     """
 
     def __init__(self, config, writer, bb, jobs, summary: ExtractSummary, emit):
@@ -119,7 +126,11 @@ class EncoderFeed:
         self.owners: list[tuple[str, int, int]] = []  # (video_id, first frame, n) of the current buffer
         self.inflight: tuple[object, list[tuple[str, int, int]], int] | None = None  # (handle, owners, n)
         self.encoded = 0  # frames encoded so far (progress rate)
-        self.audio_thread = ThreadPoolExecutor(1, thread_name_prefix="expr-audio")
+        self.audio_queue: AudioQueue | None = None  # made with the audio encoder, on the first track
+        self.early_audio: dict[str, AudioTrack] = {}  # tracks that came before their video's header
+        # videos that share one audio file and video file (ABAW _left/_right): encoded once
+        self.sharers = Counter((j.audio_path, j.video_path) for j in jobs if j.audio_path is not None)
+        self.shared_audio: dict[tuple, list] = {}  # (audio, video, n samples) -> [Future, users left]
         self.write_thread = ThreadPoolExecutor(1, thread_name_prefix="expr-write")
         self.writes: list[tuple[str, _Video, Future]] = []  # handed to the writer, in order
         self.geometry_stream = None  # CUDA stream of --geometry device (made on first use)
@@ -135,6 +146,11 @@ class EncoderFeed:
         elif isinstance(msg, VideoHeader):
             if vid in self.jobs and vid not in self.summary.failed:
                 self.videos[vid] = _Video(header=msg)
+                if vid in self.early_audio:
+                    self.take_audio(vid, self.early_audio.pop(vid))
+        elif isinstance(msg, AudioTrack) and vid not in self.videos:
+            if vid in self.jobs and vid not in self.summary.failed and vid not in self.summary.ok:
+                self.early_audio[vid] = msg  # its audio job was faster than its frame job's header
         elif vid not in self.videos:
             return  # a video that already failed
         elif isinstance(msg, FrameBatch):
@@ -144,15 +160,34 @@ class EncoderFeed:
         elif isinstance(msg, SegmentDone):
             self.videos[vid].segments.discard(msg.start)
         elif isinstance(msg, AudioTrack):
-            if msg.samples is not None:
-                encoder = self.bb.audio  # built here, in this thread, on first use
-                self.videos[vid].audio = self.audio_thread.submit(encoder, msg.samples)
-                self.videos[vid].n_samples = len(msg.samples)
+            self.take_audio(vid, msg)
         elif isinstance(msg, VideoDone):
             self.videos[vid].done = True
             if msg.warnings:
                 self.summary.warnings[vid] = list(msg.warnings)
         self.write_ready()
+
+    def take_audio(self, vid: str, msg: AudioTrack) -> None:
+        """Queue a video's track (cut to its duration) for Wav2Vec2; the header is in."""
+        video, job = self.videos[vid], self.jobs[vid]
+        video.audio_in = True
+        if msg.samples is None:
+            return
+        samples = cut_to_duration(msg.samples, video.header.duration)
+        video.n_samples = len(samples)
+        key = (job.audio_path, job.video_path, len(samples))
+        if key in self.shared_audio:  # the other face of the same video: the same features
+            entry = self.shared_audio[key]
+            video.audio, entry[1] = entry[0], entry[1] - 1
+            if entry[1] <= 0:
+                del self.shared_audio[key]
+            return
+        if self.audio_queue is None:
+            encoder = self.bb.audio  # built here, in this thread, on first use
+            self.audio_queue = AudioQueue(encoder.encode_many)
+        video.audio = self.audio_queue.submit(samples)
+        if self.sharers[key[:2]] > 1:
+            self.shared_audio[key] = [video.audio, self.sharers[key[:2]] - 1]
 
     def device_geometry(self, batch) -> np.ndarray:
         """Native frames (--geometry device) -> (N, S, S, 3) uint8 on the encoder's device.
@@ -249,7 +284,7 @@ class EncoderFeed:
         """Hand the complete videos (every frame encoded, every segment in) to the writer
         thread, then take in the writes that finished (all of them with ``wait``)."""
         for vid, video in list(self.videos.items()):
-            if video.done and not video.segments and video.queued == 0:
+            if video.done and video.audio_in and not video.segments and video.queued == 0:
                 del self.videos[vid]
                 self.writes.append((vid, video, self.write_thread.submit(self.write, vid, video)))
         # a disk slower than the encoder holds the feed back here, as synchronous writes did,
@@ -296,6 +331,7 @@ class EncoderFeed:
 
     def fail(self, vid: str, reason: str) -> None:
         self.videos.pop(vid, None)  # frames already in a batch are encoded and dropped
+        self.early_audio.pop(vid, None)
         if vid in self.summary.failed or vid in self.summary.ok:
             return
         if any(v == vid for v, _, _ in self.writes):  # complete and being written: its write decides
@@ -317,7 +353,11 @@ class EncoderFeed:
     def finish(self) -> None:
         """After the decoders ended: encode what is left, fail what never completed."""
         self.flush(wait=True)
-        self.audio_thread.shutdown()
+        if self.audio_queue is not None:
+            self.audio_queue.shutdown()
+            note = getattr(self.bb.audio, "note", None)  # batching's start-up check fell back
+            if note:
+                self.summary.warnings.setdefault("audio", []).append(note)
         self.write_thread.shutdown()
         for vid in list(self.videos):
             self.fail(vid, "the decoder stopped before the end of the video")
@@ -328,7 +368,8 @@ class EncoderFeed:
     def close(self) -> None:
         """Stop the audio and writer threads (after an error: what they still have to do is
         dropped; a write under way finishes, and is committed whole or not at all)."""
-        self.audio_thread.shutdown(wait=False, cancel_futures=True)
+        if self.audio_queue is not None:
+            self.audio_queue.shutdown(wait=False, cancel_futures=True)
         self.write_thread.shutdown(wait=True, cancel_futures=True)
 
     def event(self, kind: str, vid: str | None = None, error: str | None = None) -> ExtractEvent:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from expr.errors import MediaDecodeError
-from expr.extract.audio_decode import decode_audio
+from expr.extract.audio_decode import audio_job, decode_audio
 from expr.extract.frames_dir import frames_dir_batches, index_jpgs
 from expr.extract.messages import AudioTrack, DecodeJob, Message, VideoDone, VideoHeader
 from expr.extract.probe import FIX_HINT, check_complete, probe
@@ -44,6 +44,9 @@ def decode_video(job: DecodeJob) -> Iterator[Message]:
     their own (``decode_segment``), run by whoever runs the jobs (the decode pool)."""
     if job.segment is not None:
         yield from decode_segment(job)
+        return
+    if job.part == "audio":
+        yield from audio_job(job)
         return
     if job.video_path is None:
         yield from _decode_frames_only(job)
@@ -79,10 +82,11 @@ def decode_video(job: DecodeJob) -> Iterator[Message]:
     else:
         yield from video_batches(job, reader, n, timestamps)
         del reader
-    samples = None
-    if has_audio and audio_path is not None:  # the second test only narrows the type
-        samples = decode_audio(audio_path, origin=info.video_start, duration=duration)
-    yield AudioTrack(job.video_id, samples)
+    if job.part == "all":  # else the audio is a job of its own (audio_job)
+        samples = None
+        if has_audio and audio_path is not None:  # the second test only narrows the type
+            samples = decode_audio(audio_path, origin=info.video_start, duration=duration)
+        yield AudioTrack(job.video_id, samples)
     yield VideoDone(job.video_id, tuple(warnings))
 
 

@@ -9,6 +9,13 @@ keyframe-aligned frame ranges), ``AudioTrack``, ``VideoDone`` and no frames; eac
 segment job of its own (``DecodeJob.segment``) that sends ``FrameBatch`` ... ``SegmentDone``,
 possibly on another worker, interleaved with the rest. The video is complete when its job is
 done and every segment is; a ``VideoFailed`` from any of its jobs fails the whole video.
+
+In a run the audio is a job of its own (``part="audio"``, made by the decode pool): it sends
+only the ``AudioTrack`` (or ``VideoFailed``), uncut, in any order relative to the video's
+frame job (``part="frames"``, which sends everything else); the consumer cuts the track to
+the header's duration. One audio job serves every video of ``audio_for`` (an ABAW
+``_left``/``_right`` pair shares its raw video's audio). ``part="all"`` (the default) is
+the whole video in one job, in the order above.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from expr.errors import ConfigError
 from expr.extract.config import FACE_CROPS, JPG_RESIZES, Geometry  # the options' choices (one list)
 from expr.extract.geometry_device import NativeLayout
 
+PARTS = ("all", "frames", "audio")  # what a DecodeJob decodes (see the module docstring)
 SEGMENT_FRAMES = 1024  # videos longer than twice this are split into keyframe-aligned segments
 
 
@@ -42,6 +50,8 @@ class DecodeJob:
     segment_pts: int | None = None  # the pts of frame a (a keyframe): where PyAV seeks to (None: decord's seek)
     geometry: str = "worker"  # "device": raw frames go out native (native_decode.py), geometry in the parent
     decoder: str = "cpu"  # "nvdec": the job sends no frames; the main process decodes them (nvdec.py)
+    part: str = "all"  # "all": frames and audio; "frames": no AudioTrack; "audio": only the AudioTrack
+    audio_for: tuple[str, ...] = ()  # part="audio": the videos that take this track (video_id first)
 
     def __post_init__(self) -> None:
         if self.face_crop not in FACE_CROPS:
@@ -58,6 +68,9 @@ class DecodeJob:
             raise ConfigError(f"geometry must be worker or device, got {self.geometry!r}")
         if self.decoder not in ("cpu", "nvdec") or (self.decoder == "nvdec" and self.video_path is None):
             raise ConfigError(f"video {self.video_id!r}: decoder must be cpu, or nvdec for a video, got {self.decoder!r}")
+        if self.part not in PARTS or (self.part == "audio" and self.audio_path is None):
+            raise ConfigError(f"video {self.video_id!r}: bad job part {self.part!r} (one of {', '.join(PARTS)}; "
+                              "an audio job needs an audio path)")
         if self.image_size < 1 or self.batch_frames < 1:
             raise ConfigError(f"image size and batch frames must be positive, got {self.image_size}, {self.batch_frames}")
 

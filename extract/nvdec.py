@@ -113,7 +113,7 @@ def probe_nvdec(job: DecodeJob, device, decode: DecodeFn, frames: int = PROBE_FR
     CPU path (a decode-only worker's native frames), both through ``device_geometry`` on ``device``."""
     import torch
 
-    from expr.extract.native_decode import _yuv_batches, _yuv_stream, native_batches
+    from expr.extract.native_decode import native_batches
     from expr.extract.video_decode import open_reader
 
     path = job.video_path
@@ -123,8 +123,7 @@ def probe_nvdec(job: DecodeJob, device, decode: DecodeFn, frames: int = PROBE_FR
     k = min(n, frames)
     times = np.zeros(n)
     plain = replace(job, geometry="device", decoder="cpu", face_crop="none", segment=None, batch_frames=k)
-    batches = list(_yuv_batches(plain, n, times, k)) if _yuv_stream(path) else list(
-        native_batches(plain, reader, n, times, 0, k))
+    batches = list(native_batches(plain, reader, n, times, 0, k))  # yuv420p planes where PyAV is exact
     device = torch.device(device)  # pyright: ignore[reportArgumentType, reportCallIssue] - a device or its name
     with torch.inference_mode():
         cpu = torch.cat([device_geometry(torch.from_numpy(b.pixels).to(device), b.layout, job.image_size)

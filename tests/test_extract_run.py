@@ -182,20 +182,22 @@ def test_missing_weights_leave_no_cache_that_refuses_other_weights(good_videos, 
 
 
 def test_audio_is_encoded_in_its_own_thread(good_videos, tmp_path, monkeypatch):
-    """Wav2Vec2 runs beside the image encoder (a background thread), not in the decode loop."""
+    """Wav2Vec2 runs beside the image encoder (a background thread), not in the decode loop,
+    on whatever tracks are waiting at once (encode_many)."""
     import threading
 
-    threads = []
-    call = AudioEncoder.__call__
+    threads, tracks = [], []
+    call = AudioEncoder.encode_many
 
     def recording(self, samples):
         threads.append(threading.current_thread().name)
+        tracks.extend(samples)
         return call(self, samples)
 
-    monkeypatch.setattr(AudioEncoder, "__call__", recording)
+    monkeypatch.setattr(AudioEncoder, "encode_many", recording)
     summary = run_extract(tiny_config(good_videos, tmp_path / "f.zarr"))
     assert sorted(summary.ok) == ["a", "b", "c"]
-    assert len(threads) == 2 and all(name.startswith("expr-audio") for name in threads)  # b has no audio
+    assert len(tracks) == 2 and all(name.startswith("expr-audio") for name in threads)  # b has no audio
 
 
 def test_bad_inputs_fail_alone_and_the_cache_validates(tmp_path):
