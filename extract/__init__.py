@@ -2,7 +2,7 @@
 
 ``media`` (with ``probe``, ``video_decode``, ``frames_dir``, ``audio_decode``; message types
 in ``messages``) / ``decode_pool`` / ``discover`` turn videos into frame and audio messages;
-``backbones`` (specs in backbones.json) and ``audio_features`` turn those into features;
+``weights`` (specs in backbones.json) and ``audio_features`` turn those into features;
 ``feed.EncoderFeed`` batches and writes; ``run.run_extract(ExtractConfig)`` is the loop
 behind ``expr extract``.
 """

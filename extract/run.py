@@ -23,7 +23,7 @@ from expr.cache_format.options import UNRECORDED_DEFAULTS
 from expr.devices import Dist, dist_env, resolve_device, setup_dist
 from expr.errors import ExprError, MediaDecodeError
 from expr.extract.audio_features import AudioEncoder
-from expr.extract.backbones import (
+from expr.extract.weights import (
     VisualEncoder,
     backbone_record,
     build_all,

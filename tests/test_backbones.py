@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from expr.errors import ConfigError, WeightsNotFoundError
-from expr.extract import backbones as B
+from expr.extract import weights as B
 from expr.abaw import audio_steps as output_steps
 from expr.extract.audio_features import AudioEncoder, normalise_waveform, plan_chunks
 

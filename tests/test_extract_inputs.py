@@ -16,7 +16,7 @@ import pytest
 
 import media_fixtures as F
 from expr.errors import ConfigError, WeightsNotFoundError
-from expr.extract import backbones as B
+from expr.extract import weights as B
 from expr.extract.config import ExtractConfig
 from expr.extract.discover import discover_videos
 from expr.extract.run import run_extract

@@ -20,7 +20,7 @@ import pytest
 import media_fixtures as F
 from expr.cache_format import CLASS_NAMES, open_cache, validate_cache
 from expr.errors import CacheSchemaError, ConfigError, WeightsNotFoundError
-from expr.extract import backbones as B
+from expr.extract import weights as B
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.config import ExtractConfig, FaceCrop, parse_shard
 from expr.devices import resolve_device

@@ -62,7 +62,7 @@ def test_the_extract_summary_counts_only_the_frames_of_written_videos(tmp_path, 
 def test_a_refused_pickle_is_one_complete_sentence(tmp_path):
     import torch
 
-    from expr.extract import backbones as B
+    from expr.extract import weights as B
 
     class Evil:
         def __reduce__(self):
