@@ -91,7 +91,7 @@ def make_jpg_folders(root: Path, frames: int, n_videos: int, size: int = 112) ->
 @contextlib.contextmanager
 def null_encoders():
     """Both encoders replaced by stubs that return zeros of the right shape at no cost."""
-    from expr.extract import audio_features, weights
+    from expr.extract import audio_features, visual_features
 
     def visual(self, pixels):
         return np.zeros((len(pixels), self.spec.dim), np.float32)
@@ -100,7 +100,8 @@ def null_encoders():
         n = self.n_steps(len(samples))
         return np.zeros((n, self.spec.dim), np.float32) if n else None
 
-    stubs = {(weights.VisualEncoder, "submit"): visual, (weights.VisualEncoder, "collect"): lambda self, h: h,
+    stubs = {(visual_features.VisualEncoder, "submit"): visual,
+             (visual_features.VisualEncoder, "collect"): lambda self, h: h,
              (audio_features.AudioEncoder, "__call__"): audio}
     saved = {key: getattr(*key) for key in stubs}
     for (cls, name), stub in stubs.items():
@@ -149,10 +150,10 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
 
 def bench_bare_encoder(device: str, frames: int, batch_size: int) -> float:
     """Frames/s of ViT-B/32 alone on uint8 tensors already decoded and resized."""
-    from expr.extract import weights as B
+    from expr.extract import specs as S, visual_features as V, weights as W
 
-    spec = B.get_spec("ViT-B-32", "visual")
-    encoder = B.VisualEncoder(B.build_clip(spec, B.WeightSource("none", None)), spec, device)
+    spec = S.get_spec("ViT-B-32", "visual")
+    encoder = V.VisualEncoder(W.build_clip(spec, W.WeightSource("none", None)), spec, device)
     pixels = np.random.default_rng(0).integers(0, 256, (batch_size, 224, 224, 3), dtype=np.uint8)
     encoder(pixels)  # warm-up (kernels, allocator)
     n_batches = max(1, frames // batch_size)
@@ -163,13 +164,14 @@ def bench_bare_encoder(device: str, frames: int, batch_size: int) -> float:
 
 
 def bench_pipeline(device: str, videos: Path, frames: Path | None, out: Path, batch_size: int, workers: int) -> dict:
-    from expr.extract import audio_features, weights
+    from expr.extract import audio_features, visual_features
     from expr.extract.config import ExtractConfig
     from expr.extract.run import run_extract
 
     spent = {"audio": 0.0, "visual": 0.0}
     methods = {(audio_features.AudioEncoder, "__call__"): "audio",
-               (weights.VisualEncoder, "submit"): "visual", (weights.VisualEncoder, "collect"): "visual"}
+               (visual_features.VisualEncoder, "submit"): "visual",
+               (visual_features.VisualEncoder, "collect"): "visual"}
     saved = {key: getattr(*key) for key in methods}
 
     def timed(call, key):  # time the encoders so that they can be reported apart

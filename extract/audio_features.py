@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from expr.abaw import audio_steps
-from expr.extract.weights import AudioSpec
+from expr.extract.specs import AudioSpec
 
 
 def normalise_waveform(samples: np.ndarray) -> np.ndarray:
