@@ -4,6 +4,6 @@
 in ``messages``) / ``decode_pool`` / ``discover`` turn videos into frame and audio messages;
 ``specs`` (the table in backbones.json) and ``weights`` build the backbones, ``visual_features``
 and ``audio_features`` turn those messages into features;
-``feed.EncoderFeed`` batches and writes; ``run.run_extract(ExtractConfig)`` is the loop
+``encoder_feed.EncoderFeed`` batches and writes; ``run.run_extract(ExtractConfig)`` is the loop
 behind ``expr extract``.
 """

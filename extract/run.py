@@ -24,7 +24,7 @@ from expr.devices import Dist, dist_env, resolve_device, setup_dist
 from expr.errors import ExprError, MediaDecodeError
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.config import ExtractConfig, parse_shard
-from expr.extract.feed import EncoderFeed, ExtractEvent, ExtractSummary, ProgressFn
+from expr.extract.encoder_feed import EncoderFeed, ExtractEvent, ExtractSummary, ProgressFn
 from expr.extract.media import source_stat
 from expr.extract.specs import get_spec
 from expr.extract.visual_features import VisualEncoder, clip_text_embeddings
