@@ -2,7 +2,7 @@
 
 The public interface (what the CLI, ``expr.evaluate`` and the README's Python API use) is
 ``__all__``. Modules: config (TrainConfig, HeadConfig and the option choices), labels (ABAW
-annotation files), data (FeatureBank, windows, vectorised batch gathering), feed (batches on the
+annotation files), data (FeatureBank, windows, vectorised batch gathering), batch_feeder (batches on the
 device: pinned staging to a GPU), step (the training step's fast path), model
 (ExprHeadModel), loop (train), inference (logits and probabilities of windows and frames),
 run_dir (the run folder and every file name in it), checkpoint (safetensors + JSON, and load_run: a run's model with its configs),
@@ -23,7 +23,7 @@ __getattr__ = lazy_getattr(__name__)  # the names of the TYPE_CHECKING block bel
 if TYPE_CHECKING:  # THE list of lazy names: pyright and editors see them, lazy_getattr reads it
     from expr.train_heads.checkpoint import LoadedRun, load_run
     from expr.train_heads.data import FeatureBank, Windows, gather, load_bank, make_windows, to_device, with_sources
-    from expr.train_heads.feed import BatchFeeder
+    from expr.train_heads.batch_feeder import BatchFeeder
     from expr.train_heads.inference import (frame_probabilities, frame_queries, predict_logits,
                                             smooth_probabilities, split_by_video, window_probabilities,
                                             with_face_fill)

@@ -27,7 +27,7 @@ from expr.train_heads import checkpoint as ckpt
 from expr.train_heads.config import Compile, Preload, TrainConfig
 from expr.train_heads.data import FeatureBank, select_rows, window_rows
 from expr.train_heads.data_warnings import training_warnings
-from expr.train_heads.feed import BatchFeeder
+from expr.train_heads.batch_feeder import BatchFeeder
 from expr.train_heads.inference import predict_logits
 from expr.train_heads.loss import class_weights
 from expr.train_heads.metrics import confusion_from_pairs, macro_f1_accuracy
