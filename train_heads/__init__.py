@@ -6,7 +6,7 @@ annotation files), data (FeatureBank, windows, vectorised batch gathering), batc
 device: pinned staging to a GPU), step (the training step's fast path), model
 (ExprHeadModel), loop (train), inference (logits and probabilities of windows and frames),
 run_dir (the run folder and every file name in it), checkpoint (safetensors + JSON, and load_run: a run's model with its configs),
-metrics (macro-F1), synthetic (a learnable test cache).
+macro_f1 (the task's score), synthetic (a learnable test cache).
 
 Importing this package is cheap: the config names are plain dataclasses and enums; the
 rest (torch) loads on first use. It never imports open_clip or transformers.
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # THE list of lazy names: pyright and editors see them, lazy_
     from expr.train_heads.labels import load_split, read_id_list, read_label_file
     from expr.train_heads.loop import TrainResult, lr_at, train
     from expr.train_heads.loss import class_weights
-    from expr.train_heads.metrics import confusion_from_pairs, macro_f1_accuracy
+    from expr.train_heads.macro_f1 import confusion_from_pairs, macro_f1_accuracy
     from expr.train_heads.model import ExprHeadModel
     from expr.train_heads.run_dir import Checkpoint, RunDir, read_metrics
     from expr.train_heads.synthetic import SyntheticDataset, write_synthetic_dataset
