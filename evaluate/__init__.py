@@ -18,7 +18,7 @@ __getattr__ = lazy_getattr(__name__)  # the names of the TYPE_CHECKING block bel
 if TYPE_CHECKING:  # THE list of lazy names: pyright and editors see them, lazy_getattr reads it
     from expr.evaluate.ablation import AblationReport, run_ablation
     from expr.evaluate.evaluation import EvalReport, evaluate_run
-    from expr.evaluate.metrics import ClassificationMetrics, compute_metrics
+    from expr.evaluate.class_scores import ClassificationMetrics, compute_metrics
     from expr.evaluate.prediction import PredictReport, predict_run
     from expr.evaluate.submission import read_probabilities, read_submission, validate_submission, write_submission
 
