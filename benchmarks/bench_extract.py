@@ -103,7 +103,7 @@ def make_jpg_folders(root: Path, frames: int, n_videos: int, size: int = 112) ->
 @contextlib.contextmanager
 def null_encoders():
     """Both encoders replaced by stubs that return zeros of the right shape at no cost."""
-    from expr.extract import audio_features, backbones
+    from expr.extract import audio_features, visual_features
 
     def visual(self, pixels):
         return np.zeros((len(pixels), self.spec.dim), np.float32)
@@ -112,7 +112,8 @@ def null_encoders():
         n = self.n_steps(len(samples))
         return np.zeros((n, self.spec.dim), np.float32) if n else None
 
-    stubs = {(backbones.VisualEncoder, "submit"): visual, (backbones.VisualEncoder, "collect"): lambda self, h: h,
+    stubs = {(visual_features.VisualEncoder, "submit"): visual,
+             (visual_features.VisualEncoder, "collect"): lambda self, h: h,
              (audio_features.AudioEncoder, "__call__"): audio,
              (audio_features.AudioEncoder, "encode_many"): lambda self, tracks: [audio(self, t) for t in tracks]}
     saved = {key: getattr(*key) for key in stubs}
@@ -172,10 +173,10 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
 
 def bench_bare_encoder(device: str, frames: int, batch_size: int) -> float:
     """Frames/s of ViT-B/32 alone on uint8 tensors already decoded and resized."""
-    from expr.extract import backbones as B
+    from expr.extract import specs as S, visual_features as V, weights as W
 
-    spec = B.get_spec("ViT-B-32", "visual")
-    encoder = B.VisualEncoder(B.build_clip(spec, B.WeightSource("none", None)), spec, device)
+    spec = S.get_spec("ViT-B-32", "visual")
+    encoder = V.VisualEncoder(W.build_clip(spec, W.WeightSource("none", None)), spec, device)
     pixels = np.random.default_rng(0).integers(0, 256, (batch_size, 224, 224, 3), dtype=np.uint8)
     encoder(pixels)  # warm-up (kernels, allocator)
     n_batches = max(1, frames // batch_size)
@@ -186,13 +187,14 @@ def bench_bare_encoder(device: str, frames: int, batch_size: int) -> float:
 
 
 def bench_pipeline(device: str, videos: Path, frames: Path | None, out: Path, batch_size: int, workers: int) -> dict:
-    from expr.extract import audio_features, backbones
+    from expr.extract import audio_features, visual_features
     from expr.extract.config import ExtractConfig
     from expr.extract.run import run_extract
 
     spent = {"audio": 0.0, "visual": 0.0}
     methods = {(audio_features.AudioEncoder, "encode_many"): "audio",  # what the run calls
-               (backbones.VisualEncoder, "submit"): "visual", (backbones.VisualEncoder, "collect"): "visual"}
+               (visual_features.VisualEncoder, "submit"): "visual",
+               (visual_features.VisualEncoder, "collect"): "visual"}
     saved = {key: getattr(*key) for key in methods}
 
     def timed(call, key):  # time the encoders so that they can be reported apart
@@ -241,11 +243,11 @@ def _paths(out: Path) -> str:
 def bench_audio(device: str, n_tracks: int, seconds: tuple[float, float], batch_seconds: float) -> dict:
     """Wav2Vec2-Base (random weights) on ``n_tracks`` tracks of ``seconds[0]..seconds[1]``:
     seconds of audio per second of compute, one track at a time vs batched across tracks."""
-    from expr.extract import backbones as B
+    from expr.extract import specs as S, weights as W
     from expr.extract.audio_features import AudioEncoder
 
-    spec = B.get_spec("facebook/wav2vec2-base", "audio")
-    model = B.build_wav2vec2(spec, B.WeightSource("none", None))
+    spec = S.get_spec("facebook/wav2vec2-base", "audio")
+    model = W.build_wav2vec2(spec, W.WeightSource("none", None))
     rng = np.random.default_rng(0)
     lengths = np.linspace(seconds[0], seconds[1], n_tracks) if n_tracks > 1 else np.array([seconds[1]])
     tracks = [(0.3 * np.sin(np.arange(int(s * 16000)) / 7) + 0.05 * rng.standard_normal(int(s * 16000)))

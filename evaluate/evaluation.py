@@ -16,7 +16,7 @@ from expr.atomic import check_writable, write_json
 from expr.devices import resolve_device
 from expr.errors import storage_errors
 from expr.evaluate.config import EvaluateConfig
-from expr.evaluate.metrics import ClassificationMetrics
+from expr.evaluate.class_scores import ClassificationMetrics
 from expr.evaluate.plots import save_confusion_png
 from expr.evaluate.report_dir import ReportDir
 from expr.evaluate.report_sources import report_from_run

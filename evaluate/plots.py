@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from expr.abaw import CLASS_NAMES
-from expr.evaluate.metrics import normalise_rows
+from expr.evaluate.class_scores import normalise_rows
 
 
 @contextlib.contextmanager

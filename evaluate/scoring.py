@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from expr.errors import CacheSchemaError, ConfigError
-from expr.evaluate.metrics import ClassificationMetrics, compute_metrics
+from expr.evaluate.class_scores import ClassificationMetrics, compute_metrics
 from expr.evaluate.protocols import AnnotatedFrames, annotated_frames
 from expr.train_heads import (FeatureBank, LoadedRun, NoFace, SmoothMode, TrainConfig, WindowSpec, bank_windows,
                               frame_probabilities, window_probabilities, with_sources)

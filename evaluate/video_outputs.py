@@ -22,7 +22,7 @@ import numpy as np
 
 from expr.abaw import CLASS_NAMES, IGNORE_LABEL
 from expr.atomic import atomic_path
-from expr.evaluate.metrics import compute_metrics
+from expr.evaluate.class_scores import compute_metrics
 from expr.evaluate.timeline import TimelineData, plot_timeline
 from expr.train_heads import FeatureBank
 

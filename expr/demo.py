@@ -144,9 +144,7 @@ def _extract(cfg: DemoConfig, videos_dir: Path, emit: Callable[[DemoEvent], None
 def run_demo(cfg: DemoConfig, on_event: Callable[[DemoEvent], None] | None = None) -> DemoResult:
     """Fetch the clips, extract, train, evaluate (timelines + report.html); time each stage."""
     from expr.demo_data import fetch_cremad_clips, write_demo_labels
-    from expr.evaluate import evaluate_run
-    from expr.evaluate.provenance import DEMO_CAVEAT
-    from expr.evaluate.report_sources import report_from_run
+    from expr.evaluate import DEMO_CAVEAT, evaluate_run, report_from_run
     from expr.train_heads import train
 
     emit = on_event or (lambda _event: None)

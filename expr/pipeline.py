@@ -47,8 +47,7 @@ class PredictVideosConfig(PredictConfig):
 
 def extract_features(on_event: Callable | None = None, **options):
     """Run the extract stage with ``options`` (``ExtractConfig``'s fields); its summary."""
-    from expr.extract.config import ExtractConfig
-    from expr.extract.run import run_extract
+    from expr.extract import ExtractConfig, run_extract
 
     return run_extract(ExtractConfig(**options), progress=on_event)
 
@@ -117,8 +116,7 @@ def predict_videos(cfg: PredictVideosConfig | PredictConfig, *, on_stage: Callab
     """`expr predict`: with ``cfg.videos``, extract them into ``cfg.cache`` (default
     OUT/feats.zarr; complete videos are not redone) with the run's backbones, then predict
     those videos (or ``--ids``); without it, predict from ``cfg.cache`` as before."""
-    from expr.evaluate.prediction import PredictOut, listed_ids, predict_run
-    from expr.evaluate.submission import check_ids
+    from expr.evaluate import PredictOut, check_ids, listed_ids, predict_run
 
     stage = on_stage or (lambda _msg: None)
     cfg.validate()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from expr.abaw import audio_steps
-from expr.extract.backbones import AudioSpec
+from expr.extract.specs import AudioSpec
 
 
 def normalise_waveform(samples: np.ndarray) -> np.ndarray:
@@ -89,7 +89,7 @@ class AudioEncoder:
         self.spec = spec
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        # On CUDA the audio runs in its own thread (see feed.py) on its own stream, so that its
+        # On CUDA the audio runs in its own thread (see encoder_feed.py) on its own stream, so that its
         # kernels overlap with the image encoder's instead of queueing behind them.
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         steps_per_second = spec.sample_rate / spec.hop

@@ -24,19 +24,12 @@ from expr.devices import Dist, dist_env, resolve_device, setup_dist
 from expr.errors import ExprError, MediaDecodeError
 from expr.extract import nvdec
 from expr.extract.audio_features import AudioEncoder
-from expr.extract.backbones import (
-    VisualEncoder,
-    backbone_record,
-    build_all,
-    build_clip,
-    build_wav2vec2,
-    clip_text_embeddings,
-    get_spec,
-    resolve_weights,
-)
 from expr.extract.config import ExtractConfig, parse_shard
-from expr.extract.feed import EncoderFeed, ExtractEvent, ExtractSummary, ProgressFn
+from expr.extract.encoder_feed import EncoderFeed, ExtractEvent, ExtractSummary, ProgressFn
 from expr.extract.media import source_stat
+from expr.extract.specs import get_spec
+from expr.extract.visual_features import VisualEncoder, clip_text_embeddings
+from expr.extract.weights import backbone_record, build_all, build_clip, build_wav2vec2, resolve_weights
 
 __all__ = ["ExtractEvent", "ExtractSummary", "run_extract", "select_jobs"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from expr.extract import backbones as B
+from expr.extract import specs as S, weights as W
 from expr.extract.audio_batch import conv_steps, forward_padded, plan_batches
 from expr.extract.audio_features import AudioEncoder, decide_batching
 
@@ -37,7 +37,7 @@ def _tracks() -> list[np.ndarray]:
 
 @pytest.mark.parametrize("norm", ["group", "layer"])
 def test_encode_many_equals_one_track_at_a_time(norm):
-    spec = B.get_spec("test-tiny-wav2vec2", "audio")
+    spec = S.get_spec("test-tiny-wav2vec2", "audio")
     enc = AudioEncoder(_model(norm), spec, chunk_seconds=1.0, context_seconds=0.5, batch_seconds=3.0, batching="on")
     tracks = _tracks()
     assert enc.n_steps(16080) == enc.chunk_steps == 50  # the "exactly one chunk" track is one
@@ -70,7 +70,7 @@ def test_naive_zero_padding_would_be_wrong():
 def test_a_track_passed_twice_is_encoded_once(monkeypatch):
     from expr.extract import audio_batch
 
-    spec = B.get_spec("test-tiny-wav2vec2", "audio")
+    spec = S.get_spec("test-tiny-wav2vec2", "audio")
     enc = AudioEncoder(_model("group"), spec, chunk_seconds=1.0, context_seconds=0.5, batching="on")
     track = _tracks()[3]
     seen = []
@@ -90,7 +90,7 @@ def test_auto_batching_is_off_on_cpu_so_features_stay_bit_identical(monkeypatch)
     not depend on which tracks share its batch."""
     from expr.extract import audio_batch
 
-    spec = B.get_spec("test-tiny-wav2vec2", "audio")
+    spec = S.get_spec("test-tiny-wav2vec2", "audio")
     enc = AudioEncoder(_model("group"), spec, chunk_seconds=1.0, context_seconds=0.5)
     tracks = _tracks()[2:5]
     want = [enc(t) for t in tracks]
@@ -103,7 +103,7 @@ def test_auto_batching_is_off_on_cpu_so_features_stay_bit_identical(monkeypatch)
 def test_the_start_up_check_passes_on_a_real_model_and_catches_a_padding_leak(monkeypatch):
     from expr.extract import audio_batch
 
-    spec = B.get_spec("test-tiny-wav2vec2", "audio")
+    spec = S.get_spec("test-tiny-wav2vec2", "audio")
     enc = AudioEncoder(_model("group"), spec)
     assert enc.check_batching() is None
     # inject the bug the masking prevents: the first layer's norm over the padding too
@@ -128,8 +128,8 @@ def test_batches_are_longest_first_within_the_budget():
 
 @pytest.mark.slow  # the full-size Wav2Vec2-Base (95 M parameters), random weights
 def test_full_size_wav2vec2_base_batched_equals_one_at_a_time():
-    spec = B.get_spec("facebook/wav2vec2-base", "audio")
-    model = B.build_wav2vec2(spec, B.WeightSource("none", None))
+    spec = S.get_spec("facebook/wav2vec2-base", "audio")
+    model = W.build_wav2vec2(spec, W.WeightSource("none", None))
     assert model.config.feat_extract_norm == "group"
     enc = AudioEncoder(model, spec, chunk_seconds=2.0, context_seconds=0.5, batching="on")
     rng = np.random.default_rng(1)

@@ -14,7 +14,7 @@ import media_fixtures as F
 from expr.cache_format import open_cache
 from expr.extract.audio_decode import cut_to_duration
 from expr.extract.decode_pool import DecodePool, with_audio_jobs
-from expr.extract.feed import EncoderFeed, ExtractSummary
+from expr.extract.encoder_feed import EncoderFeed, ExtractSummary
 from expr.extract.media import decode_video
 from expr.extract.messages import AudioTrack, DecodeJob, FrameBatch, VideoDone, VideoFailed, VideoHeader
 from expr.extract.run import run_extract

@@ -14,23 +14,23 @@ import pytest
 import torch
 
 from expr.errors import ConfigError, WeightsNotFoundError
-from expr.extract import backbones as B
+from expr.extract import specs as S, visual_features as V, weights as W
 from expr.abaw import audio_steps as output_steps
 from expr.extract.audio_features import AudioEncoder, normalise_waveform, plan_chunks
 
 
 @pytest.fixture(scope="module")
 def tiny_clip():
-    spec = B.get_spec("test-tiny-clip", "visual")
+    spec = S.get_spec("test-tiny-clip", "visual")
     torch.manual_seed(0)
-    return spec, B.build_clip(spec, B.resolve_weights(spec, "none"))
+    return spec, W.build_clip(spec, W.resolve_weights(spec, "none"))
 
 
 @pytest.fixture(scope="module")
 def tiny_w2v():
-    spec = B.get_spec("test-tiny-wav2vec2", "audio")
+    spec = S.get_spec("test-tiny-wav2vec2", "audio")
     torch.manual_seed(0)
-    return spec, B.build_wav2vec2(spec, B.resolve_weights(spec, "none"))
+    return spec, W.build_wav2vec2(spec, W.resolve_weights(spec, "none"))
 
 
 def tone(seconds: float, seed: int = 0) -> np.ndarray:
@@ -41,62 +41,62 @@ def tone(seconds: float, seed: int = 0) -> np.ndarray:
 
 # -- the spec table -----------------------------------------------------------------------
 def test_spec_table_has_the_named_backbones_with_their_geometry():
-    specs = B.load_specs()
+    specs = S.load_specs()
     for name in ("ViT-B-32", "test-tiny-clip"):
         s = specs[name]
-        assert isinstance(s, B.VisualSpec)  # the spec's class follows its stream
+        assert isinstance(s, S.VisualSpec)  # the spec's class follows its stream
         assert s.stream == "visual" and s.library == "open_clip"
         assert len(s.mean) == len(s.std) == 3 and s.image_size > 0
-    assert B.get_spec("ViT-B-32", "visual").dim == 512 and B.get_spec("ViT-B-32", "visual").image_size == 224
+    assert S.get_spec("ViT-B-32", "visual").dim == 512 and S.get_spec("ViT-B-32", "visual").image_size == 224
     for name in ("facebook/wav2vec2-base", "facebook/wav2vec2-base-960h", "test-tiny-wav2vec2"):
         s = specs[name]
-        assert isinstance(s, B.AudioSpec)
+        assert isinstance(s, S.AudioSpec)
         assert (s.stream, s.sample_rate, s.hop, s.receptive_field) == ("audio", 16000, 320, 400)
     assert specs["facebook/wav2vec2-base"].dim == 768
-    assert B.get_spec("facebook/wav2vec2-base-960h", "audio").repo == "facebook/wav2vec2-base-960h"
+    assert S.get_spec("facebook/wav2vec2-base-960h", "audio").repo == "facebook/wav2vec2-base-960h"
 
 
 def test_unknown_model_lists_valid_names():
     with pytest.raises(ConfigError, match="ViT-B-32") as err:
-        B.get_spec("ViT-L-14", "visual")
+        S.get_spec("ViT-L-14", "visual")
     assert "test-tiny-clip" in str(err.value)
     with pytest.raises(ConfigError, match="facebook/wav2vec2-base"):
-        B.get_spec("ViT-B-32", "audio")  # a visual name is not an audio model
+        S.get_spec("ViT-B-32", "audio")  # a visual name is not an audio model
 
 
 def test_openai_weights_get_quickgelu():
     """OpenAI's weights in a plain-GELU ViT-B-32 give wrong features silently."""
     import open_clip
 
-    spec = B.get_spec("ViT-B-32", "visual")
+    spec = S.get_spec("ViT-B-32", "visual")
     cfg = open_clip.get_model_config(spec.arch)
     assert cfg is not None and cfg["quick_gelu"] is True and cfg["vision_cfg"]["patch_size"] == 32
 
 
 # -- resolve_weights ----------------------------------------------------------------------
 def test_resolve_weights_order_and_defaults(tmp_path, monkeypatch):
-    vit = B.get_spec("ViT-B-32", "visual")
-    w2v = B.get_spec("facebook/wav2vec2-base", "audio")
-    assert B.resolve_weights(vit, None) == B.WeightSource("hub", "openai")
-    assert B.resolve_weights(w2v, None) == B.WeightSource("hub", "hub")
-    none = B.resolve_weights(vit, "none")
+    vit = S.get_spec("ViT-B-32", "visual")
+    w2v = S.get_spec("facebook/wav2vec2-base", "audio")
+    assert W.resolve_weights(vit, None) == W.WeightSource("hub", "openai")
+    assert W.resolve_weights(w2v, None) == W.WeightSource("hub", "hub")
+    none = W.resolve_weights(vit, "none")
     assert none.kind == "none" and none.recorded is None
     ckpt = tmp_path / "clip.bin"
     ckpt.write_bytes(b"x")
-    assert B.resolve_weights(vit, str(ckpt)) == B.WeightSource("local", str(ckpt.resolve()))
+    assert W.resolve_weights(vit, str(ckpt)) == W.WeightSource("local", str(ckpt.resolve()))
     # a local path wins over a tag of the same name
     monkeypatch.chdir(tmp_path)
     (tmp_path / "openai").mkdir()
-    assert B.resolve_weights(vit, "openai").kind == "local"
+    assert W.resolve_weights(vit, "openai").kind == "local"
 
 
 def test_resolve_weights_errors_list_valid_choices(tmp_path):
-    vit = B.get_spec("ViT-B-32", "visual")
+    vit = S.get_spec("ViT-B-32", "visual")
     with pytest.raises(ConfigError) as err:
-        B.resolve_weights(vit, "laion9000")
+        W.resolve_weights(vit, "laion9000")
     assert "openai" in str(err.value) and "none" in str(err.value)
     with pytest.raises(WeightsNotFoundError, match="does not exist"):
-        B.resolve_weights(vit, str(tmp_path / "missing.pt"))
+        W.resolve_weights(vit, str(tmp_path / "missing.pt"))
 
 
 # -- offline behaviour --------------------------------------------------------------------
@@ -109,7 +109,7 @@ def empty_hub(tmp_path, monkeypatch):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(B, "hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(W, "hub_reachable", lambda timeout=2.0: False)
     return hf_constants
 
 
@@ -118,11 +118,11 @@ def empty_hub(tmp_path, monkeypatch):
     ("facebook/wav2vec2-base", "audio", "--audio-weights"),
 ])
 def test_offline_without_cached_weights_fails_fast_and_clearly(empty_hub, name, stream, flag):
-    spec = B.get_spec(name, stream)
-    build = B.build_clip if stream == "visual" else B.build_wav2vec2
+    spec = S.get_spec(name, stream)
+    build = W.build_clip if stream == "visual" else W.build_wav2vec2
     start = time.monotonic()
     with pytest.raises(WeightsNotFoundError) as err:
-        build(spec, B.resolve_weights(spec, None))
+        build(spec, W.resolve_weights(spec, None))
     assert time.monotonic() - start < 15
     msg = str(err.value)
     assert "offline" in msg and flag in msg and "none" in msg and name in msg
@@ -135,8 +135,8 @@ def test_user_offline_setting_skips_the_probe(monkeypatch):
     def probe(timeout=2.0):
         raise AssertionError("probed the network although HF_HUB_OFFLINE=1")
 
-    monkeypatch.setattr(B, "hub_reachable", probe)
-    assert B.prepare_hub() is False
+    monkeypatch.setattr(W, "hub_reachable", probe)
+    assert W.prepare_hub() is False
 
 
 # -- loading local weights ----------------------------------------------------------------
@@ -150,36 +150,36 @@ def test_clip_local_file_and_dir_load_the_same_weights(tiny_clip, tmp_path):
     with torch.inference_mode():
         want = model.encode_image(x)
         for arg in (tmp_path / "tiny.pt", folder):
-            src = B.resolve_weights(spec, str(arg))
+            src = W.resolve_weights(spec, str(arg))
             assert src.recorded == str(arg.resolve())
-            clip: Any = B.build_clip(spec, src)  # open_clip's models are untyped
+            clip: Any = W.build_clip(spec, src)  # open_clip's models are untyped
             assert torch.equal(clip.encode_image(x), want)
 
 
 def test_clip_local_file_of_another_architecture_is_a_clear_error(tmp_path):
-    spec = B.get_spec("test-tiny-clip", "visual")
+    spec = S.get_spec("test-tiny-clip", "visual")
     torch.save({"not": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(WeightsNotFoundError, match="other.pt"):
-        B.build_clip(spec, B.resolve_weights(spec, str(tmp_path / "other.pt")))
+        W.build_clip(spec, W.resolve_weights(spec, str(tmp_path / "other.pt")))
 
 
 def test_wav2vec2_local_folder_loads_and_a_file_is_refused(tiny_w2v, tmp_path):
     spec, model = tiny_w2v
     model.save_pretrained(tmp_path / "w2v")
-    loaded = B.build_wav2vec2(spec, B.resolve_weights(spec, str(tmp_path / "w2v")))
+    loaded = W.build_wav2vec2(spec, W.resolve_weights(spec, str(tmp_path / "w2v")))
     x = torch.from_numpy(tone(0.5))[None]
     with torch.inference_mode():
         assert torch.equal(loaded(x).last_hidden_state, model(x).last_hidden_state)
     weights = next((tmp_path / "w2v").glob("*.safetensors"))
     with pytest.raises(WeightsNotFoundError, match="folder"):
-        B.build_wav2vec2(spec, B.resolve_weights(spec, str(weights)))
+        W.build_wav2vec2(spec, W.resolve_weights(spec, str(weights)))
 
 
 # -- visual encoder and text --------------------------------------------------------------
 def test_visual_encoder_normalises_uint8_and_matches_encode_image(tiny_clip):
     spec, model = tiny_clip
     pixels = np.random.default_rng(0).integers(0, 256, (5, spec.image_size, spec.image_size, 3), dtype=np.uint8)
-    feats = B.VisualEncoder(model, spec, "cpu")(pixels)
+    feats = V.VisualEncoder(model, spec, "cpu")(pixels)
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
     x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
     with torch.inference_mode():
@@ -193,19 +193,19 @@ def test_text_embeddings_and_logit_scale(tiny_clip):
 
     spec, model = tiny_clip
     prompts = [PROMPT_TEMPLATE.format(c) for c in CLASS_NAMES]
-    text, scale = B.clip_text_embeddings(model, spec.arch, prompts)
+    text, scale = V.clip_text_embeddings(model, spec.arch, prompts)
     assert text.shape == (8, spec.dim) and text.dtype == np.float32 and np.isfinite(text).all()
     assert len({row.tobytes() for row in text}) == 8  # one distinct embedding per class
     assert scale == pytest.approx(1 / 0.07, rel=1e-5)  # open_clip's init of exp(logit_scale)
 
 
 def test_backbone_record_records_random_weights_as_null():
-    vit = B.get_spec("ViT-B-32", "visual")
-    attrs = B.backbone_record(vit, B.WeightSource("none", None), resize="bicubic").to_dict()
+    vit = S.get_spec("ViT-B-32", "visual")
+    attrs = W.backbone_record(vit, W.WeightSource("none", None), resize="bicubic").to_dict()
     assert attrs["weights"] is None and attrs["dim"] == 512 and attrs["image_size"] == 224
     assert attrs["resize"] == "bicubic" and "sample_rate" not in attrs  # a visual record has no audio keys
-    w2v = B.get_spec("facebook/wav2vec2-base", "audio")
-    attrs = B.backbone_record(w2v, B.WeightSource("hub", "hub")).to_dict()
+    w2v = S.get_spec("facebook/wav2vec2-base", "audio")
+    attrs = W.backbone_record(w2v, W.WeightSource("hub", "hub")).to_dict()
     assert (attrs["weights"], attrs["sample_rate"], attrs["hop"], attrs["receptive_field"]) == ("hub", 16000, 320, 400)
 
 
@@ -281,11 +281,11 @@ def test_chunked_audio_has_exact_length_and_stays_close_to_one_shot(tiny_w2v):
 def test_full_size_backbones_build_without_weights():
     import open_clip.transformer
 
-    vit = B.get_spec("ViT-B-32", "visual")
-    clip: Any = B.build_clip(vit, B.WeightSource("none", None))
+    vit = S.get_spec("ViT-B-32", "visual")
+    clip: Any = W.build_clip(vit, W.WeightSource("none", None))
     assert isinstance(clip.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
-    feats = B.VisualEncoder(clip, vit)(np.zeros((2, 224, 224, 3), np.uint8))
+    feats = V.VisualEncoder(clip, vit)(np.zeros((2, 224, 224, 3), np.uint8))
     assert feats.shape == (2, 512)
-    w2v = B.get_spec("facebook/wav2vec2-base", "audio")
-    audio = AudioEncoder(B.build_wav2vec2(w2v, B.WeightSource("none", None)), w2v)(tone(1.0))
+    w2v = S.get_spec("facebook/wav2vec2-base", "audio")
+    audio = AudioEncoder(W.build_wav2vec2(w2v, W.WeightSource("none", None)), w2v)(tone(1.0))
     assert audio is not None and audio.shape == (output_steps(16000), 768) == (49, 768)

@@ -12,7 +12,7 @@ import numpy as np
 
 import media_fixtures as F
 
-from expr.extract.feed import EncoderFeed, ExtractSummary
+from expr.extract.encoder_feed import EncoderFeed, ExtractSummary
 from expr.extract.messages import (AudioTrack, DecodeJob, FrameBatch, SegmentDone, VideoDone, VideoFailed,
                                    VideoHeader, VideoSplit)
 from expr.extract.run import run_extract
@@ -170,7 +170,7 @@ class _GatedWriter:
 
 
 def test_a_slow_disk_holds_the_feed_back_instead_of_queueing_every_video(monkeypatch):
-    import expr.extract.feed as feed_module
+    import expr.extract.encoder_feed as feed_module
 
     monkeypatch.setattr(feed_module, "MAX_PENDING_WRITES", 1)
     writer = _GatedWriter()

@@ -16,7 +16,7 @@ import pytest
 
 import media_fixtures as F
 from expr.errors import ConfigError, WeightsNotFoundError
-from expr.extract import backbones as B
+from expr.extract import specs as S, weights as W
 from expr.extract.config import ExtractConfig
 from expr.extract.discover import discover_videos
 from expr.extract.run import run_extract
@@ -155,9 +155,9 @@ def test_a_file_that_is_not_a_checkpoint_is_called_so(tmp_path, content, what):
     path = Path("/etc/passwd") if content is None else tmp_path / "weights.bin"
     if content is not None:
         path.write_bytes(content)
-    spec = B.get_spec("test-tiny-clip", "visual")
+    spec = S.get_spec("test-tiny-clip", "visual")
     with pytest.raises(WeightsNotFoundError) as err:
-        B.build_clip(spec, B.resolve_weights(spec, str(path)))
+        W.build_clip(spec, W.resolve_weights(spec, str(path)))
     msg = str(err.value)
     assert f"{path} is not a checkpoint ({what}" in msg
     assert "pickle" not in msg and "index" not in msg
@@ -171,7 +171,7 @@ def test_real_checkpoints_are_recognised(tmp_path):
     torch.save(state, tmp_path / "zip.pt")
     torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     save_file(state, tmp_path / "w.safetensors")
-    kinds = [B.checkpoint_kind(tmp_path / n) for n in ("zip.pt", "legacy.pt", "w.safetensors")]
+    kinds = [W.checkpoint_kind(tmp_path / n) for n in ("zip.pt", "legacy.pt", "w.safetensors")]
     assert kinds == ["torch zip", "torch pickle", "safetensors"]
 
 

@@ -20,7 +20,7 @@ import pytest
 import media_fixtures as F
 from expr.cache_format import CLASS_NAMES, open_cache, validate_cache
 from expr.errors import CacheSchemaError, ConfigError, WeightsNotFoundError
-from expr.extract import backbones as B
+from expr.extract import specs as S, visual_features as V, weights as W
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.config import ExtractConfig, FaceCrop, parse_shard
 from expr.devices import resolve_device
@@ -73,10 +73,10 @@ def good_videos(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_encoders():
-    vspec, aspec = B.get_spec("test-tiny-clip", "visual"), B.get_spec("test-tiny-wav2vec2", "audio")
-    clip = B.build_clip(vspec, B.WeightSource("none", None))
-    w2v = B.build_wav2vec2(aspec, B.WeightSource("none", None))
-    return B.VisualEncoder(clip, vspec), AudioEncoder(w2v, aspec), clip
+    vspec, aspec = S.get_spec("test-tiny-clip", "visual"), S.get_spec("test-tiny-wav2vec2", "audio")
+    clip = W.build_clip(vspec, W.WeightSource("none", None))
+    w2v = W.build_wav2vec2(aspec, W.WeightSource("none", None))
+    return V.VisualEncoder(clip, vspec), AudioEncoder(w2v, aspec), clip
 
 
 def _cuda() -> bool:
@@ -108,7 +108,7 @@ def test_cache_matches_a_direct_decode_and_encode(good_videos, tmp_path, tiny_en
     with open_cache(tmp_path / "f.zarr") as cache:
         assert cache.backbones.visual.weights is None and cache.backbones.audio.weights is None
         assert cache.backbones.visual.resize == "bicubic"  # raw frames: bicubic + centre crop
-        text, scale = B.clip_text_embeddings(clip, "test-tiny-clip", [f"A face expressing {c}" for c in CLASS_NAMES])
+        text, scale = V.clip_text_embeddings(clip, "test-tiny-clip", [f"A face expressing {c}" for c in CLASS_NAMES])
         np.testing.assert_array_equal(cache.text_embeddings(), text)
         assert cache.logit_scale == pytest.approx(scale)
         for vid, path in (("a", "a.mp4"), ("b", "sub/b.mp4"), ("c", "c.mkv")):
@@ -282,7 +282,7 @@ def test_frames_dir_with_missing_jpgs_masks_those_frames(tmp_path):
 def test_defaults_reproduce_the_authors_protocol():
     config = ExtractConfig(videos=Path("."), out=Path("o"))
     assert config.audio_model == "facebook/wav2vec2-base-960h" and config.jpg_resize == "bilinear"
-    assert B.get_spec("facebook/wav2vec2-base", "audio").dim == 768  # the paper's wording stays selectable
+    assert S.get_spec("facebook/wav2vec2-base", "audio").dim == 768  # the paper's wording stays selectable
     with pytest.raises(ConfigError, match="--jpg-resize"):
         ExtractConfig(videos=Path("."), out=Path("o"), jpg_resize=cast(Any, "nearest")).validate()  # not a choice
 

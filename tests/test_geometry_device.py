@@ -258,7 +258,7 @@ def test_page_lock_registers_the_whole_block_and_leaves_it_closable():
     (FakeCudart(raises=RuntimeError("CUDA driver version is insufficient")), "RuntimeError: CUDA driver version"),
 ])
 def test_a_failed_page_lock_is_one_note_and_the_run_goes_on(cudart, says):
-    from expr.extract.feed import ExtractSummary
+    from expr.extract.encoder_feed import ExtractSummary
     from expr.extract.run import _page_lock
 
     summary = ExtractSummary(out=Path("f.zarr"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import os
 import re
 import subprocess
 import sys
@@ -56,27 +57,54 @@ def test_evaluate_imports_train_heads_only_through_its_public_interface():
     assert offenders == []
 
 
-@pytest.mark.parametrize("package", ["expr.train_heads", "expr.evaluate"])
+STAGES = ("extract", "cache_format", "train_heads", "evaluate")
+
+
+@pytest.mark.parametrize("package", [f"expr.{stage}" for stage in STAGES])
 def test_public_interface_resolves_and_matches_the_type_checking_imports(package):
     module = importlib.import_module(package)
     for name in module.__all__:
         assert getattr(module, name) is not None, name
-    # the names pyright sees (TYPE_CHECKING imports + eager imports) are exactly __all__
+    # the names pyright sees (TYPE_CHECKING imports + eager imports) are exactly __all__, written once
     assert module.__file__ is not None
     tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
     seen = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
             and node.module and node.module.startswith(package) for alias in node.names}
     assert seen == set(module.__all__)
+    literal = [node for node in tree.body if isinstance(node, ast.Assign)
+               and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)]
+    assert len(literal) == 1 and isinstance(literal[0].value, ast.List)  # one literal list, no `+=`
+    assert not [node for node in tree.body if isinstance(node, ast.AugAssign)]
     from expr.lazy import type_checking_imports
 
     lazy = set(type_checking_imports(package))  # what __getattr__ imports on first use
-    assert lazy and lazy <= set(module.__all__) and len(module.__all__) == len(set(module.__all__))
+    assert lazy <= set(module.__all__) and len(module.__all__) == len(set(module.__all__))
     eager = {n for n in module.__all__ if n in vars(module)}  # the configs, imported at once
     assert lazy | eager >= set(module.__all__)
+    if package != "expr.cache_format":  # (the cache layer's names are all eager)
+        assert lazy
+
+
+def _own_modules(folder: Path) -> list[Path]:
+    """The modules of ``folder``'s package tree, without following symlinks (the stage folders)."""
+    return sorted(Path(root) / name for root, _dirs, files in os.walk(folder)
+                  for name in files if name.endswith(".py"))
+
+
+def test_the_application_layer_imports_stages_only_through_their_public_interface():
+    # expr/'s own modules (the CLI, its commands, the pipeline, the demo; the bottom layer imports
+    # no stage at all) name `expr.<stage>`, never `expr.<stage>.<module>`.
+    deep = re.compile(rf"\bexpr\.({'|'.join(STAGES)})\.\w")
+    offenders = [f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+                 for path in _own_modules(REPO / "expr")
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if deep.search(line) and "import" in line]
+    assert offenders == []
+    assert any(path.name == "pipeline.py" for path in _own_modules(REPO / "expr"))  # the walk found them
 
 
 def test_importing_the_stage_interfaces_and_configs_imports_no_torch():
-    code = ("import sys, expr.train_heads, expr.evaluate; from expr.train_heads import TrainConfig, RunDir; "
+    code = ("import sys, expr.train_heads, expr.evaluate, expr.extract; from expr.train_heads import TrainConfig, RunDir; "
             "print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

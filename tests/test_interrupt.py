@@ -69,9 +69,9 @@ def test_ctrl_c_before_the_first_epoch_says_nothing_is_committed(dataset, tmp_pa
 
 
 def test_ctrl_c_in_extract_says_how_many_videos_are_committed(tmp_path, capsys, monkeypatch):
-    import expr.extract.run as extract_run
+    import expr.extract as extract_run  # the command reaches run_extract through the interface
     from expr.cli import run
-    from expr.extract.feed import ExtractEvent
+    from expr.extract.encoder_feed import ExtractEvent
 
     def fake_run_extract(config, progress):
         progress(ExtractEvent("start", 4, 0, 0, 0.0, 0.0, skipped=2, device="cpu"))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from expr.evaluate.metrics import compute_metrics, normalise_rows
+from expr.evaluate.class_scores import compute_metrics, normalise_rows
 from expr.evaluate.protocols import annotated_frames, causal_window
 from expr.train_heads import frame_queries, smooth_probabilities, split_by_video
 

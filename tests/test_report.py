@@ -10,7 +10,7 @@ import pytest
 
 from expr.abaw import CLASS_NAMES
 from expr.errors import ConfigError
-from expr.evaluate.metrics import compute_metrics
+from expr.evaluate.class_scores import compute_metrics
 from expr.evaluate.report import AblationTable, ReportParts, write_report
 from report_helpers import SPLIT, evaluated_run
 

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from expr.evaluate.metrics import compute_metrics
+from expr.evaluate.class_scores import compute_metrics
 from expr.evaluate.provenance import DEMO_CAVEAT, random_weights_banner, run_provenance
 from expr.evaluate.report import ReportParts, render_report
 from report_helpers import SPLIT, evaluated_run

@@ -62,7 +62,7 @@ def test_the_extract_summary_counts_only_the_frames_of_written_videos(tmp_path, 
 def test_a_refused_pickle_is_one_complete_sentence(tmp_path):
     import torch
 
-    from expr.extract import backbones as B
+    from expr.extract import specs as S, weights as W
 
     class Evil:
         def __reduce__(self):
@@ -70,7 +70,7 @@ def test_a_refused_pickle_is_one_complete_sentence(tmp_path):
 
     torch.save({"state_dict": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(WeightsNotFoundError) as info:
-        B.build_clip(B.get_spec("test-tiny-clip", "visual"), B.WeightSource("local", str(tmp_path / "evil.pt")))
+        W.build_clip(S.get_spec("test-tiny-clip", "visual"), W.WeightSource("local", str(tmp_path / "evil.pt")))
     assert str(info.value) == (f"test-tiny-clip: refused to load {tmp_path / 'evil.pt'}: it is a pickle that imports "
                                "code (posix.system) and could run it; pass a .safetensors checkpoint, or a plain "
                                "state dict, from a source you trust")

@@ -3,11 +3,11 @@
 The public interface (what the CLI, ``expr.evaluate`` and the README's Python API use) is
 ``__all__``. Modules: config (TrainConfig, HeadConfig and the option choices), labels (ABAW
 annotation files), data (FeatureBank, vectorised batch gathering), windows (WindowSpec; which
-windows a video and a bank yield), feed (batches on the device: pinned staging to a GPU), step
+windows a video and a bank yield), batch_feeder (batches on the device: pinned staging to a GPU), step
 (the training step and its fast path), model
 (ExprHeadModel), loop (train), inference (logits and probabilities of windows and frames),
 run_dir (the run folder and every file name in it), checkpoint (safetensors + JSON, and load_run: a run's model with its configs),
-metrics (macro-F1), synthetic (a learnable test cache).
+macro_f1 (the task's score), synthetic (a learnable test cache).
 
 Importing this package is cheap: the config names are plain dataclasses and enums; the
 rest (torch) loads on first use. It never imports open_clip or transformers.
@@ -23,15 +23,15 @@ __getattr__ = lazy_getattr(__name__)  # the names of the TYPE_CHECKING block bel
 
 if TYPE_CHECKING:  # THE list of lazy names: pyright and editors see them, lazy_getattr reads it
     from expr.train_heads.checkpoint import LoadedRun, load_run
+    from expr.train_heads.batch_feeder import BatchFeeder
     from expr.train_heads.data import FeatureBank, gather, load_bank, to_device
-    from expr.train_heads.feed import BatchFeeder
     from expr.train_heads.inference import (frame_probabilities, frame_queries, predict_logits,
                                             smooth_probabilities, split_by_video, window_probabilities,
                                             with_face_fill)
     from expr.train_heads.labels import load_split, read_id_list, read_label_file
     from expr.train_heads.loop import TrainResult, lr_at, train
     from expr.train_heads.loss import class_weights
-    from expr.train_heads.metrics import confusion_from_pairs, macro_f1_accuracy
+    from expr.train_heads.macro_f1 import confusion_from_pairs, macro_f1_accuracy
     from expr.train_heads.model import ExprHeadModel
     from expr.train_heads.run_dir import Checkpoint, RunDir, read_metrics
     from expr.train_heads.synthetic import SyntheticDataset, write_synthetic_dataset

@@ -1,7 +1,7 @@
 """Inference of a trained head over a preloaded feature bank: the batched forward pass that
 validation, `expr evaluate`, `expr predict` and `expr ablate` share.
 
-Batches are built by ``feed.BatchFeeder`` (one vectorised gather per batch) exactly as training
+Batches are built by ``batch_feeder.BatchFeeder`` (one vectorised gather per batch) exactly as training
 builds them, so scoring a split costs about one validation epoch. Per-frame inference (the
 official ABAW protocol and the submission) is one causal window ENDING at each frame; a
 window that would start before frame 0 repeats the first frame, as the reference does.
@@ -32,7 +32,7 @@ from expr.abaw import NUM_CLASSES
 from expr.errors import check_choice
 from expr.train_heads.config import NoFace, SmoothMode
 from expr.train_heads.data import FeatureBank
-from expr.train_heads.feed import BatchFeeder
+from expr.train_heads.batch_feeder import BatchFeeder
 from expr.train_heads.windows import fill_sources
 
 

@@ -27,10 +27,10 @@ from expr.train_heads import checkpoint as ckpt
 from expr.train_heads.config import Preload, TrainConfig
 from expr.train_heads.data import FeatureBank, select_rows, window_rows
 from expr.train_heads.data_warnings import training_warnings
-from expr.train_heads.feed import BatchFeeder
+from expr.train_heads.batch_feeder import BatchFeeder
 from expr.train_heads.inference import predict_logits
 from expr.train_heads.loss import class_weights
-from expr.train_heads.metrics import confusion_from_pairs, macro_f1_accuracy
+from expr.train_heads.macro_f1 import confusion_from_pairs, macro_f1_accuracy
 from expr.train_heads.model import ExprHeadModel
 from expr.train_heads.provenance import LEGACY_KEY, check_resume, data_fingerprints, resumed_config
 from expr.train_heads.run_dir import Checkpoint, RunDir, open_run_dir

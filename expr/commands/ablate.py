@@ -10,9 +10,7 @@ import typer
 from expr.commands import esc
 
 from expr.commands.evaluate import CacheOpt, DeviceOpt, LabelsOpt, SmoothModeOpt, SmoothOpt
-from expr.evaluate import AblateConfig
-from expr.evaluate.config import Keep
-from expr.evaluate.grid import KEYS
+from expr.evaluate import KEYS, AblateConfig, Keep
 from expr.commands.train import WINDOWS_HELP
 from expr.train_heads import Preload, WindowRule
 

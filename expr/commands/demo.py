@@ -66,7 +66,7 @@ def demo(
     console.print(table)
     console.print(f"backbone weights: {'[bold red]RANDOM[/]' if result.random_weights else 'pretrained'}; "
                   f"run: {escape(str(result.run_dir))}", highlight=False)
-    from expr.evaluate.provenance import DEMO_CAVEAT
+    from expr.evaluate import DEMO_CAVEAT
 
     console.print(f"[yellow]{escape(DEMO_CAVEAT)}[/]", highlight=False, soft_wrap=True)
     console.print(f"[green]✓[/] report (scores, confusion matrices, training curves, a timeline per clip): "

@@ -64,7 +64,7 @@ def confusion_table(confusion):
 
 def print_random_banner(console, backbones) -> None:
     """The random-weights banner (evaluate, predict, demo): in bold red, never only in a JSON file."""
-    from expr.evaluate.provenance import random_weights_banner
+    from expr.evaluate import random_weights_banner
 
     banner = random_weights_banner(backbones)
     if banner:

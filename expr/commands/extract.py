@@ -18,7 +18,7 @@ from rich.table import Table
 
 from expr.commands import esc
 from expr.devices import DEVICE_HELP, is_main_process
-from expr.extract.config import Decoder, ExtractConfig, FaceCrop, Geometry, JpgResize
+from expr.extract import Decoder, ExtractConfig, FaceCrop, Geometry, JpgResize
 
 D = ExtractConfig  # the defaults are the config's, declared once (as `expr train` takes TrainConfig's)
 
@@ -50,7 +50,7 @@ def extract(
     (exit code 1 if any failed).
     """
     config = ExtractConfig(**locals())  # the options are ExtractConfig's fields, 1:1 (tested)
-    from expr.extract.run import run_extract
+    from expr.extract import run_extract
 
     console = Console(emoji=False)
     live = is_main_process()  # under torchrun only rank 0 draws progress

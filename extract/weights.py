@@ -1,10 +1,8 @@
-"""The frozen backbones: a table of named specs (backbones.json) and how to build them.
+"""Where a backbone's weights come from, and loading them.
 
-Architectures are data: ``backbones.json`` names each backbone with its library, stream
-("visual" or "audio"), output dim, input geometry and the weight tags it accepts. Where the
-weights come from is decided by one pure function, ``resolve_weights``: a local file or
-directory beats a hub tag, and ``none`` builds the same architecture with random weights
-(recorded as ``weights: null`` in the cache).
+One pure function, ``resolve_weights``, decides the source: a local file or directory beats
+a hub tag, and ``none`` builds the same architecture with random weights (recorded as
+``weights: null`` in the cache; ``backbone_record`` is that record).
 
 Hub loading goes through open_clip's and transformers' own loaders (their caches). Offline,
 those loaders retry for 20-50 s before failing; ``prepare_hub`` probes the network for 2 s
@@ -17,65 +15,22 @@ Heavy imports (torch, open_clip, transformers) happen inside the build functions
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
 import socket
 import threading
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
-
-import numpy as np
+from typing import Any
 
 from expr.cache_format.schema import BackboneRecord
 from expr.errors import ConfigError, WeightsNotFoundError
+from expr.extract.specs import SPECS_FILE, AudioSpec, BackboneSpec, VisualSpec
 
-SPECS_FILE = Path(__file__).with_name("backbones.json")
 HUB_HOST = ("huggingface.co", 443)
 RANDOM = "none"
 _LOCAL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """One entry of backbones.json (see there for the values): what every stream has."""
-
-    name: str
-    stream: str                    # "visual" or "audio"
-    library: str                   # "open_clip" or "transformers"
-    dim: int                       # feature width written to the cache
-    tags: dict[str, str]           # weight tag -> hub location
-    default_weights: str           # tag used when --*-weights is not given
-    doc: str = ""
-
-
-@dataclass(frozen=True, kw_only=True)
-class VisualSpec(BackboneSpec):
-    """A visual (open_clip) backbone: the input geometry its image tower expects."""
-
-    arch: str                      # open_clip architecture name (carries quick_gelu)
-    image_size: int
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    arch_file: str | None = None   # open_clip config JSON beside this file, for custom archs
-
-
-@dataclass(frozen=True, kw_only=True)
-class AudioSpec(BackboneSpec):
-    """An audio (transformers Wav2Vec2) backbone: its waveform rate and conv-stack geometry."""
-
-    sample_rate: int
-    hop: int
-    receptive_field: int
-    repo: str | None = None        # transformers repo id (None: random-init test model)
-    config: dict[str, Any] = field(default_factory=dict)  # Wav2Vec2Config overrides for `none`
-    normalize: bool = False        # zero-mean unit-variance waveform, as Wav2Vec2FeatureExtractor
-
-
-_SPEC_CLASSES: dict[str, type[BackboneSpec]] = {"visual": VisualSpec, "audio": AudioSpec}
 
 
 @dataclass(frozen=True)
@@ -97,42 +52,6 @@ class WeightSource:
         """What the cache records in backbones.<stream>.weights (null = random)."""
         return self.value if self.kind != "none" else None
 
-
-@lru_cache(maxsize=1)
-def load_specs() -> dict[str, BackboneSpec]:
-    raw = json.loads(SPECS_FILE.read_text(encoding="utf-8"))
-    specs = {}
-    for name, entry in raw.items():
-        entry = dict(entry)
-        for key in ("mean", "std"):
-            if key in entry:
-                entry[key] = tuple(entry[key])
-        # The class follows the stream, so get_spec's overloads tell the truth.
-        specs[name] = _SPEC_CLASSES[entry["stream"]](name=name, **entry)
-    return specs
-
-
-@overload
-def get_spec(name: str, stream: Literal["visual"]) -> VisualSpec: ...
-
-
-@overload
-def get_spec(name: str, stream: Literal["audio"]) -> AudioSpec: ...
-
-
-@overload
-def get_spec(name: str, stream: str) -> BackboneSpec: ...
-
-
-def get_spec(name: str, stream: str) -> BackboneSpec:
-    """The spec called ``name`` for ``stream``; ConfigError listing the valid names otherwise."""
-    specs = {n: s for n, s in load_specs().items() if s.stream == stream}
-    if name not in specs:
-        raise ConfigError(
-            f"unknown {stream} model {name!r}; choose one of: {', '.join(specs)} "
-            f"(defined in {SPECS_FILE})"
-        )
-    return specs[name]
 
 
 def resolve_weights(spec: BackboneSpec, weights_arg: str | None) -> WeightSource:
@@ -360,18 +279,6 @@ def build_clip(spec: VisualSpec, source: WeightSource):
     return model.eval().requires_grad_(False)
 
 
-def clip_text_embeddings(model, arch: str, prompts: list[str]):
-    """(len(prompts), D) float32 CLIP text embeddings (not normalised) and exp(logit_scale)."""
-    import open_clip
-    import torch
-
-    tokenizer = open_clip.get_tokenizer(arch)
-    with torch.inference_mode():
-        text = model.encode_text(tokenizer(prompts), normalize=False).float()
-        scale = float(model.logit_scale.exp())
-    return text.numpy(), scale
-
-
 # -- audio (transformers) -------------------------------------------------------------------
 def build_wav2vec2(spec: AudioSpec, source: WeightSource):
     """The Wav2Vec2Model of ``spec`` on CPU in eval mode, weights from ``source``."""
@@ -407,58 +314,3 @@ def backbone_record(spec: VisualSpec | AudioSpec, source: WeightSource, resize: 
                               mean=tuple(spec.mean), std=tuple(spec.std), resize=resize)
     return BackboneRecord(name=spec.name, weights=source.recorded, dim=spec.dim, sample_rate=spec.sample_rate,
                           hop=spec.hop, receptive_field=spec.receptive_field, normalize=spec.normalize)
-
-
-class VisualEncoder:
-    """CLIP image features of uint8 frames whose geometry is done (resize + crop).
-
-    Mean/std normalisation runs on the device on the uint8 batch (4x less to copy than
-    float); the image tower runs without the final L2 normalisation, i.e. open_clip's
-    ``encode_image(normalize=False)``. fp16 autocast, pinned memory and non-blocking copies
-    on CUDA; fp32 on CPU (bf16 is several times slower on CPUs without AMX).
-
-    ``submit`` starts a batch and ``collect`` waits for its features: on CUDA the caller fills
-    the next batch (in another ``new_batch`` buffer) while the GPU works on this one.
-    """
-
-    def __init__(self, model, spec: VisualSpec, device="cpu"):
-        import torch
-
-        self.spec = spec
-        self.device = torch.device(device)
-        self.visual = model.visual.to(self.device)  # the text tower is not needed per frame
-        self.mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1) * 255
-
-    def new_batch(self, batch_size: int) -> np.ndarray:
-        """A (B, S, S, 3) uint8 input buffer, in pinned memory on CUDA (async copies from it)."""
-        import torch
-
-        size = self.spec.image_size
-        pinned = self.device.type == "cuda"
-        return torch.zeros((batch_size, size, size, 3), dtype=torch.uint8, pin_memory=pinned).numpy()
-
-    def submit(self, pixels: np.ndarray):
-        """Start encoding (B, S, S, 3) uint8 pixels; the returned handle goes to ``collect``.
-
-        ``pixels`` must stay untouched until the handle of the NEXT submit was collected, or
-        this one's (the host-to-device copy of a pinned buffer is asynchronous).
-        """
-        import torch
-
-        cuda = self.device.type == "cuda"
-        x = torch.from_numpy(pixels)
-        if cuda:
-            x = x.to(self.device, non_blocking=x.is_pinned())
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-            x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std  # (B, 3, S, S)
-            feats = self.visual(x)  # (B, D)
-        return feats.float()
-
-    def collect(self, handle) -> np.ndarray:
-        """(B, D) float32 numpy features of a submitted batch (waits for the device)."""
-        return handle.cpu().numpy()
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """(B, S, S, 3) uint8 numpy -> (B, D) float32 numpy."""
-        return self.collect(self.submit(pixels))

@@ -1,6 +1,6 @@
 """The task's score, written once: macro-F1 over all ABAW classes (and accuracy) from a
 confusion matrix. Training validates with it (confusions summed over torchrun ranks) and
-``expr.evaluate.metrics`` reports it, so the number a run selects its best epoch by is the
+``expr.evaluate.class_scores`` reports it, so the number a run selects its best epoch by is the
 number `expr evaluate` prints."""
 
 from __future__ import annotations
