@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expr import abaw
+from expr.core import abaw
 from expr.cache_format import BackboneRecord, BackboneRecords, VideoEntry, consolidate, open_cache, open_writer
 
 VISUAL_DIM, AUDIO_DIM = 512, 768

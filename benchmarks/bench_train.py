@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from expr.cache_format import open_cache
-from expr.devices import Dist
+from expr.core.devices import Dist
 from expr.train_heads import (BankWindows, Compile, ExprHeadModel, HeadConfig, Preload, TrainConfig, WindowSpec,
                               bank_windows, class_weights, frame_probabilities, gather, load_bank, load_run, load_split,
                               train, with_sources, write_synthetic_dataset)

@@ -14,12 +14,12 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from expr.atomic import atomic_path
+from expr.core.atomic import atomic_path
 from expr.cache_format import schema as S
 from expr.cache_format.reader import open_cache
 from expr.cache_format.safety import is_cache, storage_error
 from expr.cache_format.writer import consolidate, open_writer
-from expr.errors import STORAGE_ERRNOS, CacheSchemaError, ConfigError
+from expr.core.errors import STORAGE_ERRNOS, CacheSchemaError, ConfigError
 
 
 def _encode_attrs(target, attrs: dict) -> None:

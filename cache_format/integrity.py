@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from expr.cache_format import schema as S
-from expr.errors import CacheSchemaError
+from expr.core.errors import CacheSchemaError
 
 
 class DamagedVideoError(CacheSchemaError):

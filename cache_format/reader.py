@@ -22,7 +22,7 @@ from expr.cache_format import integrity as I
 from expr.cache_format import schema as S
 from expr.cache_format.schema import read_node_attrs
 from expr.cache_format.writer import quiet_zarr
-from expr.errors import CacheSchemaError
+from expr.core.errors import CacheSchemaError
 
 if TYPE_CHECKING:
     import h5py

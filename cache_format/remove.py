@@ -8,7 +8,7 @@ from pathlib import Path
 
 from expr.cache_format import schema as S
 from expr.cache_format.writer import CacheWriter
-from expr.errors import ConfigError
+from expr.core.errors import ConfigError
 
 
 def split_ids(args: Iterable[str], known: set[str]) -> list[str]:

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from expr.cache_format import schema as S
-from expr.errors import CacheSchemaError, ConfigError, ExprError
-from expr.errors import storage_error as _storage_error
+from expr.core.errors import CacheSchemaError, ConfigError, ExprError
+from expr.core.errors import storage_error as _storage_error
 
 def is_cache(path: str | os.PathLike) -> bool:
     """True when ``path`` is an expr cache: a folder whose root zarr.json, or an HDF5 file
@@ -84,5 +84,5 @@ def remove_cache(path: str | os.PathLike) -> None:
 
 
 def storage_error(exc: OSError, path: str | os.PathLike, what: str = "write the cache") -> ExprError:
-    """expr.errors.storage_error with a CacheSchemaError for the OSErrors it has no hint for."""
+    """expr.core.errors.storage_error with a CacheSchemaError for the OSErrors it has no hint for."""
     return _storage_error(exc, path, what, CacheSchemaError)

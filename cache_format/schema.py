@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from expr.abaw import CLASS_NAMES, PROMPT_TEMPLATE  # noqa: F401  (re-exported for cache readers)
-from expr.errors import CacheSchemaError
+from expr.core.abaw import CLASS_NAMES, PROMPT_TEMPLATE  # noqa: F401  (re-exported for cache readers)
+from expr.core.errors import CacheSchemaError
 
 FORMAT_NAME = "expr-feature-cache"
 FORMAT_VERSION = 2            # what new caches get

@@ -10,7 +10,7 @@ from expr.cache_format import integrity as I
 from expr.cache_format import schema as S
 from expr.cache_format.options import FEATURE_OPTIONS, mixed_options
 from expr.cache_format.reader import open_cache
-from expr.errors import CacheSchemaError
+from expr.core.errors import CacheSchemaError
 
 
 def validate_cache(path: str | os.PathLike, *, check_values: bool = True, deep: bool = False) -> list[str]:

@@ -30,12 +30,12 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from expr import __version__
-from expr.atomic import hold_lock, lock_held, write_text
+from expr.core.atomic import hold_lock, lock_held, write_text
 from expr.cache_format import schema as S
 from expr.cache_format.options import cache_options, differences, mixed_options
 from expr.cache_format.safety import check_output_path, is_cache, remove_cache, storage_error
 from expr.cache_format.schema import read_node_attrs
-from expr.errors import CacheSchemaError, ConfigError, ExprError
+from expr.core.errors import CacheSchemaError, ConfigError, ExprError
 
 # Measured on float16 features: Blosc-zstd with byte shuffle beats zarr's default Zstd
 # (0.85x vs 0.92x of raw) at the same read speed.

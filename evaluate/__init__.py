@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from expr.evaluate.config import AblateConfig, EvaluateConfig, Keep, PredictConfig
 from expr.evaluate.report_dir import AblationDir, ReportDir
-from expr.lazy import lazy_getattr
+from expr.core.lazy import lazy_getattr
 
 __getattr__ = lazy_getattr(__name__)  # the names of the TYPE_CHECKING block below, on first use
 
@@ -30,6 +30,6 @@ __all__ = [
     "AblateConfig", "EvaluateConfig", "PredictConfig", "ReportDir", "AblationDir", "EvalReport", "evaluate_run",
     "PredictReport", "predict_run", "AblationReport", "run_ablation", "ClassificationMetrics", "compute_metrics",
     "write_submission", "read_submission", "validate_submission", "read_probabilities",
-    # what the application layer (expr/commands, expr.pipeline, expr.demo) uses besides the runners
+    # what the application layer (expr/app/commands, expr.app.pipeline, expr.app.demo) uses besides the runners
     "Keep", "KEYS", "PredictOut", "listed_ids", "check_ids", "DEMO_CAVEAT", "random_weights_banner", "report_from_run",
 ]

@@ -17,8 +17,8 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from expr.atomic import write_json
-from expr.devices import resolve_device
+from expr.core.atomic import write_json
+from expr.core.devices import resolve_device
 from expr.evaluate.ablation_table import CellResult, write_tables
 from expr.evaluate.config import AblateConfig, Keep
 from expr.evaluate.report_dir import AblationDir

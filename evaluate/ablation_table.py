@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from expr.atomic import atomic_path, write_text
+from expr.core.atomic import atomic_path, write_text
 from expr.evaluate.grid import Cell
 from expr.evaluate.plots import save_ablation_png
 from expr.evaluate.report_dir import AblationDir

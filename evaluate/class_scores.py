@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from expr.abaw import NUM_CLASSES
+from expr.core.abaw import NUM_CLASSES
 from expr.train_heads import confusion_from_pairs, macro_f1_accuracy
 
 LABELS = list(range(NUM_CLASSES))

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from expr.atomic import check_writable
-from expr.errors import ConfigError, as_choices, check_choice
+from expr.core.atomic import check_writable
+from expr.core.errors import ConfigError, as_choices, check_choice
 from expr.train_heads import Checkpoint, HeadConfig, NoFace, Preload, SmoothMode, TrainConfig, WindowRule
 
 
@@ -72,7 +72,7 @@ class EvaluateConfig:
 class PredictConfig:
     """`expr predict` from a feature cache: per-frame predictions of its videos. The options
     that extract raw videos first (--videos, --frames, --face-crop) are the pipeline's
-    (``expr.pipeline.PredictVideosConfig``, which the CLI builds)."""
+    (``expr.app.pipeline.PredictVideosConfig``, which the CLI builds)."""
 
     run: Path                         # run directory written by `expr train`
     out: Path                         # folder: submission.csv, one CSV + timeline per video, the cache

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
-from expr.abaw import CLASS_NAMES
+from expr.core.abaw import CLASS_NAMES
 from expr import now_utc, version_text
-from expr.atomic import check_writable, write_json
-from expr.devices import resolve_device
-from expr.errors import storage_errors
+from expr.core.atomic import check_writable, write_json
+from expr.core.devices import resolve_device
+from expr.core.errors import storage_errors
 from expr.evaluate.config import EvaluateConfig
 from expr.evaluate.class_scores import ClassificationMetrics
 from expr.evaluate.plots import save_confusion_png

@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from expr.errors import ConfigError
+from expr.core.errors import ConfigError
 from expr.train_heads import Fusion, Target, TrainConfig, WindowRule
 
 

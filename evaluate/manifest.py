@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from expr.errors import ConfigError
+from expr.core.errors import ConfigError
 
 MANIFEST_FILE = "manifest.json"
 SUBMISSION_FILE = "submission.csv"

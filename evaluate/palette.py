@@ -10,7 +10,7 @@ in a timeline.
 
 from __future__ import annotations
 
-# One colour per class, in expr.abaw.CLASS_NAMES order.
+# One colour per class, in expr.core.abaw.CLASS_NAMES order.
 CLASS_COLOURS: tuple[str, ...] = (
     "#9ecae1",  # Neutral: pale blue, the calm background most frames sit in
     "#d62728",  # Anger

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from expr.abaw import CLASS_NAMES
+from expr.core.abaw import CLASS_NAMES
 from expr.evaluate.class_scores import normalise_rows
 
 

@@ -1,7 +1,7 @@
 """`expr predict`: one label per frame of every listed video, as an ABAW submission file,
 and (with a folder --out) each video's per-frame table and timeline.
 
-This module predicts from a feature cache; ``expr.pipeline`` extracts raw ``--videos`` into
+This module predicts from a feature cache; ``expr.app.pipeline`` extracts raw ``--videos`` into
 one first, with the run's backbones, and then calls ``predict_run``.
 """
 
@@ -14,10 +14,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from expr.abaw import NUM_CLASSES
-from expr.atomic import PNG_MAGIC, starts_with, write_json
-from expr.devices import resolve_device
-from expr.errors import CacheSchemaError
+from expr.core.abaw import NUM_CLASSES
+from expr.core.atomic import PNG_MAGIC, starts_with, write_json
+from expr.core.devices import resolve_device
+from expr.core.errors import CacheSchemaError
 from expr.evaluate.config import PredictConfig
 from expr.evaluate.manifest import SUBMISSION_FILE, manifest_path
 from expr.evaluate.scoring import check_backbones, check_in_cache
@@ -115,7 +115,7 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
     cfg.validate()
     ids = list(video_ids) if video_ids is not None else listed_ids(cfg)  # before any work
     if cfg.cache is None:
-        raise CacheSchemaError("predict_run needs cfg.cache: extract --videos first (expr.pipeline.predict_videos)")
+        raise CacheSchemaError("predict_run needs cfg.cache: extract --videos first (expr.app.pipeline.predict_videos)")
     device = resolve_device(cfg.device)
     run = load_run(cfg.run, cfg.checkpoint, device)
     with open_cache(cfg.cache) as cache:

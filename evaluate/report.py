@@ -23,8 +23,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from expr.abaw import CLASS_NAMES
-from expr.atomic import PNG_MAGIC, write_text
+from expr.core.abaw import CLASS_NAMES
+from expr.core.atomic import PNG_MAGIC, write_text
 from expr.evaluate.palette import CLASS_COLOURS
 
 # Display order and names of the two protocols (keys of eval_<split>.json's "protocols").

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from expr.abaw import CLASS_NAMES
-from expr.errors import ConfigError
+from expr.core.abaw import CLASS_NAMES
+from expr.core.errors import ConfigError
 from expr.evaluate.ablation_table import PAPER_MARK, CellResult, _pm, summarise
 from expr.evaluate.provenance import random_weights_banner, run_provenance
 from expr.evaluate.report import PROTOCOLS, AblationTable, ReportParts, write_report

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 import torch
 
-from expr.errors import CacheSchemaError, ConfigError
+from expr.core.errors import CacheSchemaError, ConfigError
 from expr.evaluate.class_scores import ClassificationMetrics, compute_metrics
 from expr.evaluate.protocols import AnnotatedFrames, annotated_frames
 from expr.train_heads import (FeatureBank, LoadedRun, NoFace, SmoothMode, TrainConfig, WindowSpec, bank_windows,

@@ -24,9 +24,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from expr.abaw import CLASS_NAMES, SUBMISSION_HEADER
-from expr.atomic import atomic_path
-from expr.errors import LabelFormatError, storage_errors
+from expr.core.abaw import CLASS_NAMES, SUBMISSION_HEADER
+from expr.core.atomic import atomic_path
+from expr.core.errors import LabelFormatError, storage_errors
 
 HEADER = SUBMISSION_HEADER
 _LOCATION = re.compile(r"^(?P<video>[^/]+)/(?P<frame>\d{5,})\.jpg$")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from expr.abaw import CLASS_NAMES, IGNORE_LABEL
+from expr.core.abaw import CLASS_NAMES, IGNORE_LABEL
 from expr.evaluate.palette import CLASS_COLOURS, NO_FACE_COLOUR, UNLABELLED_COLOUR
 from expr.evaluate.plots import _figure
 

@@ -20,8 +20,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from expr.abaw import CLASS_NAMES, IGNORE_LABEL
-from expr.atomic import atomic_path
+from expr.core.abaw import CLASS_NAMES, IGNORE_LABEL
+from expr.core.atomic import atomic_path
 from expr.evaluate.class_scores import compute_metrics
 from expr.evaluate.timeline import TimelineData, plot_timeline
 from expr.train_heads import FeatureBank

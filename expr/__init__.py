@@ -42,7 +42,7 @@ def version_text() -> str:
     commit = git_commit()
     return f"expr {__version__}" + (f" (commit {commit})" if commit else "")
 
-from expr.errors import (  # noqa: E402  (re-exported for library users)
+from expr.core.errors import (  # noqa: E402  (re-exported for library users)
     CacheSchemaError,
     ConfigError,
     ExprError,

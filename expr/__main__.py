@@ -11,8 +11,8 @@ import os
 import subprocess
 import sys
 
-# THE list of our commands, in help order: expr/cli.py registers the module
-# ``expr.commands.<name>`` of each. It lives here so that deciding "ours or coreutils'"
+# THE list of our commands, in help order: expr/app/cli.py registers the module
+# ``expr.app.commands.<name>`` of each. It lives here so that deciding "ours or coreutils'"
 # never has to import typer or torch.
 COMMANDS = ("extract", "train", "evaluate", "predict", "ablate", "demo", "cache")
 OUR_COMMANDS = frozenset(COMMANDS)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(run 'expr --help' for our commands)\n")
             return 2
         return passthrough(argv)
-    from expr.cli import run
+    from expr.app.cli import run
 
     return run(argv)
 

@@ -1,6 +1,6 @@
 """Stage one: decode videos and run the frozen backbones once into the feature cache.
 
-The public interface (what the CLI, ``expr.pipeline`` and the README's Python API use) is
+The public interface (what the CLI, ``expr.app.pipeline`` and the README's Python API use) is
 ``__all__``: the config and its option choices at once, ``run_extract`` and its progress
 events on first use (torch, decoders). Modules: ``media`` (with ``probe``, ``video_decode``,
 ``frames_dir``, ``audio_decode``; message types in ``messages``) / ``decode_pool`` /
@@ -13,7 +13,7 @@ and writes; ``run.run_extract(ExtractConfig)`` is the loop behind ``expr extract
 from typing import TYPE_CHECKING
 
 from expr.extract.config import Decoder, ExtractConfig, FaceCrop, Geometry, JpgResize
-from expr.lazy import lazy_getattr
+from expr.core.lazy import lazy_getattr
 
 __getattr__ = lazy_getattr(__name__)  # the names of the TYPE_CHECKING block below, on first use
 

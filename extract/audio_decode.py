@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from expr.abaw import SAMPLE_RATE
-from expr.errors import MediaDecodeError
+from expr.core.abaw import SAMPLE_RATE
+from expr.core.errors import MediaDecodeError
 from expr.extract.messages import AudioTrack, DecodeJob
 from expr.extract.probe import FIX_HINT, declared_duration, probe, short_error
 

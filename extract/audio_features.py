@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from expr.abaw import audio_steps
+from expr.core.abaw import audio_steps
 from expr.extract.specs import AudioSpec
 
 

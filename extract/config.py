@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from expr.devices import resolve_device
-from expr.errors import ConfigError, as_choices, check_choice
+from expr.core.devices import resolve_device
+from expr.core.errors import ConfigError, as_choices, check_choice
 
 
 class FaceCrop(StrEnum):

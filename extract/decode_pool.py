@@ -65,8 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
-from expr.atomic import hold_lock, lock_held
-from expr.errors import ConfigError, MediaDecodeError
+from expr.core.atomic import hold_lock, lock_held
+from expr.core.errors import ConfigError, MediaDecodeError
 from expr.extract.geometry_device import NativeLayout
 from expr.extract.media import decode_video
 from expr.extract.messages import (AudioTrack, DecodeJob, FrameBatch, Message, SegmentDone, VideoDone, VideoFailed,

@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 
 from expr.cache_format import validate_video_id
-from expr.errors import CacheSchemaError, ConfigError
+from expr.core.errors import CacheSchemaError, ConfigError
 from expr.extract import messages
 from expr.extract.messages import DecodeJob
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from expr.cache_format import VideoEntry, VideoExtras
-from expr.errors import ExprError, MediaDecodeError
+from expr.core.errors import ExprError, MediaDecodeError
 from expr.extract.audio_decode import cut_to_duration
 from expr.extract.audio_queue import AudioQueue
 from expr.extract.messages import AudioTrack, FrameBatch, SegmentDone, VideoDone, VideoFailed, VideoHeader, VideoSplit

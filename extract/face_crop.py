@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expr.errors import ConfigError, MediaDecodeError
+from expr.core.errors import ConfigError, MediaDecodeError
 
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 

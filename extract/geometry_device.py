@@ -133,7 +133,7 @@ def choose_geometry(requested: str, device_type: str, recorded: str | None, elig
     - auto: the cache's own path if it has one; else the device path on CUDA, behind the
       check (an exception or a MAD above ``MAD_LIMIT`` falls back with a note); else worker.
     """
-    from expr.errors import ConfigError, check_choice
+    from expr.core.errors import ConfigError, check_choice
 
     check_choice("--geometry", requested, Geometry)  # callers outside ExtractConfig.validate too
     if requested == "worker" or not eligible:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expr.errors import MediaDecodeError
+from expr.core.errors import MediaDecodeError
 from expr.extract.audio_decode import audio_job, decode_audio
 from expr.extract.frames_dir import frames_dir_batches, index_jpgs
 from expr.extract.messages import AudioTrack, DecodeJob, Message, VideoDone, VideoHeader

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expr.errors import ConfigError
+from expr.core.errors import ConfigError
 from expr.extract.config import FACE_CROPS, JPG_RESIZES, Geometry  # the options' choices (one list)
 from expr.extract.geometry_device import NativeLayout
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from expr.errors import MediaDecodeError
+from expr.core.errors import MediaDecodeError
 from expr.extract.geometry_device import NativeLayout, colour_of
 from expr.extract.messages import DecodeJob, FrameBatch
 from expr.extract.probe import FIX_HINT, short_error

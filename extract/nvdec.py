@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expr.errors import ConfigError, MediaDecodeError, check_choice
+from expr.core.errors import ConfigError, MediaDecodeError, check_choice
 from expr.extract.config import Decoder
 from expr.extract.geometry_device import MAD_LIMIT, NativeLayout, device_geometry, mad
 from expr.extract.messages import DecodeJob, FrameBatch, Message, SegmentDone, VideoFailed, VideoHeader, VideoSplit

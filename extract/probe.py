@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from expr.errors import MediaDecodeError
+from expr.core.errors import MediaDecodeError
 
 FIX_HINT = "re-encode it with ffmpeg (ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4) or leave it out"
 

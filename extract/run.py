@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from expr import abaw
+from expr.core import abaw
 from expr.cache_format import BackboneRecords, check_output_path, consolidate, is_cache, open_cache, open_writer
 from expr.cache_format.options import UNRECORDED_DEFAULTS
-from expr.devices import Dist, dist_env, resolve_device, setup_dist
-from expr.errors import ExprError, MediaDecodeError
+from expr.core.devices import Dist, dist_env, resolve_device, setup_dist
+from expr.core.errors import ExprError, MediaDecodeError
 from expr.extract import nvdec
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.config import ExtractConfig, parse_shard
@@ -202,7 +202,7 @@ def _probe_retries(todo: list, out: Path, summary: ExtractSummary) -> list:
     """Probe (PyAV, in this process: it fails cleanly) the videos that failed last time, before
     any model is built: a re-run where only broken files are left then fails them in a second,
     not after building both backbones (~9 s). Videos never tried are left to the workers."""
-    from expr.errors import MediaDecodeError
+    from expr.core.errors import MediaDecodeError
     from expr.extract.probe import probe
 
     if not todo:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expr.errors import MediaDecodeError
+from expr.core.errors import MediaDecodeError
 from expr.extract.messages import DecodeJob, Message, SegmentDone, VideoSplit
 from expr.extract.probe import FIX_HINT
 from expr.extract.video_decode import frame_timestamps, open_reader, video_batches

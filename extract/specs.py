@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, overload
 
-from expr.errors import ConfigError
+from expr.core.errors import ConfigError
 
 SPECS_FILE = Path(__file__).with_name("backbones.json")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expr.errors import ConfigError, MediaDecodeError
+from expr.core.errors import ConfigError, MediaDecodeError
 from expr.extract.messages import DecodeJob, FrameBatch
 from expr.extract.probe import FIX_HINT, short_error
 from expr.extract.pyav_frames import PYAV_DECODE, PyAVFrames, open_at, rgb, stream_info

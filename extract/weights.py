@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from expr.cache_format.schema import BackboneRecord
-from expr.errors import ConfigError, WeightsNotFoundError
+from expr.core.errors import ConfigError, WeightsNotFoundError
 from expr.extract.specs import SPECS_FILE, AudioSpec, BackboneSpec, VisualSpec
 
 HUB_HOST = ("huggingface.co", 443)

@@ -235,8 +235,8 @@ def cremad_clips(config, *, fetch: bool = False) -> list[Path]:
     when they are not cached, or with ``fetch`` when they cannot be downloaded."""
     import pytest
 
-    from expr.demo_data import cached_clips, default_cache_dir, fetch_cremad_clips
-    from expr.errors import ExprError
+    from expr.app.demo_data import cached_clips, default_cache_dir, fetch_cremad_clips
+    from expr.core.errors import ExprError
 
     folder = Path(config.cache.mkdir("expr-cremad"))
     if fetch:

@@ -29,7 +29,7 @@ def evaluated_run(root: Path, timelines: int = 0) -> Path:
     """Train and evaluate a tiny run under ``root``; one timeline PNG in timelines_<split>/:
     with ``timelines`` > 0 those `expr evaluate --timelines` drew (and its report.html),
     else one from random probabilities (the report only embeds the files)."""
-    from expr.cli import run
+    from expr.app.cli import run
     from expr.evaluate.report_sources import timeline_dir
     from expr.evaluate.timeline import plot_timeline
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from expr.errors import ConfigError
+from expr.core.errors import ConfigError
 from expr.evaluate.grid import grid_cells, parse_grid
 
 
@@ -94,7 +94,7 @@ def dataset(tmp_path_factory):
 
 
 def _ablate(ds, out, *extra):
-    from expr.cli import run
+    from expr.app.cli import run
 
     return run(["ablate", "--cache", str(ds.cache), "--labels", str(ds.labels), "--out", str(out),
                 "--epochs", "1", "--channels", "16", "--tcn-levels", "2", "--heads", "2", "--lr", "1e-3",

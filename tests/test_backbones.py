@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from expr.errors import ConfigError, WeightsNotFoundError
+from expr.core.errors import ConfigError, WeightsNotFoundError
 from expr.extract import specs as S, visual_features as V, weights as W
-from expr.abaw import audio_steps as output_steps
+from expr.core.abaw import audio_steps as output_steps
 from expr.extract.audio_features import AudioEncoder, normalise_waveform, plan_chunks
 
 

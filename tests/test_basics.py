@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from expr import abaw
-from expr.atomic import atomic_path, write_json, write_text
-from expr.devices import Dist, dist_env, resolve_device, setup_dist
-from expr.errors import ConfigError
+from expr.core import abaw
+from expr.core.atomic import atomic_path, write_json, write_text
+from expr.core.devices import Dist, dist_env, resolve_device, setup_dist
+from expr.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

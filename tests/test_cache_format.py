@@ -23,7 +23,7 @@ from expr.cache_format import (
     validate_video_id,
 )
 from expr.cache_format import schema as S
-from expr.errors import CacheSchemaError
+from expr.core.errors import CacheSchemaError
 
 
 def assert_video_equal(cache, vid, arrays):

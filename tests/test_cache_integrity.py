@@ -13,8 +13,8 @@ import pytest
 from cache_helpers import new_writer, video_arrays, write_videos
 from expr.cache_format import consolidate, export_hdf5, open_cache, remove_videos, validate_cache
 from expr.cache_format import schema as S
-from expr.cli import run
-from expr.errors import CacheSchemaError, ConfigError
+from expr.app.cli import run
+from expr.core.errors import CacheSchemaError, ConfigError
 
 
 def chunk(path: Path, vid: str, array: str = "visual", key: str = "c/0/0") -> Path:

@@ -19,8 +19,8 @@ import media_fixtures as F
 from cache_helpers import new_writer, write_videos
 from expr.cache_format import consolidate, export_hdf5, import_hdf5, is_cache, open_cache
 from expr.cache_format import schema as S
-from expr.cli import run
-from expr.errors import ConfigError, StorageError
+from expr.app.cli import run
+from expr.core.errors import ConfigError, StorageError
 
 TESTS = Path(__file__).resolve().parent
 
@@ -161,7 +161,7 @@ REAL_DISK = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from cache_helpers import fill_disk, new_writer, write_videos
     from expr.cache_format import consolidate
-    from expr.errors import StorageError
+    from expr.core.errors import StorageError
     mnt, ro = Path({mnt!r}), Path({ro!r})
     write_videos(new_writer(mnt / "old.zarr"), ["a"])
     consolidate(mnt / "old.zarr")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from expr.errors import ConfigError, StorageError
+from expr.core.errors import ConfigError, StorageError
 from expr.train_heads import RunDir, TrainConfig, read_metrics, train, write_synthetic_dataset
 
 TINY = dict(window=8, stride=4, channels=8, tcn_levels=1, heads=2, batch_size=32, accum=1,
@@ -275,7 +275,7 @@ IN_NAMESPACE = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, sys.argv[3])
     from cache_helpers import fill_disk
-    from expr.cli import run
+    from expr.app.cli import run
     full, commands = Path(sys.argv[1]), json.loads(sys.argv[2])
     fill_disk(full)
     rc, err = [], []
@@ -321,7 +321,7 @@ def test_read_only_and_full_disks_are_one_line(ds, full, tmp_path):
 
 
 def test_temp_files_a_killed_writer_left_are_removed(ds, full, tmp_path):
-    from expr.devices import Dist
+    from expr.core.devices import Dist
     from expr.train_heads.run_dir import prepare_run_dir
 
     out = tmp_path / "run"

@@ -12,7 +12,7 @@ import pytest
 
 from cache_helpers import new_writer, write_videos
 from expr.__main__ import OUR_COMMANDS, is_ours
-from expr.cli import app, run
+from expr.app.cli import app, run
 
 REPO = Path(__file__).resolve().parents[1]
 EXPR = Path(sys.executable).parent / "expr"
@@ -139,7 +139,7 @@ def test_usage_error_exit_code(capsys):
 def test_training_and_scoring_never_import_the_backbones():
     # Training from a cache needs no backbone: importing them costs seconds and GBs of RAM.
     code = ("import sys, expr.train_heads.loop, expr.evaluate.evaluation, expr.evaluate.ablation, "
-            "expr.commands.train; print(sorted(m for m in ('open_clip', 'transformers', 'decord', 'cv2') "
+            "expr.app.commands.train; print(sorted(m for m in ('open_clip', 'transformers', 'decord', 'cv2') "
             "if m in sys.modules))")
     proc = sh(sys.executable, "-c", code)
     assert proc.returncode == 0, proc.stderr
@@ -147,6 +147,6 @@ def test_training_and_scoring_never_import_the_backbones():
 
 
 def test_cli_startup_imports_no_torch():
-    proc = sh(sys.executable, "-c", "import sys, expr.cli; print('torch' in sys.modules)")
+    proc = sh(sys.executable, "-c", "import sys, expr.app.cli; print('torch' in sys.modules)")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"

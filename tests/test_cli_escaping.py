@@ -7,7 +7,7 @@ import pytest
 
 import media_fixtures as F
 from expr.cache_format import open_cache
-from expr.cli import run
+from expr.app.cli import run
 from expr.train_heads import write_synthetic_dataset
 
 HOSTILE = "w[/bold]v [x] :x:"

@@ -10,7 +10,7 @@ import pytest
 
 import expr
 from expr.__main__ import OUR_COMMANDS, main, misspelled_command
-from expr.cli import run
+from expr.app.cli import run
 
 
 @pytest.mark.parametrize("argv, guess", [

@@ -19,7 +19,7 @@ from torch._dynamo.backends.common import aot_autograd
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from expr.cache_format import open_cache
-from expr.devices import Dist
+from expr.core.devices import Dist
 from expr.train_heads import TrainConfig, gather, load_run, train, write_synthetic_dataset
 from expr.train_heads import loop as loop_module
 from expr.train_heads import step as step_module

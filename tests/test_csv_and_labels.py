@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from expr.errors import LabelFormatError
+from expr.core.errors import LabelFormatError
 from expr.evaluate.submission import HEADER, check_ids, read_probabilities, read_submission, write_submission
 from expr.train_heads.labels import HEADER as LABEL_HEADER
 from expr.train_heads.labels import read_label_file

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import media_fixtures as F
-from expr.errors import ConfigError
+from expr.core.errors import ConfigError
 from expr.extract import decode_pool, messages
 from expr.extract.decode_pool import DecodePool, fit_slots, remove_dead_segments
 from expr.extract.messages import DecodeJob, FrameBatch, VideoFailed
@@ -125,7 +125,7 @@ _IN_NAMESPACE = textwrap.dedent("""
     import sys
     from pathlib import Path
     import numpy as np
-    from expr.errors import ConfigError
+    from expr.core.errors import ConfigError
     from expr.extract.decode_pool import DecodePool
     from expr.extract.messages import DecodeJob, FrameBatch, VideoFailed
     path = Path(sys.argv[1])

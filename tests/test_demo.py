@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from expr.demo import DemoConfig, evaluate_config, extract_options, train_config
-from expr.errors import ConfigError
+from expr.app.demo import DemoConfig, evaluate_config, extract_options, train_config
+from expr.core.errors import ConfigError
 from expr.extract.config import ExtractConfig
 
 
@@ -29,7 +29,7 @@ def test_demo_settings_are_valid_stage_configs(tmp_path):
 def test_demo_command_options_are_the_config_fields():
     import dataclasses
 
-    from expr.commands.demo import demo
+    from expr.app.commands.demo import demo
 
     assert set(inspect.signature(demo).parameters) == {f.name for f in dataclasses.fields(DemoConfig)}
 
@@ -42,7 +42,7 @@ def test_demo_config_refuses_what_cannot_work(field, value):
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
-    from expr.cli import run
+    from expr.app.cli import run
 
     from expr.evaluate import ReportDir
     from expr.train_heads import RunDir

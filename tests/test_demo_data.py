@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from expr import demo_data as D
-from expr.errors import ConfigError, ExprError, LabelFormatError
+from expr.app import demo_data as D
+from expr.core.errors import ConfigError, ExprError, LabelFormatError
 
 
 # -- fakes -------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ import pytest
 import torch
 import typer
 
-from expr.cli import app, run
+from expr.app.cli import app, run
 from expr.evaluate import AblateConfig, EvaluateConfig
 from expr.evaluate.protocols import causal_window
-from expr.pipeline import PredictVideosConfig
+from expr.app.pipeline import PredictVideosConfig
 
 WINDOW = 16
 

@@ -8,7 +8,7 @@ import csv
 import numpy as np
 import pytest
 
-from expr.abaw import CLASS_NAMES
+from expr.core.abaw import CLASS_NAMES
 from expr.evaluate.palette import CLASS_COLOURS, UNLABELLED_COLOUR
 from report_helpers import trained_run
 
@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
 
 
 def _cli(*args: str) -> int:
-    from expr.cli import run
+    from expr.app.cli import run
 
     return run([*args, "--device", "cpu"])
 

@@ -9,7 +9,7 @@ import pytest
 import typer.main
 
 import media_fixtures as F
-from expr.cli import app, run
+from expr.app.cli import app, run
 from expr.extract.config import ExtractConfig
 
 TINY = ["--visual-model", "test-tiny-clip", "--audio-model", "test-tiny-wav2vec2", "--workers", "0",
@@ -40,7 +40,7 @@ def test_cli_options_mirror_extract_config():
 
 
 def test_face_crop_choices_are_one_list():
-    from expr.commands.extract import FaceCrop
+    from expr.app.commands.extract import FaceCrop
     from expr.extract import config, messages
 
     assert config.FACE_CROPS is messages.FACE_CROPS  # ExtractConfig and DecodeJob check the same list

@@ -10,7 +10,7 @@ import pytest
 
 import media_fixtures as F
 from expr.cache_format import open_cache, validate_cache
-from expr.errors import CacheSchemaError, WeightsNotFoundError
+from expr.core.errors import CacheSchemaError, WeightsNotFoundError
 from expr.extract.config import ExtractConfig
 from expr.extract.run import run_extract
 
@@ -122,7 +122,7 @@ def test_validate_flags_a_cache_that_already_mixes_options(videos, tmp_path):
 def test_cache_info_shows_the_options(videos, tmp_path):
     from typer.testing import CliRunner
 
-    from expr.cli import app
+    from expr.app.cli import app
 
     out = tmp_path / "f.zarr"
     run_extract(tiny_config(videos, out, face_crop="haar"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import media_fixtures as F
-from expr.errors import ConfigError, WeightsNotFoundError
+from expr.core.errors import ConfigError, WeightsNotFoundError
 from expr.extract import specs as S, weights as W
 from expr.extract.config import ExtractConfig
 from expr.extract.discover import discover_videos

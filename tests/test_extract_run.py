@@ -19,11 +19,11 @@ import pytest
 
 import media_fixtures as F
 from expr.cache_format import CLASS_NAMES, open_cache, validate_cache
-from expr.errors import CacheSchemaError, ConfigError, WeightsNotFoundError
+from expr.core.errors import CacheSchemaError, ConfigError, WeightsNotFoundError
 from expr.extract import specs as S, visual_features as V, weights as W
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.config import ExtractConfig, FaceCrop, parse_shard
-from expr.devices import resolve_device
+from expr.core.devices import resolve_device
 from expr.extract.run import run_extract, select_jobs
 
 TINY = dict(visual_model="test-tiny-clip", audio_model="test-tiny-wav2vec2")

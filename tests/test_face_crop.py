@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from expr.errors import ConfigError, MediaDecodeError
+from expr.core.errors import ConfigError, MediaDecodeError
 from expr.extract.face_crop import (
     Box,
     BoxTracker,

@@ -15,7 +15,7 @@ import torch
 
 import media_fixtures as F
 from expr.cache_format import open_cache
-from expr.errors import CacheSchemaError, ConfigError
+from expr.core.errors import CacheSchemaError, ConfigError
 from expr.extract.geometry_device import MAD_LIMIT, NativeLayout, choose_geometry, device_geometry, mad
 from expr.extract.media import decode_video
 from expr.extract.messages import DecodeJob, FrameBatch, VideoSplit

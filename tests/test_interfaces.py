@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from expr.cli import app
+from expr.app.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 # Written in the run folder by training: only train_heads/run_dir.py may spell these.
@@ -75,7 +75,7 @@ def test_public_interface_resolves_and_matches_the_type_checking_imports(package
                and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)]
     assert len(literal) == 1 and isinstance(literal[0].value, ast.List)  # one literal list, no `+=`
     assert not [node for node in tree.body if isinstance(node, ast.AugAssign)]
-    from expr.lazy import type_checking_imports
+    from expr.core.lazy import type_checking_imports
 
     lazy = set(type_checking_imports(package))  # what __getattr__ imports on first use
     assert lazy <= set(module.__all__) and len(module.__all__) == len(set(module.__all__))
@@ -117,8 +117,8 @@ def test_only_the_owner_spells_its_file_names(owner):
 
     folder, names, prefixes = OWNERS[owner]
     files = [*(REPO / "train_heads").glob("*.py"), *(REPO / "evaluate").glob("*.py"),
-             *(REPO / "expr" / "commands" / n for n in ("train.py", "evaluate.py", "predict.py", "ablate.py")),
-             REPO / "expr" / "demo.py"]
+             *(REPO / "expr" / "app" / "commands" / n for n in ("train.py", "evaluate.py", "predict.py", "ablate.py")),
+             REPO / "expr" / "app" / "demo.py"]
     offenders = []
     for path in files:
         if path.name == owner and path.parent.name == folder:
@@ -173,10 +173,10 @@ def _cli_defaults(command: str) -> dict:
 
 
 @pytest.mark.parametrize("command, config", [("evaluate", "evaluate.EvaluateConfig"),
-                                             ("predict", "pipeline.PredictVideosConfig"),
+                                             ("predict", "app.pipeline.PredictVideosConfig"),
                                              ("ablate", "evaluate.AblateConfig")])
 def test_cli_defaults_are_the_config_defaults(command, config):
-    module, name = config.split(".")
+    module, name = config.rsplit(".", 1)
     defaults = _cli_defaults(command)
     for f in dataclasses.fields(getattr(importlib.import_module(f"expr.{module}"), name)):
         if f.default is not dataclasses.MISSING:
@@ -226,3 +226,20 @@ def test_an_ablation_record_that_still_holds_compile_is_reused(tmp_path):
     found = _finished(tmp_path, identity)
     assert found is not None and found.frame_macro_f1 == 0.5
     assert _finished(tmp_path, identity | {"window": 30}) is None  # a learned option differs: retrain
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return found | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def test_the_floors_import_only_downwards():
+    # bottom (expr/core) -> stages (the root folders) -> application (expr/app): nothing runs back up
+    floors = {"expr/core": re.compile(rf"^expr\.(app|{'|'.join(STAGES)})\b"),
+              **{stage: re.compile(r"^expr\.app\b") for stage in STAGES}}
+    offenders = [f"{path.relative_to(REPO)}: {module}" for folder, upward in floors.items()
+                 for path in _own_modules(REPO / folder) for module in sorted(_imported_modules(path))
+                 if upward.search(module)]
+    assert offenders == []
+    assert _own_modules(REPO / "expr" / "core") and _own_modules(REPO / "expr" / "app")

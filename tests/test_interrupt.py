@@ -18,7 +18,7 @@ def dataset(tmp_path_factory):
 
 def test_ctrl_c_in_train_says_what_is_committed_and_how_to_resume(dataset, tmp_path, capsys, monkeypatch):
     import expr.train_heads as heads
-    from expr.cli import run
+    from expr.app.cli import run
 
     torch.set_num_threads(1)
     out = tmp_path / "run"
@@ -55,7 +55,7 @@ def test_ctrl_c_in_train_says_what_is_committed_and_how_to_resume(dataset, tmp_p
 
 def test_ctrl_c_before_the_first_epoch_says_nothing_is_committed(dataset, tmp_path, capsys, monkeypatch):
     import expr.train_heads as heads
-    from expr.cli import run
+    from expr.app.cli import run
 
     def interrupted(*_a, **_k):
         raise KeyboardInterrupt
@@ -70,7 +70,7 @@ def test_ctrl_c_before_the_first_epoch_says_nothing_is_committed(dataset, tmp_pa
 
 def test_ctrl_c_in_extract_says_how_many_videos_are_committed(tmp_path, capsys, monkeypatch):
     import expr.extract as extract_run  # the command reaches run_extract through the interface
-    from expr.cli import run
+    from expr.app.cli import run
     from expr.extract.encoder_feed import ExtractEvent
 
     def fake_run_extract(config, progress):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from expr.errors import LabelFormatError
+from expr.core.errors import LabelFormatError
 from expr.train_heads.labels import HEADER, load_split, read_label_file, reconcile
 
 GOOD = HEADER + "\n0\n-1\n7\n3\n"

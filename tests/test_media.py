@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import media_fixtures as F
-from expr.errors import ConfigError, MediaDecodeError
+from expr.core.errors import ConfigError, MediaDecodeError
 from expr.extract.decode_pool import DecodePool
 from expr.extract.discover import discover_videos
-from expr.abaw import SAMPLE_RATE as AUDIO_RATE
+from expr.core.abaw import SAMPLE_RATE as AUDIO_RATE
 from expr.extract.media import decode_video, source_stat
 from expr.extract.messages import AudioTrack, DecodeJob, FrameBatch, VideoDone, VideoFailed, VideoHeader
 from expr.extract.video_decode import clip_geometry

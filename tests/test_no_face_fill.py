@@ -13,7 +13,7 @@ import torch
 
 from cache_helpers import backbones
 from expr.cache_format import VideoEntry, open_writer
-from expr.errors import ConfigError
+from expr.core.errors import ConfigError
 from expr.train_heads import (ExprHeadModel, HeadConfig, frame_probabilities, load_bank, with_face_fill)
 from expr.train_heads.data import FeatureBank, gather
 from expr.train_heads.inference import face_fill_rows
@@ -147,7 +147,7 @@ def trained(tmp_path_factory):
 
 
 def test_evaluate_records_the_rule(trained):
-    from expr.cli import run
+    from expr.app.cli import run
 
     ds, run_dir = trained
     base = ["evaluate", "--run", str(run_dir), "--cache", str(ds.cache), "--labels", str(ds.labels), "--device", "cpu"]
@@ -162,7 +162,7 @@ def test_evaluate_records_the_rule(trained):
 
 
 def test_predict_fills_by_default_and_records_it(trained, tmp_path):
-    from expr.cli import run
+    from expr.app.cli import run
     from expr.cache_format import open_cache
     from expr.evaluate.submission import read_probabilities
 

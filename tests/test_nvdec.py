@@ -14,7 +14,7 @@ import torch
 
 import media_fixtures as F
 from expr.cache_format import open_cache
-from expr.errors import CacheSchemaError, ConfigError
+from expr.core.errors import CacheSchemaError, ConfigError
 from expr.extract import nvdec
 from expr.extract.messages import DecodeJob, FrameBatch, SegmentDone, VideoFailed, VideoHeader, VideoSplit
 from expr.extract.nvdec import choose_decoder, nvdec_messages, probe_nvdec, resolve_decoder
@@ -260,7 +260,7 @@ def test_decode_job_checks_its_decoder(videos):
 def test_cli_decoder_option_help_and_errors(videos, tmp_path, capsys):
     from typer.testing import CliRunner
 
-    from expr.cli import app, run
+    from expr.app.cli import app, run
 
     result = CliRunner().invoke(app, ["extract", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "--decoder" in result.output and "nvdec" in result.output

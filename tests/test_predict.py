@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from expr.errors import LabelFormatError
+from expr.core.errors import LabelFormatError
 from report_helpers import trained_run
 from expr.evaluate.submission import (
     HEADER,
@@ -89,7 +89,7 @@ def trained(tmp_path_factory):
 
 
 def _predict(ds, run_dir, out, *extra):
-    from expr.cli import run
+    from expr.app.cli import run
 
     return run(["predict", "--run", str(run_dir), "--cache", str(ds.cache), "--out", str(out),
                 "--device", "cpu", *extra])

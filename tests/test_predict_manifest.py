@@ -23,7 +23,7 @@ def two_runs(tmp_path_factory):
 
 
 def _predict(run_dir, cache, out, *extra) -> int:
-    from expr.cli import run
+    from expr.app.cli import run
 
     return run(["predict", "--run", str(run_dir), "--cache", str(cache), "--out", str(out), "--no-timelines",
                 "--device", "cpu", *extra])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import media_fixtures as F
-from expr.abaw import CLASS_NAMES, LABEL_HEADER
+from expr.core.abaw import CLASS_NAMES, LABEL_HEADER
 from expr.evaluate.palette import CLASS_COLOURS
 from expr.evaluate.submission import read_submission
 
@@ -27,7 +27,7 @@ def tiny_run(tmp_path_factory):
     """A run trained on a cache of tiny-backbone features of two PyAV-made videos."""
     import torch
 
-    from expr.pipeline import extract_features
+    from expr.app.pipeline import extract_features
     from expr.train_heads import TrainConfig, train
 
     torch.set_num_threads(1)
@@ -56,7 +56,7 @@ def new_videos(tmp_path) -> Path:
 
 
 def _predict(run_dir, *args: str) -> int:
-    from expr.cli import run
+    from expr.app.cli import run
 
     return run(["predict", "--run", str(run_dir), "--device", "cpu", *args])
 
@@ -115,7 +115,7 @@ def _rgba(colour: str) -> tuple:
 
 
 def test_videos_already_in_the_cache_are_not_extracted_again(tiny_run, new_videos, tmp_path):
-    from expr.pipeline import PredictVideosConfig, predict_videos
+    from expr.app.pipeline import PredictVideosConfig, predict_videos
 
     cache = tmp_path / "shared.zarr"
     cfg = PredictVideosConfig(run=tiny_run, out=tmp_path / "out", videos=new_videos, cache=cache, device="cpu",

@@ -159,7 +159,7 @@ def cut_pyav(monkeypatch, after: int, error: bool) -> None:
     (True, "frame 11 of 30 cannot be decoded (Invalid data"),
 ])
 def test_a_pyav_read_that_ends_early_fails_the_video_in_one_line(tmp_path, monkeypatch, error, message):
-    from expr.errors import MediaDecodeError
+    from expr.core.errors import MediaDecodeError
 
     path = F.make_video(tmp_path / "v.mp4", n_frames=30, size=(96, 64), audio_rate=None)
     cut_pyav(monkeypatch, 10, error)

@@ -8,8 +8,8 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from expr.abaw import CLASS_NAMES
-from expr.errors import ConfigError
+from expr.core.abaw import CLASS_NAMES
+from expr.core.errors import ConfigError
 from expr.evaluate.class_scores import compute_metrics
 from expr.evaluate.report import AblationTable, ReportParts, write_report
 from report_helpers import SPLIT, evaluated_run

@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from expr.abaw import CLASS_NAMES
+from expr.core.abaw import CLASS_NAMES
 from report_helpers import SPLIT, evaluated_run
 
 _NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -72,7 +72,7 @@ def test_the_dom_chromium_built_has_the_title_classes_and_scores(report, tmp_pat
 
 
 def test_an_ablation_report_written_by_expr_ablate_renders(tmp_path_factory, tmp_path):
-    from expr.cli import run
+    from expr.app.cli import run
     from expr.train_heads import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("ablate_browser")

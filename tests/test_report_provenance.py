@@ -171,7 +171,7 @@ def test_per_video_figures_mean_something_on_a_one_class_video():
 
 
 def test_min_lr_and_floats_print_without_binary_noise():
-    from expr.demo import DemoConfig, min_lr, train_config
+    from expr.app.demo import DemoConfig, min_lr, train_config
     from expr.evaluate.report import _value
 
     assert 3e-4 / 10 != 3e-05
@@ -193,7 +193,7 @@ def test_readme_says_what_its_pictures_and_timings_are():
 def test_the_terminal_class_table_marks_zero_support(capsys):
     from rich.console import Console
 
-    from expr.commands.evaluate import print_protocol
+    from expr.app.commands.evaluate import print_protocol
 
     y = np.array([0] * 30 + [4] * 20)
     print_protocol(Console(width=120), "per-frame", compute_metrics(y, y))

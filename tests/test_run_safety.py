@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import torch
 
-from expr.cli import run as cli
-from expr.errors import ConfigError, ExprError, LabelFormatError
+from expr.app.cli import run as cli
+from expr.core.errors import ConfigError, ExprError, LabelFormatError
 from expr.train_heads import TrainConfig, train, write_synthetic_dataset
 
 TINY = dict(window=8, stride=4, channels=8, tcn_levels=1, heads=2, batch_size=32, accum=1,
@@ -222,7 +222,7 @@ def test_the_lock_is_held_by_one_of_two_processes_started_together(ds, tmp_path)
     script = textwrap.dedent("""
         import sys, time
         from pathlib import Path
-        from expr.errors import ConfigError
+        from expr.core.errors import ConfigError
         from expr.train_heads.run_dir import run_lock
         try:
             with run_lock(Path(sys.argv[1])):
@@ -440,7 +440,7 @@ def test_evaluate_ids_must_be_plain_names(ds, half, tmp_path, capsys):
 
 
 def test_atomic_path_keeps_the_real_error_when_its_clean_up_fails(tmp_path, monkeypatch):
-    from expr.atomic import write_text
+    from expr.core.atomic import write_text
 
     def unlink(self, missing_ok=False):
         raise OSError(30, "Read-only file system")
@@ -457,7 +457,7 @@ IN_NAMESPACE = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, sys.argv[3])
     from cache_helpers import fill_disk
-    from expr.cli import run
+    from expr.app.cli import run
     disk, jobs = Path(sys.argv[1]), json.loads(sys.argv[2])
     out = []
     for free_pages, argv in jobs:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 import media_fixtures as F
-from expr import demo_data as D
-from expr.abaw import LABEL_HEADER
-from expr.errors import ConfigError, DemoDataError, WeightsNotFoundError
+from expr.app import demo_data as D
+from expr.core.abaw import LABEL_HEADER
+from expr.core.errors import ConfigError, DemoDataError, WeightsNotFoundError
 from expr.train_heads import TrainConfig, train, write_synthetic_dataset
 
 

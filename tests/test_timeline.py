@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
 
-from expr.abaw import CLASS_NAMES
+from expr.core.abaw import CLASS_NAMES
 from expr.evaluate.palette import CLASS_COLOURS, UNLABELLED_COLOUR
 from expr.evaluate.timeline import frame_edges, plot_timeline, runs
 

@@ -17,9 +17,9 @@ import torch
 import typer
 from sklearn.metrics import f1_score
 
-from expr.cli import app, run
-from expr.errors import ConfigError
-from expr.devices import Dist, resolve_device
+from expr.app.cli import app, run
+from expr.core.errors import ConfigError
+from expr.core.devices import Dist, resolve_device
 from expr.train_heads import (TrainConfig, class_weights, load_bank, load_run, load_split, lr_at, macro_f1_accuracy,
                               bank_windows, WindowSpec, predict_logits, read_metrics, train, with_sources,
                               write_synthetic_dataset)

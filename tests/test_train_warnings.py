@@ -52,7 +52,7 @@ def short_clips(tmp_path_factory):
 
 
 def _train(ds, out, *extra) -> int:
-    from expr.cli import run
+    from expr.app.cli import run
 
     torch.set_num_threads(1)
     return run(["train", "--cache", str(ds.cache), "--labels", str(ds.labels), "--out", str(out), "--window",
@@ -61,7 +61,7 @@ def _train(ds, out, *extra) -> int:
 
 
 def test_the_readmes_window_60_on_short_clips_warns_everywhere(short_clips, tmp_path, capsys):
-    from expr.cli import run
+    from expr.app.cli import run
 
     ds = short_clips
     out = tmp_path / "run"

@@ -12,7 +12,7 @@ import torch
 
 from cache_helpers import backbones
 from expr.cache_format import VideoEntry, open_cache, open_writer
-from expr.cli import run
+from expr.app.cli import run
 from expr.train_heads import (WindowRule, load_bank, load_split, bank_windows, WindowSpec, read_metrics, with_sources,
                               write_synthetic_dataset)
 from expr.train_heads.data import gather

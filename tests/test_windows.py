@@ -149,7 +149,7 @@ def test_label_only_bank_gives_the_same_windows(cache, bank):
 def test_window_spec_is_the_configs_four_options_checked_once():
     from pathlib import Path
 
-    from expr.errors import ConfigError
+    from expr.core.errors import ConfigError
     from expr.train_heads import TrainConfig
 
     cfg = TrainConfig(cache=Path("c"), labels=Path("l"), out=Path("o"), window=30, stride=45,

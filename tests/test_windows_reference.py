@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from expr.errors import ConfigError
+from expr.core.errors import ConfigError
 from expr.train_heads.config import WindowRule
 from expr.train_heads.data import FeatureBank
 from expr.train_heads.windows import WindowSpec, bank_windows, grid_windows, reference_windows, video_windows

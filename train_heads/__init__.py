@@ -15,7 +15,7 @@ rest (torch) loads on first use. It never imports open_clip or transformers.
 
 from typing import TYPE_CHECKING
 
-from expr.lazy import lazy_getattr
+from expr.core.lazy import lazy_getattr
 from expr.train_heads.config import (Compile, Fusion, HeadConfig, NoFace, Preload, SmoothMode, Target, TrainConfig,
                                      WindowRule)
 

@@ -25,8 +25,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from expr.atomic import atomic_path, write_json
-from expr.errors import ConfigError, check_choice
+from expr.core.atomic import atomic_path, write_json
+from expr.core.errors import ConfigError, check_choice
 from expr.train_heads.config import RECORDED_SINCE_V01, HeadConfig, TrainConfig
 from expr.train_heads.model import ExprHeadModel
 from expr.train_heads.run_dir import WEIGHTS_SUFFIX, Checkpoint, CheckpointFiles, RunDir

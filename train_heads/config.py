@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
 
-from expr.abaw import NUM_CLASSES
-from expr.errors import ConfigError, as_choices, check_choice
+from expr.core.abaw import NUM_CLASSES
+from expr.core.errors import ConfigError, as_choices, check_choice
 
 
 class Fusion(StrEnum):

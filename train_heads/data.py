@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from expr.abaw import HOP, SAMPLE_RATE
+from expr.core.abaw import HOP, SAMPLE_RATE
 from expr.cache_format import BackboneRecords, CacheReader, open_cache
 from expr.train_heads.config import Preload
 

@@ -21,8 +21,8 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from expr.abaw import CLASS_NAMES, IGNORE_LABEL
-from expr.errors import LabelFormatError
+from expr.core.abaw import CLASS_NAMES, IGNORE_LABEL
+from expr.core.errors import LabelFormatError
 
 TOLERANCE_FRAMES = 5       # ABAW's files differ from the videos by a few lines
 TOLERANCE_SHARE = 0.02     # ... or 2% of a long video

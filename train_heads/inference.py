@@ -28,8 +28,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from expr.abaw import NUM_CLASSES
-from expr.errors import check_choice
+from expr.core.abaw import NUM_CLASSES
+from expr.core.errors import check_choice
 from expr.train_heads.config import NoFace, SmoothMode
 from expr.train_heads.data import FeatureBank
 from expr.train_heads.batch_feeder import BatchFeeder

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from expr.abaw import IGNORE_LABEL, LABEL_HEADER, NUM_CLASSES
+from expr.core.abaw import IGNORE_LABEL, LABEL_HEADER, NUM_CLASSES
 from expr.cache_format.schema import validate_video_id
-from expr.errors import CacheSchemaError, LabelFormatError
+from expr.core.errors import CacheSchemaError, LabelFormatError
 
 HEADER = LABEL_HEADER
 # [0-9], not \d: \d also matches other scripts' digits, which int() then reads as numbers.

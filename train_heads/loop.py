@@ -19,10 +19,10 @@ from typing import Callable
 import torch
 from safetensors import SafetensorError
 
-from expr.abaw import NUM_CLASSES
+from expr.core.abaw import NUM_CLASSES
 from expr.cache_format import CacheReader, open_cache
-from expr.devices import Dist, resolve_device, setup_dist, use_device
-from expr.errors import ConfigError
+from expr.core.devices import Dist, resolve_device, setup_dist, use_device
+from expr.core.errors import ConfigError
 from expr.train_heads import checkpoint as ckpt
 from expr.train_heads.config import Preload, TrainConfig
 from expr.train_heads.data import FeatureBank, select_rows, window_rows

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from expr.abaw import NUM_CLASSES
+from expr.core.abaw import NUM_CLASSES
 from expr.train_heads.model import ExprHeadModel
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from expr.abaw import NUM_CLASSES
+from expr.core.abaw import NUM_CLASSES
 
 
 def confusion_from_pairs(y_true, y_pred, num_classes: int = NUM_CLASSES) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expr.errors import ConfigError
+from expr.core.errors import ConfigError
 from expr.train_heads.config import HeadConfig, TrainConfig
 from expr.train_heads.splits import Split
 

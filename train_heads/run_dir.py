@@ -41,13 +41,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from expr.atomic import (PNG_MAGIC, TEMP_NAME, check_writable, commit_folder, recover_folder, starts_with,
+from expr.core.atomic import (PNG_MAGIC, TEMP_NAME, check_writable, commit_folder, recover_folder, starts_with,
                          write_json, write_text)
-from expr.errors import ConfigError, storage_errors
+from expr.core.errors import ConfigError, storage_errors
 from expr.train_heads.config import RECORDED_SINCE_V01, TrainConfig
 
 if TYPE_CHECKING:
-    from expr.devices import Dist
+    from expr.core.devices import Dist
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

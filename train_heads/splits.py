@@ -9,9 +9,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from expr.abaw import IGNORE_LABEL
+from expr.core.abaw import IGNORE_LABEL
 from expr.cache_format import CacheReader
-from expr.errors import ConfigError
+from expr.core.errors import ConfigError
 from expr.train_heads.config import Preload, TrainConfig
 from expr.train_heads.data import FeatureBank, load_bank, to_device
 from expr.train_heads.labels import SPLITS as ABAW_SPLITS

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from expr.abaw import HOP, LABEL_HEADER, NUM_CLASSES, SAMPLE_RATE, audio_step_times, audio_steps
+from expr.core.abaw import HOP, LABEL_HEADER, NUM_CLASSES, SAMPLE_RATE, audio_step_times, audio_steps
 from expr.cache_format import BackboneRecord, BackboneRecords, VideoEntry, open_writer
 
 SEGMENT_SECONDS = (2.0, 4.0)

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from expr.abaw import NUM_CLASSES
-from expr.errors import check_choice
+from expr.core.abaw import NUM_CLASSES
+from expr.core.errors import check_choice
 from expr.train_heads.config import Target, TrainConfig, WindowRule
 from expr.train_heads.data import FeatureBank
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from expr.errors import storage_errors
+from expr.core.errors import storage_errors
 
 
 # The temporary names of atomic_path: ".<name>.<pid>.tmp" (a killed writer leaves them behind).

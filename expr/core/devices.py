@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from expr.errors import ConfigError
+from expr.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch

@@ -16,8 +16,8 @@ from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from expr.commands import esc
-from expr.devices import DEVICE_HELP, is_main_process
+from expr.app.commands import esc
+from expr.core.devices import DEVICE_HELP, is_main_process
 from expr.extract import Decoder, ExtractConfig, FaceCrop, Geometry, JpgResize
 
 D = ExtractConfig  # the defaults are the config's, declared once (as `expr train` takes TrainConfig's)
@@ -127,7 +127,7 @@ class _ProgressView:
 
     def interrupted_line(self, out: Path) -> str:
         """The one line Ctrl-C prints: what is in the cache, and the command that continues."""
-        from expr.commands import command_line
+        from expr.app.commands import command_line
 
         before = f" ({self.skipped} were complete before)" if self.skipped else ""
         return (f"interrupted: {self.committed} of {self.total} video(s) committed to {esc(out)} by this run"

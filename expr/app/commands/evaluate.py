@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from expr.commands import esc
+from expr.app.commands import esc
 
-from expr.abaw import CLASS_NAMES
-from expr.devices import DEVICE_HELP
+from expr.core.abaw import CLASS_NAMES
+from expr.core.devices import DEVICE_HELP
 from expr.evaluate import EvaluateConfig
 from expr.train_heads import Checkpoint, NoFace, Preload, SmoothMode, WindowRule
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from expr.errors import CacheSchemaError, ConfigError, ExprError, WeightsNotFoundError
+from expr.core.errors import CacheSchemaError, ConfigError, ExprError, WeightsNotFoundError
 from expr.evaluate import PredictConfig
 
 if TYPE_CHECKING:  # (a lazy name: importing it loads torch; the CLI imports this module at start-up)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from expr.commands.evaluate import (
+from expr.app.commands.evaluate import (
     BatchOpt,
     print_random_banner,
     CheckpointOpt,
@@ -18,7 +18,7 @@ from expr.commands.evaluate import (
     SmoothModeOpt,
     SmoothOpt,
 )
-from expr.pipeline import PredictVideosConfig
+from expr.app.pipeline import PredictVideosConfig
 
 DEFAULT = PredictVideosConfig
 
@@ -60,8 +60,8 @@ def predict(
     from rich.console import Console
     from rich.markup import escape
 
-    from expr.abaw import CLASS_NAMES
-    from expr.pipeline import predict_videos
+    from expr.core.abaw import CLASS_NAMES
+    from expr.app.pipeline import predict_videos
 
     console = Console(emoji=False)
     cfg = PredictVideosConfig(run=run, out=out, cache=cache, videos=videos, frames=frames, ids=ids, face_crop=face_crop,

@@ -7,11 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from expr.commands import esc
+from expr.app.commands import esc
 
-from expr.commands.evaluate import CacheOpt, DeviceOpt, LabelsOpt, SmoothModeOpt, SmoothOpt
+from expr.app.commands.evaluate import CacheOpt, DeviceOpt, LabelsOpt, SmoothModeOpt, SmoothOpt
 from expr.evaluate import KEYS, AblateConfig, Keep
-from expr.commands.train import WINDOWS_HELP
+from expr.app.commands.train import WINDOWS_HELP
 from expr.train_heads import Preload, WindowRule
 
 DEFAULT = AblateConfig

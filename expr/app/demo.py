@@ -2,7 +2,7 @@
 
 ``run_demo`` fetches the clips and runs the stages through their Python API (extract ->
 train -> evaluate with timelines and report.html), timing each; it reports through
-``on_event`` and never prints. ``expr.commands.demo`` parses the options and renders the
+``on_event`` and never prints. ``expr.app.commands.demo`` parses the options and renders the
 events. The demo-sized settings are pure functions of ``DemoConfig`` (tested).
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from expr.errors import ConfigError, MediaDecodeError, WeightsNotFoundError
+from expr.core.errors import ConfigError, MediaDecodeError, WeightsNotFoundError
 from expr.evaluate import EvaluateConfig, ReportDir
 from expr.train_heads import RunDir, TrainConfig
 
@@ -120,7 +120,7 @@ RANDOM_WEIGHTS_NOTE = (
 def _extract(cfg: DemoConfig, videos_dir: Path, emit: Callable[[DemoEvent], None]) -> bool:
     """Extract the clips (pretrained weights unless told otherwise or unavailable); True if
     the backbones had random weights."""
-    from expr.pipeline import extract_features
+    from expr.app.pipeline import extract_features
 
     def run(random_weights: bool) -> None:
         summary = extract_features(lambda e: emit(DemoEvent("extract", data=e)),
@@ -143,7 +143,7 @@ def _extract(cfg: DemoConfig, videos_dir: Path, emit: Callable[[DemoEvent], None
 
 def run_demo(cfg: DemoConfig, on_event: Callable[[DemoEvent], None] | None = None) -> DemoResult:
     """Fetch the clips, extract, train, evaluate (timelines + report.html); time each stage."""
-    from expr.demo_data import fetch_cremad_clips, write_demo_labels
+    from expr.app.demo_data import fetch_cremad_clips, write_demo_labels
     from expr.evaluate import DEMO_CAVEAT, evaluate_run, report_from_run
     from expr.train_heads import train
 

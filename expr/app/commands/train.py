@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from expr.commands import esc
-from expr.devices import DEVICE_HELP, is_main_process
+from expr.app.commands import esc
+from expr.core.devices import DEVICE_HELP, is_main_process
 from expr.train_heads import Compile, Fusion, Preload, Target, TrainConfig, WindowRule
 
 ARCH = "Architecture / ablation"
@@ -161,7 +161,7 @@ def committed_epochs(out: Path) -> int:
 
 def interrupted_line(cfg: TrainConfig) -> str:
     """The one line Ctrl-C prints: what is committed, and the command that continues."""
-    from expr.commands import command_line
+    from expr.app.commands import command_line
     from expr.train_heads import Checkpoint, RunDir
 
     done = committed_epochs(cfg.out)

@@ -1,6 +1,6 @@
 """`expr demo`: fetch six CREMA-D clips, then extract -> train -> evaluate, with timings.
 
-Only options and rendering live here; ``expr.demo.run_demo`` runs the stages.
+Only options and rendering live here; ``expr.app.demo.run_demo`` runs the stages.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from expr.demo import DemoConfig
-from expr.devices import DEVICE_HELP
+from expr.app.demo import DemoConfig
+from expr.core.devices import DEVICE_HELP
 
 DEFAULT = DemoConfig
 
@@ -45,8 +45,8 @@ def demo(
     from rich.markup import escape
     from rich.table import Table
 
-    from expr.commands.evaluate import print_protocol
-    from expr.demo import run_demo
+    from expr.app.commands.evaluate import print_protocol
+    from expr.app.demo import run_demo
 
     cfg = DemoConfig(out=out, clips_dir=clips_dir, archive=archive, weights=weights.value, window=window,
                      stride=stride, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
@@ -78,7 +78,7 @@ def _show(console, event) -> None:
     from rich.markup import escape
     from rich.panel import Panel
 
-    from expr.commands.predict import print_extract_event
+    from expr.app.commands.predict import print_extract_event
 
     if event.kind == "stage":
         console.rule(f"[bold]{escape(event.text)}")
