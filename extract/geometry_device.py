@@ -13,6 +13,10 @@ centred siting. Measured against the worker path (decord/swscale RGB + ``clip_ge
 mean absolute difference <= 1.0 on the 0-255 scale (tests/test_geometry_device.py), not
 bit-identical: a cache records which path made it (``options.geometry``) and never mixes them.
 
+``--frames`` jpgs come native too (``frames_dir.py``: ``NativeLayout.square``) and get their own
+rule here, a plain ``--jpg-resize`` resize to S x S without crop (``square_resize``), equal to
+the workers' uint8 resize on 112x112 jpgs (tests/test_jpg_device.py).
+
 Everything here is plain torch on whatever device the tensors are on, so it is tested on CPU.
 """
 
