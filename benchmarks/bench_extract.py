@@ -27,12 +27,15 @@ reports the rate per worker too. ``--decode-only`` runs the decode pool alone (n
 cache), with decord and with PyAV as the decoder, and reports the workers' CPU per frame
 (issue 18: one decord worker kept 1.6 cores busy). ``--tiny-encoders`` times ``expr extract``
 itself (the CLI, imports included) with the tiny test encoders, and its re-runs. ``--source jpg`` feeds ABAW-style 112x112 jpg folders
-instead of 640x360 H.264 videos; ``--size 1280x720`` other videos.
+instead of 640x360 H.264 videos; ``--size 1280x720`` other videos. ``--decode-only --source
+jpg`` runs the pool on the jpg folders alone (no audio), worker path vs device path (decode
+only, native 112x112), with the workers' CPU and the shared-memory bytes per frame.
 
     python benchmarks/bench_extract.py --device cpu --frames 384 --batch-size 64
     python benchmarks/bench_extract.py --null-encoder --frames 12000 --batch-size 128 --workers 1,2 --repeat 1
     python benchmarks/bench_extract.py --null-encoder --source jpg --frames 12000 --repeat 1
     python benchmarks/bench_extract.py --decode-only --frames 6000 --videos 1 --workers 1,2 --repeat 2
+    python benchmarks/bench_extract.py --decode-only --source jpg --frames 6000 --videos 4 --workers 1,2 --repeat 2
     python benchmarks/bench_extract.py --tiny-encoders --frames 12000 --videos 4 --repeat 1
     python benchmarks/bench_extract.py --device cuda --frames 20000 --batch-size 512
     python benchmarks/bench_extract.py --audio --audio-tracks 16 --device cuda
@@ -383,6 +386,55 @@ def main_decode(args) -> None:
             print(f"{d}: {w} vs {args.workers[0]} workers {best[w] / best[args.workers[0]]:.2f}x (best runs)")
 
 
+def bench_decode_jpg(folders: list[Path], workers: int, geometry: str) -> dict:
+    """The decode pool alone over jpg folders (no raw video, so no audio): frames/s, the
+    workers' CPU (RUSAGE_CHILDREN once the pool has joined them) and the bytes of pixels each
+    frame takes through shared memory (S x S on the worker path, native on the device path)."""
+    from expr.extract.decode_pool import DecodePool
+    from expr.extract.messages import DecodeJob, FrameBatch
+
+    jobs = [DecodeJob(f.name, None, None, f, geometry=geometry) for f in folders]
+    children, start, first, frames, nbytes = _children_cpu_seconds(), time.perf_counter(), None, 0, 0
+    with DecodePool(jobs, workers=workers, max_pending=max(8, 2 * workers), borrow_frames=True) as pool:
+        for msg in pool:
+            if isinstance(msg, FrameBatch):
+                first = first or (time.perf_counter(), frames)
+                frames += len(msg.pixels)
+                nbytes += msg.pixels.nbytes
+        started = pool.peak_workers
+    end = time.perf_counter()
+    if first is None:
+        raise SystemExit(f"the decode pool sent no frames for {folders}")
+    return dict(geometry=geometry, workers=workers, started=started, frames=frames, wall=end - start,
+                fps=(frames - first[1]) / (end - first[0]), cpu=_children_cpu_seconds() - children,
+                bytes=nbytes / frames)
+
+
+def main_decode_jpg(args) -> None:
+    """--decode-only --source jpg: the decode pool alone on 112x112 jpg folders, worker path
+    (decode + resize to 224x224 in the workers) vs device path (decode only, native frames);
+    --geometry worker or device runs one of them."""
+    geometries = ["worker", "device"] if args.geometry == "auto" else [args.geometry]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_jpg_folders(root / "jpgs", args.frames, args.videos)
+        make_jpg_folders(root / "tiny", 8, 1)  # a worker's start-up alone
+        folders, tiny = sorted((root / "jpgs").iterdir()), sorted((root / "tiny").iterdir())
+        load = os.getloadavg()[0]
+        startup = {g: min(bench_decode_jpg(tiny, 1, g)["cpu"] for _ in range(2)) for g in geometries}
+        runs = [bench_decode_jpg(folders, w, g) for _ in range(args.repeat) for w in args.workers for g in geometries]
+    print(f"\ndecode pool alone: {args.frames} 112x112 jpgs in {args.videos} folder(s), {os.cpu_count()} CPUs, "
+          f"load average before {load:.2f}, after {os.getloadavg()[0]:.2f}; a worker's start-up (imports) "
+          + ", ".join(f"{g} {startup[g]:.2f} s" for g in geometries) + " of CPU")
+    print(f"{'geometry':>8} {'workers':>7} {'steady f/s':>10} {'wall s':>7} {'worker CPU s':>12} "
+          f"{'us/frame':>8} {'excl. start-up':>14} {'shm bytes/frame':>15}")
+    for r in runs:
+        per = r["cpu"] / r["frames"] * 1e6
+        net = (r["cpu"] - r["started"] * startup[r["geometry"]]) / r["frames"] * 1e6
+        print(f"{r['geometry']:>8} {r['workers']:>7} {r['fps']:>10,.0f} {r['wall']:>7.2f} {r['cpu']:>12.2f} "
+              f"{per:>8.0f} {net:>14.0f} {r['bytes']:>15,.0f}")
+
+
 def _run_cli(videos: Path, out: Path, decoder: str, workers: int) -> tuple[float, int]:
     """`python -m expr extract` with the tiny test encoders (random weights): (wall s, exit code)."""
     import subprocess
@@ -472,7 +524,7 @@ def main() -> None:
     global DECODER
     DECODER = Decoder(args.decoder)
     if args.decode_only:
-        main_decode(args)
+        main_decode_jpg(args) if args.source == "jpg" else main_decode(args)
         return
     if args.tiny_encoders:
         main_tiny(args)

@@ -13,6 +13,10 @@ centred siting. Measured against the worker path (decord/swscale RGB + ``clip_ge
 mean absolute difference <= 1.0 on the 0-255 scale (tests/test_geometry_device.py), not
 bit-identical: a cache records which path made it (``options.geometry``) and never mixes them.
 
+``--frames`` jpgs come native too (``frames_dir.py``: ``NativeLayout.square``) and get their own
+rule here, a plain ``--jpg-resize`` resize to S x S without crop (``square_resize``), equal to
+the workers' uint8 resize on 112x112 jpgs (tests/test_jpg_device.py).
+
 Everything here is plain torch on whatever device the tensors are on, so it is tested on CPU.
 """
 
@@ -47,6 +51,10 @@ class NativeLayout:
     width: int
     matrix: str = "bt601"  # "bt601" | "bt709" (yuv420p only)
     full_range: bool = False  # JPEG (0-255) range instead of MPEG (16-235 / 16-240)
+    # None: CLIP's geometry (shortest side, bicubic, centre crop). "bilinear" | "bicubic": the
+    # --frames jpgs' own rule (frames_dir.resize_square): a plain antialiased resize to S x S
+    # with that mode, no crop (an ABAW face is square already)
+    square: str | None = None
 
     def frame_shape(self) -> tuple[int, ...]:
         if self.fmt == "yuv420p":
@@ -96,7 +104,8 @@ def device_geometry(native, layout: NativeLayout, size: int):
     """Native frames (a uint8 tensor, on any device) -> (N, S, S, 3) uint8 tensor on that device.
 
     One batched op: colour conversion (yuv420p), antialiased bicubic resize of the shortest
-    side to S, centre crop, rounding to uint8 (what the worker path hands the encoder).
+    side to S, centre crop, rounding to uint8 (what the worker path hands the encoder). With
+    ``layout.square`` (jpgs): antialiased resize to S x S in that mode, no crop.
     """
     import torch
     import torch.nn.functional as F
@@ -107,11 +116,35 @@ def device_geometry(native, layout: NativeLayout, size: int):
         x = native.permute(0, 3, 1, 2).float()  # (N, 3, H, W)
     else:
         raise ValueError(f"unknown native frame format {layout.fmt!r}")
+    if layout.square is not None:  # the jpg rule: S x S, no crop
+        return square_resize(x, size, layout.square).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
     new_h, new_w, top, left = crop_box(layout.height, layout.width, size)
     if (new_h, new_w) != (layout.height, layout.width):
         x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
     x = x[:, :, top: top + size, left: left + size]
     return x.round_().clamp_(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def square_resize(x, size: int, mode: str):
+    """(N, 3, h, w) float on 0-255 -> (N, 3, S, S) float of whole levels: the jpgs' rule
+    (``frames_dir.resize_square``), computed as the worker path's uint8 kernel (and PIL) do.
+
+    Width first, then height, each pass rounded half up and clamped to 0-255, as they store the
+    intermediate. Measured against ``resize_square`` on 112x112 noise: one float pass rounded
+    half-to-even was up to 14-22 levels off with bicubic (its overshoot, clamped only at the
+    end; MAD 0.12-0.29), two passes half-to-even 2 (MAD 0.002-0.25), two passes half up 0 for
+    bilinear and 1 for bicubic (MAD 0.0000 / 0.0002; other sizes MAD <= 0.015, max 2). An
+    S x S jpg is left as it is, as there. tests/test_jpg_device.py."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[2:]
+    if w != size:
+        x = F.interpolate(x, size=(h, size), mode=mode, antialias=True, align_corners=False)
+        x = x.add_(0.5).floor_().clamp_(0.0, 255.0)
+    if h != size:
+        x = F.interpolate(x, size=(size, size), mode=mode, antialias=True, align_corners=False)
+        x = x.add_(0.5).floor_().clamp_(0.0, 255.0)
+    return x
 
 
 def mad(a: np.ndarray, b: np.ndarray) -> float:
@@ -125,7 +158,7 @@ def choose_geometry(requested: str, device_type: str, recorded: str | None, elig
 
     ``recorded``: what an existing cache says ("worker" for a cache made before the record
     existed), None for a new cache. ``eligible``: whether any frames could take the device
-    path (not --face-crop haar, not --frames jpgs). ``check()``: the start-up self-check,
+    path (not --face-crop haar). ``check()``: the start-up self-check,
     returns the MAD of device vs worker pixels on the same real frames, or raises.
 
     - worker: always the worker path.

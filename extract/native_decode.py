@@ -104,7 +104,8 @@ def _yuv_batches(job: DecodeJob, source: PyAVFrames, n: int, timestamps: np.ndar
 def self_check(job: DecodeJob, device, frames: int = 32) -> float:
     """The start-up check of ``--geometry device``: the first frames of ``job``'s video through
     both paths (worker: RGB + ``clip_geometry``; device: what a worker would send, then
-    ``device_geometry`` on ``device``); returns their MAD on 0-255. Raises on any failure."""
+    ``device_geometry`` on ``device``); returns their MAD on 0-255. Raises on any failure.
+    A frames-folder job is checked on its jpgs instead (``jpg_self_check``)."""
     from dataclasses import replace
 
     import torch
@@ -112,6 +113,8 @@ def self_check(job: DecodeJob, device, frames: int = 32) -> float:
     from expr.extract.geometry_device import device_geometry, mad
     from expr.extract.video_decode import open_reader, video_batches
 
+    if job.frames_dir is not None:
+        return jpg_self_check(job, device, frames)
     assert job.video_path is not None
     reader = open_reader(job.video_path)
     n = len(reader)
@@ -126,3 +129,42 @@ def self_check(job: DecodeJob, device, frames: int = 32) -> float:
     if pixels.shape != worker.shape:
         raise ValueError(f"the device path gave {pixels.shape}, the worker path {worker.shape}")
     return mad(pixels, worker)
+
+
+def jpg_self_check(job: DecodeJob, device, frames: int = 32) -> float:
+    """The start-up check for ``--frames``: the folder's first ``frames`` jpgs (by number) through
+    both paths (worker: decode + ``resize_square``; device: the native jpgs a worker would send,
+    then ``device_geometry`` on ``device``); masks must agree; returns the MAD of the decoded
+    frames on 0-255. A folder with nothing decodable there raises MediaDecodeError (the caller
+    checks the next job)."""
+    from dataclasses import replace
+
+    import torch
+
+    from expr.extract.frames_dir import frames_dir_batches, index_jpgs
+    from expr.extract.geometry_device import device_geometry, mad
+
+    folder = job.frames_dir
+    assert folder is not None
+    try:
+        found = index_jpgs(folder)
+    except OSError as e:
+        raise MediaDecodeError(f"{folder}: cannot list the frames folder ({e.strerror})") from e
+    first = sorted(found)[:frames]
+    jpgs = {k + 1: found[number] for k, number in enumerate(first)}  # renumbered 1..k: no gaps to check
+    k, times = len(jpgs), np.zeros(len(jpgs))
+    plain = replace(job, geometry="worker", batch_frames=max(1, k))
+    worker = list(frames_dir_batches(plain, k, times, jpgs, []))
+    native = list(frames_dir_batches(replace(plain, geometry="device"), k, times, jpgs, []))
+    if not worker or not worker[0].mask.any():
+        raise MediaDecodeError(f"{folder}: none of its first {k} images can be decoded")
+    (w,), (d,) = worker, native
+    if not np.array_equal(w.mask, d.mask):
+        raise ValueError(f"{folder}: the device path masks other frames than the worker path")
+    pixels = d.pixels
+    if d.layout is not None:
+        device = torch.device(device)
+        pixels = device_geometry(torch.from_numpy(d.pixels).to(device), d.layout, job.image_size).cpu().numpy()
+    if pixels.shape != w.pixels.shape:
+        raise ValueError(f"the device path gave {pixels.shape}, the worker path {w.pixels.shape}")
+    return mad(pixels[w.mask], w.pixels[w.mask])

@@ -113,12 +113,13 @@ def _recorded(out: Path, reset: bool, key: str = "geometry") -> str | None:
 def resolve_geometry(config: ExtractConfig, device, jobs: list, reset: bool, check=None) -> tuple[str, str | None]:
     """Where CLIP's geometry runs this run (extract/geometry_device.py), and at most one note.
 
-    Only raw frames without --face-crop can take the device path (the Haar tracker and the jpg
-    folders stay in the workers). ``check``: test-only stand-in for the start-up self-check."""
+    Raw frames without --face-crop and --frames jpg folders can take the device path (the Haar
+    tracker stays in the workers); the self-check runs on the first job's frames, its jpgs for
+    --frames. ``check``: test-only stand-in for the start-up self-check."""
     from expr.extract.geometry_device import choose_geometry
     from expr.extract.native_decode import self_check
 
-    eligible = config.frames is None and config.face_crop == "none" and bool(jobs)
+    eligible = config.face_crop == "none" and bool(jobs)
 
     def first_frames() -> float:
         """The check on the first video's first frames; a broken file is skipped (its own
