@@ -152,6 +152,29 @@ def mad(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
 
 
+def short_error(exc: BaseException) -> str:
+    """An exception's message on one line, at most 200 characters (its type when it has none)."""
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def self_check_problem(check, versus: str, on_import_error: str | None = None) -> str | None:
+    """What is wrong with a start-up self-check's fast path, in words, or None when ``check()``
+    (its MAD on 0-255 against ``versus``, the plain path) is within ``MAD_LIMIT``.
+
+    Any exception counts as a failure: whatever breaks, the plain path still works.
+    ``on_import_error``: the words for an ImportError (an optional package that is missing),
+    with ``{error}`` where its message goes."""
+    try:
+        diff = float(check())
+    except ImportError as exc:
+        if on_import_error is None:
+            return f"failed (ImportError: {short_error(exc)})"
+        return on_import_error.format(error=short_error(exc))
+    except Exception as exc:  # noqa: BLE001
+        return f"failed ({type(exc).__name__}: {short_error(exc)})"
+    return None if diff <= MAD_LIMIT else f"differs from {versus} by MAD {diff:.2f} > {MAD_LIMIT:g}"
+
+
 def choose_geometry(requested: str, device_type: str, recorded: str | None, eligible: bool,
                     check) -> tuple[str, str | None]:
     """The geometry path of a run, and at most ONE ``note:`` line for the user.
@@ -173,11 +196,7 @@ def choose_geometry(requested: str, device_type: str, recorded: str | None, elig
         return "worker", None
     if requested == "auto" and (recorded == "worker" or (recorded is None and device_type != "cuda")):
         return "worker", None
-    try:
-        diff = float(check())
-        problem = None if diff <= MAD_LIMIT else f"differs from the worker path by MAD {diff:.2f} > {MAD_LIMIT:g}"
-    except Exception as exc:  # noqa: BLE001 - whatever breaks, the plain path still works
-        problem = f"failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+    problem = self_check_problem(check, "the worker path")
     if problem is None:
         return "device", None
     if requested == "device":

@@ -42,7 +42,7 @@ import numpy as np
 
 from expr.core.errors import ConfigError, MediaDecodeError, check_choice
 from expr.extract.config import Decoder
-from expr.extract.geometry_device import MAD_LIMIT, NativeLayout, device_geometry, mad
+from expr.extract.geometry_device import NativeLayout, device_geometry, mad, self_check_problem, short_error
 from expr.extract.messages import DecodeJob, FrameBatch, Message, SegmentDone, VideoFailed, VideoHeader, VideoSplit
 from expr.extract.probe import FIX_HINT
 
@@ -139,10 +139,6 @@ def probe_nvdec(job: DecodeJob, device, decode: DecodeFn, frames: int = PROBE_FR
     return mad(nv, cpu)
 
 
-def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
-
-
 def choose_decoder(requested: str, device_type: str, recorded: str | None, eligible: bool,
                    large: Callable[[], bool], check: Callable[[], float]) -> tuple[str, str | None]:
     """Who decodes the run's raw frames ("cpu" or "nvdec"), and at most ONE ``note:`` line.
@@ -177,13 +173,8 @@ def choose_decoder(requested: str, device_type: str, recorded: str | None, eligi
             big = False
         if not big:
             return "cpu", None
-    try:
-        diff = float(check())
-        problem = None if diff <= MAD_LIMIT else f"differs from the CPU decoders by MAD {diff:.2f} > {MAD_LIMIT:g}"
-    except ImportError as exc:
-        problem = f"needs PyNvVideoCodec, which cannot be imported ({_short(exc)}): pip install {PACKAGE}"
-    except Exception as exc:  # noqa: BLE001 - whatever breaks, the CPU decoders still work
-        problem = f"failed ({type(exc).__name__}: {_short(exc)})"
+    problem = self_check_problem(check, "the CPU decoders", on_import_error="needs PyNvVideoCodec, which cannot be "
+                                 f"imported ({{error}}): pip install {PACKAGE}")
     if problem is None:
         return "nvdec", None
     if requested == "nvdec":
@@ -223,7 +214,7 @@ def resolve_decoder(config, device, jobs: list, geometry: str, recorded: str | N
 def _reason(job: DecodeJob, exc: BaseException) -> str:
     if isinstance(exc, MediaDecodeError):
         return str(exc)
-    return f"{job.source}: NVDEC decoding failed ({type(exc).__name__}: {_short(exc)}): use --decoder cpu"
+    return f"{job.source}: NVDEC decoding failed ({type(exc).__name__}: {short_error(exc)}): use --decoder cpu"
 
 
 def _timestamps(path: Path, n: int) -> np.ndarray:
