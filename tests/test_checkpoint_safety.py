@@ -18,9 +18,8 @@ import torch
 
 from expr.core.errors import ConfigError, StorageError
 from expr.train_heads import RunDir, TrainConfig, read_metrics, train, write_synthetic_dataset
+from train_helpers import TINY, train_config
 
-TINY = dict(window=8, stride=4, channels=8, tcn_levels=1, heads=2, batch_size=32, accum=1,
-            lr=1e-3, min_lr=1e-4, device="cpu", epochs=2)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -44,7 +43,7 @@ def full(ds, tmp_path_factory):
 
 
 def config(ds, out, **kw) -> TrainConfig:
-    return TrainConfig(**{"cache": ds.cache, "labels": ds.labels, "out": out, **TINY, **kw})
+    return train_config(ds, out, TINY, **kw)
 
 
 class Killed(BaseException):

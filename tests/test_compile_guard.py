@@ -24,9 +24,8 @@ from expr.train_heads import TrainConfig, gather, load_run, train, write_synthet
 from expr.train_heads import loop as loop_module
 from expr.train_heads import step as step_module
 from expr.train_heads.splits import read_splits
+from train_helpers import SMALL, small_dataset, train_config
 
-SMALL: dict[str, Any] = dict(window=16, stride=4, channels=32, tcn_levels=3, heads=4, batch_size=16, accum=2,
-                             lr=1e-3, min_lr=1e-4, device="cpu")
 OVERWRITTEN = "accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run"
 REAL_COMPILE = torch.compile
 
@@ -41,12 +40,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp("guard"), n_train=4, n_val=2,
-                                   visual_dim=64, audio_dim=48, text_dim=16)
+    return small_dataset(tmp_path_factory, "guard")
 
 
 def config(ds, out, **kw) -> TrainConfig:
-    return TrainConfig(**{"cache": ds.cache, "labels": ds.labels, "out": out, **SMALL, "epochs": 2, **kw})
+    return train_config(ds, out, SMALL, **{"epochs": 2, **kw})
 
 
 class CudaGraphRule:

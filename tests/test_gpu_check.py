@@ -28,7 +28,12 @@ def test_gpu_check_runs_end_to_end_on_cpu_tiny(tmp_path):
     assert "loss drift 0.00e+00, val F1 drift 0.0000 (equal on CPU)" in checks[2]
     measures = [line.split("\t")[0] for line in (tmp_path / "table.tsv").read_text().splitlines()]
     assert measures == ["train steps, --compile off (bank in host RAM)", "train steps, --compile auto (bank in host RAM)",
-                        "per-frame scoring, window 16"], measures
+                        "per-frame scoring, window 16", "extraction (rows below the table)"], measures
+    steps = [line.removeprefix("== extract ") for line in (tmp_path / "extract.txt").read_text().splitlines()
+             if line.startswith("== extract ")]  # gpu_check_extract.sh's steps, each of which ran
+    assert steps == ["pipeline_360p", "pipeline_720p", "pipeline_720p_nvdec", "feed_360p",
+                     "pipeline_360p_worker_geometry", "audio_batched"], steps
+    assert "FAILED" not in (tmp_path / "extract.txt").read_text()
     assert "expr GPU check: CPU" in proc.stdout and "windows/s" in proc.stdout and "frames/s" in proc.stdout
 
 

@@ -22,9 +22,8 @@ import torch
 from expr.app.cli import run as cli
 from expr.core.errors import ConfigError, ExprError, LabelFormatError
 from expr.train_heads import TrainConfig, train, write_synthetic_dataset
+from train_helpers import TINY, train_config
 
-TINY = dict(window=8, stride=4, channels=8, tcn_levels=1, heads=2, batch_size=32, accum=1,
-            lr=1e-3, min_lr=1e-4, device="cpu", epochs=2)
 DIMS: dict[str, Any] = dict(visual_dim=16, audio_dim=12, text_dim=8, n_train=3, n_val=2)
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
@@ -38,7 +37,7 @@ def ds(tmp_path_factory):
 
 
 def config(ds, out, **kw) -> TrainConfig:
-    return TrainConfig(**{"cache": ds.cache, "labels": ds.labels, "out": out, **TINY, **kw})
+    return train_config(ds, out, TINY, **kw)
 
 
 class Killed(BaseException):

@@ -10,9 +10,8 @@ from expr.train_heads import (BatchFeeder, TrainConfig, WindowSpec, bank_windows
                               load_split, predict_logits, read_metrics, train, write_synthetic_dataset)
 from expr.train_heads import step as step_module
 from expr.train_heads.step import StepReporter, compile_mode, optimizer_flags
+from train_helpers import SMALL, small_dataset, train_config
 
-SMALL = dict(window=16, stride=4, channels=32, tcn_levels=3, heads=4, batch_size=16, accum=2,
-             lr=1e-3, min_lr=1e-4, device="cpu")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -20,12 +19,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp("speed"), n_train=4, n_val=2,
-                                   visual_dim=64, audio_dim=48, text_dim=16)
+    return small_dataset(tmp_path_factory, "speed")
 
 
 def config(ds, out, **kw) -> TrainConfig:
-    return TrainConfig(**{"cache": ds.cache, "labels": ds.labels, "out": out, **SMALL, "epochs": 1, **kw})
+    return train_config(ds, out, SMALL, **{"epochs": 1, **kw})
 
 
 def strip(history):

@@ -24,9 +24,8 @@ from expr.train_heads import (TrainConfig, class_weights, load_bank, load_run, l
                               bank_windows, WindowSpec, predict_logits, read_metrics, train, with_sources,
                               write_synthetic_dataset)
 from expr.train_heads.loop import pick_device
+from train_helpers import SMALL, train_config
 
-SMALL = dict(window=16, stride=4, channels=32, tcn_levels=3, heads=4, batch_size=16, accum=2,
-             lr=1e-3, min_lr=1e-4, device="cpu")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -38,7 +37,7 @@ def ds(tmp_path_factory):
 
 
 def config(ds, out, **kw) -> TrainConfig:
-    return TrainConfig(**{"cache": ds.cache, "labels": ds.labels, "out": out, **SMALL, "epochs": 2, **kw})
+    return train_config(ds, out, SMALL, **{"epochs": 2, **kw})
 
 
 @pytest.fixture(scope="module")
