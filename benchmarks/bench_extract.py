@@ -58,8 +58,38 @@ from expr.extract.config import Decoder, Geometry
 
 
 def make_videos(root: Path, frames: int, n_videos: int, fps: int = 25, size=(640, 360)) -> list[Path]:
-    """``n_videos`` H.264 + AAC (16 kHz mono) clips with ``frames`` frames in total."""
+    """``n_videos`` H.264 + AAC (16 kHz mono) clips with ``frames`` frames in total.
+
+    With ``BENCH_VIDEO_CACHE=DIR`` the clips are written once per (size, frames, videos, fps)
+    under DIR and hard-linked into ``root`` after that: gpu_check_extract.sh's steps share them
+    (encoding 12,000 frames of 720p costs more than extracting them on a GPU)."""
+    import os
+    import shutil
+
+    cache = os.environ.get("BENCH_VIDEO_CACHE")
+    if not cache:
+        return _encode_videos(root, frames, n_videos, fps, size)
+    kept = Path(cache) / f"{size[0]}x{size[1]}-{frames}f-{n_videos}v-{fps}fps"
+    if not kept.is_dir():
+        staging = Path(cache) / f".{kept.name}.{os.getpid()}"
+        _encode_videos(staging, frames, n_videos, fps, size)
+        staging.rename(kept)  # complete or absent: a killed step leaves only a staging folder
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for src in sorted(kept.glob("*.mp4")):
+        dst = root / src.name
+        try:
+            os.link(src, dst)
+        except OSError:  # another filesystem
+            shutil.copyfile(src, dst)
+        paths.append(dst)
+    return paths
+
+
+def _encode_videos(root: Path, frames: int, n_videos: int, fps: int, size) -> list[Path]:
     import av
+
+    root.mkdir(parents=True, exist_ok=True)
 
     rng = np.random.default_rng(0)
     w, h = size

@@ -23,6 +23,9 @@ else
     nvdec=nvdec
     audio=(--audio-tracks 16 --audio-seconds 10,40)
 fi
+# the steps share their synthetic videos (bench_extract.make_videos): encoded once per size
+export BENCH_VIDEO_CACHE=${BENCH_VIDEO_CACHE:-$out/videos}
+mkdir -p "$BENCH_VIDEO_CACHE"
 status=0
 run() {  # run NAME ARGS...: one bench_extract.py step, its log in $out/NAME.log
     local name=$1; shift
