@@ -1,0 +1,193 @@
+"""--geometry device keeps the frames on the encoder's device (issue 18 items 1-2, 4).
+
+The encoder's input buffers are device tensors there, device_geometry writes into them and the
+encoder reads them as they are: no (N, 224, 224, 3) result comes back to the host. The cache is
+the one the host round trip wrote (the round trip was uint8: the same values). A decode pool
+slot whose frames an asynchronous copy still reads goes back to the workers only after the
+copy's fence completed (tested with stand-in fences: no GPU here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import media_fixtures as F
+from expr.extract import encoder_feed, geometry_device, messages
+from expr.extract.decode_pool import DecodePool
+from expr.extract.messages import DecodeJob, FrameBatch
+from expr.extract.run import run_extract
+from expr.extract.visual_features import VisualEncoder
+from test_extract_run import assert_same_cache, cache_arrays, tiny_config
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """Several videos: one split into segments (with SEGMENT_FRAMES = 30), one without audio,
+    one that cannot be decoded."""
+    root = tmp_path_factory.mktemp("devfeed")
+    F.make_video(root / "long.mp4", n_frames=130, size=(96, 64), keyint=20)
+    F.make_video(root / "a.mp4", n_frames=20, size=(128, 72))
+    F.make_video(root / "b.mp4", n_frames=9, size=(64, 48), audio_rate=None)
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 4000)
+    return root
+
+
+def _host_buffers(monkeypatch) -> None:
+    """The path as it was: the geometry's frames land in host numpy buffers (the round trip)."""
+    monkeypatch.setattr(VisualEncoder, "new_device_batch", VisualEncoder.new_batch)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_device_path_writes_the_cache_of_the_host_round_trip(videos, tmp_path, monkeypatch, workers):
+    monkeypatch.setattr(messages, "SEGMENT_FRAMES", 30)
+    kinds: list[type] = []
+    submit = VisualEncoder.submit
+    monkeypatch.setattr(VisualEncoder, "submit", lambda self, pixels: kinds.append(type(pixels)) or submit(self, pixels))
+    on_device = run_extract(tiny_config(videos, tmp_path / "d.zarr", geometry="device", workers=workers))
+    assert set(kinds) == {torch.Tensor}  # the encoder read device buffers
+    _host_buffers(monkeypatch)
+    kinds.clear()
+    round_trip = run_extract(tiny_config(videos, tmp_path / "h.zarr", geometry="device", workers=workers))
+    assert set(kinds) == {np.ndarray}
+    for summary in (on_device, round_trip):
+        assert sorted(summary.ok) == ["a", "b", "long"] and list(summary.failed) == ["broken"]
+    assert_same_cache(cache_arrays(tmp_path / "d.zarr"), cache_arrays(tmp_path / "h.zarr"))
+
+
+def test_no_frame_comes_back_to_the_host_on_the_device_path(videos, tmp_path, monkeypatch):
+    """Counts uint8 tensors turned into numpy or copied to the host while the feed handles a
+    message (the features, float32, come back as always). The host round trip fails this."""
+    monkeypatch.setattr(messages, "SEGMENT_FRAMES", 30)
+    handling, back = [False], []
+    numpy_of, cpu_of, handle = torch.Tensor.numpy, torch.Tensor.cpu, encoder_feed.EncoderFeed.handle
+
+    def counted(original):
+        def method(self, *args, **kwargs):
+            if handling[0] and self.dtype == torch.uint8:
+                back.append(tuple(self.shape))
+            return original(self, *args, **kwargs)
+        return method
+
+    def handle_counted(self, msg):
+        handling[0] = True
+        try:
+            handle(self, msg)
+        finally:
+            handling[0] = False
+
+    outs = []
+    geometry = geometry_device.device_geometry
+
+    def into(native, layout, size, **kw):
+        if handling[0]:  # not the start-up self-check's
+            outs.append(kw.get("out"))
+        return geometry(native, layout, size, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "numpy", counted(numpy_of))
+    monkeypatch.setattr(torch.Tensor, "cpu", counted(cpu_of))
+    monkeypatch.setattr(encoder_feed.EncoderFeed, "handle", handle_counted)
+    monkeypatch.setattr(geometry_device, "device_geometry", into)
+    summary = run_extract(tiny_config(videos, tmp_path / "d.zarr", geometry="device", workers=0))
+    assert sorted(summary.ok) == ["a", "b", "long"]
+    assert back == []
+    # every geometry wrote into a slice of a buffer it was given (none made its own result)
+    assert outs and all(isinstance(out, torch.Tensor) and out.shape[1:] == (64, 64, 3) for out in outs)  # the tiny encoder's S
+    assert sum(len(out) for out in outs) == 130 + 20 + 9
+
+
+def test_the_worker_path_keeps_its_host_buffers(videos, tmp_path, monkeypatch):
+    kinds: list[type] = []
+    submit = VisualEncoder.submit
+    monkeypatch.setattr(VisualEncoder, "submit", lambda self, pixels: kinds.append(type(pixels)) or submit(self, pixels))
+    summary = run_extract(tiny_config(videos, tmp_path / "w.zarr", geometry="worker", workers=0))
+    assert sorted(summary.ok) == ["a", "b", "long"] and set(kinds) == {np.ndarray}
+
+
+def test_device_geometry_into_a_buffer_slice_equals_its_own_result():
+    native = torch.randint(0, 256, (5, 90, 120), dtype=torch.uint8)  # yuv420p of 120x60
+    layout = geometry_device.NativeLayout("yuv420p", 60, 120)
+    buffer = torch.full((8, 32, 32, 3), 7, dtype=torch.uint8)
+    geometry_device.device_geometry(native[1:4], layout, 32, out=buffer[2:5])
+    assert torch.equal(buffer[2:5], geometry_device.device_geometry(native, layout, 32)[1:4])
+    assert (buffer[:2] == 7).all() and (buffer[5:] == 7).all()
+    with pytest.raises(ValueError, match=r"geometry output \(2, 32, 32, 3\) torch.uint8, expected \(3, 32, 32, 3\)"):
+        geometry_device.device_geometry(native[1:4], layout, 32, out=buffer[:2])
+
+
+# -- the slot copy and when its slot goes back -----------------------------------------------------
+class FakeFence:
+    """A CUDA event's stand-in: incomplete until queried ``after`` times, or synchronized."""
+
+    def __init__(self, log: list, name: int, after: int):
+        self.log, self.name, self.after, self.done = log, name, after, False
+
+    def query(self) -> bool:
+        self.after -= 1
+        self.done = self.done or self.after < 0
+        self.log.append(("query", self.name, self.done))
+        return self.done
+
+    def synchronize(self) -> None:
+        self.done = True
+        self.log.append(("synchronize", self.name, True))
+
+
+@pytest.mark.parametrize("after", [0, 3, 10**9])  # done at once, after a few polls, only when waited for
+def test_a_slot_goes_back_only_after_its_copy_completed(tmp_path, after):
+    path = F.make_video(tmp_path / "v.mp4", n_frames=40, size=(64, 48), audio_rate=None)
+    log: list = []
+    fences: list[FakeFence] = []
+    last_by_slot: dict[int, FakeFence] = {}
+    pending: list[FakeFence] = []  # the fence of the batch being handled
+
+    def slot_fence():
+        return pending.pop()
+
+    pool = DecodePool([DecodeJob("v", path, None, None, batch_frames=2)], workers=1, max_pending=2,
+                      borrow_frames=True, slot_fence=slot_fence)
+    frames = 0
+    with pool:
+        for msg in pool:
+            if not isinstance(msg, FrameBatch):
+                continue
+            address = msg.pixels.__array_interface__["data"][0]
+            previous = last_by_slot.get(address)
+            # a worker wrote this slot again: the copy of what it held before had completed
+            assert previous is None or previous.done, (previous.name, log[-5:])
+            fence = FakeFence(log, len(fences), after)
+            fences.append(fence)
+            last_by_slot[address] = fence
+            pending.append(fence)
+            frames += len(msg.pixels)
+    assert frames == 40 and len(last_by_slot) == 2 and len(fences) == 20
+    assert all(f.done for f in fences)  # close() waited for the last ones before unmapping
+    waited = [name for kind, name, _ in log if kind == "synchronize"]
+    if after == 0:
+        assert waited == []  # complete when polled: the feed never waited
+    if after == 10**9:
+        assert sorted(waited) == list(range(20))  # each waited for once, when no slot was free
+
+
+def test_the_feed_hands_its_copy_fence_to_the_pool_once(monkeypatch):
+    """The feed records the fence of its last slot copy and hands it over exactly once."""
+    from types import SimpleNamespace
+
+    fence = object()
+    monkeypatch.setattr(geometry_device, "to_device", lambda pixels, device, stream: (torch.from_numpy(pixels), fence))
+    bb = SimpleNamespace(visual=SimpleNamespace(device=torch.device("cpu")))
+    feed = encoder_feed.EncoderFeed.__new__(encoder_feed.EncoderFeed)
+    feed.bb, feed.geometry_stream, feed.fence = bb, None, None
+    native = np.zeros((2, 6, 4), np.uint8)
+    batch = FrameBatch("v", 0, native, np.ones(2, bool), np.zeros(2), geometry_device.NativeLayout("yuv420p", 4, 4))
+    assert feed.to_device(batch).data_ptr() == native.ctypes.data
+    assert feed.take_fence() is fence and feed.take_fence() is None
+
+
+def test_a_pageable_slot_is_copied_synchronously_with_no_fence():
+    pixels = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    x, fence = geometry_device.to_device(pixels, torch.device("cpu"))
+    assert fence is None and torch.equal(x, torch.from_numpy(pixels))
