@@ -565,13 +565,15 @@ class DecodePool:
                 continue
             view = _slot_view(shm, msg.slot, self._slot_bytes, msg.shape)
             pixels = view if self.borrow_frames else view.copy()
-            yield FrameBatch(msg.video_id, msg.start, pixels, msg.mask, msg.timestamps, msg.layout)
-            # the consumer is done with it: the slot is free again, or once its copy has read it
-            fence = self.slot_fence() if self.slot_fence is not None and self.borrow_frames else None
-            if fence is None:
-                self._free.append(msg.slot)
-            else:
-                self._held.append((msg.slot, fence))
+            try:
+                yield FrameBatch(msg.video_id, msg.start, pixels, msg.mask, msg.timestamps, msg.layout)
+            finally:  # also when the consumer stops here: close() then waits for the copy
+                # the consumer is done with it: the slot is free again, or once its copy has read it
+                fence = self.slot_fence() if self.slot_fence is not None and self.borrow_frames else None
+                if fence is None:
+                    self._free.append(msg.slot)
+                else:
+                    self._held.append((msg.slot, fence))
             self._grant([w for w in self._pool if w.job is not None])  # keep workers busy
         job = worker.job
         if job is not None and not worker.proc.is_alive() and (broken or not worker.conn.poll()):

@@ -191,3 +191,29 @@ def test_a_pageable_slot_is_copied_synchronously_with_no_fence():
     pixels = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     x, fence = geometry_device.to_device(pixels, torch.device("cpu"))
     assert fence is None and torch.equal(x, torch.from_numpy(pixels))
+
+
+def test_a_consumer_that_stops_mid_run_still_waits_for_the_copy_before_unmapping(tmp_path):
+    """An error in the feed ends the iteration right after a copy was queued: the pool must
+    still wait for that copy before it unregisters and unmaps the block."""
+    path = F.make_video(tmp_path / "v.mp4", n_frames=12, size=(64, 48), audio_rate=None)
+    log: list = []
+    fence = FakeFence(log, 0, after=10**9)
+    taken: list = []
+
+    def slot_fence():
+        taken.append(fence)
+        return fence
+
+    def lock(buffer):
+        return lambda: log.append(("unlock", None, fence.done))
+
+    pool = DecodePool([DecodeJob("v", path, None, None, batch_frames=2)], workers=1, max_pending=3,
+                      borrow_frames=True, slot_fence=slot_fence, page_lock=lock)
+    with pytest.raises(RuntimeError, match="the feed failed"):
+        with pool:
+            for msg in pool:
+                if isinstance(msg, FrameBatch):
+                    raise RuntimeError("the feed failed")
+    assert taken == [fence]
+    assert [entry[0] for entry in log if entry[0] != "query"] == ["synchronize", "unlock"]
