@@ -110,7 +110,11 @@ class EncoderFeed:
 
     Per message it does O(1) Python work: a FrameBatch is copied once, as a block, into the
     encoder's input buffer (so the decode pool may lend its shared-memory slot). Two buffers
-    alternate: while the device encodes one, the next fills. Wav2Vec2 runs in one background
+    alternate: while the device encodes one, the next fills. With --geometry device (and
+    NVDEC) the buffers are on the encoder's device: a slot's native frames go there in one
+    copy (asynchronous from a page-locked slot: its event goes to the pool, ``take_fence``)
+    and ``device_geometry`` writes straight into the buffer; CUDA streams are ordered by
+    events, and no frame comes back to the host. Wav2Vec2 runs in one background
     thread as soon as a video's audio and header are in (a track that comes first waits for
     the header's duration), batched across the tracks waiting, so it overlaps with the image
     encoder instead of waiting behind each video's frames.

@@ -247,8 +247,8 @@ def video_frames(job: DecodeJob, n: int, device, decode: DecodeFn,
     assert path is not None
     times, done = _timestamps(path, n), 0
     frames_of = iter(decode(path, device, batch))
-    # On CUDA, decoding and geometry run on a stream of their own (as the feed's geometry does):
-    # waiting for a batch's pixels then does not wait for the image encoder's queued batches.
+    # On CUDA, decoding runs on a stream of its own, not behind the image encoder's queued
+    # batches; the feed's geometry stream waits for each batch's event (FrameBatch.ready).
     stream = torch.cuda.Stream(device) if torch.device(device).type == "cuda" else None
     while True:
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
