@@ -217,3 +217,106 @@ def test_a_consumer_that_stops_mid_run_still_waits_for_the_copy_before_unmapping
                     raise RuntimeError("the feed failed")
     assert taken == [fence]
     assert [entry[0] for entry in log if entry[0] != "query"] == ["synchronize", "unlock"]
+
+
+# -- CUDA stream ordering of the device buffers, with stand-in streams and events ------------------
+class FakeStream:
+    def __init__(self, name: str, log: list):
+        self.name, self.log = name, log
+
+    def wait_event(self, event) -> None:
+        self.log.append(("wait", self.name, event.name))
+
+
+class FakeEvent:
+    count = 0
+
+    def __init__(self, log: list):
+        FakeEvent.count += 1
+        self.name, self.log = f"e{FakeEvent.count}", log
+
+    def record(self, stream: FakeStream) -> None:
+        self.log.append(("record", stream.name, self.name))
+
+
+def test_the_streams_wait_on_events_for_each_buffer_never_on_the_device(monkeypatch):
+    """The encoder's stream waits for the geometry's writes into a buffer before reading it; the
+    geometry's stream waits for the encoder's read before writing that buffer again; nothing
+    synchronizes the host with the device (CUDA stand-ins: the tensors stay on the CPU)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from expr.extract.encoder_feed import ExtractSummary
+    from expr.extract.messages import VideoHeader
+
+    log: list = []
+    encoder = FakeStream("encoder", log)
+    current = [encoder]
+
+    @contextlib.contextmanager
+    def on(stream):
+        before, current[0] = current[0], stream
+        yield
+        current[0] = before
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: FakeStream("geometry", log))
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[0])
+    monkeypatch.setattr(torch.cuda, "Event", lambda: FakeEvent(log))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: log.append(("DEVICE SYNC",)))
+    monkeypatch.setattr(geometry_device, "to_device",
+                        lambda pixels, device, stream: (torch.from_numpy(pixels), FakeEvent(log)))
+    geometry = geometry_device.device_geometry
+
+    def logged_geometry(native, layout, size, out=None):
+        log.append(("geometry", current[0].name, which(out)))
+        return geometry(native, layout, size, out=out)
+
+    monkeypatch.setattr(geometry_device, "device_geometry", logged_geometry)
+    buffers: list = []
+
+    def which(tensor) -> int:  # the buffer a slice lies in
+        return [b.untyped_storage().data_ptr() for b in buffers].index(tensor.untyped_storage().data_ptr())
+
+    class Visual:
+        device = SimpleNamespace(type="cuda")
+
+        def new_device_batch(self, n):
+            buffers.append(torch.zeros((n, 4, 4, 3), dtype=torch.uint8))
+            return buffers[-1]
+
+        def submit(self, pixels):
+            log.append(("submit", current[0].name, which(pixels)))
+            return pixels[:, 0, 0, :].float().numpy()
+
+        def collect(self, handle):
+            return handle
+
+    bb = SimpleNamespace(visual_spec=SimpleNamespace(image_size=4), visual=Visual(), audio=None,
+                         audio_spec=SimpleNamespace(sample_rate=16000))
+    config = SimpleNamespace(batch_size=2, videos=Path("/v"), frames=None)
+    jobs = [DecodeJob("v", Path("/v/v.mp4"), None, None, geometry="device")]
+    feed = encoder_feed.EncoderFeed(config, None, bb, jobs, ExtractSummary(out=Path("/o")), lambda e: None)
+    feed.handle(VideoHeader("v", 25.0, 6, 0.24, False, 1, 0.0))
+    layout = geometry_device.NativeLayout("yuv420p", 4, 4)
+    for start in (0, 3):  # two messages of 3 frames: batches of 2 straddle them
+        native = np.full((3, 6, 4), 100 + start, np.uint8)
+        feed.handle(FrameBatch("v", start, native, np.ones(3, bool), np.arange(start, start + 3) / 25.0, layout))
+        assert not feed.summary.failed, feed.summary.failed
+        assert feed.take_fence() is not None  # the copy's event goes to the pool
+    feed.flush()
+    assert ("DEVICE SYNC",) not in log
+    steps = [e for e in log if e[0] in ("geometry", "submit")]
+    # buffers 0, 1, 0: the second fill of buffer 0 comes after the encoder read it
+    assert steps == [("geometry", "geometry", 0), ("submit", "encoder", 0),  # frames 0-1
+                     ("geometry", "geometry", 1), ("geometry", "geometry", 1), ("submit", "encoder", 1),  # 2 | 3
+                     ("geometry", "geometry", 0), ("submit", "encoder", 0)]  # 4-5
+    for i, entry in enumerate(log):
+        if entry[0] == "submit":  # the encoder waited for the event recorded after the geometry's writes
+            record, wait = log[i - 2], log[i - 1]
+            assert record[:2] == ("record", "geometry") and wait == ("wait", "encoder", record[2])
+    # the geometry's stream waited, before refilling buffer 0, for the event after the encoder's read
+    freed = log[log.index(("submit", "encoder", 0)) + 1]
+    assert freed[:2] == ("record", "encoder")
+    refill = [i for i, e in enumerate(log) if e == ("geometry", "geometry", 0)][1]
+    assert ("wait", "geometry", freed[2]) in log[:refill]
