@@ -324,6 +324,11 @@ class DecodePool:
     for more (a video's last frames would otherwise wait for later videos' frames).
     ``page_lock``: called once with the shared-memory block (``--geometry device`` on CUDA
     registers it as page-locked); returns the function that undoes it, called in ``close()``.
+    ``slot_fence``: called after each borrowed FrameBatch was handled; returns None (the slot
+    is free again) or a fence (``query()``, ``synchronize()``: a CUDA event after an
+    asynchronous copy that still reads the slot). Such a slot goes back to the workers only
+    once its fence completed: polled whenever credits are handed out, waited for only when
+    no slot is free otherwise, and always before the block is unmapped.
     ``audio_jobs``: decode each video's audio in a job of its own (``with_audio_jobs``).
     """
 
@@ -341,6 +346,7 @@ class DecodePool:
         idle_after: float = 0.5,
         page_lock: Callable[[memoryview], Callable[[], None] | None] | None = None,
         audio_jobs: bool = False,
+        slot_fence: Callable[[], object | None] | None = None,
     ):
         if workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {workers}")
@@ -363,6 +369,8 @@ class DecodePool:
         self.on_idle, self.idle_after = on_idle, idle_after
         self.page_lock = page_lock  # called on the new shared-memory block; returns its unlock, or None
         self._unlock: Callable[[], None] | None = None
+        self.slot_fence = slot_fence
+        self._held: deque[tuple[int, object]] = deque()  # (slot, fence): a copy may still read it
         self.peak_pending = 0
         self.peak_workers = 0  # the most worker processes alive at once
         self.restarts = 0  # workers that died while decoding (each replaced)
@@ -557,9 +565,15 @@ class DecodePool:
                 continue
             view = _slot_view(shm, msg.slot, self._slot_bytes, msg.shape)
             pixels = view if self.borrow_frames else view.copy()
-            yield FrameBatch(msg.video_id, msg.start, pixels, msg.mask, msg.timestamps, msg.layout)
-            # the consumer is done with it: the slot is free again
-            self._free.append(msg.slot)
+            try:
+                yield FrameBatch(msg.video_id, msg.start, pixels, msg.mask, msg.timestamps, msg.layout)
+            finally:  # also when the consumer stops here: close() then waits for the copy
+                # the consumer is done with it: the slot is free again, or once its copy has read it
+                fence = self.slot_fence() if self.slot_fence is not None and self.borrow_frames else None
+                if fence is None:
+                    self._free.append(msg.slot)
+                else:
+                    self._held.append((msg.slot, fence))
             self._grant([w for w in self._pool if w.job is not None])  # keep workers busy
         job = worker.job
         if job is not None and not worker.proc.is_alive() and (broken or not worker.conn.poll()):
@@ -574,7 +588,9 @@ class DecodePool:
 
     def _grant(self, busy: list[_Worker]) -> None:
         """Hand out free slots as credits, fewest-held first, at most a fair share each, as
-        one message, and only to a worker that has read the previous one (never blocks)."""
+        one message, and only to a worker that has read the previous one (never blocks on a
+        pipe; on a fence only when every slot is held by one: ``_reclaim``)."""
+        self._reclaim()
         if not busy or not self._free:
             return
         share = -(-self.max_pending // len(busy))
@@ -591,6 +607,18 @@ class DecodePool:
             worker.sent += 1
             worker.slots.extend(credits)
             self.peak_pending = max(self.peak_pending, self._pending)
+
+    def _reclaim(self, everything: bool = False) -> None:
+        """Free the held slots whose copy has completed (in order: copies on one stream complete
+        in order); when none is free otherwise, or with ``everything``, wait for them."""
+        while self._held:
+            slot, fence = self._held[0]
+            if not fence.query():  # pyright: ignore[reportAttributeAccessIssue] - a fence
+                if self._free and not everything:
+                    return
+                fence.synchronize()  # pyright: ignore[reportAttributeAccessIssue] - a fence
+            self._held.popleft()
+            self._free.append(slot)
 
     def _drain(self, worker: _Worker, todo: deque) -> Iterator[Message | _SlotBatch | None]:
         """Receive what ``worker`` has sent so far: yields data messages, then None if the pipe broke."""
@@ -645,6 +673,10 @@ class DecodePool:
                 worker.proc.join(timeout=2.0)
             worker.conn.close()
         self._pool.clear()
+        try:
+            self._reclaim(everything=True)  # no DMA may read the block once it is unregistered
+        except Exception:  # noqa: BLE001 - a broken CUDA context: no copy runs any more
+            self._held.clear()
         if self._unlock is not None:  # page-locked memory must be unregistered before it is unmapped
             self._unlock()
             self._unlock = None

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +110,11 @@ class EncoderFeed:
 
     Per message it does O(1) Python work: a FrameBatch is copied once, as a block, into the
     encoder's input buffer (so the decode pool may lend its shared-memory slot). Two buffers
-    alternate: while the device encodes one, the next fills. Wav2Vec2 runs in one background
+    alternate: while the device encodes one, the next fills. With --geometry device (and
+    NVDEC) the buffers are on the encoder's device: a slot's native frames go there in one
+    copy (asynchronous from a page-locked slot: its event goes to the pool, ``take_fence``)
+    and ``device_geometry`` writes straight into the buffer; CUDA streams are ordered by
+    events, and no frame comes back to the host. Wav2Vec2 runs in one background
     thread as soon as a video's audio and header are in (a track that comes first waits for
     the header's duration), batched across the tracks waiting, so it overlaps with the image
     encoder instead of waiting behind each video's frames.
@@ -121,7 +125,7 @@ class EncoderFeed:
         self.jobs = {j.video_id: j for j in jobs}
         self.videos: dict[str, _Video] = {}
         self.size = bb.visual_spec.image_size
-        self.buffers: list[np.ndarray] = []  # made on the first frames: the encoder is built lazily
+        self.buffers: list = []  # host np.ndarray or device Tensor; made on the first frames (the encoder is built lazily)
         self.fill = 0  # frames in the current buffer
         self.owners: list[tuple[str, int, int]] = []  # (video_id, first frame, n) of the current buffer
         self.inflight: tuple[object, list[tuple[str, int, int]], int] | None = None  # (handle, owners, n)
@@ -134,6 +138,11 @@ class EncoderFeed:
         self.write_thread = ThreadPoolExecutor(1, thread_name_prefix="expr-write")
         self.writes: list[tuple[str, _Video, Future]] = []  # handed to the writer, in order
         self.geometry_stream = None  # CUDA stream of --geometry device (made on first use)
+        # --geometry device (or NVDEC): the input buffers live on the encoder's device and the
+        # geometry writes into them; the worker path keeps host buffers (pinned on CUDA)
+        self.device_buffers = any(j.geometry == "device" or j.decoder == "nvdec" for j in jobs)
+        self.free: list = [None, None]  # per buffer: event after the encoder's read of it (CUDA)
+        self.fence = None  # the last slot copy's (to_device), until the pool takes it
         self.started = time.monotonic()
 
     def elapsed(self) -> float:
@@ -189,53 +198,103 @@ class EncoderFeed:
         if self.sharers[key[:2]] > 1:
             self.shared_audio[key] = [video.audio, self.sharers[key[:2]] - 1]
 
-    def device_geometry(self, batch) -> np.ndarray:
-        """Native frames (--geometry device) -> (N, S, S, 3) uint8 on the encoder's device.
-
-        The slot is borrowed until the next message, so the copy to the device is synchronous;
-        the pixels come back to the host buffer (150 kB a frame), which keeps one encoder
-        input format for both paths. On CUDA this runs on its own stream: waiting for it then
-        does not wait for the image encoder's batch queued before it (the double buffer)."""
-        import contextlib
-
+    def to_device(self, batch):
+        """A message's native frames on the encoder's device (--geometry device), on the
+        geometry's own CUDA stream: ONE copy, asynchronous from a page-locked slot. Its fence
+        goes to the decode pool (``take_fence``), which reuses the slot only once the copy has
+        read it; nothing here waits for it."""
         import torch
 
-        from expr.extract.geometry_device import device_geometry
+        from expr.extract.geometry_device import to_device
 
         device = self.bb.visual.device
         if device.type == "cuda" and self.geometry_stream is None:
             self.geometry_stream = torch.cuda.Stream(device)
-        on_stream = torch.cuda.stream(self.geometry_stream) if device.type == "cuda" else contextlib.nullcontext()
-        with on_stream, torch.inference_mode():
-            x = torch.from_numpy(batch.pixels).to(device)
-            return device_geometry(x, batch.layout, self.size).cpu().numpy()
+        x = batch.pixels
+        if not isinstance(x, torch.Tensor):
+            x, self.fence = to_device(x, device, self.geometry_stream)
+        elif x.device.type == "cuda" and self.geometry_stream is not None:  # NVDEC's, on the device already
+            if batch.ready is not None:  # made on the decoder's stream: the geometry's waits for it
+                self.geometry_stream.wait_event(batch.ready)
+            x.record_stream(self.geometry_stream)  # not reused by the allocator before the geometry ran
+        return x
+
+    def take_fence(self):
+        """The fence of the last frames copied from a decode pool slot (None: none pending, the
+        slot is free at once); the pool calls this once the message was handled."""
+        fence, self.fence = self.fence, None
+        return fence
+
+    def _on_geometry_stream(self):
+        import contextlib
+
+        import torch
+
+        return torch.cuda.stream(self.geometry_stream) if self.geometry_stream is not None else contextlib.nullcontext()
+
+    def put(self, batch, source, done: int, k: int) -> None:
+        """Frames done..done+k of ``batch`` into the current buffer at ``self.fill``: native
+        frames through ``device_geometry`` straight into the buffer (on the device path the
+        buffer is on the encoder's device: no round trip through the host), others copied."""
+        import torch
+
+        buffer = self.buffers[0]
+        if batch.layout is None and isinstance(buffer, np.ndarray):  # the worker path: host to host
+            buffer[self.fill: self.fill + k] = batch.pixels[done: done + k]
+            return
+        from expr.extract.geometry_device import device_geometry
+
+        view = buffer[self.fill: self.fill + k]
+        out = view if isinstance(view, torch.Tensor) else torch.from_numpy(view)
+        with self._on_geometry_stream(), torch.inference_mode():
+            if self.free[0] is not None:  # the encoder's read of this buffer's last batch
+                torch.cuda.current_stream(self.bb.visual.device).wait_event(self.free[0])
+                self.free[0] = None
+            if batch.layout is not None:
+                device_geometry(source[done: done + k], batch.layout, self.size, out=out)
+            else:  # frames whose geometry is done (NVDEC's, or a worker's on a device buffer)
+                out.copy_(source[done: done + k] if isinstance(source, torch.Tensor)
+                          else torch.from_numpy(np.ascontiguousarray(source[done: done + k])))
+
+    def new_buffers(self) -> list:
+        """Two (B, S, S, 3) uint8 encoder input buffers: on the encoder's device when the
+        geometry runs there (``device_buffers``), else on the host (pinned on CUDA)."""
+        visual, b = self.bb.visual, self.config.batch_size
+        return [visual.new_device_batch(b) if self.device_buffers else visual.new_batch(b) for _ in range(2)]
 
     def add_frames(self, vid: str, batch) -> None:
+        pixels, n, size = batch.pixels, len(batch.pixels), self.size
         if batch.layout is not None:
-            try:
-                if batch.pixels.shape[1:] != batch.layout.frame_shape():
-                    raise ValueError(f"native frames {batch.pixels.shape} do not match {batch.layout}")
-                batch = replace(batch, pixels=self.device_geometry(batch), layout=None)
-            except Exception as exc:  # one video's frames, not the run
-                self.fail(vid, f"{self.jobs[vid].source}: geometry on the device failed: {type(exc).__name__}: {exc}")
-                return
-        pixels, n = batch.pixels, len(batch.pixels)
-        if pixels.shape[1:] != (self.size, self.size, 3) or pixels.dtype != np.uint8 \
-                or np.shape(batch.mask) != (n,) or np.shape(batch.timestamps) != (n,):
-            self.fail(vid, f"decoder returned frames {pixels.shape} {pixels.dtype}, mask "
-                           f"{np.shape(batch.mask)}, timestamps {np.shape(batch.timestamps)}; "
-                           f"expected (N, {self.size}, {self.size}, 3) uint8 and (N,)")
+            problem = None if tuple(pixels.shape[1:]) == batch.layout.frame_shape() \
+                else f"native frames {tuple(pixels.shape)} do not match {batch.layout}"
+        else:
+            problem = None if tuple(pixels.shape[1:]) == (size, size, 3) and str(pixels.dtype).endswith("uint8") \
+                else f"decoder returned frames {tuple(pixels.shape)} {pixels.dtype}"
+        if problem is None and (np.shape(batch.mask) != (n,) or np.shape(batch.timestamps) != (n,)):
+            problem = f"decoder returned a mask {np.shape(batch.mask)} and timestamps {np.shape(batch.timestamps)}"
+        if problem is not None:
+            self.fail(vid, f"{self.jobs[vid].source}: {problem}; expected (N, {size}, {size}, 3) uint8 (or native "
+                           "frames of their layout) and (N,)")
+            return
+        try:
+            source = self.to_device(batch) if batch.layout is not None else pixels
+        except Exception as exc:  # one video's frames, not the run
+            self.fail(vid, f"{self.jobs[vid].source}: geometry on the device failed: {type(exc).__name__}: {exc}")
             return
         video = self.videos[vid]
         video.masks.append((batch.start, np.asarray(batch.mask, dtype=bool)))
         video.times.append((batch.start, np.asarray(batch.timestamps, dtype=np.float64)))
         video.queued += n
         if not self.buffers:
-            self.buffers = [self.bb.visual.new_batch(self.config.batch_size) for _ in range(2)]
+            self.buffers = self.new_buffers()
         done = 0
         while done < n:
             k = min(n - done, self.config.batch_size - self.fill)
-            self.buffers[0][self.fill: self.fill + k] = pixels[done: done + k]
+            try:
+                self.put(batch, source, done, k)
+            except Exception as exc:  # one video's frames, not the run
+                self.fail(vid, f"{self.jobs[vid].source}: geometry on the device failed: {type(exc).__name__}: {exc}")
+                return
             self.owners.append((vid, batch.start + done, k))
             self.fill += k
             done += k
@@ -244,20 +303,43 @@ class EncoderFeed:
 
     def encode(self) -> None:
         """Submit the current buffer (padded) and collect the batch before it."""
+        import torch
+
         buffer, n = self.buffers[0], self.fill
         # Always the same batch shape: a frame's features then do not depend on which
         # frames share its batch (GEMM blocking depends on the batch size), so a resumed
         # run writes bit-identical features on CPU.
-        buffer[n:] = 0
         try:
-            handle = self.bb.visual.submit(buffer)
+            if isinstance(buffer, np.ndarray):
+                buffer[n:] = 0
+                handle = self.bb.visual.submit(buffer)
+            else:
+                with self._on_geometry_stream():
+                    buffer[n:] = 0
+                    written = self.record()
+                if written is not None:  # the encoder's stream reads what the geometry's wrote
+                    torch.cuda.current_stream(self.bb.visual.device).wait_event(written)
+                handle = self.bb.visual.submit(buffer)
+                self.free[0] = self.record()  # the geometry's stream waits for it before refilling
         except Exception as exc:  # e.g. out of memory: the videos of this batch fail, not the run
             handle = exc
         previous, self.inflight = self.inflight, (handle, self.owners, n)
         self.buffers.reverse()  # fill the other one while the device works on this one
+        self.free.reverse()
         self.fill, self.owners = 0, []
         if previous is not None:
             self.collect(*previous)
+
+    def record(self):
+        """A CUDA event recorded on the current stream (None off CUDA: there every op is done
+        when its call returns). Streams wait on events, never the host on the whole device."""
+        import torch
+
+        if self.geometry_stream is None:
+            return None
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.bb.visual.device))
+        return event
 
     def collect(self, handle, owners: list[tuple[str, int, int]], n: int) -> None:
         """Hand a submitted batch's features to their videos."""

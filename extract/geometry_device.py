@@ -22,6 +22,7 @@ Everything here is plain torch on whatever device the tensors are on, so it is t
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,8 +101,9 @@ def crop_box(h: int, w: int, size: int) -> tuple[int, int, int, int]:
     return new_h, new_w, int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
 
 
-def device_geometry(native, layout: NativeLayout, size: int):
-    """Native frames (a uint8 tensor, on any device) -> (N, S, S, 3) uint8 tensor on that device.
+def device_geometry(native, layout: NativeLayout, size: int, out=None):
+    """Native frames (a uint8 tensor, on any device) -> (N, S, S, 3) uint8 tensor on that device
+    (``out``, an (N, S, S, 3) uint8 tensor there, e.g. a slice of the encoder's input buffer).
 
     One batched op: colour conversion (yuv420p), antialiased bicubic resize of the shortest
     side to S, centre crop, rounding to uint8 (what the worker path hands the encoder). With
@@ -122,7 +124,33 @@ def device_geometry(native, layout: NativeLayout, size: int):
     if (new_h, new_w) != (layout.height, layout.width):
         x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
     x = x[:, :, top: top + size, left: left + size]
-    return x.round_().clamp_(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    if out is None:
+        return x.round_().clamp_(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    if tuple(out.shape) != (len(x), size, size, 3) or out.dtype != torch.uint8:
+        raise ValueError(f"geometry output {tuple(out.shape)} {out.dtype}, expected ({len(x)}, {size}, {size}, 3) uint8")
+    return out.copy_(x.round_().clamp_(0.0, 255.0).permute(0, 2, 3, 1))  # the same cast as .to(uint8)
+
+
+def to_device(pixels: np.ndarray, device, stream=None):
+    """A message's native frames (a host array: a decode pool slot) -> (uint8 tensor on
+    ``device``, fence). The fence is what to wait on (``query()`` / ``synchronize()``) before
+    the host memory may be written again; None: at once.
+
+    From page-locked memory on CUDA (the registered slots) it is ONE asynchronous copy on
+    ``stream`` (the geometry's), and the fence a CUDA event recorded after it there: the
+    caller goes on while the DMA runs. From pageable memory the copy is synchronous, as
+    before (page-locking failed, or the pool copied the frames out). On CPU the tensor IS the
+    host memory (no copy; what reads it runs before the call that follows returns)."""
+    import torch
+
+    host = torch.from_numpy(pixels)
+    if torch.device(device).type != "cuda" or not host.is_pinned():
+        return host.to(device), None
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        x = host.to(device, non_blocking=True)
+        fence = torch.cuda.Event()
+        fence.record(torch.cuda.current_stream(device))  # ``stream``: done once the copy has read the slot
+    return x, fence
 
 
 def square_resize(x, size: int, mode: str):

@@ -97,10 +97,11 @@ class VideoHeader:
 class FrameBatch:
     video_id: str
     start: int  # index of the first frame (0-based)
-    pixels: np.ndarray  # (N, S, S, 3) uint8 RGB, geometry done, not normalised (or native: see layout)
+    pixels: np.ndarray  # (N, S, S, 3) uint8 RGB, geometry done, not normalised (or native: see layout; NVDEC: a device tensor)
     mask: np.ndarray  # (N,) bool: decoded and (frames dir / face crop) face present
     timestamps: np.ndarray  # (N,) float64 seconds from frame 0 (VFR-safe)
     layout: NativeLayout | None = None  # native frames (--geometry device): pixels are (N, *layout.frame_shape())
+    ready: object | None = None  # pixels on a CUDA device (NVDEC): the event their producer recorded after them
 
 
 @dataclass

@@ -18,8 +18,8 @@ timestamps) and its audio, and send no frames (``DecodeJob.decoder == "nvdec"``)
 main process receives a header, ``nvdec_messages`` announces one segment covering the whole
 video (``VideoSplit``: the feed then waits for its frames as for a split video), reads the
 timestamps with the same call as the worker (as a segment job does), decodes the frames on the
-encoder's device, runs ``device_geometry`` on them there and hands (N, S, S, 3) uint8 frames
-to the feed, then ``SegmentDone``. An NVDEC error, or a frame count other than the index's,
+encoder's device and hands them to the feed as native rgb24 frames that stay there (the feed
+runs ``device_geometry`` on them straight into its device input buffer), then ``SegmentDone``. An NVDEC error, or a frame count other than the index's,
 fails that video only. No CUDA context is made in the workers.
 
 Never the default unless proven: ``auto`` takes NVDEC only on CUDA, with the geometry on the
@@ -230,16 +230,16 @@ def _timestamps(path: Path, n: int) -> np.ndarray:
 
 def video_frames(job: DecodeJob, n: int, device, decode: DecodeFn,
                  batch: int = BATCH_FRAMES) -> Iterator[FrameBatch]:
-    """Frames 0..n-1 of ``job``'s video: NVDEC on ``device``, ``device_geometry`` there, as
-    FrameBatches of (N, S, S, 3) uint8 (host) with the worker path's timestamps."""
+    """Frames 0..n-1 of ``job``'s video: NVDEC on ``device``, as FrameBatches of native
+    (N, H, W, 3) uint8 tensors on ``device`` (layout rgb24) with the worker path's timestamps."""
     import torch
 
     path = job.video_path
     assert path is not None
     times, done = _timestamps(path, n), 0
     frames_of = iter(decode(path, device, batch))
-    # On CUDA, decoding and geometry run on a stream of their own (as the feed's geometry does):
-    # waiting for a batch's pixels then does not wait for the image encoder's queued batches.
+    # On CUDA, decoding runs on a stream of its own, not behind the image encoder's queued
+    # batches; the feed's geometry stream waits for each batch's event (FrameBatch.ready).
     stream = torch.cuda.Stream(device) if torch.device(device).type == "cuda" else None
     while True:
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
@@ -254,10 +254,16 @@ def video_frames(job: DecodeJob, n: int, device, decode: DecodeFn,
         if k == 0:
             break
         layout = NativeLayout("rgb24", int(frames.shape[1]), int(frames.shape[2]))
-        # not across the yield (the consumer runs between two batches): per batch
-        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(), torch.inference_mode():
-            pixels = device_geometry(frames.to(device), layout, job.image_size).cpu().numpy()
-        yield FrameBatch(job.video_id, done, pixels, np.ones(k, bool), times[done: done + k].copy())
+        # native frames, left on the device: the feed runs device_geometry on them straight into
+        # the encoder's device buffer (no round trip through the host), on its stream once
+        # ``ready`` (recorded here, on this one) has passed
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            frames = frames.to(device)
+            ready = None
+            if stream is not None:
+                ready = torch.cuda.Event()
+                ready.record()
+        yield FrameBatch(job.video_id, done, frames, np.ones(k, bool), times[done: done + k].copy(), layout, ready)
         done += k
         if done == n:
             break

@@ -286,7 +286,8 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
                 slots = max(8, 2 * config.workers)
                 lock = _page_lock(summary) if geometry == "device" and device.type == "cuda" else None
                 with DecodePool(todo, workers=config.workers, max_pending=slots, borrow_frames=True,
-                                on_idle=feed.flush, page_lock=lock, audio_jobs=True) as pool:
+                                on_idle=feed.flush, page_lock=lock, audio_jobs=True,
+                                slot_fence=feed.take_fence) as pool:
                     pool.start()  # the workers start (imports, first frames) while the models are built
                     bb.build()  # both now: missing checkpoints fail (named together) before any frame is encoded
                     messages = pool if decoder == "cpu" else nvdec.nvdec_messages(pool, todo, device, nvdec.load_decoder())

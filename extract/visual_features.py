@@ -49,18 +49,28 @@ class VisualEncoder:
         pinned = self.device.type == "cuda"
         return torch.zeros((batch_size, size, size, 3), dtype=torch.uint8, pin_memory=pinned).numpy()
 
-    def submit(self, pixels: np.ndarray):
-        """Start encoding (B, S, S, 3) uint8 pixels; the returned handle goes to ``collect``.
+    def new_device_batch(self, batch_size: int):
+        """A (B, S, S, 3) uint8 input buffer ON the encoder's device: what ``--geometry device``
+        writes its frames into, so they never come back to the host (150 kB a frame)."""
+        import torch
+
+        size = self.spec.image_size
+        return torch.zeros((batch_size, size, size, 3), dtype=torch.uint8, device=self.device)
+
+    def submit(self, pixels):
+        """Start encoding (B, S, S, 3) uint8 pixels (a host numpy buffer, or a tensor on the
+        encoder's device: used as it is); the returned handle goes to ``collect``.
 
         ``pixels`` must stay untouched until the handle of the NEXT submit was collected, or
-        this one's (the host-to-device copy of a pinned buffer is asynchronous).
+        this one's (the host-to-device copy of a pinned buffer is asynchronous, and so is the
+        encoder's read of a device buffer).
         """
         import torch
 
         cuda = self.device.type == "cuda"
-        x = torch.from_numpy(pixels)
-        if cuda:
-            x = x.to(self.device, non_blocking=x.is_pinned())
+        x = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels)
+        if x.device != self.device:
+            x = x.to(self.device, non_blocking=cuda and x.is_pinned())
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
             x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std  # (B, 3, S, S)
             feats = self.visual(x)  # (B, D)

@@ -16,6 +16,7 @@ import media_fixtures as F
 from expr.cache_format import open_cache
 from expr.core.errors import CacheSchemaError, ConfigError
 from expr.extract import nvdec
+from expr.extract.geometry_device import NativeLayout
 from expr.extract.messages import DecodeJob, FrameBatch, SegmentDone, VideoFailed, VideoHeader, VideoSplit
 from expr.extract.nvdec import choose_decoder, nvdec_messages, probe_nvdec, resolve_decoder
 from expr.extract.run import run_extract
@@ -165,8 +166,11 @@ def test_nvdec_messages_frame_a_video_as_one_segment(videos):
     out = list(nvdec_messages([header], [job], torch.device("cpu"), pyav_frames, batch=8))
     assert out[0] is header and out[1] == VideoSplit("a", ((0, 20),)) and out[-1] == SegmentDone("a", 0)
     batches = [m for m in out if isinstance(m, FrameBatch)]
-    assert [b.start for b in batches] == [0, 8, 16] and all(b.layout is None for b in batches)
-    assert all(b.pixels.shape[1:] == (224, 224, 3) and b.pixels.dtype == np.uint8 for b in batches)
+    assert [b.start for b in batches] == [0, 8, 16]
+    # native frames left on the device (a tensor, never numpy): the feed's geometry writes them
+    # into its device buffer (issue 18 item 4)
+    assert all(isinstance(b.pixels, torch.Tensor) and b.pixels.dtype == torch.uint8 for b in batches)
+    assert all(b.layout == NativeLayout("rgb24", 72, 128) and b.pixels.shape[1:] == (72, 128, 3) for b in batches)
     assert np.allclose(np.concatenate([b.timestamps for b in batches]), np.arange(20) / 25.0)
 
 
