@@ -21,6 +21,10 @@ if [[ ${GPU_CHECK_TINY:-0} == 1 ]]; then
 else
     device=cuda; common=(--frames 12000 --videos 16 --batch-size 512 --repeat 1); workers=16 limit=150
     nvdec=nvdec
+    if ! "$PY" -c "import PyNvVideoCodec" 2>/dev/null; then  # its wheel did not fit this copy (64 MiB carry)
+        nvdec=auto
+        echo "note: PyNvVideoCodec is not installed: pipeline_720p_nvdec runs --decoder auto (the CPU decoders, with the note why)"
+    fi
     audio=(--audio-tracks 16 --audio-seconds 10,40)
 fi
 # the steps share their synthetic videos (bench_extract.make_videos): encoded once per size

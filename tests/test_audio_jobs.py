@@ -18,9 +18,9 @@ from expr.extract.encoder_feed import EncoderFeed, ExtractSummary
 from expr.extract.media import decode_video
 from expr.extract.messages import AudioTrack, DecodeJob, FrameBatch, VideoDone, VideoFailed, VideoHeader
 from expr.extract.run import run_extract
+from test_extract_feed import S, StandInVisual
 from test_extract_run import tiny_config
 
-S = 4
 
 
 def job_for(path: Path, video_id: str | None = None, **kwargs) -> DecodeJob:
@@ -80,17 +80,6 @@ def test_a_failing_audio_job_fails_only_its_video(tmp_path):
 
 # ---------------------------------------------------------------- the feed, with stand-ins
 
-class _Visual:
-    def new_batch(self, n):
-        return np.zeros((n, S, S, 3), np.uint8)
-
-    def submit(self, pixels):
-        return pixels[:, 0, 0, :].astype(np.float32)
-
-    def collect(self, handle):
-        return handle
-
-
 class _Audio:
     """Features: per step, the sum of the track's samples (names the track); records calls."""
 
@@ -112,7 +101,7 @@ class _Writer:
 
 
 def _feed(jobs):
-    bb = SimpleNamespace(visual_spec=SimpleNamespace(image_size=S), visual=_Visual(), audio=_Audio(),
+    bb = SimpleNamespace(visual_spec=SimpleNamespace(image_size=S), visual=StandInVisual(), audio=_Audio(),
                          audio_spec=SimpleNamespace(sample_rate=16000))
     config = SimpleNamespace(batch_size=4, videos=Path("/v"), frames=None)
     summary, writer = ExtractSummary(out=Path("/o")), _Writer()

@@ -21,8 +21,8 @@ from test_extract_run import tiny_config
 S, D = 4, 3
 
 
-class _Visual:
-    """Features = the frame's first pixel, so that a feature names its frame."""
+class StandInVisual:
+    """Features = the frame's first pixel, so that a feature names its frame (S x S frames)."""
 
     def new_batch(self, n):
         return np.zeros((n, S, S, 3), np.uint8)
@@ -45,7 +45,7 @@ class _SlowWriter:
 
 
 def _feed(writer, ids, batch_size=4):
-    bb = SimpleNamespace(visual_spec=SimpleNamespace(image_size=S), visual=_Visual(), audio=None,
+    bb = SimpleNamespace(visual_spec=SimpleNamespace(image_size=S), visual=StandInVisual(), audio=None,
                          audio_spec=SimpleNamespace(sample_rate=16000))
     config = SimpleNamespace(batch_size=batch_size, videos=Path("/v"), frames=None)
     jobs = [DecodeJob(i, Path(f"/v/{i}.mp4"), None, None) for i in ids]
