@@ -264,7 +264,10 @@ def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) 
 
 
 def _slot_bytes(job: DecodeJob) -> int:
-    """One frame slot: a FrameBatch of S x S frames, or of native frames (native_decode.py)."""
+    """One frame slot: a FrameBatch of S x S frames, or of native frames (native_decode.py);
+    none for a job that sends no frames (its audio alone, or NVDEC's: the main process decodes)."""
+    if job.part == "audio" or job.decoder == "nvdec":
+        return 1
     done = job.batch_frames * job.image_size ** 2 * 3
     if job.geometry == "device" and job.face_crop == "none" and job.frames_dir is None:
         from expr.extract.native_decode import NATIVE_SLOT_BYTES

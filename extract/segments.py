@@ -10,7 +10,8 @@ exact for the stream or the check fails), which gives the frames of a sequential
 bit (tested on H.264 with B-frames, mp4 and mkv) at a closed-GOP keyframe; open-GOP keyframes
 (leading B-frames decoded after them from the previous GOP) are never cut at. Containers where decord's seeking is known to be
 wrong (MPEG-PS, ASF/WMV) and containers not tested here (AVI, FLV) are never split, nor are
-videos with ``--face-crop`` (the face tracker carries its last box from frame to frame).
+videos with ``--face-crop`` (the face tracker carries its last box from frame to frame), nor
+NVDEC's (the main process decodes them whole on the GPU: no worker would get a segment).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ SEEKABLE = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm"})  # decord's seek
 def may_split(job: DecodeJob) -> bool:
     """Whether ``job``'s video may be cut into segments (before looking at its length)."""
     return (job.segment is None and job.segment_frames > 0 and job.video_path is not None
-            and job.frames_dir is None and job.face_crop == "none"
+            and job.frames_dir is None and job.face_crop == "none" and job.decoder == "cpu"
             and job.video_path.suffix.lower() in SEEKABLE)
 
 

@@ -295,3 +295,18 @@ def test_a_video_nvdec_cannot_decode_fails_alone_in_a_whole_run(videos, tmp_path
     assert summary.exit_code == 1 and summary.ok == ["b"] and list(summary.failed) == ["a"]
     assert summary.failed["a"] == (f"{videos / 'a.mp4'}: NVDEC decoding failed (RuntimeError: CUVID_ERROR_NO_DEVICE "
                                    "more): use --decoder cpu")
+
+
+def test_nvdec_jobs_take_no_frame_slots_and_never_split(videos):
+    """NVDEC's jobs send headers and audio only: no 12 MB native-frame slots for them, and no
+    segments (spare workers start only for videos that may split)."""
+    from dataclasses import replace
+
+    from expr.extract.decode_pool import _slot_bytes, with_audio_jobs
+    from expr.extract.segments import may_split
+
+    cpu = DecodeJob("a", videos / "a.mp4", videos / "a.mp4", None, geometry="device")
+    nv = replace(cpu, decoder="nvdec")
+    assert _slot_bytes(cpu) >= 2 * 1920 * 1080 * 3 and may_split(cpu)
+    assert _slot_bytes(nv) == 1 and not may_split(nv)
+    assert [_slot_bytes(j) for j in with_audio_jobs([nv])] == [1, 1]  # its frame job and its audio job
