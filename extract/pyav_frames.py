@@ -52,17 +52,6 @@ class StreamInfo:
         return self.codec in EXACT_CODECS and self.pix_fmt in EXACT_FORMATS and (even or self.pix_fmt == "yuv444p")
 
 
-def stream_info(path: Path) -> StreamInfo | None:
-    """The first video stream's codec, pixel format and size; None when PyAV cannot tell."""
-    import av
-    from av.error import FFmpegError  # the top-level av.FFmpegError is not in its stubs
-
-    try:
-        with av.open(str(path)) as container:
-            ctx = container.streams.video[0].codec_context
-            return StreamInfo(ctx.name, ctx.pix_fmt, ctx.width, ctx.height)
-    except (FFmpegError, IndexError, OSError):
-        return None
 
 
 _RGB_ARGS: dict = {"threads": 1}  # one swscale thread; PyAV before 13 has no such argument
@@ -96,6 +85,8 @@ class PyAVFrames:
         self._first = None
         try:
             stream = self._container.streams.video[0]
+            ctx = stream.codec_context
+            self.info = StreamInfo(ctx.name, ctx.pix_fmt, ctx.width, ctx.height)
             stream.thread_type = "NONE"  # one thread per worker: the workers are the parallelism
             if start_pts is not None:
                 self._container.seek(start_pts, backward=True, any_frame=False, stream=stream)
@@ -127,14 +118,24 @@ class PyAVFrames:
         self.close()
 
 
-def open_at(path: Path, start_pts: int | None) -> PyAVFrames | None:
-    """``PyAVFrames`` from the start, or from the keyframe with pts ``start_pts`` once verified;
-    None when PyAV cannot open the file or the seek does not land on that keyframe."""
+def open_at(path: Path, start_pts: int | None, usable=lambda info: info.exact) -> PyAVFrames | None:
+    """``PyAVFrames`` from the start, or from the keyframe with pts ``start_pts`` once verified,
+    when ``usable(its StreamInfo)``; None when PyAV cannot open the file, the stream is not
+    usable or the seek does not land on that keyframe. One open of the file for all of it."""
     try:
         frames = PyAVFrames(path, start_pts)
     except Exception:  # noqa: BLE001 - FFmpegError, IndexError: decord reads it and names its error
         return None
-    if start_pts is not None and not frames.starts_at_keyframe():
+    if not usable(frames.info) or (start_pts is not None and not frames.starts_at_keyframe()):
         frames.close()
         return None
     return frames
+
+
+def stream_info(path: Path) -> StreamInfo | None:
+    """The first video stream's codec, pixel format and size; None when PyAV cannot tell."""
+    try:
+        with PyAVFrames(path) as frames:
+            return frames.info
+    except Exception:  # noqa: BLE001 - FFmpegError, IndexError (no video stream), OSError
+        return None

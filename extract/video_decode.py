@@ -19,7 +19,7 @@ import numpy as np
 from expr.core.errors import ConfigError, MediaDecodeError
 from expr.extract.messages import DecodeJob, FrameBatch
 from expr.extract.probe import FIX_HINT, short_error
-from expr.extract.pyav_frames import PYAV_DECODE, PyAVFrames, open_at, rgb, stream_info
+from expr.extract.pyav_frames import PYAV_DECODE, PyAVFrames, open_at, rgb
 
 _DECODER_THREADS = 1  # per decord reader; parallelism comes from decode workers
 
@@ -108,15 +108,10 @@ def decord_frames(reader, start: int = 0) -> Iterator[np.ndarray]:
 
 def pyav_source(job: DecodeJob, start: int, usable=lambda info: info.exact) -> PyAVFrames | None:
     """PyAV's frames of ``job``'s video from frame ``start`` (0 or the segment's keyframe) when
-    ``usable(stream_info)`` and, for a segment, the seek lands on its keyframe; else None."""
-    if not PYAV_DECODE or job.video_path is None:
+    ``usable(its StreamInfo)`` and, for a segment, the seek lands on its keyframe; else None."""
+    if not PYAV_DECODE or job.video_path is None or (start > 0 and job.segment_pts is None):
         return None
-    info = stream_info(job.video_path)
-    if info is None or not usable(info):
-        return None
-    if start == 0:
-        return open_at(job.video_path, None)
-    return None if job.segment_pts is None else open_at(job.video_path, job.segment_pts)
+    return open_at(job.video_path, job.segment_pts if start > 0 else None, usable)
 
 
 @contextmanager
