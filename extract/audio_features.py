@@ -108,19 +108,18 @@ class AudioEncoder:
 
     def __call__(self, samples: np.ndarray) -> np.ndarray | None:
         """Features of ``samples`` ((n,) float32), or None when shorter than one step."""
-        n_steps = self.n_steps(len(samples))
-        if n_steps == 0:
+        plan = self.pieces(samples)
+        return self._joined(len(samples), plan, [self._run(piece) for piece, _ in plan])
+
+    def _joined(self, n_samples: int, plan: list[tuple[np.ndarray, slice]], feats: list[np.ndarray]):
+        """One track's features from its pieces' (``pieces``) features: each one's kept steps, in
+        order; None for a track shorter than one step."""
+        if not plan:
             return None
-        if self.spec.normalize:
-            samples = normalise_waveform(samples)  # over the whole track, like a one-shot run
-        if n_steps <= self.chunk_steps:
-            feats = self._run(samples)
-        else:
-            feats = np.concatenate([self._run_chunk(samples, c) for c in
-                                    plan_chunks(n_steps, self.chunk_steps, self.context_steps)])
-        if feats.shape[0] != n_steps:  # guards the arithmetic above; never expected
-            raise RuntimeError(f"audio features have {feats.shape[0]} steps, expected {n_steps}")
-        return feats
+        joined = np.concatenate([f[keep] for f, (_, keep) in zip(feats, plan)])
+        if joined.shape[0] != self.n_steps(n_samples):  # guards the chunk arithmetic; never expected
+            raise RuntimeError(f"audio features have {joined.shape[0]} steps, expected {self.n_steps(n_samples)}")
+        return joined
 
     def pieces(self, samples: np.ndarray) -> list[tuple[np.ndarray, slice]]:
         """The waveforms Wav2Vec2 runs on for one track, each with the slice of its output steps
@@ -186,21 +185,9 @@ class AudioEncoder:
         for i, plan in enumerate(plans):
             if same[i] < i:  # the same track as an earlier one
                 out.append(out[same[i]])
-            elif not plan:
-                out.append(None)  # shorter than one step
             else:
-                feats_i = np.concatenate([next(feats)[keep] for _, keep in plan])
-                if feats_i.shape[0] != self.n_steps(len(tracks[i])):  # guards the arithmetic
-                    raise RuntimeError(f"audio features have {feats_i.shape[0]} steps, "
-                                       f"expected {self.n_steps(len(tracks[i]))}")
-                out.append(feats_i)
+                out.append(self._joined(len(tracks[i]), plan, [next(feats) for _ in plan]))
         return out
-
-    def _run_chunk(self, samples: np.ndarray, c: Chunk) -> np.ndarray:
-        hop, field = self.spec.hop, self.spec.receptive_field
-        piece = samples[c.ctx_start * hop: (c.ctx_stop - 1) * hop + field]
-        feats = self._run(piece)  # (ctx_stop - ctx_start, D)
-        return feats[c.start - c.ctx_start: c.stop - c.ctx_start]
 
     def _run(self, samples: np.ndarray) -> np.ndarray:
         import torch
