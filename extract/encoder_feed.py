@@ -236,12 +236,12 @@ class EncoderFeed:
         """Frames done..done+k of ``batch`` into the current buffer at ``self.fill``: native
         frames through ``device_geometry`` straight into the buffer (on the device path the
         buffer is on the encoder's device: no round trip through the host), others copied."""
-        import torch
-
         buffer = self.buffers[0]
         if batch.layout is None and isinstance(buffer, np.ndarray):  # the worker path: host to host
             buffer[self.fill: self.fill + k] = batch.pixels[done: done + k]
             return
+        import torch
+
         from expr.extract.geometry_device import device_geometry
 
         view = buffer[self.fill: self.fill + k]
@@ -279,7 +279,7 @@ class EncoderFeed:
         try:
             source = self.to_device(batch) if batch.layout is not None else pixels
         except Exception as exc:  # one video's frames, not the run
-            self.fail(vid, f"{self.jobs[vid].source}: geometry on the device failed: {type(exc).__name__}: {exc}")
+            self.fail_geometry(vid, exc)
             return
         video = self.videos[vid]
         video.masks.append((batch.start, np.asarray(batch.mask, dtype=bool)))
@@ -293,13 +293,16 @@ class EncoderFeed:
             try:
                 self.put(batch, source, done, k)
             except Exception as exc:  # one video's frames, not the run
-                self.fail(vid, f"{self.jobs[vid].source}: geometry on the device failed: {type(exc).__name__}: {exc}")
+                self.fail_geometry(vid, exc)
                 return
             self.owners.append((vid, batch.start + done, k))
             self.fill += k
             done += k
             if self.fill == self.config.batch_size:
                 self.encode()
+
+    def fail_geometry(self, vid: str, exc: Exception) -> None:
+        self.fail(vid, f"{self.jobs[vid].source}: geometry on the device failed: {type(exc).__name__}: {exc}")
 
     def encode(self) -> None:
         """Submit the current buffer (padded) and collect the batch before it."""
