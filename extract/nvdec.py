@@ -82,15 +82,13 @@ def load_decoder() -> DecodeFn:
 
 
 def stream_size(path: Path) -> tuple[int, int]:
-    """(width, height) of the video stream, from its header (PyAV)."""
-    import av
+    """(width, height) of the video stream, from its header (``pyav_frames.stream_info``)."""
+    from expr.extract.pyav_frames import stream_info
 
-    try:
-        with av.open(str(path)) as container:
-            ctx = container.streams.video[0].codec_context
-            return int(ctx.width), int(ctx.height)
-    except Exception as exc:  # noqa: BLE001 - FFmpegError, IndexError: its own failure comes later
-        raise MediaDecodeError(f"{path}: cannot read the video stream's size ({type(exc).__name__})") from exc
+    info = stream_info(path)
+    if info is None:  # its own failure comes later, from the decoders
+        raise MediaDecodeError(f"{path}: cannot read the video stream's size")
+    return info.width, info.height
 
 
 def _first_frames(decode: DecodeFn, path: Path, device, k: int):
