@@ -398,6 +398,12 @@ class DecodePool:
             return self._iter_inline()
         return self._iter_workers()
 
+    def _pass_on(self, job: DecodeJob | None, msg: Message, todo: deque) -> Iterator[Message]:
+        """``msg`` for each video it concerns (``fan_out``), each noted (``_note``) as it goes."""
+        for each in fan_out(job, msg):
+            self._note(each, todo)
+            yield each
+
     def _note(self, msg: Message, todo: deque) -> None:
         """Queue a split video's segments (first in line); forget the queued ones of a failed video."""
         if isinstance(msg, VideoSplit) and msg.video_id not in self._failed:
@@ -421,13 +427,9 @@ class DecodePool:
                 for msg in decode_video(job):
                     if self.worker_hook is not None:
                         self.worker_hook(job, msg)
-                    for each in fan_out(job, msg):
-                        self._note(each, todo)
-                        yield each
+                    yield from self._pass_on(job, msg, todo)
             except Exception as e:
-                for failed in fan_out(job, VideoFailed(job.video_id, failure_reason(job, e))):
-                    self._note(failed, todo)
-                    yield failed
+                yield from self._pass_on(job, VideoFailed(job.video_id, failure_reason(job, e)), todo)
 
     # ------------------------------------------------------------ worker processes
 
@@ -562,9 +564,7 @@ class DecodePool:
                 broken = True
                 break
             if not isinstance(msg, _SlotBatch):
-                for each in fan_out(worker.job, msg):
-                    self._note(each, todo)
-                    yield each
+                yield from self._pass_on(worker.job, msg, todo)
                 continue
             view = _slot_view(shm, msg.slot, self._slot_bytes, msg.shape)
             pixels = view if self.borrow_frames else view.copy()
@@ -584,9 +584,7 @@ class DecodePool:
             if worker.ended:  # died after its job's last message (freeing the reader): nothing lost
                 self._bury(worker)
                 return
-            for failed in fan_out(job, VideoFailed(job.video_id, self._death_reason(worker, job))):
-                self._note(failed, todo)
-                yield failed
+            yield from self._pass_on(job, VideoFailed(job.video_id, self._death_reason(worker, job)), todo)
             self._bury(worker)
 
     def _grant(self, busy: list[_Worker]) -> None:
