@@ -235,6 +235,20 @@ def test_two_workers_share_one_long_video(tmp_path):
     assert not any(isinstance(m, VideoFailed) for m in got)
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_a_long_video_with_its_audio_job_never_starts_more_workers_than_asked(tmp_path, workers):
+    """The audio job takes a worker of its own; the spares that wait for segments must not come
+    on top of it (``--workers 2`` started 3 processes, which then shared 2 cores)."""
+    path = F.make_video(tmp_path / "long.mp4", n_frames=130, size=(96, 64), keyint=20)
+    with DecodePool([job_for(path, segment_frames=30)], workers=workers, audio_jobs=True) as pool:
+        got = list(pool)
+        started = pool.peak_workers
+    assert started == workers  # a video job, an audio job, then segments for all
+    pixels, _, _ = frames_by_index(got)
+    np.testing.assert_array_equal(F.frame_indices(pixels), np.arange(130))
+    assert not any(isinstance(m, VideoFailed) for m in got)
+
+
 def fail_segment_hook(job: DecodeJob, msg) -> None:
     """Test-only: the segment that starts at frame 40 of `bad` fails mid-way."""
     if job.video_id == "bad" and job.segment == (40, 80) and isinstance(msg, FrameBatch) and msg.start >= 48:
