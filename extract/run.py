@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import timedelta
 from functools import cached_property, partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from expr.extract.media import source_stat
 from expr.extract.specs import get_spec
 from expr.extract.visual_features import VisualEncoder, clip_text_embeddings
 from expr.extract.weights import backbone_record, build_all, build_clip, build_wav2vec2, resolve_weights
+
+if TYPE_CHECKING:
+    from expr.extract.decode_pool import DecodePool
 
 __all__ = ["ExtractEvent", "ExtractSummary", "run_extract", "select_jobs"]
 
@@ -227,10 +231,26 @@ def _probe_retries(todo: list, out: Path, summary: ExtractSummary) -> list:
     return keep
 
 
+def _decode_pool(config: ExtractConfig, todo: list, geometry: str, device,
+                 summary: ExtractSummary) -> DecodePool | None:
+    """The run's decode pool over ``todo``, started (the workers import and begin decoding while
+    the caller builds its models); None with nothing to do. The feed's callbacks (``on_idle``,
+    ``slot_fence``) are set once the feed exists."""
+    from expr.extract.decode_pool import DecodePool
+
+    if not todo:
+        return None
+    # two frame slots per worker: one being filled while the parent reads the other
+    lock = _page_lock(summary) if geometry == "device" and device.type == "cuda" else None
+    pool = DecodePool(todo, workers=config.workers, max_pending=max(8, 2 * config.workers), borrow_frames=True,
+                      page_lock=lock, audio_jobs=True)
+    pool.start()
+    return pool
+
+
 # -- the run ----------------------------------------------------------------------------------
 def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSummary:
     """Extract features of every video of ``config.videos`` into ``config.out``."""
-    from expr.extract.decode_pool import DecodePool
     from expr.extract.discover import discover_videos
 
     config.validate()
@@ -263,16 +283,25 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     # gloo: only barriers go through the group; ranks finish at different times (long
     # videos), so they wait for days, not the 30 min default.
     dist = setup_dist(backend="gloo", timeout=timedelta(days=7))
+    pool: DecodePool | None = None
     try:
-        if jobs and (reset or not is_cache(config.out)):
-            # A new cache records these backbones: build them first, so that a checkpoint that
-            # cannot be loaded leaves no empty cache behind that refuses a rerun with other weights.
-            bb.build()
-        writer = _open_cache(config, bb, dist, reset, geometry, decoder)
         summary = ExtractSummary(out=config.out, random_weights=bb.random_streams, device=str(device),
                                  rank=dist.rank, world_size=dist.world)
-        todo = _skip_complete(jobs, writer, config.overwrite, summary)
-        todo = _probe_retries(todo, config.out, summary)
+        if jobs and (reset or not is_cache(config.out)):
+            # A new cache: every video is to do, so its decoders start now and import and decode
+            # while the backbones build (the first batch came 1.2-1.5 s later when they started
+            # after it). The backbones still build before the cache is made, so that a checkpoint
+            # that cannot be loaded leaves no empty cache behind that refuses a rerun with
+            # other weights (and the workers stop with the error).
+            todo = _skip_complete(jobs, None, True, summary)
+            pool = _decode_pool(config, todo, geometry, device, summary)
+            bb.build()
+            writer = _open_cache(config, bb, dist, reset, geometry, decoder)
+        else:
+            writer = _open_cache(config, bb, dist, reset, geometry, decoder)
+            todo = _skip_complete(jobs, writer, config.overwrite, summary)
+            todo = _probe_retries(todo, config.out, summary)
+            pool = _decode_pool(config, todo, geometry, device, summary)
         random = tuple(
             f"{s} backbone {getattr(bb.records, s).name} has RANDOM WEIGHTS (--{s}-weights none): "
             "its features are not meaningful" for s in bb.random_streams
@@ -281,14 +310,9 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
                           random_weights=random, warnings=tuple(notes), device=str(device)))
         feed = EncoderFeed(config, writer, bb, todo, summary, emit)
         try:
-            if todo:
-                # two frame slots per worker: one being filled while the parent reads the other
-                slots = max(8, 2 * config.workers)
-                lock = _page_lock(summary) if geometry == "device" and device.type == "cuda" else None
-                with DecodePool(todo, workers=config.workers, max_pending=slots, borrow_frames=True,
-                                on_idle=feed.flush, page_lock=lock, audio_jobs=True,
-                                slot_fence=feed.take_fence) as pool:
-                    pool.start()  # the workers start (imports, first frames) while the models are built
+            if pool is not None:
+                pool.on_idle, pool.slot_fence = feed.flush, feed.take_fence
+                with pool:
                     bb.build()  # both now: missing checkpoints fail (named together) before any frame is encoded
                     messages = pool if decoder == "cpu" else nvdec.nvdec_messages(pool, todo, device, nvdec.load_decoder())
                     for message in messages:
@@ -306,4 +330,6 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
                                                 consolidate, config.out)
         return summary
     finally:
+        if pool is not None:  # an error before the feed ran: its workers stop and its slots go
+            pool.close()
         dist.close()

@@ -181,6 +181,53 @@ def test_missing_weights_leave_no_cache_that_refuses_other_weights(good_videos, 
     assert sorted(summary.ok) == ["a", "b", "c"] and summary.exit_code == 0
 
 
+def _record_start_and_build(monkeypatch, order: list) -> None:
+    from expr.extract import decode_pool, run as run_module
+
+    start, build = decode_pool.DecodePool.start, run_module.Backbones.build
+
+    def recording_start(self):
+        if self.workers and self._shm is None:  # the call that starts the workers
+            order.append("decoders")
+        start(self)
+
+    def recording_build(self):
+        order.append("build")
+        build(self)
+
+    monkeypatch.setattr(decode_pool.DecodePool, "start", recording_start)
+    monkeypatch.setattr(run_module.Backbones, "build", recording_build)
+
+
+def test_a_new_caches_decoders_start_before_the_backbones_build(good_videos, tmp_path, monkeypatch):
+    """The workers import and decode while the models build: the first batch came 1.2-1.5 s
+    later when a new cache built its backbones first (an existing cache already overlapped)."""
+    order: list = []
+    _record_start_and_build(monkeypatch, order)
+    summary = run_extract(tiny_config(good_videos, tmp_path / "f.zarr", workers=2))
+    assert sorted(summary.ok) == ["a", "b", "c"] and summary.exit_code == 0
+    assert order[:2] == ["decoders", "build"]
+
+
+def test_missing_weights_stop_the_early_decoders_and_leave_nothing(good_videos, tmp_path, monkeypatch):
+    """The decoders of a new cache are already running when a checkpoint fails to load: the error
+    stands, no cache is made, and no worker process or shared-memory block outlives the call."""
+    import multiprocessing
+
+    from expr.extract.decode_pool import SHM_DIR, SHM_PREFIX
+
+    order: list = []
+    _record_start_and_build(monkeypatch, order)
+    out, broken = tmp_path / "f.zarr", tmp_path / "no-checkpoint"
+    broken.mkdir()
+    with pytest.raises(WeightsNotFoundError, match="no-checkpoint"):
+        run_extract(tiny_config(good_videos, out, workers=2, audio_weights=str(broken)))
+    assert order == ["decoders", "build"]
+    assert not out.exists()
+    assert not multiprocessing.active_children()
+    assert not list(SHM_DIR.glob(f"{SHM_PREFIX}{os.getpid()}-*"))
+
+
 def test_audio_is_encoded_in_its_own_thread(good_videos, tmp_path, monkeypatch):
     """Wav2Vec2 runs beside the image encoder (a background thread), not in the decode loop,
     on whatever tracks are waiting at once (encode_many)."""
