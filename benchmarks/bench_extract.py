@@ -516,6 +516,14 @@ def main_tiny(args) -> None:
         print(f"{label:<40} {wall:7.2f} s  exit {code}")
 
 
+def _cpu_decoders(text: str) -> list[str]:
+    names = text.split(",")
+    wrong = [n for n in names if n not in ("decord", "pyav")]
+    if wrong:
+        raise argparse.ArgumentTypeError(f"{', '.join(wrong)}: the CPU decoders are decord and pyav")
+    return names
+
+
 def _int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
 
@@ -530,11 +538,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--null-encoder", action="store_true", help="zero-cost encoders: measure the feed rate")
     parser.add_argument("--decode-only", action="store_true",
-                        help="the decode pool alone, decord vs PyAV (--decoders), per --workers count")
+                        help="the decode pool alone, decord vs PyAV (--cpu-decoders), per --workers count")
     parser.add_argument("--tiny-encoders", action="store_true",
                         help="expr extract (CLI) with the tiny test encoders, then its re-runs: wall time")
-    parser.add_argument("--decoders", type=lambda t: t.split(","), default=["decord", "pyav"],
-                        help="with --decode-only / --tiny-encoders: decord (every stream, as before issue 18), pyav (where exact)")
+    parser.add_argument("--cpu-decoders", dest="decoders", type=_cpu_decoders, default=["decord", "pyav"],
+                        help="with --decode-only / --tiny-encoders, a comma list of the CPU decoders to compare: "
+                             "decord (every stream, as before issue 18), pyav (where exact); not --decoder, which "
+                             "picks the CPU or NVDEC path of the runs")
     parser.add_argument("--source", default="video", choices=["video", "jpg"],
                         help="640x360 H.264 videos, or 112x112 jpg folders (ABAW cropped_aligned) with small raw videos")
     parser.add_argument("--frames", type=int, default=384, help="frames in total (pipeline and bare encoder)")
