@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 
@@ -152,15 +152,27 @@ def predict_run(cfg: PredictConfig, *, video_ids: Sequence[str] | None = None,
     # kill among them must not leave this submission beside a manifest naming another run.
     report.manifest = _write_manifest(cfg, run, device, backbones, report)
     if folder:
+        # A re-run of fewer videos (or without --timelines): the earlier files of the videos
+        # it did not predict go now, after the new submission and manifest, so a kill here
+        # only removes files that the submission in place no longer names.
+        _remove_per_video_files(folder, keep=_per_video_paths(folder, labels, cfg.timelines))
         _write_per_video(folder, bank, probs, cfg.timelines, report, stage)
     return report
 
 
-def _remove_per_video_files(folder: PredictOut) -> None:
-    """--overwrite: the per-video files an earlier `expr predict` wrote, and nothing else.
-    frames/ and timelines/ are common names (ABAW's cropped_aligned frames, the --frames
-    input, may well sit in OUT/frames/): only plain files that start as predict's frame
-    tables and timeline PNGs do are removed; a linked folder and anything else stay."""
+def _per_video_paths(folder: PredictOut, video_ids, timelines: bool) -> set[Path]:
+    """The per-video files a prediction of ``video_ids`` writes into ``folder``."""
+    paths = {folder.frame_csv(vid) for vid in video_ids}
+    return paths | {folder.timeline_png(vid) for vid in video_ids} if timelines else paths
+
+
+def _remove_per_video_files(folder: PredictOut, keep: Collection[Path] = ()) -> None:
+    """The per-video files an earlier `expr predict` wrote, but those in ``keep`` (this
+    prediction rewrites them), and nothing else: all of them for --overwrite, the videos a
+    re-run no longer predicts otherwise. frames/ and timelines/ are common names (ABAW's
+    cropped_aligned frames, the --frames input, may well sit in OUT/frames/): only plain files
+    that start as predict's frame tables and timeline PNGs do are removed; a linked folder
+    and anything else stay."""
     from expr.evaluate.video_outputs import FRAME_CSV_HEADER
 
     table = (",".join(FRAME_CSV_HEADER) + "\n").encode()
@@ -169,7 +181,7 @@ def _remove_per_video_files(folder: PredictOut) -> None:
         if sub.is_symlink() or not sub.is_dir():
             continue
         for path in sub.iterdir():
-            if path.suffix != suffix or path.is_symlink() or not path.is_file():
+            if path in keep or path.suffix != suffix or path.is_symlink() or not path.is_file():
                 continue
             if starts_with(path, start):
                 path.unlink()

@@ -89,3 +89,48 @@ def test_ctrl_c_in_extract_says_how_many_videos_are_committed(tmp_path, capsys, 
     assert (f"interrupted: 2 of 4 video(s) committed to {out} by this run (2 were complete before); continue "
             "with the same command, complete videos are skipped: expr extract --videos") in flat
     assert "--overwrite" not in flat.split("complete videos are skipped:")[1]  # it would redo them all
+
+
+@pytest.mark.parametrize(("before", "nth", "resumes_after"), [
+    ("run/best.safetensors", 1, 1),     # epoch 1's set staged with its record, nothing moved yet
+    ("run/last.state.json", 2, 2),      # epoch 2's set committed, all but its record moved
+    (".saving/last.state.json", 2, 1),  # epoch 2's set staged without its record: discarded
+], ids=["epoch-1-staged", "epoch-2-half-moved", "epoch-2-uncommitted"])
+def test_ctrl_c_while_saving_says_the_epoch_resume_continues_after(dataset, tmp_path, capsys, monkeypatch,
+                                                                   before, nth, resumes_after):
+    """A Ctrl-C among an epoch's checkpoint writes leaves a real RUN/.saving/; --resume
+    finishes a set whose commit record is in it and discards one without. The line names
+    the epoch --resume then continues after (and says --resume, not --overwrite, when only
+    the staged set holds it), and the printed command does continue there."""
+    import os
+    from pathlib import Path
+
+    from expr.app.cli import run
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    args = ["train", "--cache", str(dataset.cache), "--labels", str(dataset.labels), "--out", str(out),
+            "--window", "8", "--stride", "4", "--epochs", "3", "--channels", "8", "--tcn-levels", "1",
+            "--heads", "2", "--device", "cpu"]
+    real_replace, seen = os.replace, []
+
+    def replace(src, dst, *a, **kw):  # every checkpoint write and move of a commit is an os.replace
+        name = f"{Path(dst).parent.name}/{Path(dst).name}"
+        seen.append(name)
+        if name == before and seen.count(name) == nth:
+            raise KeyboardInterrupt
+        return real_replace(src, dst, *a, **kw)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "replace", replace)
+        assert run(args) == 130
+    assert (out / ".saving").is_dir()  # the state this test is about
+    flat = " ".join(capsys.readouterr().out.split())
+    assert (f"interrupted: {resumes_after} of 3 epochs committed in {out} (last.safetensors); "
+            "continue with: expr train ") in flat
+    command = flat.split("continue with: ", 1)[1]
+    assert command.endswith("--resume")
+    assert run(shlex.split(command)[1:]) == 0
+    resumed = " ".join(capsys.readouterr().out.split())
+    assert f"resuming {out} after epoch {resumes_after} " in resumed
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3 and not (out / ".saving").exists()

@@ -145,3 +145,65 @@ def test_an_interrupted_overwrite_never_leaves_the_old_runs_manifest(two_runs, t
                                              overwrite=True))
     made_by = json.loads((out / "manifest.json").read_text())["run"]["path"]
     assert made_by == str(run_b.resolve())  # the submission now there is run B's
+
+
+def _ids_file(path, ids):
+    path.write_text("".join(f"{vid}\n" for vid in ids))
+    return path
+
+
+def test_a_rerun_of_fewer_videos_leaves_only_their_per_video_files(two_runs, tmp_path):
+    """The same run again into the same folder (no --overwrite needed) for a subset of the
+    videos: the folder then holds exactly that subset's CSVs and timelines, as its
+    submission and manifest say; a user's own files in frames/ and timelines/ stay."""
+    ds, run_a, _ = two_runs
+    out = tmp_path / "pred"
+    three, one = (ds.train_ids + ds.val_ids)[:3], ds.val_ids[:1]
+    assert _predict(run_a, ds.cache, out, "--ids", str(_ids_file(tmp_path / "three.txt", three)),
+                    "--timelines") == 0
+    assert sorted(p.stem for p in (out / "frames").glob("*.csv")) == sorted(three)
+    assert sorted(p.stem for p in (out / "timelines").glob("*.png")) == sorted(three)
+    notes = out / "frames" / "notes.csv"                     # the user's: a CSV that is not a frame table
+    notes.write_text("id,comment\nv1,blurry\n")
+    theirs = out / "frames" / "video_1" / "00001.jpg"      # the user's frames, beside predict's CSVs
+    theirs.parent.mkdir()
+    theirs.write_bytes(b"\xff\xd8\xff jpg")
+    assert _predict(run_a, ds.cache, out, "--ids", str(_ids_file(tmp_path / "one.txt", one)), "--timelines") == 0
+    assert sorted(p.name for p in (out / "frames").glob("*.csv")) == sorted([f"{one[0]}.csv", "notes.csv"])
+    assert [p.stem for p in (out / "timelines").glob("*.png")] == one
+    submitted = {row.split("/")[0] for row in (out / "submission.csv").read_text().splitlines()[1:]}
+    assert submitted == set(one) and json.loads((out / "manifest.json").read_text())["videos"] == 1
+    assert notes.read_text() == "id,comment\nv1,blurry\n" and theirs.read_bytes() == b"\xff\xd8\xff jpg"
+
+
+def test_a_rerun_without_timelines_removes_the_earlier_ones(two_runs, tmp_path):
+    """--no-timelines on a re-run: the earlier run's PNGs drew other predictions than the
+    CSVs now beside them, so they go too."""
+    ds, run_a, _ = two_runs
+    out = tmp_path / "pred"
+    assert _predict(run_a, ds.cache, out, "--timelines") == 0
+    assert any((out / "timelines").glob("*.png"))
+    assert _predict(run_a, ds.cache, out) == 0      # _predict passes --no-timelines
+    assert not (out / "timelines").exists()
+    assert len(list((out / "frames").glob("*.csv"))) == len(ds.train_ids) + len(ds.val_ids)
+
+
+def test_a_rerun_killed_before_its_submission_keeps_the_earlier_files(two_runs, tmp_path, monkeypatch):
+    """The stale files go only after the new submission and manifest are in place: a kill
+    before that leaves the earlier folder whole (its submission still names every CSV)."""
+    from expr.evaluate import PredictConfig
+    from expr.evaluate import prediction
+
+    ds, run_a, _ = two_runs
+    out = tmp_path / "pred"
+    assert _predict(run_a, ds.cache, out) == 0
+    before = sorted((out / "frames").glob("*.csv"))
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prediction, "write_submission", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prediction.predict_run(PredictConfig(run=run_a, out=out, cache=ds.cache, timelines=False, device="cpu",
+                                             ids=_ids_file(tmp_path / "one.txt", ds.val_ids[:1])))
+    assert sorted((out / "frames").glob("*.csv")) == before

@@ -98,3 +98,67 @@ def test_label_files_far_longer_than_the_video_are_summarised_or_refused(short_c
     assert _train(bad, tmp_path / "run2", "--strict-labels") == 1
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith("error:") and "--strict-labels is set, so training stops" in err and vid in err
+
+
+def _coverage_by_loop(bank, windows, window: int) -> tuple[int, int, int]:
+    """The reference: data_warnings._coverage as it was, one slice per window in Python."""
+    from expr.core.abaw import IGNORE_LABEL
+
+    labels = bank.labels.cpu().numpy() if bank.labels is not None else None
+    if labels is None:
+        return 0, 0, 0
+    covered = np.zeros(len(labels), bool)
+    offsets = bank.frame_offsets.cpu().numpy()
+    rows_end = (offsets[windows.video_idx.cpu().numpy()] + windows.end_frame.cpu().numpy())
+    for end, start in zip(rows_end, offsets[windows.video_idx.cpu().numpy()]):
+        covered[max(start, end - window + 1):end + 1] = True
+    labelled = labels != IGNORE_LABEL
+    without = len(bank.video_ids) - len(set(windows.video_idx.cpu().tolist()))
+    return int((covered & labelled).sum()), int(labelled.sum()), without
+
+
+def _random_bank_and_windows(rng: np.random.Generator, window: int):
+    """Videos of 1..3 windows' length (some shorter than one), labels with -1 gaps, and windows
+    ending anywhere: near a video's start (cut at it), overlapping, repeated; some videos get none."""
+    n_videos = int(rng.integers(1, 12))
+    lengths = rng.integers(1, 3 * window + 2, n_videos)
+    offsets = np.cumsum(lengths) - lengths
+    labels = rng.integers(-1, 8, int(lengths.sum()))
+    with_windows = np.flatnonzero(rng.random(n_videos) < 0.7)
+    video_idx = rng.choice(with_windows, int(rng.integers(0, 40))) if with_windows.size else np.zeros(0, int)
+    end_frame = (rng.random(video_idx.size) * lengths[video_idx]).astype(np.int64)
+    early = rng.random(video_idx.size) < 0.3   # windows at a video's start: clipped at its first row
+    end_frame[early] = np.minimum(end_frame[early], window // 2)
+    bank = SimpleNamespace(labels=torch.from_numpy(labels), frame_offsets=torch.from_numpy(offsets),
+                           video_ids=[f"v{i}" for i in range(n_videos)])
+    windows = SimpleNamespace(video_idx=torch.from_numpy(video_idx.astype(np.int64)),
+                              end_frame=torch.from_numpy(end_frame))
+    return bank, windows
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_coverage_equals_the_per_window_loop(seed):
+    from expr.train_heads.data_warnings import _coverage
+
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        window = int(rng.choice([1, 2, 5, 8, 30, 60]))
+        bank, windows = _random_bank_and_windows(rng, window)
+        assert _coverage(bank, windows, window) == _coverage_by_loop(bank, windows, window)
+
+
+def test_coverage_edge_cases_equal_the_per_window_loop():
+    from expr.train_heads.data_warnings import _coverage
+
+    bank = SimpleNamespace(labels=torch.tensor([0, -1, 2, 3, 4, 5, -1, 7]), frame_offsets=torch.tensor([0, 3, 3]),
+                           video_ids=["a", "empty", "b"])
+    cases = [((), ()), ((0,), (0,)), ((0, 0, 2), (2, 2, 4)), ((2,), (4,)), ((0, 2), (2, 0))]
+    for idx, end in cases:
+        windows = SimpleNamespace(video_idx=torch.tensor(idx, dtype=torch.int64),
+                                  end_frame=torch.tensor(end, dtype=torch.int64))
+        for window in (1, 3, 10):
+            assert _coverage(bank, windows, window) == _coverage_by_loop(bank, windows, window), (idx, end, window)
+    windows = SimpleNamespace(video_idx=torch.tensor([0, 2]), end_frame=torch.tensor([2, 4]))
+    # rows 0-2 (labelled: 0, 2) and 5-7 (5, 7; video b starts at row 3); "empty" has no window
+    assert _coverage(bank, windows, 3) == (4, 6, 1)
+    assert _coverage(SimpleNamespace(labels=None), windows, 3) == (0, 0, 0)

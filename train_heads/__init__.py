@@ -22,7 +22,7 @@ from expr.train_heads.config import (Compile, Fusion, HeadConfig, NoFace, Preloa
 __getattr__ = lazy_getattr(__name__)  # the names of the TYPE_CHECKING block below, on first use
 
 if TYPE_CHECKING:  # THE list of lazy names: pyright and editors see them, lazy_getattr reads it
-    from expr.train_heads.checkpoint import LoadedRun, load_run
+    from expr.train_heads.checkpoint import LoadedRun, load_run, resumable_epoch
     from expr.train_heads.batch_feeder import BatchFeeder
     from expr.train_heads.data import FeatureBank, gather, load_bank, to_device
     from expr.train_heads.inference import (frame_probabilities, frame_queries, predict_logits,
@@ -43,5 +43,6 @@ __all__ = [
     "bank_windows", "with_sources", "gather", "to_device", "BatchFeeder", "ExprHeadModel", "TrainResult", "train", "lr_at",
     "class_weights", "predict_logits", "window_probabilities", "frame_probabilities", "with_face_fill",
     "frame_queries", "smooth_probabilities", "split_by_video", "Checkpoint", "RunDir", "LoadedRun", "load_run",
+    "resumable_epoch",
     "read_metrics", "macro_f1_accuracy", "confusion_from_pairs", "SyntheticDataset", "write_synthetic_dataset",
 ]

@@ -128,6 +128,19 @@ def _sha256(path: Path) -> str:
 def read_state(files: CheckpointFiles) -> dict:
     """The state JSON of a checkpoint after checking its form and that its weights and
     optimiser files are the ones it was saved with; ConfigError naming the file otherwise."""
+    state = _read_state_form(files)
+    for name, expected in state.get("sha256", {}).items():  # runs before v0.2 recorded none
+        path = files.state.parent / str(name)
+        if not path.is_file() or _sha256(path) != expected:
+            raise ConfigError(
+                f"{path}: not the file {files.state.name} was saved with (SHA-256 differs): the checkpoint "
+                "files were changed or mixed after training wrote them; restore them, or start the run "
+                "again with --overwrite")
+    return state
+
+
+def _read_state_form(files: CheckpointFiles) -> dict:
+    """The state JSON of a checkpoint after checking its form only; ConfigError otherwise."""
     damaged = (f"{files.state}: not a checkpoint record{{}}; the file is damaged: restore it, or start "
                "the run again with --overwrite")
     try:
@@ -137,13 +150,6 @@ def read_state(files: CheckpointFiles) -> dict:
     problem = _state_problem(state)
     if problem:
         raise ConfigError(damaged.format(f" ({problem})"))
-    for name, expected in state.get("sha256", {}).items():  # runs before v0.2 recorded none
-        path = files.state.parent / str(name)
-        if not path.is_file() or _sha256(path) != expected:
-            raise ConfigError(
-                f"{path}: not the file {files.state.name} was saved with (SHA-256 differs): the checkpoint "
-                "files were changed or mixed after training wrote them; restore them, or start the run "
-                "again with --overwrite")
     return state
 
 
@@ -170,6 +176,19 @@ def resume_point(files: CheckpointFiles, state: dict) -> tuple[int, float, int]:
             raise ConfigError(f'{files.state}: not a checkpoint record (meta has no number "{key}"); the file is '
                               "damaged: restore it, or start the run again with --overwrite")
     return int(meta["epoch"]), float(meta["best_val_f1"]), int(meta["best_epoch"])
+
+
+def resumable_epoch(run: RunDir) -> int:
+    """The epoch `expr train --resume` would continue after, read without changing anything
+    (0: none to continue from, or a damaged record): ``resume_point`` of the checkpoint
+    ``run.resume_checkpoint()`` names, the one --resume loads. Its files' hashes are not
+    checked: a set killed halfway through its moves has them in two folders until --resume
+    finishes the moves (and checks them)."""
+    files = run.resume_checkpoint()
+    try:
+        return resume_point(files, _read_state_form(files))[0]
+    except ConfigError:
+        return 0
 
 
 def load_optimizer_state(files: CheckpointFiles, optimizer, state_json: dict | None = None) -> dict:

@@ -76,13 +76,18 @@ def _coverage(bank, windows, window: int) -> tuple[int, int, int]:
     labels = bank.labels.cpu().numpy() if bank.labels is not None else None
     if labels is None:
         return 0, 0, 0
-    covered = np.zeros(len(labels), bool)
-    offsets = bank.frame_offsets.cpu().numpy()
-    rows_end = (offsets[windows.video_idx.cpu().numpy()] + windows.end_frame.cpu().numpy())
-    for end, start in zip(rows_end, offsets[windows.video_idx.cpu().numpy()]):
-        covered[max(start, end - window + 1):end + 1] = True
+    n = len(labels)
+    video_idx = windows.video_idx.cpu().numpy()
+    starts = bank.frame_offsets.cpu().numpy()[video_idx]             # (N,) first row of each window's video
+    ends = starts + windows.end_frame.cpu().numpy()                  # (N,) last row of each window
+    firsts = np.maximum(starts, ends - window + 1)                   # (N,) its first row, within its video
+    # A difference array, not one slice per window in Python: +1 where a window starts, -1
+    # after it ends; a row is covered where the running sum is positive.
+    opened = np.bincount(firsts, minlength=n + 1)[: n + 1]          # (n+1,) windows starting at each row
+    closed = np.bincount(ends + 1, minlength=n + 1)[: n + 1]        # (n+1,) windows ended just before it
+    covered = np.cumsum(opened - closed)[:n] > 0
     labelled = labels != IGNORE_LABEL
-    without = len(bank.video_ids) - len(set(windows.video_idx.cpu().tolist()))
+    without = int((np.bincount(video_idx, minlength=len(bank.video_ids)) == 0).sum())  # a count, not a sort
     return int((covered & labelled).sum()), int(labelled.sum()), without
 
 

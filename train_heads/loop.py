@@ -160,7 +160,7 @@ def _resume(run: RunDir, saved_config: dict, learner: Learner, cfg: TrainConfig,
     config.json holds ``saved_config``), after checking that this run's head dimensions, cache
     content and labels (``now``) are the run's own (provenance.py): one line otherwise, before
     anything is loaded or written."""
-    last = run.checkpoint(Checkpoint.last)
+    last = run.resume_checkpoint()  # the run's own once _recover finished a staged set (ckpt.resumable_epoch)
     state = ckpt.read_state(last)  # one line for a damaged or foreign record
     start, best_f1, best_epoch = ckpt.resume_point(last, state)
     saved, _ = ckpt.load_weights(last.weights, learner.device)

@@ -41,8 +41,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from expr.core.atomic import (PNG_MAGIC, TEMP_NAME, check_writable, commit_folder, recover_folder, starts_with,
-                         write_json, write_text)
+from expr.core.atomic import (PNG_MAGIC, TEMP_NAME, check_writable, commit_folder, committed_record,
+                              recover_folder, starts_with, write_json, write_text)
 from expr.core.errors import ConfigError, storage_errors
 from expr.train_heads.config import RECORDED_SINCE_V01, TrainConfig
 
@@ -164,6 +164,15 @@ class RunDir:
                 shutil.rmtree(stage.path, ignore_errors=True)
                 raise
             commit_folder(stage.path, self.path, stage.checkpoint(Checkpoint.last.value).state.name)
+
+    def resume_checkpoint(self) -> CheckpointFiles:
+        """The last checkpoint --resume continues from: the one in ``.saving/`` when a killed
+        save wrote its commit record there (``recover`` finishes moving it into place), else
+        the run's own. Read-only: the Ctrl-C line asks it before any recovery."""
+        stage = RunDir(self.path / STAGING_DIR)
+        if committed_record(stage.path, stage.checkpoint(Checkpoint.last.value).state.name):
+            return stage.checkpoint(Checkpoint.last.value)
+        return self.checkpoint(Checkpoint.last.value)
 
     def recover(self) -> str | None:
         """Finish (``"finished"``) or discard (``"discarded"``) checkpoints a killed run was saving."""

@@ -129,6 +129,13 @@ def commit_folder(staging: Path, dest: Path, record: str) -> None:
     shutil.rmtree(staging)
 
 
+def committed_record(staging: Path, record: str) -> Path | None:
+    """The commit record in ``staging`` when its set is committed (``recover_folder``
+    finishes moving such a set into place; it discards one without), else None."""
+    path = staging / record
+    return path if path.is_file() else None
+
+
 def recover_folder(staging: Path, dest: Path, record: str) -> str | None:
     """After a crash: ``"finished"`` a committed staging folder (moved into ``dest``),
     ``"discarded"`` an uncommitted one, None when there was none."""
@@ -137,7 +144,7 @@ def recover_folder(staging: Path, dest: Path, record: str) -> str | None:
     if not [p for p in staging.iterdir() if not TEMP_NAME.fullmatch(p.name)]:
         shutil.rmtree(staging)  # killed before its first file, or after its last move
         return None
-    if (staging / record).is_file():
+    if committed_record(staging, record):
         commit_folder(staging, dest, record)
         return "finished"
     shutil.rmtree(staging)

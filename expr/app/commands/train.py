@@ -147,16 +147,11 @@ def _run(cfg: TrainConfig) -> None:
 
 
 def committed_epochs(out: Path) -> int:
-    """Epochs whose checkpoints were committed in the run folder ``out`` (0: none)."""
-    import json
+    """Epochs committed in the run folder ``out`` (0: none): the epoch --resume continues
+    after, a set a Ctrl-C left committed in ``.saving/`` included (--resume finishes it)."""
+    from expr.train_heads import RunDir, resumable_epoch
 
-    from expr.train_heads import Checkpoint, RunDir
-
-    try:
-        state = json.loads(RunDir(out).checkpoint(Checkpoint.last.value).state.read_text(encoding="utf-8"))
-        return int(state["meta"]["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
+    return resumable_epoch(RunDir(out))
 
 
 def interrupted_line(cfg: TrainConfig) -> str:
