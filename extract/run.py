@@ -10,7 +10,7 @@ consolidates the cache metadata after a barrier.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import cached_property, partial
 from pathlib import Path
@@ -74,16 +74,11 @@ class Backbones:
         """Build both models now; when both lack their weights, one error names both."""
         build_all({"visual": lambda: self.visual, "audio": lambda: self.audio})
 
-    def text(self, out: Path, reset: bool) -> tuple[np.ndarray, float]:
+    def text(self, existing: Existing | None) -> tuple[np.ndarray, float]:
         """The classes' CLIP text embeddings and logit scale: the cache's own when it exists
         with these backbones (open_writer only checks their shape then), else from CLIP."""
-        if not reset:
-            try:
-                with open_cache(out) as cache:
-                    if cache.backbones == self.records:
-                        return cache.text_embeddings(), cache.logit_scale
-            except ExprError:  # no cache yet, or not one: open_writer says what is wrong
-                pass
+        if existing is not None and existing.text is not None and existing.backbones == self.records:
+            return existing.text
         return clip_text_embeddings(self.clip, self.visual_spec.arch, abaw.prompts())
 
 
@@ -98,28 +93,58 @@ def feature_options(config: ExtractConfig, geometry: str = "worker", decoder: st
             "decoder": decoder}
 
 
-def _recorded(out: Path, reset: bool, key: str = "geometry") -> str | None:
-    """What an existing cache records for option ``key`` (geometry, decoder): the value of a cache
-    made before it was recorded is ``UNRECORDED_DEFAULTS[key]``; None for a new cache."""
+@dataclass(frozen=True)
+class Existing:
+    """What the start-up decisions need from an existing cache, read in ONE open: opening
+    reads every video's attributes (~0.8 s for 10,000 videos), and the geometry, the decoder,
+    the text embeddings and the retry of failed videos each opened it again."""
+
+    options: dict | None  # the recorded feature options; None: an expr 0.2 cache (per video only)
+    has_videos: bool
+    backbones: BackboneRecords
+    text: tuple[np.ndarray, float] | None  # embeddings + logit scale; None if unreadable
+    failures: frozenset[str]  # the videos that failed last time
+
+    def recorded(self, key: str) -> str | None:
+        """What the cache records for option ``key`` (geometry, decoder): the value of a cache
+        made before it was recorded is ``UNRECORDED_DEFAULTS[key]``."""
+        if self.options is not None:
+            return self.options.get(key, UNRECORDED_DEFAULTS[key])
+        # an expr 0.2 cache: made in the workers, on the CPU
+        return UNRECORDED_DEFAULTS[key] if self.has_videos else None
+
+
+def read_existing(out: Path, reset: bool) -> Existing | None:
+    """The existing cache at ``out`` as the start-up decisions see it; None for a new cache, one
+    that ``reset`` (--overwrite) wipes, or one that cannot be opened (open_writer says why)."""
     if reset or not is_cache(out):
         return None
     try:
         with open_cache(out) as cache:
+            try:
+                text = (cache.text_embeddings(), cache.logit_scale)
+            except ExprError:  # a damaged text array: CLIP computes it again
+                text = None
             options = cache.attrs.get("options")
-            if isinstance(options, dict):
-                return options.get(key, UNRECORDED_DEFAULTS[key])
-            # an expr 0.2 cache: made in the workers, on the CPU
-            return UNRECORDED_DEFAULTS[key] if cache.video_ids else None
+            return Existing(options if isinstance(options, dict) else None, bool(cache.video_ids),
+                            cache.backbones, text, frozenset(cache.failures))
     except ExprError:
         return None
 
 
-def resolve_geometry(config: ExtractConfig, device, jobs: list, reset: bool, check=None) -> tuple[str, str | None]:
+def _recorded(existing: Existing | None, key: str) -> str | None:
+    """What the existing cache records for option ``key``; None for a new cache."""
+    return existing.recorded(key) if existing is not None else None
+
+
+def resolve_geometry(config: ExtractConfig, device, jobs: list, existing: Existing | None,
+                     check=None) -> tuple[str, str | None]:
     """Where CLIP's geometry runs this run (extract/geometry_device.py), and at most one note.
 
     Raw frames without --face-crop and --frames jpg folders can take the device path (the Haar
     tracker stays in the workers); the self-check runs on the first job's frames, its jpgs for
-    --frames. ``check``: test-only stand-in for the start-up self-check."""
+    --frames. ``existing``: the cache's record (``read_existing``), None for a new one.
+    ``check``: test-only stand-in for the start-up self-check."""
     from expr.extract.geometry_device import choose_geometry
     from expr.extract.native_decode import self_check
 
@@ -138,7 +163,7 @@ def resolve_geometry(config: ExtractConfig, device, jobs: list, reset: bool, che
 
     check = check or first_frames
     return choose_geometry(config.geometry, str(getattr(device, "type", device)).split(":")[0],
-                           _recorded(config.out, reset) if eligible else None,
+                           _recorded(existing, "geometry") if eligible else None,
                            eligible, check)
 
 
@@ -150,9 +175,9 @@ def select_jobs(jobs: list, shard: str | None, rank: int, world_size: int) -> li
     return jobs[rank::world_size]
 
 
-def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist, reset: bool, geometry: str = "worker",
-                decoder: str = "cpu"):
-    text, scale = bb.text(config.out, reset)
+def _open_cache(config: ExtractConfig, bb: Backbones, dist: Dist, reset: bool, existing: Existing | None,
+                geometry: str = "worker", decoder: str = "cpu"):
+    text, scale = bb.text(existing)
     open_ = partial(open_writer, config.out, backbones=bb.records, text_embeddings=text, logit_scale=scale,
                     protect=(config.videos, config.frames),  # --out may not overlap the inputs
                     options=feature_options(config, geometry, decoder))
@@ -203,20 +228,16 @@ def _finish_step(summary: ExtractSummary, then: str, step, *args) -> bool:
         return False
 
 
-def _probe_retries(todo: list, out: Path, summary: ExtractSummary) -> list:
+def _probe_retries(todo: list, existing: Existing | None, summary: ExtractSummary) -> list:
     """Probe (PyAV, in this process: it fails cleanly) the videos that failed last time, before
     any model is built: a re-run where only broken files are left then fails them in a second,
     not after building both backbones (~9 s). Videos never tried are left to the workers."""
     from expr.core.errors import MediaDecodeError
     from expr.extract.probe import probe
 
-    if not todo:
+    if not todo or existing is None:  # no cache before this run: nothing failed yet
         return todo
-    try:
-        with open_cache(out) as cache:
-            failed_before = set(cache.failures)
-    except ExprError:  # no cache yet
-        return todo
+    failed_before = existing.failures
     keep = []
     for job in todo:
         if job.video_id in failed_before and job.video_path is not None:
@@ -268,12 +289,13 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
                            image_size=image_size, jpg_resize=config.jpg_resize, on_warning=notes.append,
                            exclude=(config.out,))  # a cache inside --videos is output, not input
     jobs = select_jobs(jobs, config.shard, rank, world_size)
-    geometry, note = resolve_geometry(config, device, jobs, reset)
+    existing = read_existing(config.out, reset)  # once: each decision below opened the cache again
+    geometry, note = resolve_geometry(config, device, jobs, existing)
     if note:
         notes.append(note)
     if geometry == "device":
         jobs = [replace(j, geometry="device") for j in jobs]
-    decoder, note = nvdec.resolve_decoder(config, device, jobs, geometry, _recorded(config.out, reset, "decoder"))
+    decoder, note = nvdec.resolve_decoder(config, device, jobs, geometry, _recorded(existing, "decoder"))
     if note:
         notes.append(note)
     if decoder == "nvdec":  # the workers read headers and audio; this process decodes the frames
@@ -296,11 +318,11 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
             todo = _skip_complete(jobs, None, True, summary)
             pool = _decode_pool(config, todo, geometry, device, summary)
             bb.build()
-            writer = _open_cache(config, bb, dist, reset, geometry, decoder)
+            writer = _open_cache(config, bb, dist, reset, existing, geometry, decoder)
         else:
-            writer = _open_cache(config, bb, dist, reset, geometry, decoder)
+            writer = _open_cache(config, bb, dist, reset, existing, geometry, decoder)
             todo = _skip_complete(jobs, writer, config.overwrite, summary)
-            todo = _probe_retries(todo, config.out, summary)
+            todo = _probe_retries(todo, existing, summary)
             pool = _decode_pool(config, todo, geometry, device, summary)
         random = tuple(
             f"{s} backbone {getattr(bb.records, s).name} has RANDOM WEIGHTS (--{s}-weights none): "

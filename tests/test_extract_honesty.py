@@ -161,6 +161,55 @@ def test_an_flv_whose_audio_outlasts_its_video_a_little_is_fine(tmp_path):
     assert summary.ok == ["long_audio"], summary.failed
 
 
+def test_an_flv_whose_audio_outlasts_its_video_by_far_keeps_all_its_frames(tmp_path):
+    """A camera that stopped before the microphone: 2 s of video, 4 s of audio (>25% and >1 s
+    more). FLV declares only the file's 4 s; the old rule failed it as truncated."""
+    videos = tmp_path / "videos"
+    F.make_video(videos / "cam_stopped.flv", n_frames=50, fps=25.0, size=(64, 48), audio_seconds=4.0)
+    summary = run_extract(tiny_config(videos, tmp_path / "f.zarr"))
+    assert summary.ok == ["cam_stopped"], summary.failed
+    with open_cache(tmp_path / "f.zarr") as cache:
+        info = cache.info("cam_stopped")
+        assert info.n_frames == 50 and info.has_audio and info.duration == pytest.approx(2.0, abs=0.05)
+        assert cache.visual("cam_stopped").shape[0] == 50
+        assert info.audio_steps == pytest.approx(2.0 * 49.95, abs=2)  # the audio is cut to the video
+
+
+def test_an_flv_cut_with_all_its_streams_short_still_fails(tmp_path):
+    """A cut leaves every stream short: the long-audio FLV cut in the middle of its video, and a
+    plain 8 s FLV cut at 80% (which the old 25% allowance stored as ok with 160 of 200 frames).
+    Both cut where a tag starts, so no decoder reports an error."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    long_audio = F.make_video(tmp_path / "cam_stopped.flv", n_frames=50, fps=25.0, size=(64, 48), audio_seconds=4.0)
+    _cut_flv_at_packet(long_audio, videos / "mid.flv", 25)
+    eight = F.make_video(tmp_path / "eight.flv", n_frames=200, fps=25.0, size=(64, 48))
+    _cut_flv_at_packet(eight, videos / "late.flv", 160)
+    summary = run_extract(tiny_config(videos, tmp_path / "f.zarr"))
+    assert summary.ok == [] and sorted(summary.failed) == ["late", "mid"]
+    for vid, n in (("mid", 25), ("late", 160)):
+        message = summary.failed[vid]
+        assert str(videos / f"{vid}.flv") in message and f"truncated: {n} of ~" in message, message
+        assert "no stream reaches past" in message and "fetch it again" in message and "\n" not in message
+
+
+def test_only_an_flv_whose_video_stops_short_is_demuxed_again(tmp_path, monkeypatch):
+    """The demux that measures the streams' reach reads the whole file: a usual FLV (audio as
+    long as the video) must not pay for it; one with audio 1 s longer does, and is kept."""
+    import expr.extract.probe as P
+    from expr.extract.media import decode_video
+    from expr.extract.messages import DecodeJob, VideoHeader
+
+    calls = []
+    real = P.stream_reach
+    monkeypatch.setattr(P, "stream_reach", lambda path: calls.append(path.name) or real(path))
+    for name, audio in (("usual.flv", None), ("longer.flv", 3.0)):
+        path = F.make_video(tmp_path / name, n_frames=50, fps=25.0, size=(64, 48), audio_seconds=audio)
+        headers = [m for m in decode_video(DecodeJob(path.stem, path, path, None)) if isinstance(m, VideoHeader)]
+        assert [h.n_frames for h in headers] == [50]
+    assert calls == ["longer.flv"]
+
+
 def test_export_and_import_keep_the_options(videos, tmp_path):
     from expr.cache_format import export_hdf5, import_hdf5
 

@@ -168,6 +168,34 @@ def test_rerun_with_nothing_to_do_builds_no_backbone(good_videos, tmp_path, monk
     assert sorted(again.skipped) == ["a", "b", "c"] and not again.ok and again.exit_code == 0
 
 
+def test_a_rerun_opens_the_existing_cache_once(tmp_path, monkeypatch):
+    """Opening a cache reads every video's attributes (~0.8 s for 10,000 videos); start-up opened
+    it for the recorded geometry, again for the decoder, for the text embeddings and for the
+    videos that failed last time (4 opens). It reads them once; --overwrite reads none (the old
+    record is ignored: the wiped cache takes the new options)."""
+    from expr.cache_format import reader
+
+    videos = tmp_path / "videos"
+    F.make_video(videos / "a.mp4", n_frames=12)
+    F.make_text_as_video(videos / "text.mp4")  # fails each run: the rerun retries it
+    out = tmp_path / "f.zarr"
+    first = run_extract(tiny_config(videos, out))
+    assert first.ok == ["a"] and list(first.failed) == ["text"]
+
+    opens = []
+    real = reader._open_zarr
+    monkeypatch.setattr(reader, "_open_zarr", lambda path: opens.append(path) or real(path))
+    again = run_extract(tiny_config(videos, out))
+    assert again.skipped == ["a"] and list(again.failed) == ["text"] and "not a video" in again.failed["text"]
+    assert opens == [out]
+
+    opens.clear()
+    redo = run_extract(tiny_config(videos, out, overwrite=True, face_crop="haar"))
+    assert redo.ok == ["a"] and list(redo.failed) == ["text"] and opens == []
+    with open_cache(out) as cache:
+        assert cache.attrs["options"]["face_crop"] == "haar" and cache.failures.keys() == {"text"}
+
+
 def test_missing_weights_leave_no_cache_that_refuses_other_weights(good_videos, tmp_path):
     """A checkpoint that cannot be loaded fails before the cache is created: an empty cache
     recording those weights would refuse the rerun with other ones (the demo falls back to

@@ -20,7 +20,7 @@ from expr.extract.geometry_device import MAD_LIMIT, NativeLayout, choose_geometr
 from expr.extract.media import decode_video
 from expr.extract.messages import DecodeJob, FrameBatch, VideoSplit
 from expr.extract.native_decode import self_check
-from expr.extract.run import resolve_geometry, run_extract
+from expr.extract.run import read_existing, resolve_geometry, run_extract
 from expr.extract.segments import decode_segment
 from test_extract_run import tiny_config
 
@@ -196,8 +196,8 @@ def test_a_cache_made_before_the_record_counts_as_the_worker_path(videos, tmp_pa
     root = zarr.open_group(str(out), mode="r+", use_consolidated=False)
     options = dict(root.attrs["options"])  # pyright: ignore[reportArgumentType, reportCallIssue] - a JSON object here
     root.attrs["options"] = {str(k): v for k, v in options.items() if k != "geometry"}  # pyright: ignore[reportArgumentType]
-    assert resolve_geometry(tiny_config(videos, out, geometry="auto"), torch.device("cuda"), ["job"], False,
-                            check=_never) == ("worker", None)
+    assert resolve_geometry(tiny_config(videos, out, geometry="auto"), torch.device("cuda"), ["job"],
+                            read_existing(out, False), check=_never) == ("worker", None)
     with pytest.raises(CacheSchemaError, match=r'options.geometry="worker" but this run uses "device"'):
         run_extract(tiny_config(videos, out, geometry="device"))
     assert run_extract(tiny_config(videos, out, geometry="worker")).exit_code == 0
@@ -213,9 +213,9 @@ def test_the_self_check_skips_a_broken_first_video(tmp_path):
     bad = F.make_text_as_video(tmp_path / "a.mp4")
     jobs = [DecodeJob("a", bad, None, None), DecodeJob("b", good, None, None)]
     config = tiny_config(tmp_path, tmp_path / "f.zarr", geometry="device")
-    assert resolve_geometry(config, torch.device("cpu"), jobs, False) == ("device", None)
+    assert resolve_geometry(config, torch.device("cpu"), jobs, None) == ("device", None)
     with pytest.raises(ConfigError, match="self-check failed .*MediaDecodeError"):
-        resolve_geometry(config, torch.device("cpu"), jobs[:1], False)
+        resolve_geometry(config, torch.device("cpu"), jobs[:1], None)
 
 
 # -- page-locked frame slots (CUDA only; the decision and its failures tested here) ------------

@@ -152,7 +152,7 @@ def test_the_jpg_self_check_skips_a_folder_with_nothing_readable(tmp_path):
         self_check(DecodeJob("a", None, None, bad), "cpu")
     config = tiny_config(tmp_path, tmp_path / "f.zarr", frames=tmp_path / "frames", geometry="device")
     jobs = [DecodeJob("a", None, None, bad), DecodeJob("b", None, None, good)]
-    assert resolve_geometry(config, torch.device("cpu"), jobs, False) == ("device", None)
+    assert resolve_geometry(config, torch.device("cpu"), jobs, None) == ("device", None)
 
 
 def test_frames_runs_can_take_the_device_path(tmp_path):
@@ -163,9 +163,9 @@ def test_frames_runs_can_take_the_device_path(tmp_path):
     def config(geometry):
         return tiny_config(tmp_path, tmp_path / "f.zarr", frames=tmp_path / "frames", geometry=geometry)
 
-    assert resolve_geometry(config("device"), torch.device("cpu"), jobs, False) == ("device", None)
-    assert resolve_geometry(config("auto"), torch.device("cpu"), jobs, False) == ("worker", None)
-    path, note = resolve_geometry(config("auto"), torch.device("cuda"), jobs, False, check=lambda: 2.5)
+    assert resolve_geometry(config("device"), torch.device("cpu"), jobs, None) == ("device", None)
+    assert resolve_geometry(config("auto"), torch.device("cpu"), jobs, None) == ("worker", None)
+    path, note = resolve_geometry(config("auto"), torch.device("cuda"), jobs, None, check=lambda: 2.5)
     assert path == "worker" and note is not None and "MAD 2.50 > 1" in note
 
 
