@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from expr.core import abaw
-from expr.cache_format import BackboneRecords, check_output_path, consolidate, is_cache, open_cache, open_writer
+from expr.cache_format import (BackboneRecords, check_output_path, ensure_consolidated, is_cache, open_cache,
+                                open_writer)
 from expr.cache_format.options import UNRECORDED_DEFAULTS
 from expr.core.devices import Dist, dist_env, resolve_device, setup_dist
 from expr.core.errors import ExprError, MediaDecodeError
@@ -349,7 +350,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         # when the others are done, so they leave it to `expr cache consolidate`.
         if dist.is_main and config.shard is None:
             summary.consolidated = _finish_step(summary, f"afterwards run expr cache consolidate {config.out}",
-                                                consolidate, config.out)
+                                                ensure_consolidated, config.out)
         return summary
     finally:
         if pool is not None:  # an error before the feed ran: its workers stop and its slots go

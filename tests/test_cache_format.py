@@ -16,6 +16,7 @@ import pytest
 from cache_helpers import BACKBONES, new_writer, video_arrays, write_videos
 from expr.cache_format import (
     consolidate,
+    ensure_consolidated,
     export_hdf5,
     import_hdf5,
     open_cache,
@@ -206,16 +207,57 @@ def test_stale_consolidated_metadata_never_hides_videos(tmp_path):
     write_videos(w, ["a", "b"])
     consolidate(path)
     assert "consolidated_metadata" in json.loads((path / "zarr.json").read_text())
-    w.write_video("c", video_arrays(5))  # a writer after the snapshot
+    w.write_video("c", video_arrays(5))  # a writer after the snapshot: its commit drops it
+    assert "consolidated_metadata" not in json.loads((path / "zarr.json").read_text())
     with open_cache(path) as cache:
         assert cache.video_ids == ["a", "b", "c"] and not cache.used_consolidated
-    new_writer(path)  # opening for writing drops the snapshot
-    assert "consolidated_metadata" not in json.loads((path / "zarr.json").read_text())
     consolidate(path)
     with open_cache(path) as cache:
         assert cache.video_ids == ["a", "b", "c"]
         assert cache.used_consolidated  # the one-read path
         assert_video_equal(cache, "c", video_arrays(5))
+
+
+def test_a_video_rewritten_after_the_snapshot_is_never_read_from_it(tmp_path):
+    """Same ids, new content: the listing alone cannot tell the snapshot is stale, so the
+    commit drops it (before, only opening a writer did, and a writer opened before the
+    snapshot was made left it naming the old entry: 40 frames where 12 were written)."""
+    path = tmp_path / "c.zarr"
+    w = new_writer(path)
+    write_videos(w, ["a", "b"])
+    consolidate(path)
+    replacement = video_arrays(1, n_frames=12)
+    w.write_video("a", replacement)
+    with open_cache(path) as cache:
+        assert cache.info("a").n_frames == 12
+        assert_video_equal(cache, "a", replacement)
+
+
+def test_a_current_snapshot_survives_a_writer_that_changes_nothing(tmp_path):
+    """A re-run with nothing new must not pay for consolidating again (17-21 s for 10,000
+    videos): opening a writer and recording the same failures keep the snapshot, the first
+    change drops it, ensure_consolidated makes it again and is then a no-op."""
+    path = tmp_path / "c.zarr"
+    write_videos(new_writer(path), ["a", "b"])
+    new_writer(path).record_failures({"x": "broken"})
+    consolidate(path)
+    root = path / "zarr.json"
+    snapshot = root.read_bytes()
+    w = new_writer(path)
+    w.record_failures({"x": "broken"}, succeeded=["a"])  # nothing changes
+    ensure_consolidated(path)
+    assert root.read_bytes() == snapshot
+    with open_cache(path) as cache:
+        assert cache.used_consolidated and cache.failures == {"x": "broken"}
+    w.write_video("c", video_arrays(7))
+    assert "consolidated_metadata" not in json.loads(root.read_text())
+    ensure_consolidated(path)
+    again = root.read_bytes()
+    ensure_consolidated(path)
+    assert root.read_bytes() == again
+    with open_cache(path) as cache:
+        assert cache.used_consolidated and cache.video_ids == ["a", "b", "c"]
+        assert_video_equal(cache, "c", video_arrays(7))
 
 
 def test_changed_source_and_overwrite(tmp_path):

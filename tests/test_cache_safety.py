@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 import media_fixtures as F
-from cache_helpers import new_writer, write_videos
+from cache_helpers import new_writer, video_arrays, write_videos
 from expr.cache_format import consolidate, export_hdf5, import_hdf5, is_cache, open_cache
 from expr.cache_format import schema as S
 from expr.app.cli import run
@@ -149,10 +149,15 @@ def test_full_disk_when_dropping_the_snapshot_leaves_no_temp_file(tmp_path, monk
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Path, "write_text", full)
+    w = new_writer(path)  # opening changes nothing: the snapshot stays until the first commit
+    assert (path / "zarr.json").read_bytes() == meta
     with pytest.raises(StorageError, match="the disk is full"):
-        new_writer(path)
+        w.write_video("b", video_arrays(1))  # its commit drops the snapshot first
     assert (path / "zarr.json").read_bytes() == meta
     assert not [p for p in path.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    with open_cache(path) as cache:
+        assert cache.video_ids == ["a"] and cache.used_consolidated
 
 
 REAL_DISK = textwrap.dedent("""
@@ -169,8 +174,10 @@ REAL_DISK = textwrap.dedent("""
     out = {{}}
     for name, path in (("new", mnt / "new.zarr"), ("old", mnt / "old.zarr"), ("ro", ro / "c.zarr")):
         try:
-            new_writer(path)
+            w = new_writer(path)
             out[name] = "opened"
+            write_videos(w, ["b"])  # the old cache opens (nothing to write): its first video fails
+            out[name] = "written"
         except StorageError as exc:
             out[name] = str(exc)
     out["left"] = sorted(p.name for p in mnt.iterdir()) + sorted(p.name for p in (mnt / "old.zarr").iterdir())
