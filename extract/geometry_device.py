@@ -118,17 +118,18 @@ def device_geometry(native, layout: NativeLayout, size: int, out=None):
         x = native.permute(0, 3, 1, 2).float()  # (N, 3, H, W)
     else:
         raise ValueError(f"unknown native frame format {layout.fmt!r}")
-    if layout.square is not None:  # the jpg rule: S x S, no crop
-        return square_resize(x, size, layout.square).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-    new_h, new_w, top, left = crop_box(layout.height, layout.width, size)
-    if (new_h, new_w) != (layout.height, layout.width):
-        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-    x = x[:, :, top: top + size, left: left + size]
+    if layout.square is not None:  # the jpg rule: S x S, no crop (whole levels already)
+        x = square_resize(x, size, layout.square)
+    else:
+        new_h, new_w, top, left = crop_box(layout.height, layout.width, size)
+        if (new_h, new_w) != (layout.height, layout.width):
+            x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+        x = x[:, :, top: top + size, left: left + size].round_().clamp_(0.0, 255.0)
     if out is None:
-        return x.round_().clamp_(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
     if tuple(out.shape) != (len(x), size, size, 3) or out.dtype != torch.uint8:
         raise ValueError(f"geometry output {tuple(out.shape)} {out.dtype}, expected ({len(x)}, {size}, {size}, 3) uint8")
-    return out.copy_(x.round_().clamp_(0.0, 255.0).permute(0, 2, 3, 1))  # the same cast as .to(uint8)
+    return out.copy_(x.permute(0, 2, 3, 1))  # the same cast as .to(uint8)
 
 
 def to_device(pixels: np.ndarray, device, stream=None):

@@ -169,6 +169,18 @@ def test_frames_runs_can_take_the_device_path(tmp_path):
     assert path == "worker" and note is not None and "MAD 2.50 > 1" in note
 
 
+def test_device_geometry_writes_its_out_buffer_for_jpgs_as_for_video():
+    """The feed passes a slice of the encoder's input buffer as ``out`` and keeps no return
+    value: the jpg rule (``square``) returned its frames without writing ``out``."""
+    rng = np.random.default_rng(3)
+    for layout, shape in ((NativeLayout("rgb24", 40, 40, square="bilinear"), (3, 40, 40, 3)),
+                          (NativeLayout("rgb24", 40, 60), (3, 40, 60, 3))):
+        native = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
+        out = torch.zeros((3, 64, 64, 3), dtype=torch.uint8)
+        device_geometry(native, layout, 64, out=out)
+        assert torch.equal(out, device_geometry(native, layout, 64)) and out.any()
+
+
 # -- whole runs -----------------------------------------------------------------------------
 def _cache(path: Path) -> tuple[dict, dict]:
     with open_cache(path) as c:
@@ -197,3 +209,23 @@ def test_forced_device_path_on_jpg_folders_end_to_end(tmp_path, workers):
         a, b = w[vid][0][keep].astype(np.float32), d[vid][0][keep].astype(np.float32)
         cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert cos.min() > 0.99, (vid, cos.min())
+
+
+def test_jpgs_smaller_than_s_travel_native_and_reach_the_encoder(tmp_path):
+    """ABAW's 112x112 faces under ViT-B/32's 224: the jpgs go to the main process at their own
+    size and are resized into the encoder's buffer there. The tiny encoder's S is 64, so 48x48
+    jpgs take that path (the run above uses larger ones, resized in the workers)."""
+    frames = tmp_path / "frames"
+    textured_jpgs(frames / "a", 12, size=(48, 48), missing={3})
+    job = DecodeJob("a", None, None, frames / "a", image_size=64, geometry="device")
+    assert all(m.layout is not None for m in decode_video(job) if isinstance(m, FrameBatch))
+    videos = tmp_path / "videos"
+    F.make_video(videos / "a.mp4", n_frames=12, size=(64, 48))
+    run_extract(tiny_config(videos, tmp_path / "w.zarr", frames=frames, geometry="worker"))
+    run_extract(tiny_config(videos, tmp_path / "d.zarr", frames=frames, geometry="device"))
+    (_, w), (_, d) = _cache(tmp_path / "w.zarr"), _cache(tmp_path / "d.zarr")
+    keep = w["a"][1]
+    assert np.array_equal(keep, d["a"][1]) and keep.sum() == 11
+    a, b = w["a"][0][keep].astype(np.float32), d["a"][0][keep].astype(np.float32)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99, cos.min()
