@@ -357,14 +357,13 @@ def main_null(args) -> None:
               f"{best['first_batch']:>11.2f} "
               f"{best['total_fps']:>14,.0f}  "
               + ", ".join(f"{r['fps']:,.0f}" for r in runs))
-    base = {n: r for n, r, _ in results if r["workers"] == args.workers[0]}
-    for n_videos, best, _ in results:
+    base = {n: (r, runs) for n, r, runs in results if r["workers"] == args.workers[0]}
+    for n_videos, best, runs in results:
         if best["workers"] != args.workers[0]:
-            mine = next(r for n, b, r in results if n == n_videos and b is best)
-            theirs = next(r for n, b, r in results if n == n_videos and b is base[n_videos])
+            one, ones = base[n_videos]
             print(f"speed-up, {n_videos} video(s), {best['workers']} vs {args.workers[0]} workers: "
-                  f"{best['fps'] / base[n_videos]['fps']:.2f}x (best runs), "
-                  f"{median(r['fps'] for r in mine) / median(r['fps'] for r in theirs):.2f}x (medians)")
+                  f"{best['fps'] / one['fps']:.2f}x (best runs), "
+                  f"{median(r['fps'] for r in runs) / median(r['fps'] for r in ones):.2f}x (medians)")
     # the suite's and earlier scripts' line: the many-video run with the last worker count
     last = results[-1][1]
     print(f"steady feed rate {last['fps']:,.0f} frames/s; parent CPU {last['parent_us']:.1f} us/frame; "

@@ -52,8 +52,6 @@ class StreamInfo:
         return self.codec in EXACT_CODECS and self.pix_fmt in EXACT_FORMATS and (even or self.pix_fmt == "yuv444p")
 
 
-
-
 _RGB_ARGS: dict = {"threads": 1}  # one swscale thread; PyAV before 13 has no such argument
 
 
