@@ -371,6 +371,12 @@ class DecodePool:
             raise ConfigError(f"--workers must be 0 or more, got {workers}")
         if max_pending < 1:
             raise ConfigError(f"max pending batches must be at least 1, got {max_pending}")
+        # the workers a split video can expect to share its segments size them (plan_segments);
+        # with as many videos as workers each keeps fixed sizes: other videos fill the cores
+        # anyway, and each segment costs ~14 ms of CPU to start
+        sharing = min(workers, os.cpu_count() or 1) // max(1, sum(may_split(j) for j in jobs))
+        if sharing > 1:
+            jobs = [replace(j, segment_workers=sharing) if may_split(j) else j for j in jobs]
         # longest first (a stable sort: ties keep their order, so a video's audio job follows it)
         self.jobs = sorted(with_audio_jobs(jobs) if audio_jobs else jobs, key=_job_weight, reverse=True)
         self._rank: dict[str, int] = {}

@@ -46,6 +46,7 @@ class DecodeJob:
     batch_frames: int = 32  # frames per FrameBatch message (one shared-memory slot)
     jpg_resize: str = JPG_RESIZES[0]  # how frames-folder jpgs are resized to S x S (antialiased)
     segment_frames: int = SEGMENT_FRAMES  # split videos longer than 2x this into keyframe-aligned segments (0: never)
+    segment_workers: int = 1  # workers that share the segments: sizes shrink toward the end (plan_segments)
     segment: tuple[int, int] | None = None  # a segment job: decode only frames [a, b) of video_path
     segment_pts: int | None = None  # the pts of frame a (a keyframe): where PyAV seeks to (None: decord's seek)
     geometry: str = "worker"  # "device": raw frames go out native (native_decode.py), geometry in the parent

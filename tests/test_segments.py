@@ -55,6 +55,38 @@ def test_plan_segments_cuts_at_keyframes_only():
     assert plan_segments(keys, 130, 0) is None
 
 
+def _sizes(segments) -> list[int]:
+    return [b - a for a, b in segments]
+
+
+def _tail(segments, workers: int, start_cost: int = 0) -> int:
+    """Frames one worker still decodes after the first has run out of segments (greedy, in
+    order: what the decode pool does), each segment costing ``start_cost`` frames more."""
+    ends = [0] * workers
+    for size in _sizes(segments):
+        ends[ends.index(min(ends))] += size + start_cost
+    return max(ends) - min(ends)
+
+
+def test_guided_segments_shrink_toward_the_end_so_that_workers_finish_together():
+    n, keys = 12_000, range(0, 12_000, 250)  # the benchmark's video: 640x360, a keyframe every 250
+    fixed = plan_segments(keys, n, 1024)
+    assert fixed == plan_segments(keys, n, 1024, workers=1)  # one worker: sizes as before
+    for workers in (2, 4, 16):
+        guided = plan_segments(keys, n, 1024, workers=workers)
+        assert guided is not None and guided[0][0] == 0 and guided[-1][1] == n
+        assert all(b == c for (_, b), (c, _) in zip(guided, guided[1:]))  # they tile 0..n
+        assert all(a % 250 == 0 for a, _ in guided)  # at keyframes
+        sizes = _sizes(guided)
+        assert all(1024 // 8 <= s <= 1250 for s in sizes), sizes  # never below an eighth of the target
+        assert sizes == sorted(sizes, reverse=True)  # the longest first, the shortest last
+        assert len(guided) >= workers  # every worker gets a segment (16 on 10 fixed ones: 6 idled)
+        # the last worker finishes at most one small segment after the first (with fixed sizes: 500 frames
+        # for 2 workers, a whole 1,250-frame segment for 16), start-up costs of ~20 frames each included
+        assert _tail(guided, workers, 20) <= 270 < _tail(fixed, workers, 20), (workers, sizes)
+    assert len(plan_segments(keys, n, 1024, workers=16)) <= 2 * 16 + 16  # not split finer than needed
+
+
 def test_only_seekable_containers_without_face_crop_split(tmp_path):
     mp4, avi = tmp_path / "a.mp4", tmp_path / "a.avi"
     assert may_split(job_for(mp4)) and may_split(job_for(tmp_path / "a.MKV"))
@@ -257,7 +289,7 @@ def fail_segment_hook(job: DecodeJob, msg) -> None:
 
 def die_in_segment_hook(job: DecodeJob, msg) -> None:
     """Test-only: the worker decoding the segment that starts at frame 80 of `bad` dies."""
-    if job.video_id == "bad" and job.segment == (80, 130) and isinstance(msg, FrameBatch):
+    if job.video_id == "bad" and job.segment is not None and job.segment[0] == 80 and isinstance(msg, FrameBatch):
         os._exit(7)
 
 
@@ -301,7 +333,8 @@ def test_a_worker_that_dies_after_its_segments_last_message_fails_nothing(tmp_pa
     assert not [m for m in got if isinstance(m, VideoFailed)]
     pixels, _, _ = frames_by_index(got)
     np.testing.assert_array_equal(F.frame_indices(pixels), np.arange(130))
-    assert sorted(m.start for m in got if isinstance(m, SegmentDone)) == [0, 40, 80]
+    split = next(m for m in got if isinstance(m, VideoSplit))
+    assert sorted(m.start for m in got if isinstance(m, SegmentDone)) == [a for a, _ in split.segments]
     assert restarts == 1  # the dead worker was replaced all the same
 
 
@@ -336,3 +369,14 @@ def test_a_failed_segment_fails_its_video_in_the_run(tmp_path, monkeypatch):
     assert "injected segment failure" in summary.failed["bad"]
     with open_cache(tmp_path / "f.zarr") as c:
         assert c.video_ids == ["good"] and c.info("good").n_frames == 130
+
+
+@pytest.mark.parametrize("videos, workers, cores, sharing", [(1, 2, 2, 2), (1, 16, 16, 16), (1, 16, 2, 2),
+                                                             (4, 16, 16, 4), (16, 16, 16, 1), (1, 0, 16, 1)])
+def test_the_pool_sizes_segments_for_the_workers_a_video_can_expect(tmp_path, monkeypatch, videos, workers, cores,
+                                                                    sharing):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    jobs = [job_for(tmp_path / f"v{i}.mp4") for i in range(videos)] + [job_for(tmp_path / "a.avi")]  # avi: never split
+    pool = DecodePool(jobs, workers=workers)
+    assert {j.segment_workers for j in pool.jobs if j.video_path.suffix == ".mp4"} == {sharing}
+    assert [j.segment_workers for j in pool.jobs if j.video_path.suffix == ".avi"] == [1]
