@@ -27,6 +27,14 @@ whose owner is dead. The slots are sized to /dev/shm's free space (Docker's defa
 a block larger than the free space is created without error, and then kills the workers
 with SIGBUS when they write to it.
 
+Why audio tracks travel as files: a long video's track is big (480 s of 16 kHz float32: 30
+MB). Unpickled from the pipe it cost the parent's feeding thread 52 ms of CPU (4.4 us a frame of
+its 12,000-frame video, a fifth of everything that thread did); a socket moves it in ~200 kB
+reads. The worker writes the samples to ``<block>-<random>`` beside the frame block in /dev/shm
+and sends only the name (``_FileTrack``); the parent reads it back in one copy (~5 ms) and
+removes it. A full /dev/shm sends the track through the pipe as before. The files die with the
+block: ``close()`` removes this pool's, and a later run removes a dead run's.
+
 Why credits: a credit is a free slot. A worker spends one per ``FrameBatch`` it sends and
 blocks when it has none. The parent hands credits out ahead of time (shared among the busy
 workers, fewest-held first) and gets a slot back when the consumer has taken its batch. So at
@@ -97,6 +105,16 @@ class _SlotBatch:
 
 
 @dataclass(frozen=True)
+class _FileTrack:
+    """An ``AudioTrack`` on the pipe: its ``n`` float32 samples are in the file ``name`` in
+    /dev/shm, not pickled (see the module docstring)."""
+
+    video_id: str
+    name: str
+    n: int
+
+
+@dataclass(frozen=True)
 class _Idle:
     """Worker -> parent: finished its job, send the next one."""
 
@@ -105,6 +123,36 @@ class _Idle:
 
 def _slot_view(shm: SharedMemory, slot: int, slot_bytes: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.ndarray(shape, np.uint8, buffer=shm.buf, offset=slot * slot_bytes)
+
+def _track_to_file(msg: AudioTrack, shm_name: str) -> _FileTrack | None:
+    """Write a track's samples beside the frame block; None (send it through the pipe) when
+    /dev/shm cannot take them."""
+    samples = np.ascontiguousarray(msg.samples, dtype=np.float32)
+    path = SHM_DIR / f"{shm_name}-{secrets.token_hex(6)}"
+    try:
+        with open(path, "xb") as fh:
+            fh.write(memoryview(samples).cast("B"))
+    except OSError:  # full (ENOSPC): the pipe still works
+        path.unlink(missing_ok=True)
+        return None
+    return _FileTrack(msg.video_id, path.name, len(samples))
+
+
+def _track_from_file(msg: _FileTrack, job: DecodeJob) -> AudioTrack | VideoFailed:
+    """The track a worker wrote (``_track_to_file``), its file removed."""
+    path = SHM_DIR / msg.name
+    try:
+        samples = np.fromfile(path, dtype=np.float32)
+    except OSError as e:
+        return VideoFailed(msg.video_id, f"{job.source}: its decoded audio was lost before it was read "
+                                         f"({e.strerror or e}; something removed {path}?): re-run to retry")
+    finally:
+        path.unlink(missing_ok=True)
+    if len(samples) != msg.n:
+        return VideoFailed(msg.video_id, f"{job.source}: its decoded audio came back with {len(samples)} of "
+                                         f"{msg.n} samples ({path} was changed): re-run to retry")
+    return AudioTrack(msg.video_id, samples)
+
 
 # Test-only: called in the worker with (job, message) just before the message is sent.
 WorkerHook = Callable[[DecodeJob, Message], None]
@@ -177,8 +225,16 @@ def _pid_alive(pid: int) -> bool:
 hold_block = hold_lock
 
 
+def _block_live(path: Path) -> bool:
+    try:
+        return lock_held(path)
+    except OSError:  # gone
+        return False
+
+
 def remove_dead_segments(shm_dir: Path = SHM_DIR) -> list[str]:
-    """Unlink this user's ``expr-<pid>-*`` blocks whose run is dead; return their names.
+    """Unlink this user's ``expr-<pid>-<hex>`` blocks whose run is dead, and their audio track
+    files (``<block>-<hex>``); return their names.
 
     Dead: no process holds the block's lock (``hold_block``) and its pid is not alive here.
     The pid alone is not enough: containers that share /dev/shm (a Kubernetes pod, docker
@@ -189,10 +245,10 @@ def remove_dead_segments(shm_dir: Path = SHM_DIR) -> list[str]:
     except OSError:
         return removed
     for entry in entries:
-        match = re.fullmatch(SHM_PREFIX + r"(\d+)-[0-9a-f]+", entry.name)
+        match = re.fullmatch(SHM_PREFIX + r"(\d+)-([0-9a-f]+)(-[0-9a-f]+)?", entry.name)
         try:
             if (match is None or entry.stat().st_uid != os.getuid() or _pid_alive(int(match[1]))
-                    or lock_held(entry.path)):
+                    or _block_live(Path(shm_dir) / f"{SHM_PREFIX}{match[1]}-{match[2]}")):
                 continue
             os.unlink(entry.path)
             removed.append(entry.name)
@@ -257,7 +313,7 @@ def _serve_jobs(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) -
             continue
         try:
             for msg in decode_video(job):
-                wire: Message | _SlotBatch = msg
+                wire: Message | _SlotBatch | _FileTrack = msg
                 if isinstance(msg, FrameBatch):
                     while not slots or conn.poll():  # take what has arrived; block only at zero
                         control = conn.recv()
@@ -271,6 +327,8 @@ def _serve_jobs(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) -
                     _slot_view(shm, slot, slot_bytes, pixels.shape)[...] = pixels
                     wire = _SlotBatch(msg.video_id, msg.start, slot, pixels.shape, msg.mask, msg.timestamps, seen,
                                       msg.layout)
+                elif isinstance(msg, AudioTrack) and msg.samples is not None:
+                    wire = _track_to_file(msg, shm_name) or msg
                 if hook is not None:
                     hook(job, msg)
                 conn.send(wire)
@@ -290,6 +348,24 @@ def _slot_bytes(job: DecodeJob) -> int:
 
         return max(done, NATIVE_SLOT_BYTES)
     return done
+
+
+MIN_BATCH_FRAMES = 16  # a small /dev/shm shrinks the FrameBatches down to this, not below (see _fit_batches)
+
+
+def _fit_batches(jobs: list[DecodeJob], free: int | None) -> list[DecodeJob]:
+    """``jobs`` with fewer frames per FrameBatch (halved, down to ``MIN_BATCH_FRAMES``) when
+    /dev/shm's share (``SHM_SHARE`` of ``free``) holds fewer than two slots: 64-frame slots are
+    9.6 MB at 224x224, and Docker's ``--shm-size 16m`` would hold none of them (32-frame
+    ones: one). Below that size the per-message cost dominates, and ``fit_slots`` refuses."""
+    if free is None:
+        return jobs
+    while True:
+        need = max((_slot_bytes(j) for j in jobs), default=1)
+        smaller = [replace(j, batch_frames=max(MIN_BATCH_FRAMES, j.batch_frames // 2)) for j in jobs]
+        if 2 * need <= int(free * SHM_SHARE) or max((_slot_bytes(j) for j in smaller), default=1) == need:
+            return jobs  # fits, or as small as it gets (the device path's native slots have a fixed size)
+        jobs = smaller
 
 
 def _describe_exit(code: int | None) -> str:
@@ -377,6 +453,8 @@ class DecodePool:
         sharing = min(workers, os.cpu_count() or 1) // max(1, sum(may_split(j) for j in jobs))
         if sharing > 1:
             jobs = [replace(j, segment_workers=sharing) if may_split(j) else j for j in jobs]
+        if workers > 0:
+            jobs = _fit_batches(list(jobs), shm_free_bytes())
         # longest first (a stable sort: ties keep their order, so a video's audio job follows it)
         self.jobs = sorted(with_audio_jobs(jobs) if audio_jobs else jobs, key=_job_weight, reverse=True)
         self._rank: dict[str, int] = {}
@@ -591,6 +669,8 @@ class DecodePool:
             if msg is None:
                 broken = True
                 break
+            if isinstance(msg, _FileTrack):
+                msg = _track_from_file(msg, worker.job)
             if not isinstance(msg, _SlotBatch):
                 yield from self._pass_on(worker.job, msg, todo)
                 continue
@@ -649,7 +729,7 @@ class DecodePool:
             self._held.popleft()
             self._free.append(slot)
 
-    def _drain(self, worker: _Worker, todo: deque) -> Iterator[Message | _SlotBatch | None]:
+    def _drain(self, worker: _Worker, todo: deque) -> Iterator[Message | _SlotBatch | _FileTrack | None]:
         """Receive what ``worker`` has sent so far: yields data messages, then None if the pipe broke."""
         while worker.job is not None and worker.conn.poll():
             try:
@@ -666,7 +746,7 @@ class DecodePool:
                     worker.seen = msg.seen
                     worker.slots.remove(msg.slot)  # in flight now: the consumer gives it back
                 elif isinstance(msg, (VideoDone, SegmentDone, VideoFailed)) or (
-                        isinstance(msg, AudioTrack) and worker.job.part == "audio"):  # an audio job's only message
+                        isinstance(msg, (AudioTrack, _FileTrack)) and worker.job.part == "audio"):  # its only message
                     worker.ended = True
                 yield msg
 
@@ -715,6 +795,8 @@ class DecodePool:
             except BufferError:  # a consumer still holds a borrowed view: unlinked, freed with it
                 pass
             self._shm.unlink()
+            for track in SHM_DIR.glob(f"{self._shm.name}-*"):  # a worker's track never read (stopped early)
+                track.unlink(missing_ok=True)
             self._shm = None
         if self._shm_lock is not None:
             os.close(self._shm_lock)

@@ -123,7 +123,7 @@ def discover_videos(
     limit: int | None = None,
     face_crop: str = "none",
     image_size: int = 224,
-    batch_frames: int = 32,
+    batch_frames: int = messages.BATCH_FRAMES,
     jpg_resize: str = "bilinear",
     on_warning: Callable[[str], None] | None = None,
     exclude: Iterable[Path] = (),

@@ -123,6 +123,70 @@ def test_a_live_runs_block_is_kept_when_its_pid_is_not_ours_to_see(tmp_path):
     assert remove_dead_segments(tmp_path) == [block.name] and not block.exists()  # owner gone: removed
 
 
+def test_a_dead_runs_audio_track_files_go_with_its_block_a_live_runs_stay(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live_block = tmp_path / f"expr-{dead.pid}-0a1b2c3d"  # a run in another pid namespace: locked
+    live_block.write_bytes(b"x")
+    fd = decode_pool.hold_block(live_block)
+    try:
+        (tmp_path / f"{live_block.name}-00aa11bb22cc").write_bytes(b"x")  # its worker's track: kept
+        (tmp_path / f"expr-{dead.pid}-99ee99ee-00aa11bb22cc").write_bytes(b"x")  # a killed run's: block gone
+        assert remove_dead_segments(tmp_path) == [f"expr-{dead.pid}-99ee99ee-00aa11bb22cc"]
+    finally:
+        os.close(fd)
+    assert sorted(remove_dead_segments(tmp_path)) == sorted([live_block.name, f"{live_block.name}-00aa11bb22cc"])
+
+
+def test_audio_tracks_come_through_files_in_dev_shm_equal_and_removed(tmp_path, monkeypatch):
+    """A 30 MB track unpickled from the pipe cost the feeding thread 52 ms; it now comes as a
+    file beside the frame block, read once and removed."""
+    paths = [F.make_video(tmp_path / f"{v}.mp4", n_frames=12, audio_seconds=2.0) for v in "ab"]
+    read = []
+    real = decode_pool._track_from_file
+    monkeypatch.setattr(decode_pool, "_track_from_file",
+                        lambda msg, job: read.append(Path("/dev/shm") / msg.name) or real(msg, job))
+    with DecodePool([job_for(p) for p in paths], workers=2, audio_jobs=True) as pool:
+        got = list(pool)
+    inline = [m for m in DecodePool([job_for(p) for p in paths], workers=0, audio_jobs=True)
+              if isinstance(m, messages.AudioTrack)]
+    tracks = {m.video_id: m.samples for m in got if isinstance(m, messages.AudioTrack)}
+    assert len(read) == 2 and not any(path.exists() for path in read)  # both read, both removed
+    assert {m.video_id for m in inline} == set(tracks) == {"a", "b"}
+    for m in inline:
+        assert tracks[m.video_id].dtype == np.float32
+        np.testing.assert_array_equal(tracks[m.video_id], m.samples)
+    assert not list(Path("/dev/shm").glob(f"expr-{os.getpid()}-*"))
+
+
+def test_a_track_that_cannot_be_written_goes_through_the_pipe_and_a_lost_one_fails_its_video(tmp_path,
+                                                                                             monkeypatch):
+    track = messages.AudioTrack("a", np.arange(5, dtype=np.float32))
+    monkeypatch.setattr(decode_pool, "SHM_DIR", tmp_path / "full")  # every write fails (no such folder)
+    assert decode_pool._track_to_file(track, "expr-1-0a1b2c3d") is None  # the worker then sends ``track``
+    monkeypatch.setattr(decode_pool, "SHM_DIR", tmp_path)
+    wire = decode_pool._track_to_file(track, "expr-1-0a1b2c3d")
+    assert wire is not None and wire.n == 5 and (tmp_path / wire.name).exists()
+    job = job_for(tmp_path / "a.mp4")
+    (tmp_path / wire.name).write_bytes(np.arange(3, dtype=np.float32).tobytes())  # changed meanwhile
+    failed = decode_pool._track_from_file(wire, job)
+    assert isinstance(failed, VideoFailed) and "3 of 5 samples" in failed.reason and str(job.source) in failed.reason
+    assert not (tmp_path / wire.name).exists()
+    failed = decode_pool._track_from_file(wire, job)  # gone (removed by someone)
+    assert isinstance(failed, VideoFailed) and "audio was lost" in failed.reason and "re-run" in failed.reason
+
+
+def test_close_removes_the_track_files_a_stopped_run_never_read(tmp_path):
+    path = F.make_video(tmp_path / "v.mp4", n_frames=8, audio_rate=None)
+    with DecodePool([job_for(path)], workers=1) as pool:
+        for _ in pool:
+            assert pool._shm is not None
+            left = Path("/dev/shm") / f"{pool._shm.name.lstrip('/')}-00aa11bb22cc"
+            left.write_bytes(b"x")  # what a worker wrote just before the consumer stopped
+            break
+    assert not left.exists()
+
+
 def test_the_pools_block_is_locked_while_it_runs(tmp_path):
     path = F.make_video(tmp_path / "v.mp4", n_frames=8, audio_rate=None)
     with DecodePool([job_for(path)], workers=1) as pool:
@@ -134,6 +198,16 @@ def test_the_pools_block_is_locked_while_it_runs(tmp_path):
                 mp.setattr(decode_pool, "_pid_alive", lambda pid: False)
                 assert name not in remove_dead_segments()
             assert (Path("/dev/shm") / name).exists()
+
+
+def test_a_small_dev_shm_gets_smaller_batches_not_fewer_slots(tmp_path):
+    job = job_for(tmp_path / "v.mp4", image_size=224, batch_frames=64)  # 9.6 MB a slot
+    sizes = lambda free: [j.batch_frames for j in decode_pool._fit_batches([job], free)]  # noqa: E731
+    assert sizes(None) == [64] and sizes(64 * 2**20) == [64]  # Docker's default: 3 slots of 64 frames
+    assert sizes(16 * 2**20) == [16]  # 8 MB to use: 64 -> 32 -> 16 frames, 3 slots of 2.4 MB
+    assert sizes(4 * 2**20) == [16]  # no smaller: fit_slots refuses this one in one line
+    native = job_for(tmp_path / "v.mp4", image_size=224, batch_frames=64, geometry="device")
+    assert [j.batch_frames for j in decode_pool._fit_batches([native], 16 * 2**20)] == [64]  # fixed slots: kept
 
 
 def test_slots_are_sized_to_the_free_shared_memory():
@@ -178,10 +252,11 @@ def _in_small_shm(size: str, video: Path) -> str:
 
 def test_a_16_mb_dev_shm_works_and_a_4_mb_one_is_refused_in_one_line(tmp_path):
     """Before: 8 slots of 4.8 MB in a 16 MB /dev/shm, and every video failed with SIGBUS,
-    blaming a good file."""
+    blaming a good file. Now the batches shrink to 16 frames there (3 slots of 2.4 MB in the
+    8 MB it may use) rather than leave one slot, or none of 64 frames."""
     video = F.make_video(tmp_path / "v.mp4", n_frames=70, size=(96, 64), audio_rate=None)
     out = _in_small_shm("16m", video)
-    assert "slots 1 frames 70 failed []" in out
+    assert "slots 3 frames 70 failed []" in out
     out = _in_small_shm("4m", video)
     assert out.startswith("refused: /dev/shm has 4 MB free") and len(out.strip().splitlines()) == 1
 
