@@ -131,25 +131,25 @@ def _track_to_file(msg: AudioTrack, shm_name: str) -> _FileTrack | None:
     path = SHM_DIR / f"{shm_name}-{secrets.token_hex(6)}"
     try:
         with open(path, "xb") as fh:
-            fh.write(memoryview(samples).cast("B"))
+            samples.tofile(fh)
     except OSError:  # full (ENOSPC): the pipe still works
         path.unlink(missing_ok=True)
         return None
     return _FileTrack(msg.video_id, path.name, len(samples))
 
 
-def _track_from_file(msg: _FileTrack, job: DecodeJob) -> AudioTrack | VideoFailed:
-    """The track a worker wrote (``_track_to_file``), its file removed."""
-    path = SHM_DIR / msg.name
+def _track_from_file(msg: _FileTrack, job: DecodeJob | None) -> AudioTrack | VideoFailed:
+    """The track a worker wrote (``_track_to_file``) for ``job``, its file removed."""
+    path, source = SHM_DIR / msg.name, job.source if job is not None else msg.video_id
     try:
         samples = np.fromfile(path, dtype=np.float32)
     except OSError as e:
-        return VideoFailed(msg.video_id, f"{job.source}: its decoded audio was lost before it was read "
+        return VideoFailed(msg.video_id, f"{source}: its decoded audio was lost before it was read "
                                          f"({e.strerror or e}; something removed {path}?): re-run to retry")
     finally:
         path.unlink(missing_ok=True)
     if len(samples) != msg.n:
-        return VideoFailed(msg.video_id, f"{job.source}: its decoded audio came back with {len(samples)} of "
+        return VideoFailed(msg.video_id, f"{source}: its decoded audio came back with {len(samples)} of "
                                          f"{msg.n} samples ({path} was changed): re-run to retry")
     return AudioTrack(msg.video_id, samples)
 

@@ -129,6 +129,7 @@ def test_a_dead_runs_audio_track_files_go_with_its_block_a_live_runs_stay(tmp_pa
     live_block = tmp_path / f"expr-{dead.pid}-0a1b2c3d"  # a run in another pid namespace: locked
     live_block.write_bytes(b"x")
     fd = decode_pool.hold_block(live_block)
+    assert fd is not None
     try:
         (tmp_path / f"{live_block.name}-00aa11bb22cc").write_bytes(b"x")  # its worker's track: kept
         (tmp_path / f"expr-{dead.pid}-99ee99ee-00aa11bb22cc").write_bytes(b"x")  # a killed run's: block gone
@@ -154,8 +155,9 @@ def test_audio_tracks_come_through_files_in_dev_shm_equal_and_removed(tmp_path, 
     assert len(read) == 2 and not any(path.exists() for path in read)  # both read, both removed
     assert {m.video_id for m in inline} == set(tracks) == {"a", "b"}
     for m in inline:
-        assert tracks[m.video_id].dtype == np.float32
-        np.testing.assert_array_equal(tracks[m.video_id], m.samples)
+        got_samples = tracks[m.video_id]
+        assert got_samples is not None and got_samples.dtype == np.float32
+        np.testing.assert_array_equal(got_samples, m.samples)
     assert not list(Path("/dev/shm").glob(f"expr-{os.getpid()}-*"))
 
 
@@ -178,13 +180,14 @@ def test_a_track_that_cannot_be_written_goes_through_the_pipe_and_a_lost_one_fai
 
 def test_close_removes_the_track_files_a_stopped_run_never_read(tmp_path):
     path = F.make_video(tmp_path / "v.mp4", n_frames=8, audio_rate=None)
+    left = None
     with DecodePool([job_for(path)], workers=1) as pool:
         for _ in pool:
             assert pool._shm is not None
             left = Path("/dev/shm") / f"{pool._shm.name.lstrip('/')}-00aa11bb22cc"
             left.write_bytes(b"x")  # what a worker wrote just before the consumer stopped
             break
-    assert not left.exists()
+    assert left is not None and not left.exists()
 
 
 def test_the_pools_block_is_locked_while_it_runs(tmp_path):
