@@ -65,7 +65,8 @@ def decode_video(job: DecodeJob) -> Iterator[Message]:
     if note:
         warnings.append(f"{path}: {note}")
     duration = float(timestamps[-1]) + 1.0 / fps
-    check_complete(path, info, n, duration)
+    if (note := check_complete(path, info, n, duration)) is not None:
+        warnings.append(note)
     audio_path = job.audio_path
     audio_info = info if audio_path in (None, path) else probe(audio_path)
     has_audio = audio_path is not None and audio_info.has_audio

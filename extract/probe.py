@@ -104,8 +104,9 @@ def stream_reach(path: Path) -> float | None:
     return reach
 
 
-def check_complete(path: Path, info: Probe, n: int, duration: float) -> None:
-    """Fail a video with fewer frames than its container announces.
+def check_complete(path: Path, info: Probe, n: int, duration: float) -> str | None:
+    """Fail a video with fewer frames than its container announces; a note (for the run's
+    warnings) when it is kept although a stream outlasts its video (the audio, cut to the video).
 
     Matroska/WebM (index at the end) and AVI (idx1 at the end) cut short just have fewer
     frames, silently; their headers still carry the full duration / frame count. FLV
@@ -117,6 +118,7 @@ def check_complete(path: Path, info: Probe, n: int, duration: float) -> None:
     """
     declared, frames, whole = info.video_declared, info.video_frames, info.container_declared
     short = declared is not None and duration < declared - max(0.5, 0.05 * declared)
+    note = None
     if declared is None and not frames and whole is not None and duration < whole - max(0.5, 0.05 * whole):
         # only these files pay for the demux: one whose video fills the file never reads it twice
         reach = stream_reach(path)
@@ -127,9 +129,13 @@ def check_complete(path: Path, info: Probe, n: int, duration: float) -> None:
                 f"(the video stream holds {duration:.2f} s and {reached} of the {whole:.2f} s the file "
                 "announces); interrupted download or copy? fetch it again or " + FIX_HINT
             )
+        # kept: say so, since its labels may run past its last frame (the audio is cut to the video)
+        note = (f"{path}: the video stream stops at {duration:.2f} s but another stream (audio) runs to "
+                f"{reach:.2f} s; kept with its {n} frames, the audio cut to them")
     if short or (frames and n < frames - max(2, 0.05 * frames)):
         expected = f"{frames} frames" if frames else f"{declared:.2f} s"
         raise MediaDecodeError(
             f"{path}: the video stream holds {n} frames ({duration:.2f} s) but the file announces {expected}; "
             "the file looks truncated (interrupted download or copy?): fetch it again or " + FIX_HINT
         )
+    return note

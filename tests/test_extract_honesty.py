@@ -168,6 +168,9 @@ def test_an_flv_whose_audio_outlasts_its_video_by_far_keeps_all_its_frames(tmp_p
     F.make_video(videos / "cam_stopped.flv", n_frames=50, fps=25.0, size=(64, 48), audio_seconds=4.0)
     summary = run_extract(tiny_config(videos, tmp_path / "f.zarr"))
     assert summary.ok == ["cam_stopped"], summary.failed
+    # kept, and said: its labels may run past its last frame
+    [note] = summary.warnings["cam_stopped"]
+    assert "cam_stopped.flv: the video stream stops at 2.00 s" in note and "kept with its 50 frames" in note
     with open_cache(tmp_path / "f.zarr") as cache:
         info = cache.info("cam_stopped")
         assert info.n_frames == 50 and info.has_audio and info.duration == pytest.approx(2.0, abs=0.05)
