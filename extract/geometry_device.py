@@ -181,8 +181,9 @@ def mad(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
 
 
-def short_error(exc: BaseException) -> str:
-    """An exception's message on one line, at most 200 characters (its type when it has none)."""
+def joined_message(exc: BaseException) -> str:
+    """An exception's whole message joined onto one line, at most 200 characters (its type when it has
+    none); ``probe.short_error`` keeps only the first line of a decoder's message, prefixes stripped."""
     return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
@@ -197,10 +198,10 @@ def self_check_problem(check, versus: str, on_import_error: str | None = None) -
         diff = float(check())
     except ImportError as exc:
         if on_import_error is None:
-            return f"failed (ImportError: {short_error(exc)})"
-        return on_import_error.format(error=short_error(exc))
+            return f"failed (ImportError: {joined_message(exc)})"
+        return on_import_error.format(error=joined_message(exc))
     except Exception as exc:  # noqa: BLE001
-        return f"failed ({type(exc).__name__}: {short_error(exc)})"
+        return f"failed ({type(exc).__name__}: {joined_message(exc)})"
     return None if diff <= MAD_LIMIT else f"differs from {versus} by MAD {diff:.2f} > {MAD_LIMIT:g}"
 
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from expr.core.errors import ConfigError, MediaDecodeError, check_choice
 from expr.extract.config import Decoder
-from expr.extract.geometry_device import NativeLayout, device_geometry, mad, self_check_problem, short_error
+from expr.extract.geometry_device import NativeLayout, device_geometry, mad, self_check_problem, joined_message
 from expr.extract.messages import DecodeJob, FrameBatch, Message, SegmentDone, VideoFailed, VideoHeader, VideoSplit
 from expr.extract.probe import FIX_HINT
 
@@ -212,7 +212,7 @@ def resolve_decoder(config, device, jobs: list, geometry: str, recorded: str | N
 def _reason(job: DecodeJob, exc: BaseException) -> str:
     if isinstance(exc, MediaDecodeError):
         return str(exc)
-    return f"{job.source}: NVDEC decoding failed ({type(exc).__name__}: {short_error(exc)}): use --decoder cpu"
+    return f"{job.source}: NVDEC decoding failed ({type(exc).__name__}: {joined_message(exc)}): use --decoder cpu"
 
 
 def _timestamps(path: Path, n: int) -> np.ndarray:
