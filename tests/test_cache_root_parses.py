@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from expr.core.errors import CacheSchemaError
 from expr.extract.config import ExtractConfig
 from expr.extract.run import run_extract
 
-TINY = dict(visual_model="test-tiny-clip", audio_model="test-tiny-wav2vec2", batch_size=8, workers=0)
+TINY: dict[str, Any] = dict(visual_model="test-tiny-clip", audio_model="test-tiny-wav2vec2", batch_size=8, workers=0)
 
 
 @contextlib.contextmanager
