@@ -168,3 +168,27 @@ def test_unreadable_roots_read_as_no_cache(tmp_path):
     assert not is_cache(path)
     (path / "zarr.json").unlink()
     assert not is_cache(path)
+
+
+def test_the_existing_cache_is_read_first_but_a_wrong_out_is_refused_as_before(tmp_path):
+    """read_existing now runs before the check of --out: on a folder that is not a cache (a
+    foreign zarr group, a project) it reads nothing usable and the check refuses as before."""
+    from expr.core.errors import ConfigError
+    from expr.extract.run import read_existing
+
+    videos = tmp_path / "videos"
+    F.make_video(videos / "a.mp4", n_frames=5)
+    foreign = tmp_path / "foreign.zarr"
+    foreign.mkdir()
+    (foreign / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    (foreign / "data.bin").write_text("keep")
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "notes.tex").write_text("keep")
+    for out in (foreign, project):
+        assert read_existing(out, False) is None
+        before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+        with pytest.raises(ConfigError, match="not an expr feature cache"):
+            run_extract(ExtractConfig(videos=videos, out=out, **TINY))
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+    assert read_existing(tmp_path / "absent.zarr", False) is None
