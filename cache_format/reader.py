@@ -20,6 +20,7 @@ import zarr  # already loaded by writer.quiet_zarr; here for isinstance in array
 
 from expr.cache_format import integrity as I
 from expr.cache_format import schema as S
+from expr.cache_format.root import read_root
 from expr.cache_format.schema import read_node_attrs
 from expr.cache_format.writer import quiet_zarr
 from expr.core.errors import CacheSchemaError
@@ -312,12 +313,12 @@ def _open_zarr(path: Path) -> CacheReader:
     current (10,000 videos open in a fraction of a second), else one small file per video.
     Zarr itself is only asked for the arrays, when they are read."""
     try:
-        root_meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+        root = read_root(path, snapshot=True)  # the one parse of the root an open needs
     except (OSError, ValueError) as exc:
         raise CacheSchemaError(f"{path}: unreadable zarr.json ({exc}); run 'expr cache validate {path}'") from exc
     videos_dir = path / S.VIDEOS_GROUP
     on_disk = sorted(e.name for e in os.scandir(videos_dir) if e.is_dir()) if videos_dir.is_dir() else []
-    snapshot = (root_meta.get("consolidated_metadata") or {}).get("metadata") or {}
+    snapshot = root.snapshot or {}
     prefix = S.VIDEOS_GROUP + "/"
     listed = {k[len(prefix):] for k in snapshot if k.startswith(prefix) and "/" not in k[len(prefix):]}
     used_consolidated = bool(snapshot) and listed == set(on_disk)
@@ -338,5 +339,5 @@ def _open_zarr(path: Path) -> CacheReader:
     def check_present(vid: str) -> None:
         I.check_chunks_present(path, vid, videos_dir / vid, get_video(vid))
 
-    return CacheReader(path, "zarr", root_meta.get("attributes", {}), video_attrs, get_video, get_text,
+    return CacheReader(path, "zarr", root.attributes, video_attrs, get_video, get_text,
                        used_consolidated=used_consolidated, check_present=check_present)

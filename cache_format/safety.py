@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from expr.cache_format import schema as S
+from expr.cache_format.root import read_root_attrs
 from expr.core.errors import CacheSchemaError, ConfigError, ExprError
 from expr.core.errors import storage_error as _storage_error
 
@@ -21,7 +22,7 @@ def is_cache(path: str | os.PathLike) -> bool:
     whose root attributes, name our format and a schema version."""
     path = Path(path)
     if path.is_dir():
-        attrs = S.read_node_attrs(path) or {}
+        attrs = read_root_attrs(path) or {}  # parsed once per version of the file (root.py)
         return attrs.get("format") == S.FORMAT_NAME and isinstance(attrs.get("version"), int)
     try:
         import h5py

@@ -23,6 +23,7 @@ This module is the single source of those names; nothing else spells them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -83,9 +84,15 @@ VIDEO_ATTRS = (
 # -- typed records: the only code that spells their JSON keys ------------------------------
 
 
+@functools.cache
+def _field_names(cls) -> frozenset[str]:
+    # dataclasses.fields costs ~40 us: an open of 10,000 videos spent 0.4 s in it
+    return frozenset(f.name for f in dataclasses.fields(cls)) - {"other"}
+
+
 def _known(cls, record: Mapping) -> tuple[dict, dict]:
     """``record`` split into the fields of dataclass ``cls`` (bar ``other``) and the rest."""
-    names = {f.name for f in dataclasses.fields(cls)} - {"other"}
+    names = _field_names(cls)
     return ({k: v for k, v in record.items() if k in names},
             {k: v for k, v in record.items() if k not in names})
 

@@ -33,6 +33,7 @@ from expr import __version__
 from expr.core.atomic import hold_lock, lock_held, write_text
 from expr.cache_format import schema as S
 from expr.cache_format.options import cache_options, differences, mixed_options
+from expr.cache_format.root import forget, read_root, read_root_attrs
 from expr.cache_format.safety import check_output_path, is_cache, remove_cache, storage_error
 from expr.cache_format.schema import read_node_attrs
 from expr.core.errors import CacheSchemaError, ConfigError, ExprError
@@ -99,10 +100,13 @@ def quiet_zarr():
 
 def drop_consolidated(path: Path) -> None:
     """Remove a consolidated snapshot from the root zarr.json (it would hide new videos)."""
+    if not read_root(path).consolidated:  # the common case (nothing to drop): an fstat, no parse once settled
+        return
     meta_path = path / "zarr.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if meta.pop("consolidated_metadata", None) is not None:
         write_text(meta_path, json.dumps(meta, indent=2))  # no temp file left on a full disk
+        forget(path)
 
 
 class CacheWriter:
@@ -113,7 +117,7 @@ class CacheWriter:
         self.options = dict(options or {})  # recorded on every video: see options.py
         self.videos_dir = path / S.VIDEOS_GROUP
         self.staging_dir = path / S.STAGING_DIR
-        root = read_node_attrs(path)  # the root exists: open_writer made it
+        root = read_root_attrs(path)  # the root exists: open_writer made it
         if root is None:  # ... but another process may have removed or damaged it since
             raise CacheSchemaError(f"{path}: unreadable zarr.json; run 'expr cache validate {path}'")
         backbones = S.BackboneRecords.from_dict(root.get("backbones"), str(path))
@@ -259,15 +263,20 @@ class CacheWriter:
     def record_failures(self, failed: dict[str, str], succeeded: Iterable[str] = ()) -> None:
         """Merge per-video failure reasons into the root attribute ``failures``."""
         with storage_errors_of(self.path, "record the failed videos"), store_lock(self.path), quiet_zarr():
-            root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+            # The root's attributes first (read_root: no parse when the root is unchanged):
+            # opening the group with zarr parses the whole root, consolidated snapshot and all,
+            # which only a change needs.
+            root_attrs = read_root(self.path).attributes
             # zarr types an attribute as any JSON value; this one is only written here, as {id: reason}
-            failures = dict(cast("dict[str, str]", root.attrs.get("failures", {})))
+            failures = dict(cast("dict[str, str]", root_attrs.get("failures", {})))
             before = dict(failures)
             for vid in succeeded:
                 failures.pop(vid, None)
             failures.update(failed)
             if failures != before:  # writing root attributes drops the consolidated snapshot
+                root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
                 root.attrs["failures"] = failures
+                forget(self.path)
 
 
 def _put(group, name: str, data: np.ndarray, *, compress: bool, checksummed: bool) -> None:
@@ -353,13 +362,14 @@ def _empty(path: Path, remove_dir: bool) -> None:
 
 def _open_root(path: Path, attrs: dict, text_embeddings: np.ndarray, options: dict | None) -> CacheWriter:
     with store_lock(path), quiet_zarr():
-        existing = read_node_attrs(path)
+        existing = read_root_attrs(path)
         if existing is None:
             root = zarr.open_group(str(path), mode="a")  # "w" would wipe _staging (our lock)
             root.attrs.update(attrs)
             root.create_group(S.VIDEOS_GROUP)
             text = root.create_group(S.TEXT_GROUP)
             text.create_array("embeddings", shape=text_embeddings.shape, dtype=S.TEXT_DTYPE)[...] = text_embeddings
+            forget(path)
         else:
             S.check_root_attrs(existing, str(path))
             _check_same(existing, attrs, path)
@@ -408,6 +418,7 @@ def _check_options(path: Path, existing: dict, options: dict) -> None:
     if existing.get("options") != options:
         root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
         root.attrs["options"] = dict(options)
+        forget(path)
 
 
 def remove_leftovers(writer: CacheWriter) -> list[str]:
@@ -439,10 +450,9 @@ def is_consolidated(path: str | os.PathLike) -> bool:
     """Whether the root holds a consolidated snapshot. Writers drop it before any change (a
     video committed or removed, a root attribute written), so one that is there is current."""
     try:
-        meta = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
+        return read_root(path).consolidated  # no parse when the root is unchanged
     except (OSError, ValueError):
         return False
-    return bool((meta.get("consolidated_metadata") or {}).get("metadata"))
 
 
 def ensure_consolidated(path: str | os.PathLike) -> None:
@@ -460,6 +470,7 @@ def consolidate(path: str | os.PathLike) -> None:
     path = Path(path)
     with storage_errors_of(path, "consolidate the cache metadata"), store_lock(path), quiet_zarr():
         zarr.consolidate_metadata(str(path))
+        forget(path)
         # Tidy an idle _staging while holding its lock (store_lock copes with its removal).
         # rmdir, not rmtree: a writer of another process may start a video in it right now
         # (video writes do not take the lock), and rmdir then fails instead of deleting it.

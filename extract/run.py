@@ -117,8 +117,12 @@ class Existing:
 
 def read_existing(out: Path, reset: bool) -> Existing | None:
     """The existing cache at ``out`` as the start-up decisions see it; None for a new cache, one
-    that ``reset`` (--overwrite) wipes, or one that cannot be opened (open_writer says why)."""
-    if reset or not is_cache(out):
+    that ``reset`` (--overwrite) wipes, or one that cannot be opened (open_writer says why).
+
+    Called before anything else reads the root: the open parses the root zarr.json (with the
+    consolidated snapshot: ~4.7 kB a video) and keeps its attributes, so that every later
+    check of the same file version (is_cache, the writer's checks) parses nothing again."""
+    if reset or not Path(out).is_dir():  # (a folder that is not a cache: open_cache refuses it)
         return None
     try:
         with open_cache(out) as cache:
@@ -279,6 +283,8 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     # --overwrite wipes the cache only when this run owns it all: a --shard job must not
     # delete the others' work (it re-extracts its own videos instead).
     reset = config.overwrite and config.shard is None
+    # The existing cache first (read-only): its open is the one parse of the root zarr.json.
+    existing = read_existing(config.out, reset)
     # Refuse a wrong --out (the inputs, a folder that is not a cache) before minutes of work.
     check_output_path(config.out, overwrite=reset, protect=(config.videos, config.frames))
     emit = progress or (lambda event: None)
@@ -290,7 +296,6 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
                            image_size=image_size, jpg_resize=config.jpg_resize, on_warning=notes.append,
                            exclude=(config.out,))  # a cache inside --videos is output, not input
     jobs = select_jobs(jobs, config.shard, rank, world_size)
-    existing = read_existing(config.out, reset)  # once: each decision below opened the cache again
     geometry, note = resolve_geometry(config, device, jobs, existing)
     if note:
         notes.append(note)
