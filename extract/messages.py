@@ -31,10 +31,7 @@ from expr.extract.geometry_device import NativeLayout
 
 PARTS = ("all", "frames", "audio")  # what a DecodeJob decodes (see the module docstring)
 SEGMENT_FRAMES = 1024  # videos longer than twice this are split into keyframe-aligned segments
-# Frames per FrameBatch message. Why 64, not 32: the parent's cost is per message more than per
-# frame (a wake-up, a pipe read, credits sent back: ~480 us a message, cold caches and all,
-# against ~8 us a frame for the copy into the encoder's buffer), so 64 halves it.
-BATCH_FRAMES = 64
+BATCH_FRAMES = 32  # frames a decoder decodes and resizes at once (a worker sends two such batches a message)
 
 
 @dataclass(frozen=True)

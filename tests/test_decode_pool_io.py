@@ -123,6 +123,38 @@ def test_a_live_runs_block_is_kept_when_its_pid_is_not_ours_to_see(tmp_path):
     assert remove_dead_segments(tmp_path) == [block.name] and not block.exists()  # owner gone: removed
 
 
+def test_a_message_carries_two_decoded_batches_the_same_frames(tmp_path):
+    """Decoding 64 frames at a time cost the workers ~10% more CPU a frame than 32, and the
+    parent pays per message: so two 32-frame batches share a slot and a message."""
+    path = F.make_video(tmp_path / "v.mp4", n_frames=70, audio_rate=None)
+    with DecodePool([job_for(path, batch_frames=8)], workers=1) as pool:
+        got = [m for m in pool if isinstance(m, FrameBatch)]
+    inline = [m for m in DecodePool([job_for(path, batch_frames=8)], workers=0) if isinstance(m, FrameBatch)]
+    assert [len(m.pixels) for m in inline] == [8] * 8 + [6]
+    assert [(m.start, len(m.pixels)) for m in got] == [(0, 16), (16, 16), (32, 16), (48, 16), (64, 6)]
+    for name in ("pixels", "mask", "timestamps"):
+        np.testing.assert_array_equal(np.concatenate([getattr(m, name) for m in got]),
+                                      np.concatenate([getattr(m, name) for m in inline]))
+
+
+def fail_second_batch_hook(job: DecodeJob, msg) -> None:
+    """Test-only: video `a` fails at its second decoded batch, the first one still unsent in its slot."""
+    if job.video_id == "a" and isinstance(msg, FrameBatch) and msg.start == 8:
+        raise RuntimeError("injected failure")
+
+
+def test_a_failure_with_a_batch_held_in_a_slot_gives_the_slot_back(tmp_path):
+    # One slot in all: had the failed video's slot been lost, video b would wait for it forever.
+    paths = [F.make_video(tmp_path / f"{v}.mp4", n_frames=n, audio_rate=None) for v, n in (("a", 40), ("b", 30))]
+    pool = DecodePool([job_for(p, batch_frames=8) for p in paths], workers=1, max_pending=1,
+                      worker_hook=fail_second_batch_hook)
+    got = run_in_thread(pool, timeout=120)
+    failed = [m for m in got if isinstance(m, VideoFailed)]
+    assert [m.video_id for m in failed] == ["a"] and "injected failure" in failed[0].reason
+    assert not [m for m in got if isinstance(m, FrameBatch) and m.video_id == "a"]  # its held batch never went out
+    assert sum(len(m.pixels) for m in got if isinstance(m, FrameBatch) and m.video_id == "b") == 30
+
+
 def test_a_dead_runs_audio_track_files_go_with_its_block_a_live_runs_stay(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -204,13 +236,13 @@ def test_the_pools_block_is_locked_while_it_runs(tmp_path):
 
 
 def test_a_small_dev_shm_gets_smaller_batches_not_fewer_slots(tmp_path):
-    job = job_for(tmp_path / "v.mp4", image_size=224, batch_frames=64)  # 9.6 MB a slot
+    job = job_for(tmp_path / "v.mp4", image_size=224, batch_frames=32)  # a slot: 2 batches, 9.6 MB
     sizes = lambda free: [j.batch_frames for j in decode_pool._fit_batches([job], free)]  # noqa: E731
-    assert sizes(None) == [64] and sizes(64 * 2**20) == [64]  # Docker's default: 3 slots of 64 frames
-    assert sizes(16 * 2**20) == [16]  # 8 MB to use: 64 -> 32 -> 16 frames, 3 slots of 2.4 MB
-    assert sizes(4 * 2**20) == [16]  # no smaller: fit_slots refuses this one in one line
-    native = job_for(tmp_path / "v.mp4", image_size=224, batch_frames=64, geometry="device")
-    assert [j.batch_frames for j in decode_pool._fit_batches([native], 16 * 2**20)] == [64]  # fixed slots: kept
+    assert sizes(None) == [32] and sizes(64 * 2**20) == [32]  # Docker's default: 3 slots of 64 frames
+    assert sizes(16 * 2**20) == [8]  # 8 MB to use: 32 -> 16 -> 8, 3 slots of 16 frames (2.4 MB)
+    assert sizes(4 * 2**20) == [8]  # no smaller: fit_slots refuses this one in one line
+    native = job_for(tmp_path / "v.mp4", image_size=224, batch_frames=32, geometry="device")
+    assert [j.batch_frames for j in decode_pool._fit_batches([native], 16 * 2**20)] == [32]  # fixed slots: kept
 
 
 def test_slots_are_sized_to_the_free_shared_memory():
@@ -255,8 +287,8 @@ def _in_small_shm(size: str, video: Path) -> str:
 
 def test_a_16_mb_dev_shm_works_and_a_4_mb_one_is_refused_in_one_line(tmp_path):
     """Before: 8 slots of 4.8 MB in a 16 MB /dev/shm, and every video failed with SIGBUS,
-    blaming a good file. Now the batches shrink to 16 frames there (3 slots of 2.4 MB in the
-    8 MB it may use) rather than leave one slot, or none of 64 frames."""
+    blaming a good file. Now the batches shrink to 8 frames there (3 slots of 16 frames, 2.4 MB,
+    in the 8 MB it may use) rather than leave one slot, or none of 64 frames."""
     video = F.make_video(tmp_path / "v.mp4", n_frames=70, size=(96, 64), audio_rate=None)
     out = _in_small_shm("16m", video)
     assert "slots 3 frames 70 failed []" in out

@@ -17,7 +17,7 @@ import torch
 
 import media_fixtures as F
 from expr.extract import encoder_feed, geometry_device, messages
-from expr.extract.decode_pool import DecodePool
+from expr.extract.decode_pool import SLOT_BATCHES, DecodePool
 from expr.extract.messages import DecodeJob, FrameBatch
 from expr.extract.run import run_extract
 from expr.extract.visual_features import VisualEncoder
@@ -163,13 +163,14 @@ def test_a_slot_goes_back_only_after_its_copy_completed(tmp_path, after):
             last_by_slot[address] = fence
             pending.append(fence)
             frames += len(msg.pixels)
-    assert frames == 40 and len(last_by_slot) == 2 and len(fences) == 20
+    messages_sent = 40 // (2 * SLOT_BATCHES)  # two-frame batches, SLOT_BATCHES of them a message
+    assert frames == 40 and len(last_by_slot) == 2 and len(fences) == messages_sent
     assert all(f.done for f in fences)  # close() waited for the last ones before unmapping
     waited = [name for kind, name, _ in log if kind == "synchronize"]
     if after == 0:
         assert waited == []  # complete when polled: the feed never waited
     if after == 10**9:
-        assert sorted(waited) == list(range(20))  # each waited for once, when no slot was free
+        assert sorted(waited) == list(range(messages_sent))  # each waited for once, when no slot was free
 
 
 def test_the_feed_hands_its_copy_fence_to_the_pool_once(monkeypatch):

@@ -14,6 +14,7 @@ import pytest
 
 import media_fixtures as F
 from expr.core.errors import ConfigError, MediaDecodeError
+from expr.extract import decode_pool
 from expr.extract.decode_pool import DecodePool
 from expr.extract.discover import discover_videos
 from expr.core.abaw import SAMPLE_RATE as AUDIO_RATE
@@ -472,20 +473,21 @@ def test_pool_bounds_batches_in_flight(tmp_path):
     path = F.make_video(tmp_path / "long.mp4", n_frames=200, size=(32, 24), audio_rate=None)
     sent = mp.get_context("spawn").Value("i", 0)
     hook = functools.partial(count_hook, sent)
-    consumed, ahead = 0, []
+    consumed, ahead = 0, []  # in decoded batches of 8 frames: 3 slots hold SLOT_BATCHES of them each
+    bound = 3 * decode_pool.SLOT_BATCHES
     with DecodePool([job_for(path, image_size=16, batch_frames=8)], workers=1, max_pending=3, worker_hook=hook) as pool:
         for msg in pool:
             if isinstance(msg, FrameBatch):
                 # Slow consumer: give the decoder time to run ahead up to the bound (waiting on
                 # the counter, not a fixed sleep, so a busy CI machine cannot make it flaky) ...
                 deadline = time.monotonic() + 10
-                while sent.value - consumed < 3 and sent.value < 25 and time.monotonic() < deadline:
+                while sent.value - consumed < bound and sent.value < 25 and time.monotonic() < deadline:
                     time.sleep(0.005)
                 time.sleep(0.02)  # ... and a chance to overrun it, were the bound broken
                 ahead.append(sent.value - consumed)
-                consumed += 1
+                consumed += len(msg.pixels) // 8
     assert consumed == 25 and sent.value == 25
-    assert max(ahead) == 3  # it did run ahead, up to the bound and no further
+    assert max(ahead) == bound  # it did run ahead, up to the bound and no further
     assert pool.peak_pending == 3
 
 
