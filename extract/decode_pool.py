@@ -124,6 +124,7 @@ class _Idle:
 def _slot_view(shm: SharedMemory, slot: int, slot_bytes: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.ndarray(shape, np.uint8, buffer=shm.buf, offset=slot * slot_bytes)
 
+
 def _track_to_file(msg: AudioTrack, shm_name: str) -> _FileTrack | None:
     """Write a track's samples beside the frame block; None (send it through the pipe) when
     /dev/shm cannot take them."""
