@@ -268,7 +268,7 @@ def test_a_failed_page_lock_is_one_note_and_the_run_goes_on(cudart, says):
 
 
 def test_the_pool_unlocks_its_slots_before_unmapping_them(tmp_path):
-    from expr.extract.decode_pool import DecodePool
+    from expr.extract.decode_pool import SLOT_BATCHES, DecodePool
 
     path = F.make_video(tmp_path / "v.mp4", n_frames=10, size=(64, 48), audio_rate=None)
     events = []
@@ -281,7 +281,8 @@ def test_the_pool_unlocks_its_slots_before_unmapping_them(tmp_path):
                     page_lock=lock) as pool:
         frames = sum(len(m.pixels) for m in pool if isinstance(m, FrameBatch))
     assert frames == 10
-    assert events == [("lock", 3 * 4 * 224 * 224 * 3), ("unlock", True)]  # once each, while still mapped
+    slot = SLOT_BATCHES * 4 * 224 * 224 * 3  # a slot holds SLOT_BATCHES 4-frame batches
+    assert events == [("lock", 3 * slot), ("unlock", True)]  # once each, while still mapped
 
 
 def test_a_split_video_on_the_device_path_matches_the_worker_path(tmp_path, monkeypatch):
