@@ -44,7 +44,7 @@ class DecodeJob:
     frames_dir: Path | None  # ABAW cropped_aligned/<video_id>/ with 00001.jpg ..., or None
     face_crop: str = "none"  # "none" | "haar" (raw frames only)
     image_size: int = 224  # S: frames come out S x S
-    batch_frames: int = BATCH_FRAMES  # frames per FrameBatch message (one shared-memory slot)
+    batch_frames: int = BATCH_FRAMES  # frames per FrameBatch: decoded at once (a worker sends 2 per slot and message)
     jpg_resize: str = JPG_RESIZES[0]  # how frames-folder jpgs are resized to S x S (antialiased)
     segment_frames: int = SEGMENT_FRAMES  # split videos longer than 2x this into keyframe-aligned segments (0: never)
     segment_workers: int = 1  # workers that share the segments: sizes shrink toward the end (plan_segments)
