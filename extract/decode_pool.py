@@ -388,7 +388,8 @@ class _Coalesced:
 
     def add(self, shm: SharedMemory, slot_bytes: int, msg: FrameBatch, pixels: np.ndarray) -> None:
         if self.n == 0:
-            self.video_id, self.start, self.frame_shape, self.layout = msg.video_id, msg.start, pixels.shape[1:], msg.layout
+            self.video_id, self.start, self.layout = msg.video_id, msg.start, msg.layout
+            self.frame_shape = pixels.shape[1:]
         view = _slot_view(shm, self.slot, slot_bytes, (self.n + len(pixels), *self.frame_shape))
         view[self.n:] = pixels
         self.n += len(pixels)

@@ -100,7 +100,7 @@ def video_segments(job: DecodeJob, reader, n: int) -> VideoSplit | None:
         keys = reader.get_key_indices()
     except Exception:  # noqa: BLE001 - decord raises DECORDError and RuntimeError; no index: no split
         return None
-    if plan_segments(keys, n, job.segment_frames, job.segment_workers) is None:  # too short: no need to read the packets
+    if plan_segments(keys, n, job.segment_frames, job.segment_workers) is None:  # too short: no packets to read
         return None
     clean = clean_keyframes(job.video_path, n)
     if clean is None:
