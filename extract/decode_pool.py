@@ -35,11 +35,12 @@ and sends only the name (``_FileTrack``); the parent reads it back in one copy (
 removes it. A full /dev/shm sends the track through the pipe as before. The files die with the
 block: ``close()`` removes this pool's, and a later run removes a dead run's.
 
-Why credits: a credit is a free slot. A worker spends one per ``FrameBatch`` it sends and
-blocks when it has none. The parent hands credits out ahead of time (shared among the busy
-workers, fewest-held first) and gets a slot back when the consumer has taken its batch. So at
-most ``max_pending`` frame batches are in flight (plus one decoded batch per worker waiting
-for a credit), however long the video and however slow the consumer.
+Why credits: a credit is a free slot. A worker spends one per frame message it sends (up to
+``SLOT_BATCHES`` decoded batches, ``_Coalesced``) and blocks when it has none. The parent hands
+credits out ahead of time (shared among the busy workers, fewest-held first) and gets a slot
+back when the consumer has taken its message. So at most ``max_pending`` slots of frames are in
+flight (plus one decoded batch per worker waiting for a credit), however long the video and
+however slow the consumer.
 
 Why the parent never blocks on a pipe: a worker blocks sending a batch while the parent does
 not read; had the parent then blocked sending credits into the worker's full pipe, both would
@@ -155,7 +156,8 @@ def _track_from_file(msg: _FileTrack, job: DecodeJob | None) -> AudioTrack | Vid
     return AudioTrack(msg.video_id, samples)
 
 
-# Test-only: called in the worker with (job, message) just before the message is sent.
+# Test-only: called in the worker with (job, message) just before the message is sent (a
+# FrameBatch: once it has its place in a slot, which goes out with the slot's next batch).
 WorkerHook = Callable[[DecodeJob, Message], None]
 
 
@@ -337,7 +339,7 @@ def _serve_jobs(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) -
                     if held is None:
                         if (slot := credit()) is None:
                             return
-                        held = _Coalesced(slot)
+                        held = _Coalesced(slot, msg.video_id, msg.start, pixels.shape[1:], msg.layout)
                     if hook is not None:  # the batch has its place in a slot
                         hook(job, msg)
                     held.add(shm, slot_bytes, msg, pixels)
@@ -372,11 +374,11 @@ class _Coalesced:
     ``batch_frames`` and sent two batches (a slot) at a time."""
 
     slot: int
-    video_id: str = ""
-    start: int = 0
-    n: int = 0
-    frame_shape: tuple[int, ...] = ()
-    layout: NativeLayout | None = None
+    video_id: str
+    start: int  # the first frame's number
+    frame_shape: tuple[int, ...]
+    layout: NativeLayout | None
+    n: int = 0  # frames in the slot so far
     masks: list = field(default_factory=list)
     times: list = field(default_factory=list)
 
@@ -387,9 +389,6 @@ class _Coalesced:
                 and (self.n + len(pixels)) * int(np.prod(self.frame_shape)) <= slot_bytes)
 
     def add(self, shm: SharedMemory, slot_bytes: int, msg: FrameBatch, pixels: np.ndarray) -> None:
-        if self.n == 0:
-            self.video_id, self.start, self.layout = msg.video_id, msg.start, msg.layout
-            self.frame_shape = pixels.shape[1:]
         view = _slot_view(shm, self.slot, slot_bytes, (self.n + len(pixels), *self.frame_shape))
         view[self.n:] = pixels
         self.n += len(pixels)
