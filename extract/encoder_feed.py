@@ -122,7 +122,9 @@ class EncoderFeed:
     encoder instead of waiting behind each video's frames.
     """
 
-    def __init__(self, config, writer, bb, jobs, summary: ExtractSummary, emit):
+    def __init__(self, config, writer: Future, bb, jobs, summary: ExtractSummary, emit):
+        # ``writer``: the cache's writer, a Future: a new cache is made while the first batches
+        # encode (run.Backbones.start), and the writer thread waits for it, not this one
         self.config, self.writer, self.bb, self.summary, self.emit = config, writer, bb, summary, emit
         self.jobs = {j.video_id: j for j in jobs}
         self.videos: dict[str, _Video] = {}
@@ -193,9 +195,8 @@ class EncoderFeed:
             if entry[1] <= 0:
                 del self.shared_audio[key]
             return
-        if self.audio_queue is None:
-            encoder = self.bb.audio  # built here, in this thread, on first use
-            self.audio_queue = AudioQueue(encoder.encode_many)
+        if self.audio_queue is None:  # the audio thread waits for Wav2Vec2 (still building), not this one
+            self.audio_queue = AudioQueue(lambda tracks: self.bb.audio.encode_many(tracks))
         video.audio = self.audio_queue.submit(samples)
         if self.sharers[key[:2]] > 1:
             self.shared_audio[key] = [video.audio, self.sharers[key[:2]] - 1]
@@ -400,7 +401,7 @@ class EncoderFeed:
                 raise MediaDecodeError(f"{job.source}: the decoders returned frames that do not cover 0..{header.n_frames - 1} "
                                        "exactly once (a segment was lost): re-run to retry")
             audio = video.audio.result() if video.audio is not None else None
-            self.writer.write_video(vid, VideoEntry(
+            self.writer.result().write_video(vid, VideoEntry(
                 visual=np.concatenate(_in_order(video.feats)),
                 frame_mask=np.concatenate(_in_order(video.masks)),
                 timestamps=np.concatenate(_in_order(video.times)),

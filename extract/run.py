@@ -10,11 +10,14 @@ consolidates the cache metadata after a barrier.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import cached_property, partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -23,7 +26,7 @@ from expr.cache_format import (BackboneRecords, check_output_path, ensure_consol
                                 open_writer)
 from expr.cache_format.options import UNRECORDED_DEFAULTS
 from expr.core.devices import Dist, dist_env, resolve_device, setup_dist
-from expr.core.errors import ExprError, MediaDecodeError
+from expr.core.errors import ExprError, MediaDecodeError, WeightsNotFoundError
 from expr.extract import nvdec
 from expr.extract.audio_features import AudioEncoder
 from expr.extract.config import ExtractConfig, parse_shard
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
     from expr.extract.decode_pool import DecodePool
 
 __all__ = ["ExtractEvent", "ExtractSummary", "run_extract", "select_jobs"]
+
+T = TypeVar("T")
 
 
 class Backbones:
@@ -57,6 +62,8 @@ class Backbones:
                                        audio=backbone_record(self.audio_spec, self.audio_source))
         self.random_streams = [s for s, src in (("visual", self.visual_source), ("audio", self.audio_source))
                                if src.kind == "none"]
+        self._audio_built: Future | None = None  # Wav2Vec2 of the set-up thread (``start``)
+        self._stopping = threading.Event()  # the run failed: the set-up thread makes no cache
 
     @cached_property
     def clip(self):
@@ -67,13 +74,51 @@ class Backbones:
         return VisualEncoder(self.clip, self.visual_spec, self.device)
 
     @cached_property
-    def audio(self) -> AudioEncoder:
+    def _wav2vec2(self) -> AudioEncoder:
         return AudioEncoder(build_wav2vec2(self.audio_spec, self.audio_source), self.audio_spec, self.device,
                             self.config.audio_chunk_seconds, self.config.audio_context_seconds)
+
+    @property
+    def audio(self) -> AudioEncoder:
+        """Wav2Vec2, from any thread: the set-up thread's (``start``), waited for; else built here."""
+        return self._audio_built.result() if self._audio_built is not None else self._wav2vec2
 
     def build(self) -> None:
         """Build both models now; when both lack their weights, one error names both."""
         build_all({"visual": lambda: self.visual, "audio": lambda: self.audio})
+
+    def start(self, then: Callable[[], T]) -> Future[T]:
+        """Build CLIP here, then Wav2Vec2 and ``then()`` (the cache's creation) in a thread of
+        their own; the Future of ``then()``.
+
+        Why: the first batch needs CLIP alone. Wav2Vec2 (1.25 s on the 2-core machine; on a GPU
+        machine its weights are read and moved too) and a new cache's text embeddings (0.4-0.6 s:
+        CLIP's text tower on the CPU) no longer delay it; the decode loop runs meanwhile, and the
+        writer thread waits for the cache. The loop raises the thread's error at its next
+        message, and ``stop`` keeps a failed run from making a cache: a checkpoint that cannot be
+        loaded still leaves none. When CLIP lacks its weights, the one error names Wav2Vec2 too
+        if it lacks its own."""
+        try:
+            self.visual
+        except WeightsNotFoundError:
+            self.build()  # raises, naming both streams when both lack their weights
+            raise
+
+        audio: Future = Future()
+        self._audio_built = audio
+
+        def rest() -> T:
+            _settle(audio, lambda: self._wav2vec2)
+            audio.result()  # its error is the set-up's
+            if self._stopping.is_set():
+                raise ExprError("the run stopped before its cache was made")
+            return then()
+
+        return _in_thread(rest, "expr-setup")
+
+    def stop(self) -> None:
+        """The run ends (an error, Ctrl-C, or done): a set-up thread still at work makes no cache."""
+        self._stopping.set()
 
     def text(self, existing: Existing | None) -> tuple[np.ndarray, float]:
         """The classes' CLIP text embeddings and logit scale: the cache's own when it exists
@@ -81,6 +126,29 @@ class Backbones:
         if existing is not None and existing.text is not None and existing.backbones == self.records:
             return existing.text
         return clip_text_embeddings(self.clip, self.visual_spec.arch, abaw.prompts())
+
+
+def _settle(future: Future, fn: Callable[[], Any]) -> None:
+    """Run ``fn`` and put its result, or its exception, in ``future``."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn())
+    except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the future
+        future.set_exception(exc)
+
+
+def _done(value: T) -> Future[T]:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+def _in_thread(fn: Callable[[], T], name: str) -> Future[T]:
+    """``fn()`` in a daemon thread (a Ctrl-C exit never waits for it); its Future."""
+    future: Future = Future()
+    threading.Thread(target=_settle, args=(future, fn), name=name, daemon=True).start()
+    return future
 
 
 def feature_options(config: ExtractConfig, geometry: str = "worker", decoder: str = "cpu") -> dict:
@@ -315,39 +383,48 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     try:
         summary = ExtractSummary(out=config.out, random_weights=bb.random_streams, device=str(device),
                                  rank=dist.rank, world_size=dist.world)
+        # ``setup``: the cache's writer, once Wav2Vec2 is built (Backbones.start)
         if jobs and (reset or not is_cache(config.out)):
             # A new cache: every video is to do, so its decoders start now and import and decode
             # while the backbones build (the first batch came 1.2-1.5 s later when they started
-            # after it). The backbones still build before the cache is made, so that a checkpoint
-            # that cannot be loaded leaves no empty cache behind that refuses a rerun with
-            # other weights (and the workers stop with the error).
+            # after it). CLIP builds here; Wav2Vec2, then the cache, in a thread while the first
+            # batches encode. The cache is made only once both loaded, so that a checkpoint that
+            # cannot be loaded leaves no empty cache behind that refuses a rerun with other
+            # weights (the loop raises the error, and the workers stop).
             todo = _skip_complete(jobs, None, True, summary)
             pool = _decode_pool(config, todo, geometry, device, summary)
-            bb.build()
-            writer = _open_cache(config, bb, dist, reset, existing, geometry, decoder)
+            setup = bb.start(partial(_open_cache, config, bb, dist, reset, existing, geometry, decoder))
         else:
             writer = _open_cache(config, bb, dist, reset, existing, geometry, decoder)
             todo = _skip_complete(jobs, writer, config.overwrite, summary)
             todo = _probe_retries(todo, existing, summary)
             pool = _decode_pool(config, todo, geometry, device, summary)
+            # CLIP now, Wav2Vec2 while the decode loop runs; nothing to decode: neither
+            setup = bb.start(lambda: writer) if pool is not None else _done(writer)
         random = tuple(
             f"{s} backbone {getattr(bb.records, s).name} has RANDOM WEIGHTS (--{s}-weights none): "
             "its features are not meaningful" for s in bb.random_streams
         )
         emit(ExtractEvent("start", len(todo), 0, 0, 0.0, 0.0, skipped=len(summary.skipped),
                           random_weights=random, warnings=tuple(notes), device=str(device)))
-        feed = EncoderFeed(config, writer, bb, todo, summary, emit)
+        feed = EncoderFeed(config, setup, bb, todo, summary, emit)
         try:
             if pool is not None:
                 pool.on_idle, pool.slot_fence = feed.flush, feed.take_fence
                 with pool:
-                    bb.build()  # both now: missing checkpoints fail (named together) before any frame is encoded
                     messages = pool if decoder == "cpu" else nvdec.nvdec_messages(pool, todo, device, nvdec.load_decoder())
+                    pending: Future | None = setup
                     for message in messages:
                         feed.handle(message)
+                        if pending is not None and pending.done():
+                            pending.result()  # a checkpoint that cannot be loaded stops the run here
+                            pending = None
+                    setup.result()
                 feed.finish()
         finally:
+            bb.stop()  # first: a write still waiting for the cache must not have it made
             feed.close()
+        writer = setup.result()
         summary.elapsed = feed.elapsed()
         _finish_step(summary, "the next run retries them", writer.record_failures, summary.failed, summary.ok)
         dist.barrier()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,13 @@ def backbones(visual_dim: int, audio_dim: int, name: str = "t", visual_name: str
 
 
 BACKBONES = backbones(16, 8, name="test-audio", visual_name="test-visual")
+
+
+def ready(writer) -> Future:
+    """A writer as the extract feed takes it: a Future (a new cache is made while frames encode)."""
+    future: Future = Future()
+    future.set_result(writer)
+    return future
 
 
 def new_writer(path: Path, backbones: BackboneRecords = BACKBONES, **kwargs):

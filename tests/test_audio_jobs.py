@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import media_fixtures as F
+from cache_helpers import ready
 
 from expr.cache_format import open_cache
 from expr.extract.audio_decode import cut_to_duration
@@ -105,7 +106,7 @@ def _feed(jobs):
                          audio_spec=SimpleNamespace(sample_rate=16000))
     config = SimpleNamespace(batch_size=4, videos=Path("/v"), frames=None)
     summary, writer = ExtractSummary(out=Path("/o")), _Writer()
-    return EncoderFeed(config, writer, bb, jobs, summary, lambda e: None), summary, writer, bb.audio
+    return EncoderFeed(config, ready(writer), bb, jobs, summary, lambda e: None), summary, writer, bb.audio
 
 
 def _frames(vid, n):

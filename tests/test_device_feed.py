@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import media_fixtures as F
+from cache_helpers import ready
 from expr.extract import encoder_feed, geometry_device, messages
 from expr.extract.decode_pool import SLOT_BATCHES, DecodePool
 from expr.extract.messages import DecodeJob, FrameBatch
@@ -297,7 +298,7 @@ def test_the_streams_wait_on_events_for_each_buffer_never_on_the_device(monkeypa
                          audio_spec=SimpleNamespace(sample_rate=16000))
     config = SimpleNamespace(batch_size=2, videos=Path("/v"), frames=None)
     jobs = [DecodeJob("v", Path("/v/v.mp4"), None, None, geometry="device")]
-    feed = encoder_feed.EncoderFeed(config, None, bb, jobs, ExtractSummary(out=Path("/o")), lambda e: None)
+    feed = encoder_feed.EncoderFeed(config, ready(None), bb, jobs, ExtractSummary(out=Path("/o")), lambda e: None)
     feed.handle(VideoHeader("v", 25.0, 6, 0.24, False, 1, 0.0))
     layout = geometry_device.NativeLayout("yuv420p", 4, 4)
     for start in (0, 3):  # two messages of 3 frames: batches of 2 straddle them

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 
 import media_fixtures as F
+from cache_helpers import ready
 
 from expr.extract.encoder_feed import EncoderFeed, ExtractSummary
 from expr.extract.messages import (AudioTrack, DecodeJob, FrameBatch, SegmentDone, VideoDone, VideoFailed,
@@ -50,7 +51,7 @@ def _feed(writer, ids, batch_size=4):
     config = SimpleNamespace(batch_size=batch_size, videos=Path("/v"), frames=None)
     jobs = [DecodeJob(i, Path(f"/v/{i}.mp4"), None, None) for i in ids]
     summary = ExtractSummary(out=Path("/o"))
-    return EncoderFeed(config, writer, bb, jobs, summary, lambda e: None), summary
+    return EncoderFeed(config, ready(writer), bb, jobs, summary, lambda e: None), summary
 
 
 def _frames(vid, start, n):

@@ -242,19 +242,19 @@ def test_missing_weights_leave_no_cache_that_refuses_other_weights(good_videos, 
 def _record_start_and_build(monkeypatch, order: list) -> None:
     from expr.extract import decode_pool, run as run_module
 
-    start, build = decode_pool.DecodePool.start, run_module.Backbones.build
+    start, build = decode_pool.DecodePool.start, run_module.Backbones.start
 
     def recording_start(self):
         if self.workers and self._shm is None:  # the call that starts the workers
             order.append("decoders")
         start(self)
 
-    def recording_build(self):
+    def recording_build(self, then):
         order.append("build")
-        build(self)
+        return build(self, then)
 
     monkeypatch.setattr(decode_pool.DecodePool, "start", recording_start)
-    monkeypatch.setattr(run_module.Backbones, "build", recording_build)
+    monkeypatch.setattr(run_module.Backbones, "start", recording_build)
 
 
 def test_a_new_caches_decoders_start_before_the_backbones_build(good_videos, tmp_path, monkeypatch):
