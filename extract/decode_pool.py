@@ -289,6 +289,24 @@ def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) 
     os._exit(0)
 
 
+def _import_for_jobs() -> None:
+    import torch  # noqa: F401 - geometry, resampling, native frames: every job but a video's header
+
+
+def _next_job(conn):
+    """The next job (or credits, or STOP); while none is waiting, first import what jobs need
+    (~1.3 s of CPU, more on a busy machine) if not done yet.
+
+    Why: a worker that starts with a job imported torch only inside it. When that job split a
+    long video (header only: no torch), the parent sends the segments once its decode loop
+    reads the split, i.e. after building CLIP; the worker then imported torch before its first
+    segment's frames, on the path to the first batch (2.3 s after the loop started, measured
+    on the 2-core machine). Now it imports while it waits. A spare does the same at start."""
+    if not conn.poll():
+        _import_for_jobs()
+    return conn.recv()
+
+
 def _serve_jobs(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) -> None:
     # why: N workers each running multi-threaded torch ops (geometry, resample) would
     # oversubscribe the cores; set before torch is imported, which reads it once
@@ -302,8 +320,6 @@ def _serve_jobs(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) -
         shm = SharedMemory(name=shm_name)
     except FileNotFoundError:  # a spare that started after the pool had finished and closed
         return
-    if not conn.poll():  # a spare, no job yet: import what every job needs (~2 s) while idle
-        import torch  # noqa: F401
     slots: deque[int] = deque()
     seen = 0  # credit messages read: acknowledged in every _SlotBatch and _Idle
 
@@ -319,7 +335,7 @@ def _serve_jobs(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) -
         return slots.popleft()
 
     while True:
-        job = conn.recv()
+        job = _next_job(conn)
         if job is _STOP:
             return
         if isinstance(job, list):  # credits that came while idle

@@ -320,3 +320,28 @@ def test_each_video_is_committed_as_soon_as_it_is_encoded(tmp_path, monkeypatch)
     monkeypatch.setattr(decode_pool, "DecodePool", functools.partial(DecodePool, worker_hook=hook))
     summary = run_extract(tiny_config(videos, out, workers=2))
     assert summary.failed == {} and sorted(summary.ok) == ["a", "b", "c"]
+
+
+class _Conn:
+    """A worker's end of the pipe: ``waiting`` says whether a message is there already."""
+
+    def __init__(self, waiting: bool, message):
+        self.waiting, self.message = waiting, message
+
+    def poll(self) -> bool:
+        return self.waiting
+
+    def recv(self):
+        return self.message
+
+
+def test_an_idle_worker_imports_what_jobs_need_before_its_next_job_not_with_it(monkeypatch):
+    """A worker whose job split a long video (header only) waits for the parent to read the split;
+    it imports torch then, not after its first segment came (on the path to the first batch)."""
+    imports: list[str] = []
+    monkeypatch.setattr(decode_pool, "_import_for_jobs", lambda: imports.append("torch"))
+    job = job_for(Path("/v/a.mp4"))
+    assert decode_pool._next_job(_Conn(waiting=False, message=job)) is job
+    assert imports == ["torch"]
+    assert decode_pool._next_job(_Conn(waiting=True, message=job)) is job  # a job waits: at once
+    assert imports == ["torch"]
