@@ -156,6 +156,32 @@ def test_clip_local_file_and_dir_load_the_same_weights(tiny_clip, tmp_path):
             assert torch.equal(clip.encode_image(x), want)
 
 
+def test_clip_from_a_checkpoint_skips_random_init_and_has_every_weight_and_buffer_of_it(tiny_clip, tmp_path,
+                                                                                       monkeypatch):
+    """open_clip's random init before the load is skipped (0.6 s of 1.1 s for ViT-B/32); what the
+    model holds afterwards is the checkpoint's, every parameter and buffer, as with the init."""
+    spec, model = tiny_clip
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    source = W.resolve_weights(spec, str(tmp_path / "tiny.pt"))
+    calls: list[str] = []
+    real = torch.nn.init.normal_
+    monkeypatch.setattr(torch.nn.init, "normal_", lambda t, *a, **k: calls.append("normal_") or real(t, *a, **k))
+    counting = torch.nn.init.normal_
+    skipped: Any = W.build_clip(spec, source)
+    assert calls == []  # no random init ran
+    assert torch.nn.init.normal_ is counting  # and torch's init is back after the build
+    W.build_clip(spec, W.WeightSource("none", None))
+    assert calls  # random weights are initialised (from the seed)
+    monkeypatch.setattr(W, "_initialised", lambda source: W._seeded(source))  # the init, as before
+    initialised: Any = W.build_clip(spec, source)
+    want = {**dict(initialised.named_parameters()), **dict(initialised.named_buffers())}
+    got = {**dict(skipped.named_parameters()), **dict(skipped.named_buffers())}
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    x = torch.rand(2, 3, spec.image_size, spec.image_size)
+    with torch.inference_mode():
+        assert torch.equal(skipped.encode_image(x), model.encode_image(x))
+
+
 def test_clip_local_file_of_another_architecture_is_a_clear_error(tmp_path):
     spec = S.get_spec("test-tiny-clip", "visual")
     torch.save({"not": torch.zeros(1)}, tmp_path / "other.pt")
