@@ -35,7 +35,7 @@ run() {  # run NAME ARGS...: one bench_extract.py step, its log in $out/NAME.log
     local name=$1; shift
     echo "== extract $name" >&2
     if timeout "$limit" "$PY" benchmarks/bench_extract.py "$@" > "$out/$name.log" 2>&1; then
-        tail -n 12 "$out/$name.log"
+        tail -n 14 "$out/$name.log"
     else
         echo "extract $name: FAILED or TIMEOUT (exit $?), see $out/$name.log: $(tail -n 1 "$out/$name.log")"; status=1
     fi

@@ -70,10 +70,11 @@ pick() {
 # -- extraction ---------------------------------------------------------------------------
 if step extract_video "$PY" benchmarks/bench_extract.py --device "$device" "${extract_args[@]}"; then
     pick "$out/extract_video.log" "video: " "bare ViT-B/32" "pipeline, visual" "pipeline, end to end" \
-        "Wav2Vec2-Base audio"
+        "pipeline, the whole run_extract call" "Wav2Vec2-Base audio"
 fi
 if step extract_jpg "$PY" benchmarks/bench_extract.py --device "$device" --source jpg "${extract_args[@]}"; then
-    pick "$out/extract_jpg.log" "jpg: " "bare ViT-B/32" "pipeline, visual" "pipeline, end to end"
+    pick "$out/extract_jpg.log" "jpg: " "bare ViT-B/32" "pipeline, visual" "pipeline, end to end" \
+        "pipeline, the whole run_extract call"
 fi
 for source in video jpg; do
     if step "feed_$source" "$PY" benchmarks/bench_extract.py --device "$device" --null-encoder --source "$source" \
