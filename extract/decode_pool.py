@@ -293,16 +293,23 @@ def _import_for_jobs() -> None:
     import torch  # noqa: F401 - geometry, resampling, native frames: every job but a video's header
 
 
-def _next_job(conn):
-    """The next job (or credits, or STOP); while none is waiting, first import what jobs need
-    (~1.3 s of CPU, more on a busy machine) if not done yet.
+def _needs_torch(job: DecodeJob | None) -> bool:
+    """Whether the next jobs of a worker whose last job was ``job`` (None: none yet) will import
+    torch: CLIP's geometry and the face crop do; the device path's and NVDEC's frames do not (a
+    run's jobs share one geometry), so there an idle import would only delay the next job."""
+    return job is None or (job.geometry == "worker" and job.decoder == "cpu") or job.face_crop != "none"
+
+
+def _next_job(conn, previous: DecodeJob | None):
+    """The next job (or credits, or STOP) after ``previous``; while none is waiting, first import
+    what the next jobs need (torch: ~1.3 s of CPU, more on a busy machine) if not done yet.
 
     Why: a worker that starts with a job imported torch only inside it. When that job split a
     long video (header only: no torch), the parent sends the segments once its decode loop
     reads the split, i.e. after building CLIP; the worker then imported torch before its first
     segment's frames, on the path to the first batch (2.3 s after the loop started, measured
     on the 2-core machine). Now it imports while it waits. A spare does the same at start."""
-    if not conn.poll():
+    if not conn.poll() and _needs_torch(previous):
         _import_for_jobs()
     return conn.recv()
 
@@ -334,14 +341,16 @@ def _serve_jobs(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) -
             seen += 1
         return slots.popleft()
 
+    previous: DecodeJob | None = None
     while True:
-        job = _next_job(conn)
+        job = _next_job(conn, previous)
         if job is _STOP:
             return
         if isinstance(job, list):  # credits that came while idle
             slots.extend(job)
             seen += 1
             continue
+        previous = job
         held: _Coalesced | None = None  # frames in a slot, not sent yet
         try:
             for msg in decode_video(job):

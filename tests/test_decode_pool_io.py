@@ -341,7 +341,14 @@ def test_an_idle_worker_imports_what_jobs_need_before_its_next_job_not_with_it(m
     imports: list[str] = []
     monkeypatch.setattr(decode_pool, "_import_for_jobs", lambda: imports.append("torch"))
     job = job_for(Path("/v/a.mp4"))
-    assert decode_pool._next_job(_Conn(waiting=False, message=job)) is job
-    assert imports == ["torch"]
-    assert decode_pool._next_job(_Conn(waiting=True, message=job)) is job  # a job waits: at once
-    assert imports == ["torch"]
+    for previous in (None, job, job_for(Path("/v/a.mp4"), geometry="device", face_crop="haar")):
+        imports.clear()
+        assert decode_pool._next_job(_Conn(waiting=False, message=job), previous) is job
+        assert imports == ["torch"]
+        imports.clear()
+        assert decode_pool._next_job(_Conn(waiting=True, message=job), previous) is job  # a job waits: at once
+        assert imports == []
+    # the device path's frames (and NVDEC's) need no torch: the next job must not wait for its import
+    for previous in (job_for(Path("/v/a.mp4"), geometry="device"), job_for(Path("/v/a.mp4"), decoder="nvdec")):
+        assert decode_pool._next_job(_Conn(waiting=False, message=job), previous) is job
+        assert imports == []
