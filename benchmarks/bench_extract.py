@@ -183,7 +183,7 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
     to the last event (the whole span from the first batch when the run was too short for that).
 
     Why after the set-up: Wav2Vec2 and the cache are made in a thread while the first batches
-    encode (run.Backbones.start); on 2 cores its ~2.4 s of CPU (random-weight Wav2Vec2, the text
+    encode (run.Backbones.start); on 2 cores its 2.0-2.5 s of CPU (random-weight Wav2Vec2, the text
     embeddings) fell into the window and counted ~200 us a frame of "parent" CPU on 12,000
     frames. The feed's own cost is what this measures; ``first_batch`` still times the start."""
     from expr.extract.config import ExtractConfig
@@ -223,8 +223,9 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
         """CPU a frame: the window's up to the last batch, plus the last video's write (after
         it) shared by every frame written, not by the window's alone (it opens ~5,000 frames
         late on 2 cores: 0.15-0.22 s of write CPU then counted +11 us a frame)."""
-        steady = (at_last_batch - start) / max(1, fb - f0) if fb > f0 else (end - start) / max(1, f1 - f0)
-        return (steady + (end - at_last_batch) / max(1, summary.frames) * (fb > f0)) * 1e6
+        if fb <= f0:  # a window of the run's end alone
+            return (end - start) / max(1, f1 - f0) * 1e6
+        return ((at_last_batch - start) / (fb - f0) + (end - at_last_batch) / max(1, summary.frames)) * 1e6
 
     return dict(frames=summary.frames, fps=(f1 - f0) / (t1 - t0), parent_us=per_frame(c0, cb, c1),
                 main_us=per_frame(m0, mb, m1), worker_us=worker_us,
