@@ -274,7 +274,7 @@ def fit_slots(wanted: int, slot_bytes: int, free: int | None) -> int:
     return max(1, min(wanted, fits))
 
 
-def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) -> None:
+def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int, warm: bool = True) -> None:
     """A decode worker: serve jobs until STOP, then leave at once.
 
     Why ``os._exit`` after a clean STOP: a spawned worker otherwise finalises its interpreter,
@@ -283,7 +283,7 @@ def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) 
     one 12,000-frame video with two workers. Everything a worker sends has left by then (pipe
     sends are synchronous), and the parent owns the shared memory; an exception still ends the
     process the normal way, traceback and all."""
-    _serve_jobs(conn, hook, shm_name, slot_bytes)
+    _serve_jobs(conn, hook, shm_name, slot_bytes, warm)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(0)
@@ -293,28 +293,31 @@ def _import_for_jobs() -> None:
     import torch  # noqa: F401 - geometry, resampling, native frames: every job but a video's header
 
 
-def _needs_torch(job: DecodeJob | None) -> bool:
-    """Whether the next jobs of a worker whose last job was ``job`` (None: none yet) will import
-    torch: CLIP's geometry and the face crop do; the device path's and NVDEC's frames do not (a
-    run's jobs share one geometry), so there an idle import would only delay the next job."""
-    return job is None or (job.geometry == "worker" and job.decoder == "cpu") or job.face_crop != "none"
+def _needs_torch(job: DecodeJob) -> bool:
+    """Whether a job like ``job`` imports torch in its worker: CLIP's geometry and the face crop
+    do; the device path's and NVDEC's frames do not (nor audio at 16 kHz). A run's jobs share
+    one geometry, so a worker's last job tells what its next ones need."""
+    return (job.geometry == "worker" and job.decoder == "cpu") or job.face_crop != "none"
 
 
-def _next_job(conn, previous: DecodeJob | None):
-    """The next job (or credits, or STOP) after ``previous``; while none is waiting, first import
-    what the next jobs need (torch: ~1.3 s of CPU, more on a busy machine) if not done yet.
+def _next_job(conn, previous: DecodeJob | None, warm: bool = True):
+    """The next job (or credits, or STOP) after ``previous`` (None: none yet); while none is
+    waiting, first import what the next jobs need (torch: ~1.3 s of CPU, more on a busy machine)
+    if not done yet: as ``previous`` needs, or for a spare with no job yet, as ``warm`` says
+    (whether any of the pool's jobs needs torch). Elsewhere an idle import would only delay
+    the job that arrives during it.
 
     Why: a worker that starts with a job imported torch only inside it. When that job split a
     long video (header only: no torch), the parent sends the segments once its decode loop
     reads the split, i.e. after building CLIP; the worker then imported torch before its first
     segment's frames, on the path to the first batch (2.3 s after the loop started, measured
     on the 2-core machine). Now it imports while it waits. A spare does the same at start."""
-    if not conn.poll() and _needs_torch(previous):
+    if not conn.poll() and (warm if previous is None else _needs_torch(previous)):
         _import_for_jobs()
     return conn.recv()
 
 
-def _serve_jobs(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) -> None:
+def _serve_jobs(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int, warm: bool = True) -> None:
     # why: N workers each running multi-threaded torch ops (geometry, resample) would
     # oversubscribe the cores; set before torch is imported, which reads it once
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -343,7 +346,7 @@ def _serve_jobs(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int) -
 
     previous: DecodeJob | None = None
     while True:
-        job = _next_job(conn, previous)
+        job = _next_job(conn, previous, warm)
         if job is _STOP:
             return
         if isinstance(job, list):  # credits that came while idle
@@ -577,6 +580,7 @@ class DecodePool:
         self._failed: set[str] = set()
         self._todo: deque[DecodeJob] = deque()
         self._slot_bytes = max((_slot_bytes(j) for j in self.jobs), default=1)
+        self._warm = any(_needs_torch(j) for j in self.jobs)  # a spare imports torch only if jobs need it
 
     def __enter__(self) -> "DecodePool":
         return self
@@ -635,7 +639,7 @@ class DecodePool:
         if self.pipe_buffer is not None:
             _shrink_pipe(parent, self.pipe_buffer)
             _shrink_pipe(child, self.pipe_buffer)
-        proc = ctx.Process(target=_worker_main, args=(child, self.worker_hook, shm.name, self._slot_bytes),
+        proc = ctx.Process(target=_worker_main, args=(child, self.worker_hook, shm.name, self._slot_bytes, self._warm),
                            daemon=True, name="expr-decode")
         proc.start()
         child.close()  # so the parent sees EOF when the worker dies

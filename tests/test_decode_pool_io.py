@@ -349,6 +349,11 @@ def test_an_idle_worker_imports_what_jobs_need_before_its_next_job_not_with_it(m
         assert decode_pool._next_job(_Conn(waiting=True, message=job), previous) is job  # a job waits: at once
         assert imports == []
     # the device path's frames (and NVDEC's) need no torch: the next job must not wait for its import
-    for previous in (job_for(Path("/v/a.mp4"), geometry="device"), job_for(Path("/v/a.mp4"), decoder="nvdec")):
+    device = job_for(Path("/v/a.mp4"), geometry="device")
+    for previous in (device, job_for(Path("/v/a.mp4"), decoder="nvdec")):
         assert decode_pool._next_job(_Conn(waiting=False, message=job), previous) is job
         assert imports == []
+    # nor a spare (no job yet) of a pool whose jobs need none
+    assert decode_pool._next_job(_Conn(waiting=False, message=job), None, warm=False) is job
+    assert imports == []
+    assert DecodePool([device], workers=2)._warm is False and DecodePool([job], workers=2)._warm is True
