@@ -290,14 +290,16 @@ def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int, 
 
 
 def _import_for_jobs() -> None:
-    import torch  # noqa: F401 - geometry, resampling, native frames: every job but a video's header
+    import torch  # noqa: F401 - CLIP's geometry, the face crop, jpgs, resampling
 
 
 def _needs_torch(job: DecodeJob) -> bool:
-    """Whether a job like ``job`` imports torch in its worker: CLIP's geometry and the face crop
-    do; the device path's and NVDEC's frames do not (nor audio at 16 kHz). A run's jobs share
-    one geometry, so a worker's last job tells what its next ones need."""
-    return (job.geometry == "worker" and job.decoder == "cpu") or job.face_crop != "none"
+    """Whether a job like ``job`` imports torch in its worker: CLIP's geometry, the face crop and
+    jpg folders (torchvision decodes them) do; a raw video's frames on the device path or NVDEC
+    do not (nor audio at 16 kHz). A run's jobs share one geometry and one kind of source, so a
+    worker's last job tells what its next ones need."""
+    return (job.frames_dir is not None or (job.geometry == "worker" and job.decoder == "cpu")
+            or job.face_crop != "none")
 
 
 def _next_job(conn, previous: DecodeJob | None, warm: bool = True):

@@ -341,7 +341,8 @@ def test_an_idle_worker_imports_what_jobs_need_before_its_next_job_not_with_it(m
     imports: list[str] = []
     monkeypatch.setattr(decode_pool, "_import_for_jobs", lambda: imports.append("torch"))
     job = job_for(Path("/v/a.mp4"))
-    for previous in (None, job, job_for(Path("/v/a.mp4"), geometry="device", face_crop="haar")):
+    jpgs = DecodeJob("a", Path("/v/a.mp4"), None, Path("/f/a"), image_size=32, batch_frames=4, geometry="device")
+    for previous in (None, job, job_for(Path("/v/a.mp4"), geometry="device", face_crop="haar"), jpgs):
         imports.clear()
         assert decode_pool._next_job(_Conn(waiting=False, message=job), previous) is job
         assert imports == ["torch"]
@@ -356,4 +357,5 @@ def test_an_idle_worker_imports_what_jobs_need_before_its_next_job_not_with_it(m
     # nor a spare (no job yet) of a pool whose jobs need none
     assert decode_pool._next_job(_Conn(waiting=False, message=job), None, warm=False) is job
     assert imports == []
-    assert DecodePool([device], workers=2)._warm is False and DecodePool([job], workers=2)._warm is True
+    assert DecodePool([device], workers=2)._warm is False
+    assert DecodePool([job], workers=2)._warm is True and DecodePool([jpgs], workers=2)._warm is True
