@@ -47,7 +47,8 @@ T = TypeVar("T")
 class Backbones:
     """The run's two backbones: specs and weight sources resolved at once (cheap, and a bad
     tag fails before anything loads), models built on first use. A re-run with nothing to
-    do then never builds them, and one whose cache exists needs no CLIP for its text."""
+    do then never builds them, and one whose cache exists needs no CLIP for its text. A run
+    with work builds CLIP first and Wav2Vec2 in a set-up thread (``start``)."""
 
     def __init__(self, config: ExtractConfig, device):
         self.config, self.device = config, device
