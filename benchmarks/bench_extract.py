@@ -189,22 +189,18 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
     from expr.extract.config import ExtractConfig
     from expr.extract.run import run_extract
 
-    spans: dict[str, list] = {"all": [], "steady": []}  # (wall, frames, parent cpu, main cpu) per event
+    # (wall, frames, parent cpu, main cpu, a batch?, the set-up thread still at work?) at the
+    # first batch and every later event
+    events: list[tuple[float, int, float, float, bool, bool]] = []
     started = time.perf_counter()
     children = _children_cpu_seconds()
 
-    def setting_up() -> bool:
-        return any(t.name == "expr-setup" for t in threading.enumerate())
-
-    last_batch: list = []  # the same, at the last batch: what follows it is the last video's write
-
     def progress(event):
-        for key, opens in (("all", True), ("steady", not setting_up())):
-            if event.kind != "start" and (spans[key] or (event.kind == "batch" and opens)):
-                # progress events come from the main thread: thread_time() is its CPU alone
-                spans[key].append((time.perf_counter(), event.frames, _cpu_seconds(), time.thread_time()))
-        if event.kind == "batch":
-            last_batch[:] = [(time.perf_counter(), event.frames, _cpu_seconds(), time.thread_time())]
+        if event.kind != "start" and (events or event.kind == "batch"):
+            setting_up = any(t.name == "expr-setup" for t in threading.enumerate())
+            # progress events come from the main thread: thread_time() is its CPU alone
+            events.append((time.perf_counter(), event.frames, _cpu_seconds(), time.thread_time(),
+                           event.kind == "batch", setting_up))
 
     with null_encoders():
         config = ExtractConfig(videos=videos, out=out, frames=frames, device=device, batch_size=batch_size,
@@ -213,10 +209,10 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
         summary = run_extract(config, progress=progress)
     if summary.failed:
         raise SystemExit(f"pipeline failed on {summary.failed}")
-    marks = spans["steady"] if len(spans["steady"]) >= 2 and spans["steady"][-1][1] > spans["steady"][0][1] \
-        else spans["all"]
-    (t0, f0, c0, m0), (t1, f1, c1, m1) = marks[0], marks[-1]
-    (_, fb, cb, mb), = last_batch
+    steady = next((e for e in events if e[4] and not e[5]), events[0])
+    t0, f0, c0, m0, _, _ = steady if events[-1][1] > steady[1] else events[0]
+    t1, f1, c1, m1, _, _ = events[-1]
+    _, fb, cb, mb, _, _ = next(e for e in reversed(events) if e[4])  # what follows is the last video's write
     worker_us = (_children_cpu_seconds() - children) / max(1, summary.frames) * 1e6
 
     def per_frame(start: float, at_last_batch: float, end: float) -> float:
@@ -229,7 +225,7 @@ def bench_feed(device: str, videos: Path, frames: Path | None, out: Path, batch_
 
     return dict(frames=summary.frames, fps=(f1 - f0) / (t1 - t0), parent_us=per_frame(c0, cb, c1),
                 main_us=per_frame(m0, mb, m1), worker_us=worker_us,
-                total_fps=summary.frames / summary.elapsed, first_batch=spans["all"][0][0] - started,
+                total_fps=summary.frames / summary.elapsed, first_batch=events[0][0] - started,
                 workers=workers)
 
 
