@@ -274,7 +274,7 @@ def fit_slots(wanted: int, slot_bytes: int, free: int | None) -> int:
     return max(1, min(wanted, fits))
 
 
-def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int, warm: bool = True) -> None:
+def _worker_main(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int, warm: bool) -> None:
     """A decode worker: serve jobs until STOP, then leave at once.
 
     Why ``os._exit`` after a clean STOP: a spawned worker otherwise finalises its interpreter,
@@ -319,7 +319,7 @@ def _next_job(conn, previous: DecodeJob | None, warm: bool = True):
     return conn.recv()
 
 
-def _serve_jobs(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int, warm: bool = True) -> None:
+def _serve_jobs(conn, hook: WorkerHook | None, shm_name: str, slot_bytes: int, warm: bool) -> None:
     # why: N workers each running multi-threaded torch ops (geometry, resample) would
     # oversubscribe the cores; set before torch is imported, which reads it once
     os.environ.setdefault("OMP_NUM_THREADS", "1")
